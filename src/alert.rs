@@ -1,0 +1,317 @@
+//! Alerts: conditions in, lifecycle records out (firing, re-sent while active, resolved).
+//!
+//! The engine states, at each evaluation, which conditions hold for one entity (a job or a tenant);
+//! [`AlertBook`] turns that into transitions the way Alertmanager does: a new condition fires, a held
+//! condition is re-sent every `resend` of event time, a condition that no longer holds resolves with
+//! `endsAt`. Identity is the dedup key (alertname + tenant + job + threshold), stable across restarts.
+//! [`AlertRecord::to_cloudevent`] renders the Kafka record (CloudEvents 1.0, structured JSON).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::decode::format_rfc3339_ms;
+use crate::estimate::FlopEstimate;
+
+/// Alert names are part of the public interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum AlertName {
+    TrainingSuspected,
+    ComputeThresholdProjected,
+    ComputeThresholdCrossed,
+}
+
+impl AlertName {
+    pub const ALL: [AlertName; 3] =
+        [AlertName::TrainingSuspected, AlertName::ComputeThresholdProjected, AlertName::ComputeThresholdCrossed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertName::TrainingSuspected => "TrainingSuspected",
+            AlertName::ComputeThresholdProjected => "ComputeThresholdProjected",
+            AlertName::ComputeThresholdCrossed => "ComputeThresholdCrossed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Firing,
+    Resolved,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Firing => "firing",
+            Status::Resolved => "resolved",
+        }
+    }
+}
+
+/// The entity an alert is about: a tenant, or one job of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Entity {
+    pub tenant: Arc<str>,
+    pub job: Option<Arc<str>>,
+}
+
+/// A condition that holds for an entity at one evaluation.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    pub name: AlertName,
+    pub threshold: Option<f64>,
+    pub severity: Severity,
+    pub summary: String,
+    pub evidence: serde_json::Value,
+    pub estimated_flop: FlopEstimate,
+    pub eta_ms: Option<i64>,
+}
+
+impl Condition {
+    fn same_identity(&self, other: &Condition) -> bool {
+        self.name == other.name && self.threshold == other.threshold
+    }
+}
+
+/// Builds the dedup key: `alertname|tenant|job|threshold`, with `\` and `|` escaped in the parts.
+pub fn dedup_key(name: AlertName, entity: &Entity, threshold: Option<f64>) -> String {
+    fn esc(s: &str) -> String {
+        s.replace('\\', "\\\\").replace('|', "\\|")
+    }
+    format!(
+        "{}|{}|{}|{}",
+        name.as_str(),
+        esc(&entity.tenant),
+        entity.job.as_deref().map(esc).unwrap_or_default(),
+        threshold.map(|t| format!("{t:e}")).unwrap_or_default()
+    )
+}
+
+/// One alert transition or re-send: the `data` of the CloudEvent and one line of `replay` output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertRecord {
+    pub status: Status,
+    pub alertname: AlertName,
+    pub severity: Severity,
+    pub tenant: String,
+    pub job: Option<String>,
+    pub starts_at: String,
+    pub ends_at: Option<String>,
+    pub summary: String,
+    pub evidence: serde_json::Value,
+    #[serde(rename = "estimated_flop")]
+    pub estimated_flop: FlopEstimate,
+    pub threshold: Option<f64>,
+    pub eta: Option<String>,
+    #[serde(rename = "dedup_key")]
+    pub dedup_key: String,
+    /// Event time of this record (evaluation time), epoch ms.
+    #[serde(skip)]
+    pub time_ms: i64,
+}
+
+impl AlertRecord {
+    /// The CloudEvents 1.0 structured-mode JSON envelope for the alert topic.
+    pub fn to_cloudevent(&self, source: &str) -> serde_json::Value {
+        serde_json::json!({
+            "specversion": "1.0",
+            "type": "io.trainspotter.alert",
+            "source": source,
+            "id": format!("{}|{}|{}", self.dedup_key, self.status.as_str(), self.time_ms),
+            "time": format_rfc3339_ms(self.time_ms),
+            "subject": self.dedup_key,
+            "datacontenttype": "application/json",
+            "data": self,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Active {
+    condition: Condition,
+    starts_ms: i64,
+    last_sent_ms: i64,
+}
+
+/// Active alerts per entity, and the lifecycle rules.
+#[derive(Debug, Default)]
+pub struct AlertBook {
+    active: HashMap<Entity, Vec<Active>>,
+    resend_ms: i64,
+}
+
+impl AlertBook {
+    pub fn new(resend_ms: i64) -> Self {
+        AlertBook { active: HashMap::new(), resend_ms }
+    }
+
+    fn record(entity: &Entity, a: &Active, status: Status, now_ms: i64) -> AlertRecord {
+        let c = &a.condition;
+        AlertRecord {
+            status,
+            alertname: c.name,
+            severity: c.severity,
+            tenant: entity.tenant.to_string(),
+            job: entity.job.as_deref().map(str::to_string),
+            starts_at: format_rfc3339_ms(a.starts_ms),
+            ends_at: (status == Status::Resolved).then(|| format_rfc3339_ms(now_ms)),
+            summary: c.summary.clone(),
+            evidence: c.evidence.clone(),
+            estimated_flop: c.estimated_flop,
+            threshold: c.threshold,
+            eta: c.eta_ms.map(format_rfc3339_ms),
+            dedup_key: dedup_key(c.name, entity, c.threshold),
+            time_ms: now_ms,
+        }
+    }
+
+    /// States the conditions that hold for `entity` now; appends the resulting transitions.
+    pub fn reconcile(&mut self, entity: &Entity, conditions: Vec<Condition>, now_ms: i64, out: &mut Vec<AlertRecord>) {
+        let mut held = self.active.remove(entity).unwrap_or_default();
+        let mut next = Vec::with_capacity(conditions.len());
+        for c in conditions {
+            match held.iter().position(|a| a.condition.same_identity(&c)) {
+                Some(i) => {
+                    let mut a = held.swap_remove(i);
+                    a.condition = c;
+                    next.push(a);
+                }
+                None => {
+                    let a = Active { condition: c, starts_ms: now_ms, last_sent_ms: now_ms };
+                    out.push(Self::record(entity, &a, Status::Firing, now_ms));
+                    next.push(a);
+                }
+            }
+        }
+        for a in held {
+            out.push(Self::record(entity, &a, Status::Resolved, now_ms));
+        }
+        if !next.is_empty() {
+            self.active.insert(entity.clone(), next);
+        }
+    }
+
+    /// Re-sends every active alert last sent at least `resend` ago.
+    pub fn resend_due(&mut self, now_ms: i64, out: &mut Vec<AlertRecord>) {
+        let mut due = Vec::new();
+        for (entity, list) in self.active.iter_mut() {
+            for a in list.iter_mut() {
+                if now_ms - a.last_sent_ms >= self.resend_ms {
+                    a.last_sent_ms = now_ms;
+                    due.push(Self::record(entity, a, Status::Firing, now_ms));
+                }
+            }
+        }
+        // Deterministic output order regardless of hash map order.
+        due.sort_by(|a, b| a.dedup_key.cmp(&b.dedup_key));
+        out.extend(due);
+    }
+
+    pub fn entities(&self) -> Vec<Entity> {
+        self.active.keys().cloned().collect()
+    }
+
+    pub fn is_active(&self, entity: &Entity, name: AlertName) -> bool {
+        self.active.get(entity).is_some_and(|l| l.iter().any(|a| a.condition.name == name))
+    }
+
+    /// Active alerts by name.
+    pub fn counts(&self) -> [(AlertName, usize); 3] {
+        AlertName::ALL.map(|n| {
+            (n, self.active.values().flatten().filter(|a| a.condition.name == n).count())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entity() -> Entity {
+        Entity { tenant: "t|1".into(), job: Some("j".into()) }
+    }
+
+    fn cond(name: AlertName, threshold: Option<f64>) -> Condition {
+        Condition {
+            name,
+            threshold,
+            severity: Severity::Warning,
+            summary: "s".into(),
+            evidence: serde_json::json!({}),
+            estimated_flop: FlopEstimate::default(),
+            eta_ms: None,
+        }
+    }
+
+    #[test]
+    fn fires_once_resends_while_active_and_resolves_with_ends_at() {
+        let mut book = AlertBook::new(300_000);
+        let mut out = Vec::new();
+        let e = entity();
+        book.reconcile(&e, vec![cond(AlertName::TrainingSuspected, None)], 0, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].status, Status::Firing);
+        book.reconcile(&e, vec![cond(AlertName::TrainingSuspected, None)], 60_000, &mut out);
+        assert_eq!(out.len(), 1, "a held condition does not fire again");
+        book.resend_due(299_999, &mut out);
+        assert_eq!(out.len(), 1);
+        book.resend_due(300_000, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].starts_at, out[0].starts_at, "a re-send keeps startsAt");
+        book.reconcile(&e, vec![], 400_000, &mut out);
+        assert_eq!(out[2].status, Status::Resolved);
+        assert_eq!(out[2].ends_at.as_deref(), Some("1970-01-01T00:06:40.000Z"));
+        assert!(!book.is_active(&e, AlertName::TrainingSuspected));
+    }
+
+    #[test]
+    fn thresholds_are_separate_identities() {
+        let mut book = AlertBook::new(300_000);
+        let mut out = Vec::new();
+        let e = entity();
+        book.reconcile(&e, vec![cond(AlertName::ComputeThresholdProjected, Some(1e23))], 0, &mut out);
+        book.reconcile(
+            &e,
+            vec![cond(AlertName::ComputeThresholdCrossed, Some(1e23)), cond(AlertName::ComputeThresholdProjected, Some(1e25))],
+            60_000,
+            &mut out,
+        );
+        let got: Vec<_> = out.iter().map(|r| (r.status, r.dedup_key.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (Status::Firing, "ComputeThresholdProjected|t\\|1|j|1e23"),
+                (Status::Firing, "ComputeThresholdCrossed|t\\|1|j|1e23"),
+                (Status::Firing, "ComputeThresholdProjected|t\\|1|j|1e25"),
+                (Status::Resolved, "ComputeThresholdProjected|t\\|1|j|1e23"),
+            ]
+        );
+    }
+
+    #[test]
+    fn cloudevent_envelope_is_structured_mode() {
+        let mut book = AlertBook::new(300_000);
+        let mut out = Vec::new();
+        book.reconcile(&entity(), vec![cond(AlertName::TrainingSuspected, None)], 1_714_564_800_000, &mut out);
+        let ce = out[0].to_cloudevent("/trainspotter");
+        assert_eq!(ce["specversion"], "1.0");
+        assert_eq!(ce["time"], "2024-05-01T12:00:00.000Z");
+        assert_eq!(ce["data"]["status"], "firing");
+        assert_eq!(ce["data"]["alertname"], "TrainingSuspected");
+        assert_eq!(ce["data"]["startsAt"], "2024-05-01T12:00:00.000Z");
+        assert!(ce["data"]["endsAt"].is_null());
+        assert!(ce["data"]["estimated_flop"]["central"].is_number());
+    }
+}

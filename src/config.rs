@@ -1,0 +1,617 @@
+//! Configuration: typed, documented, layered, validated once.
+//!
+//! Layering, lowest to highest: the built-in defaults (the `Default` impls below, which are also the
+//! embedded configuration `demo` runs with), then the TOML file, then environment variables
+//! `TRAINSPOTTER__SECTION__KEY` (e.g. `TRAINSPOTTER__KAFKA__BROKERS=host:9092`).
+//! Unknown keys are errors. [`Config::validate`] turns the raw form into [`Settings`], the checked
+//! form the rest of the daemon uses; every error names the offending key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::catalog::AcceleratorSpec;
+use crate::estimate::{RelativeBand, UtilizationBand};
+use crate::window::WindowSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(String),
+    #[error("invalid configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_string(), message: message.into() }
+}
+
+/// A duration written as a humantime string ("30s", "5m", "7d").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn ms(self) -> i64 {
+        self.0.as_millis() as i64
+    }
+    fn secs(s: u64) -> Self {
+        HumanDuration(Duration::from_secs(s))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"30s\" or \"7d\": {e}")))
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// A secret value: never printed by Debug or by `check-config`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// The whole configuration as written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub input: InputConfig,
+    pub windows: WindowsConfig,
+    pub estimate: EstimateConfig,
+    pub catalog: CatalogConfig,
+    pub detection: DetectionConfig,
+    pub alerts: AlertsConfig,
+    pub http: HttpConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+}
+
+/// Kafka connection, topics and batching.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated.
+    pub brokers: String,
+    /// Consumer group id.
+    pub group_id: String,
+    /// Usage topics to consume (native events, schema v1).
+    pub topics: Vec<String>,
+    /// Topic alerts are produced to (CloudEvents, structured JSON).
+    pub alert_topic: String,
+    /// Topic rejected events are produced to, with the reason in headers.
+    pub dead_letter_topic: String,
+    /// Most messages handled as one batch.
+    pub batch_max: usize,
+    /// Longest wait to fill a batch once its first message arrived.
+    pub batch_wait: HumanDuration,
+    /// Consumer group session timeout.
+    pub session_timeout: HumanDuration,
+    /// Extra librdkafka properties for consumer and producer (e.g. security.protocol).
+    pub properties: BTreeMap<String, String>,
+    /// SASL password, kept out of logs and `check-config` output.
+    pub sasl_password: Option<Secret>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "trainspotter".into(),
+            topics: vec!["gpu-usage".into()],
+            alert_topic: "trainspotter-alerts".into(),
+            dead_letter_topic: "trainspotter-dead-letter".into(),
+            batch_max: 4096,
+            batch_wait: HumanDuration(Duration::from_millis(50)),
+            session_timeout: HumanDuration::secs(45),
+            properties: BTreeMap::new(),
+            sasl_password: None,
+        }
+    }
+}
+
+/// Input decoding.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Events further than this ahead of the wall clock are rejected (`bad_timestamp`) by `run`,
+    /// so a bogus future timestamp cannot advance the watermark. `replay` does not apply it.
+    pub max_future_skew: HumanDuration,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig { max_future_skew: HumanDuration::secs(3600) }
+    }
+}
+
+/// One sliding window as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlidingWindow {
+    /// Name used in reports, the API and metrics (e.g. "24h").
+    pub name: String,
+    pub width: HumanDuration,
+    /// Must divide `width`.
+    pub slide: HumanDuration,
+}
+
+/// Windows, lateness and de-duplication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowsConfig {
+    /// The watermark trails the latest event time by this much; older samples are counted as late.
+    pub allowed_lateness: HumanDuration,
+    /// How far behind the watermark a duplicate is still recognised.
+    pub dedup_horizon: HumanDuration,
+    pub sliding: Vec<SlidingWindow>,
+}
+
+impl Default for WindowsConfig {
+    fn default() -> Self {
+        let w = |name: &str, width: u64, slide: u64| SlidingWindow {
+            name: name.into(),
+            width: HumanDuration::secs(width),
+            slide: HumanDuration::secs(slide),
+        };
+        WindowsConfig {
+            allowed_lateness: HumanDuration::secs(300),
+            dedup_horizon: HumanDuration::secs(600),
+            sliding: vec![
+                w("1h", 3600, 60),
+                w("24h", 86_400, 300),
+                w("7d", 7 * 86_400, 3600),
+                w("30d", 30 * 86_400, 86_400),
+            ],
+        }
+    }
+}
+
+/// Compute estimation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EstimateConfig {
+    /// Utilization assumed for samples without tensor activity (Epoch AI defaults).
+    pub utilization: UtilizationBand,
+    /// Low/high factors applied to tensor-activity estimates.
+    pub tensor_band: RelativeBand,
+}
+
+impl Default for EstimateConfig {
+    fn default() -> Self {
+        EstimateConfig {
+            utilization: UtilizationBand { low: 0.30, central: 0.40, high: 0.45 },
+            tensor_band: RelativeBand { low: 0.8, high: 1.2 },
+        }
+    }
+}
+
+/// Accelerator catalog additions and the fallback for unknown models.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    /// Peak dense TFLOP/s assumed for unknown or unreported models (counted in metrics).
+    pub fallback_tflops: f64,
+    /// Entries checked before the built-in table.
+    pub accelerators: Vec<AcceleratorSpec>,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig { fallback_tflops: 989.0, accelerators: Vec::new() }
+    }
+}
+
+/// A ramp: a feature scores 0 at `low` and 1 at `high` (either order).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ramp {
+    pub low: f64,
+    pub high: f64,
+}
+
+/// Training-likeness scoring.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectionConfig {
+    /// Features are computed over this much recent event time.
+    pub window: HumanDuration,
+    /// Granularity of the feature panes and of evaluation ticks; divides `window`.
+    pub slide: HumanDuration,
+    /// Concurrent accelerators: score ramp; reaching `high` is required to alert.
+    pub accelerators: Ramp,
+    /// Observed duration: score ramp; reaching `high` is required to alert.
+    pub duration: Ramp,
+    /// Mean activity ramps, per signal (the best available signal is used).
+    pub tensor_active: Ramp,
+    pub sm_active: Ramp,
+    pub gpu_util: Ramp,
+    /// Robust variation over time (MAD / median of per-pane activity): low is training-like.
+    pub temporal_variation: Ramp,
+    /// Robust spread across accelerators (MAD / median of per-device activity): low is training-like.
+    pub rank_spread: Ramp,
+    /// Score at or above which a job is suspected of training.
+    pub score_threshold: f64,
+    /// A suspected job stays suspected until its score falls below this.
+    pub resolve_below: f64,
+    /// A job without samples for this long has ended; its job alerts resolve.
+    pub job_end_after: HumanDuration,
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        DetectionConfig {
+            window: HumanDuration::secs(3600),
+            slide: HumanDuration::secs(60),
+            accelerators: Ramp { low: 8.0, high: 64.0 },
+            duration: Ramp { low: 600.0, high: 1800.0 },
+            tensor_active: Ramp { low: 0.10, high: 0.25 },
+            sm_active: Ramp { low: 0.30, high: 0.50 },
+            gpu_util: Ramp { low: 0.70, high: 0.95 },
+            temporal_variation: Ramp { low: 0.30, high: 0.10 },
+            rank_spread: Ramp { low: 0.30, high: 0.10 },
+            score_threshold: 0.75,
+            resolve_below: 0.5,
+            job_end_after: HumanDuration::secs(900),
+        }
+    }
+}
+
+/// Compute thresholds, projection and the alert lifecycle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// FLOP thresholds for `ComputeThresholdProjected` / `ComputeThresholdCrossed`.
+    pub thresholds_flop: Vec<f64>,
+    /// Project a crossing when it is due within this horizon at the current rate.
+    pub projection_horizon: HumanDuration,
+    /// Name of the sliding window whose rate drives the projection.
+    pub projection_window: String,
+    /// Do not project from less observed time than this.
+    pub projection_min_duration: HumanDuration,
+    /// Active alerts are re-sent after this much event time.
+    pub resend_interval: HumanDuration,
+    /// CloudEvents `source` attribute.
+    pub source: String,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            thresholds_flop: vec![1e23, 1e25, 1e26],
+            projection_horizon: HumanDuration::secs(14 * 86_400),
+            projection_window: "24h".into(),
+            projection_min_duration: HumanDuration::secs(1800),
+            resend_interval: HumanDuration::secs(300),
+            source: "/trainspotter".into(),
+        }
+    }
+}
+
+/// HTTP server (/metrics, /livez, /readyz, /api/v1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+/// Metrics cardinality.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Tenants with their own series; the rest are summed as tenant="other".
+    pub top_tenants: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { top_tenants: 20 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. "info" or "trainspotter=debug".
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// The checked form of the parts the engine needs, in milliseconds.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub windows: Vec<WindowSpec>,
+    pub allowed_lateness_ms: i64,
+    pub dedup_horizon_ms: i64,
+    pub detect_window_ms: i64,
+    pub detect_slide_ms: i64,
+    pub job_end_after_ms: i64,
+    pub projection_window: usize,
+    pub projection_horizon_ms: i64,
+    pub projection_min_duration_ms: i64,
+    pub resend_ms: i64,
+    pub thresholds: Vec<f64>,
+}
+
+impl Config {
+    /// Built-in defaults, then `path` (if any), then `TRAINSPOTTER__*` environment variables.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut b = config::Config::builder();
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError::Load(format!("{}: no such file", p.display())));
+            }
+            b = b.add_source(config::File::from(p).format(config::FileFormat::Toml));
+        }
+        b = b.add_source(
+            config::Environment::with_prefix("TRAINSPOTTER")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let raw = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;
+        Self::from_source(raw)
+    }
+
+    /// Parses a TOML string over the defaults (no environment), for tests and examples.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        Self::from_source(raw)
+    }
+
+    fn from_source(raw: config::Config) -> Result<Config, ConfigError> {
+        let cfg: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            ConfigError::Invalid { key: path, message }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every cross-field rule once and returns the engine's checked settings.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let k = &self.kafka;
+        if k.topics.is_empty() {
+            return Err(invalid("kafka.topics", "at least one usage topic is required"));
+        }
+        if k.batch_max == 0 {
+            return Err(invalid("kafka.batch_max", "must be at least 1"));
+        }
+        let w = &self.windows;
+        if w.sliding.is_empty() {
+            return Err(invalid("windows.sliding", "at least one window is required"));
+        }
+        let mut windows = Vec::new();
+        for (i, s) in w.sliding.iter().enumerate() {
+            let key = format!("windows.sliding[{i}]");
+            let (width, slide) = (s.width.ms(), s.slide.ms());
+            if s.name.is_empty() {
+                return Err(invalid(&format!("{key}.name"), "must not be empty"));
+            }
+            if windows.iter().any(|x: &WindowSpec| x.name == s.name) {
+                return Err(invalid(&format!("{key}.name"), format!("duplicate window name {:?}", s.name)));
+            }
+            if slide <= 0 || width <= 0 {
+                return Err(invalid(&format!("{key}.slide"), "width and slide must be positive"));
+            }
+            if width % slide != 0 {
+                return Err(invalid(&format!("{key}.slide"), "slide must divide width"));
+            }
+            if width / slide > 100_000 {
+                return Err(invalid(&format!("{key}.slide"), "more than 100000 panes per window"));
+            }
+            windows.push(WindowSpec { name: s.name.clone(), width_ms: width, slide_ms: slide });
+        }
+        let u = &self.estimate.utilization;
+        if !(0.0 < u.low && u.low <= u.central && u.central <= u.high && u.high <= 1.0) {
+            return Err(invalid("estimate.utilization", "need 0 < low <= central <= high <= 1"));
+        }
+        let t = &self.estimate.tensor_band;
+        if !(0.0 < t.low && t.low <= 1.0 && 1.0 <= t.high) {
+            return Err(invalid("estimate.tensor_band", "need 0 < low <= 1 <= high"));
+        }
+        if !(self.catalog.fallback_tflops > 0.0) {
+            return Err(invalid("catalog.fallback_tflops", "must be positive"));
+        }
+        for (i, a) in self.catalog.accelerators.iter().enumerate() {
+            if a.all_of.is_empty() {
+                return Err(invalid(&format!("catalog.accelerators[{i}].all_of"), "needs at least one token"));
+            }
+            if !(a.bf16_tflops > 0.0) {
+                return Err(invalid(&format!("catalog.accelerators[{i}].bf16_tflops"), "must be positive"));
+            }
+        }
+        let d = &self.detection;
+        let (dw, ds) = (d.window.ms(), d.slide.ms());
+        if ds <= 0 || dw <= 0 || dw % ds != 0 {
+            return Err(invalid("detection.slide", "must be positive and divide detection.window"));
+        }
+        for (key, r) in [
+            ("detection.accelerators", d.accelerators),
+            ("detection.duration", d.duration),
+            ("detection.tensor_active", d.tensor_active),
+            ("detection.sm_active", d.sm_active),
+            ("detection.gpu_util", d.gpu_util),
+            ("detection.temporal_variation", d.temporal_variation),
+            ("detection.rank_spread", d.rank_spread),
+        ] {
+            if !(r.low.is_finite() && r.high.is_finite()) || r.low == r.high {
+                return Err(invalid(key, "low and high must be finite and different"));
+            }
+        }
+        if !(0.0 < d.score_threshold && d.score_threshold <= 1.0) {
+            return Err(invalid("detection.score_threshold", "must be in (0, 1]"));
+        }
+        if !(0.0 <= d.resolve_below && d.resolve_below <= d.score_threshold) {
+            return Err(invalid("detection.resolve_below", "must be in [0, score_threshold]"));
+        }
+        let a = &self.alerts;
+        if a.thresholds_flop.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+            return Err(invalid("alerts.thresholds_flop", "thresholds must be positive numbers"));
+        }
+        let mut thresholds = a.thresholds_flop.clone();
+        thresholds.sort_by(f64::total_cmp);
+        thresholds.dedup();
+        let projection_window = windows
+            .iter()
+            .position(|w| w.name == a.projection_window)
+            .ok_or_else(|| invalid("alerts.projection_window", format!("no window named {:?}", a.projection_window)))?;
+        if a.resend_interval.ms() <= 0 {
+            return Err(invalid("alerts.resend_interval", "must be positive"));
+        }
+        if self.metrics.top_tenants > 1000 {
+            return Err(invalid("metrics.top_tenants", "at most 1000 (label cardinality)"));
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("http.listen", format!("{:?} is not an address like 127.0.0.1:9464", self.http.listen)));
+        }
+        if k.session_timeout.ms() < 6000 {
+            return Err(invalid("kafka.session_timeout", "must be at least 6s (broker minimum)"));
+        }
+        Ok(Settings {
+            windows,
+            allowed_lateness_ms: w.allowed_lateness.ms(),
+            dedup_horizon_ms: w.dedup_horizon.ms(),
+            detect_window_ms: dw,
+            detect_slide_ms: ds,
+            job_end_after_ms: d.job_end_after.ms(),
+            projection_window,
+            projection_horizon_ms: a.projection_horizon.ms(),
+            projection_min_duration_ms: a.projection_min_duration.ms(),
+            resend_ms: a.resend_interval.ms(),
+            thresholds,
+        })
+    }
+
+    /// The effective configuration as TOML, secrets redacted (for `check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        for (k, v) in c.kafka.properties.iter_mut() {
+            let k = k.to_ascii_lowercase();
+            if k.contains("password") || k.contains("secret") || k.contains("key") {
+                *v = "<redacted>".into();
+            }
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(err: ConfigError) -> String {
+        match err {
+            ConfigError::Invalid { key, .. } => key,
+            other => panic!("expected an invalid-key error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documented_windows() {
+        let s = Config::default().validate().unwrap();
+        let names: Vec<_> = s.windows.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["1h", "24h", "7d", "30d"]);
+        assert_eq!(s.windows[1].slide_ms, 300_000);
+        assert_eq!(s.allowed_lateness_ms, 300_000);
+        assert_eq!(s.thresholds, vec![1e23, 1e25, 1e26]);
+    }
+
+    #[test]
+    fn file_values_override_defaults() {
+        let c = Config::from_toml("[kafka]\nbrokers = \"k:1\"\n[windows]\nallowed_lateness = \"2m\"\n").unwrap();
+        assert_eq!(c.kafka.brokers, "k:1");
+        assert_eq!(c.windows.allowed_lateness.ms(), 120_000);
+        assert_eq!(c.kafka.group_id, "trainspotter");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::from_toml("[kafka]\nbrokerz = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("brokerz"), "{e}");
+        assert!(key_of(e).starts_with("kafka"));
+    }
+
+    #[test]
+    fn wrong_types_and_bad_durations_name_the_key() {
+        let e = Config::from_toml("[windows]\nallowed_lateness = \"soon\"\n").unwrap_err();
+        assert_eq!(key_of(e), "windows.allowed_lateness");
+        let e = Config::from_toml("[metrics]\ntop_tenants = \"many\"\n").unwrap_err();
+        assert_eq!(key_of(e), "metrics.top_tenants");
+    }
+
+    #[test]
+    fn cross_field_rules_name_the_key() {
+        let e = Config::from_toml(
+            "[[windows.sliding]]\nname = \"odd\"\nwidth = \"1h\"\nslide = \"7m\"\n\
+             [alerts]\nprojection_window = \"odd\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(key_of(e), "windows.sliding[0].slide");
+        let e = Config::from_toml("[alerts]\nprojection_window = \"2h\"\n").unwrap_err();
+        assert_eq!(key_of(e), "alerts.projection_window");
+        let e = Config::from_toml("[estimate.utilization]\nlow = 0.5\ncentral = 0.4\nhigh = 0.45\n").unwrap_err();
+        assert_eq!(key_of(e), "estimate.utilization");
+        let e = Config::from_toml("[alerts]\nthresholds_flop = [1e25, -1.0]\n").unwrap_err();
+        assert_eq!(key_of(e), "alerts.thresholds_flop");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = Config::from_toml(
+            "[kafka]\nsasl_password = \"hunter2\"\n[kafka.properties]\n\"sasl.password\" = \"hunter3\"\n\"client.id\" = \"ts\"\n",
+        )
+        .unwrap();
+        let out = c.to_redacted_toml();
+        assert!(!out.contains("hunter2") && !out.contains("hunter3"), "{out}");
+        assert!(out.contains("client.id"));
+        assert!(!format!("{:?}", c.kafka.sasl_password).contains("hunter2"));
+    }
+}

@@ -1,0 +1,681 @@
+//! Decoding: raw message payloads in, validated [`UsageSample`]s or [`Rejection`]s out.
+//!
+//! Every input format sits behind the [`Decoder`] trait; the pipeline never looks at bytes itself.
+//! [`NativeJson`] decodes the native usage event (schema v1), one JSON object per message.
+//!
+//! Decoding never panics and never guesses: a payload is either a complete, validated sample or a
+//! rejection carrying a bounded [`RejectReason`] (used as a metric label) and a detail naming the
+//! field (carried to the dead-letter topic).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+
+/// Earliest accepted event time: 2000-01-01T00:00:00Z. Anything earlier is almost always epoch
+/// seconds sent where milliseconds were expected.
+pub const MIN_EVENT_TIME_MS: i64 = 946_684_800_000;
+
+/// One validated usage sample: `gpus` accelerators used for `interval_s` seconds, ending at `ts_ms`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageSample {
+    /// End of the sampled interval, epoch milliseconds.
+    pub ts_ms: i64,
+    pub tenant: String,
+    pub job: Option<String>,
+    pub node: Option<String>,
+    pub gpu: Option<String>,
+    pub accelerator: Option<String>,
+    /// Accelerators covered by this sample (> 0; fractional for shared devices).
+    pub gpus: f64,
+    /// Seconds covered by this sample (> 0).
+    pub interval_s: f64,
+    pub activity: Activity,
+    pub power_w: Option<f64>,
+    pub fb_used_bytes: Option<f64>,
+    pub nvlink_tx_bytes: Option<f64>,
+    pub nvlink_rx_bytes: Option<f64>,
+}
+
+/// Activity fractions (0..=1) as reported by DCGM profiling and device fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Activity {
+    pub tensor_active: Option<f64>,
+    pub sm_active: Option<f64>,
+    pub gpu_util: Option<f64>,
+    pub dram_active: Option<f64>,
+}
+
+impl UsageSample {
+    /// A sample with the required fields and nothing else; tests and the simulator fill the rest.
+    pub fn new(ts_ms: i64, tenant: impl Into<String>, gpus: f64, interval_s: f64) -> Self {
+        UsageSample {
+            ts_ms,
+            tenant: tenant.into(),
+            job: None,
+            node: None,
+            gpu: None,
+            accelerator: None,
+            gpus,
+            interval_s,
+            activity: Activity::default(),
+            power_w: None,
+            fb_used_bytes: None,
+            nvlink_tx_bytes: None,
+            nvlink_rx_bytes: None,
+        }
+    }
+
+    pub fn job(mut self, job: impl Into<String>) -> Self {
+        self.job = Some(job.into());
+        self
+    }
+
+    pub fn device(mut self, node: impl Into<String>, gpu: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self.gpu = Some(gpu.into());
+        self
+    }
+
+    pub fn accelerator(mut self, model: impl Into<String>) -> Self {
+        self.accelerator = Some(model.into());
+        self
+    }
+
+    pub fn tensor_active(mut self, v: f64) -> Self {
+        self.activity.tensor_active = Some(v);
+        self
+    }
+
+    pub fn gpu_util(mut self, v: f64) -> Self {
+        self.activity.gpu_util = Some(v);
+        self
+    }
+
+    /// The native JSON encoding of this sample (what producers send; the simulator uses it).
+    pub fn to_json(&self) -> String {
+        let mut m = serde_json::Map::new();
+        m.insert("ts".into(), self.ts_ms.into());
+        m.insert("tenant".into(), self.tenant.clone().into());
+        let opt_str = [
+            ("job", &self.job),
+            ("node", &self.node),
+            ("gpu", &self.gpu),
+            ("accelerator", &self.accelerator),
+        ];
+        for (k, v) in opt_str {
+            if let Some(v) = v {
+                m.insert(k.into(), v.clone().into());
+            }
+        }
+        m.insert("gpus".into(), json_number(self.gpus));
+        m.insert("interval_s".into(), json_number(self.interval_s));
+        let opt_num = [
+            ("tensor_active", self.activity.tensor_active),
+            ("sm_active", self.activity.sm_active),
+            ("gpu_util", self.activity.gpu_util),
+            ("dram_active", self.activity.dram_active),
+            ("power_w", self.power_w),
+            ("fb_used_bytes", self.fb_used_bytes),
+            ("nvlink_tx_bytes", self.nvlink_tx_bytes),
+            ("nvlink_rx_bytes", self.nvlink_rx_bytes),
+        ];
+        for (k, v) in opt_num {
+            if let Some(v) = v {
+                m.insert(k.into(), json_number(v));
+            }
+        }
+        serde_json::Value::Object(m).to_string()
+    }
+}
+
+fn json_number(v: f64) -> serde_json::Value {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        (v as i64).into()
+    } else {
+        serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into)
+    }
+}
+
+/// Why a payload was rejected. The set is closed so it can label a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// Not valid JSON (or a number JSON cannot represent).
+    MalformedJson,
+    /// Valid JSON, but not an object.
+    NotAnObject,
+    MissingField,
+    WrongType,
+    /// A string field that must not be empty is empty.
+    EmptyString,
+    /// A fraction outside 0..=1 or a negative counter.
+    OutOfRange,
+    /// `interval_s` or `gpus` is zero or negative.
+    NonPositive,
+    /// Unparseable timestamp, or one outside the plausible range.
+    BadTimestamp,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::MalformedJson,
+        RejectReason::NotAnObject,
+        RejectReason::MissingField,
+        RejectReason::WrongType,
+        RejectReason::EmptyString,
+        RejectReason::OutOfRange,
+        RejectReason::NonPositive,
+        RejectReason::BadTimestamp,
+    ];
+
+    /// The stable code used in metrics labels and dead-letter headers.
+    pub fn code(self) -> &'static str {
+        match self {
+            RejectReason::MalformedJson => "malformed_json",
+            RejectReason::NotAnObject => "not_an_object",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::WrongType => "wrong_type",
+            RejectReason::EmptyString => "empty_string",
+            RejectReason::OutOfRange => "out_of_range",
+            RejectReason::NonPositive => "non_positive",
+            RejectReason::BadTimestamp => "bad_timestamp",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A rejected payload: the reason code and a human-readable detail naming the field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Rejection { reason, detail: detail.into() }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// Limits a decoder applies that depend on the caller, not on the payload.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Latest accepted event time (epoch ms). The daemon sets it to wall clock plus the configured
+    /// future skew so that one bogus far-future timestamp cannot drag the watermark forward and make
+    /// every later event late; replay of historical files leaves it open.
+    pub max_ts_ms: i64,
+}
+
+impl DecodeLimits {
+    pub const OPEN: DecodeLimits = DecodeLimits { max_ts_ms: i64::MAX };
+}
+
+/// One input format. Decoders are pure: bytes and limits in, samples or a rejection out.
+pub trait Decoder: Send + Sync {
+    /// Decodes one message payload. Formats that carry several samples per message append them all.
+    fn decode(
+        &self,
+        payload: &[u8],
+        limits: DecodeLimits,
+        out: &mut Vec<UsageSample>,
+    ) -> Result<(), Rejection>;
+}
+
+/// The native usage event, schema v1 (see the README for the field list).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NativeJson;
+
+impl Decoder for NativeJson {
+    fn decode(
+        &self,
+        payload: &[u8],
+        limits: DecodeLimits,
+        out: &mut Vec<UsageSample>,
+    ) -> Result<(), Rejection> {
+        out.push(decode_native(payload, limits)?);
+        Ok(())
+    }
+}
+
+/// Decodes one native v1 event.
+pub fn decode_native(payload: &[u8], limits: DecodeLimits) -> Result<UsageSample, Rejection> {
+    let raw: RawEvent<'_> = match serde_json::from_slice(payload) {
+        Ok(RawOrNot::Object(raw)) => raw,
+        Ok(RawOrNot::Other(kind)) => {
+            return Err(Rejection::new(RejectReason::NotAnObject, format!("payload is a JSON {kind}")))
+        }
+        Err(e) => return Err(Rejection::new(RejectReason::MalformedJson, e.to_string())),
+    };
+    raw.validate(limits)
+}
+
+/// A JSON scalar as it appeared, before any field-specific validation.
+#[derive(Debug)]
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+    /// Unsigned integers above `i64::MAX` and all non-integral numbers.
+    Float(f64),
+    Bool,
+    Null,
+    Compound,
+}
+
+impl Scalar<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Scalar::Str(_) => "string",
+            Scalar::Int(_) | Scalar::Float(_) => "number",
+            Scalar::Bool => "boolean",
+            Scalar::Null => "null",
+            Scalar::Compound => "array or object",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::Float(v))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Bool)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Compound)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Compound)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The fields of a native event, each as it appeared. Unknown fields are skipped.
+#[derive(Default)]
+struct RawEvent<'a> {
+    ts: Option<Scalar<'a>>,
+    tenant: Option<Scalar<'a>>,
+    job: Option<Scalar<'a>>,
+    node: Option<Scalar<'a>>,
+    gpu: Option<Scalar<'a>>,
+    accelerator: Option<Scalar<'a>>,
+    gpus: Option<Scalar<'a>>,
+    interval_s: Option<Scalar<'a>>,
+    tensor_active: Option<Scalar<'a>>,
+    sm_active: Option<Scalar<'a>>,
+    gpu_util: Option<Scalar<'a>>,
+    dram_active: Option<Scalar<'a>>,
+    power_w: Option<Scalar<'a>>,
+    fb_used_bytes: Option<Scalar<'a>>,
+    nvlink_tx_bytes: Option<Scalar<'a>>,
+    nvlink_rx_bytes: Option<Scalar<'a>>,
+}
+
+/// A payload is an object (decoded into fields) or some other JSON value (rejected by kind).
+enum RawOrNot<'a> {
+    Object(RawEvent<'a>),
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for RawOrNot<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawOrNot<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut raw = RawEvent::default();
+                while let Some(key) = a.next_key::<Cow<'de, str>>()? {
+                    let slot = match key.as_ref() {
+                        "ts" => &mut raw.ts,
+                        "tenant" => &mut raw.tenant,
+                        "job" => &mut raw.job,
+                        "node" => &mut raw.node,
+                        "gpu" => &mut raw.gpu,
+                        "accelerator" => &mut raw.accelerator,
+                        "gpus" => &mut raw.gpus,
+                        "interval_s" => &mut raw.interval_s,
+                        "tensor_active" => &mut raw.tensor_active,
+                        "sm_active" => &mut raw.sm_active,
+                        "gpu_util" => &mut raw.gpu_util,
+                        "dram_active" => &mut raw.dram_active,
+                        "power_w" => &mut raw.power_w,
+                        "fb_used_bytes" => &mut raw.fb_used_bytes,
+                        "nvlink_tx_bytes" => &mut raw.nvlink_tx_bytes,
+                        "nvlink_rx_bytes" => &mut raw.nvlink_rx_bytes,
+                        _ => {
+                            a.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(a.next_value::<Scalar<'de>>()?);
+                }
+                Ok(RawOrNot::Object(raw))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(RawOrNot::Other("array"))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(RawOrNot::Other("string"))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(RawOrNot::Other("number"))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(RawOrNot::Other("number"))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(RawOrNot::Other("number"))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(RawOrNot::Other("boolean"))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(RawOrNot::Other("null"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Optional fields may be absent or `null`; both mean "not reported".
+fn present<'s, 'a>(v: &'s Option<Scalar<'a>>) -> Option<&'s Scalar<'a>> {
+    match v {
+        None | Some(Scalar::Null) => None,
+        Some(s) => Some(s),
+    }
+}
+
+fn wrong_type(field: &str, s: &Scalar<'_>, expected: &str) -> Rejection {
+    Rejection::new(
+        RejectReason::WrongType,
+        format!("field `{field}` must be {expected}, got {}", s.kind()),
+    )
+}
+
+fn number(field: &str, v: &Option<Scalar<'_>>) -> Result<Option<f64>, Rejection> {
+    match present(v) {
+        None => Ok(None),
+        Some(Scalar::Int(i)) => Ok(Some(*i as f64)),
+        Some(Scalar::Float(f)) if f.is_finite() => Ok(Some(*f)),
+        Some(Scalar::Float(_)) => Err(Rejection::new(
+            RejectReason::OutOfRange,
+            format!("field `{field}` is not a finite number"),
+        )),
+        Some(s) => Err(wrong_type(field, s, "a number")),
+    }
+}
+
+fn fraction(field: &str, v: &Option<Scalar<'_>>) -> Result<Option<f64>, Rejection> {
+    match number(field, v)? {
+        Some(x) if !(0.0..=1.0).contains(&x) => Err(Rejection::new(
+            RejectReason::OutOfRange,
+            format!("field `{field}` must be a fraction in 0..1, got {x}"),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn non_negative(field: &str, v: &Option<Scalar<'_>>) -> Result<Option<f64>, Rejection> {
+    match number(field, v)? {
+        Some(x) if x < 0.0 => Err(Rejection::new(
+            RejectReason::OutOfRange,
+            format!("field `{field}` must not be negative, got {x}"),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn positive(field: &str, v: &Option<Scalar<'_>>) -> Result<Option<f64>, Rejection> {
+    match number(field, v)? {
+        Some(x) if x <= 0.0 => Err(Rejection::new(
+            RejectReason::NonPositive,
+            format!("field `{field}` must be positive, got {x}"),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn string(field: &str, v: &Option<Scalar<'_>>) -> Result<Option<String>, Rejection> {
+    match present(v) {
+        None => Ok(None),
+        Some(Scalar::Str(s)) if s.is_empty() => Err(Rejection::new(
+            RejectReason::EmptyString,
+            format!("field `{field}` must not be empty"),
+        )),
+        Some(Scalar::Str(s)) => Ok(Some(s.to_string())),
+        // Scheduler ids and GPU indexes are often emitted as numbers; accept integers as ids.
+        Some(Scalar::Int(i)) if field != "tenant" => Ok(Some(i.to_string())),
+        Some(s) => Err(wrong_type(field, s, "a string")),
+    }
+}
+
+fn missing(field: &str) -> Rejection {
+    Rejection::new(RejectReason::MissingField, format!("required field `{field}` is missing"))
+}
+
+fn timestamp(v: &Option<Scalar<'_>>, limits: DecodeLimits) -> Result<i64, Rejection> {
+    let ms = match present(v) {
+        None => return Err(missing("ts")),
+        Some(Scalar::Int(ms)) => *ms,
+        Some(Scalar::Str(s)) => parse_rfc3339_ms(s).ok_or_else(|| {
+            Rejection::new(RejectReason::BadTimestamp, format!("field `ts` is not RFC 3339: {s:?}"))
+        })?,
+        Some(s) => return Err(wrong_type("ts", s, "an RFC 3339 string or integer epoch milliseconds")),
+    };
+    if ms < MIN_EVENT_TIME_MS {
+        return Err(Rejection::new(
+            RejectReason::BadTimestamp,
+            format!("field `ts` {ms} is before 2000-01-01 (epoch seconds sent as milliseconds?)"),
+        ));
+    }
+    if ms > limits.max_ts_ms {
+        return Err(Rejection::new(
+            RejectReason::BadTimestamp,
+            format!("field `ts` {ms} is further in the future than the configured skew allows"),
+        ));
+    }
+    Ok(ms)
+}
+
+/// Parses an RFC 3339 timestamp to epoch milliseconds (sub-millisecond digits are truncated).
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+}
+
+/// Formats epoch milliseconds as RFC 3339 UTC with millisecond precision.
+pub fn format_rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+impl RawEvent<'_> {
+    fn validate(self, limits: DecodeLimits) -> Result<UsageSample, Rejection> {
+        let ts_ms = timestamp(&self.ts, limits)?;
+        let tenant = string("tenant", &self.tenant)?.ok_or_else(|| missing("tenant"))?;
+        let interval_s = positive("interval_s", &self.interval_s)?.ok_or_else(|| missing("interval_s"))?;
+        let gpus = positive("gpus", &self.gpus)?.unwrap_or(1.0);
+        Ok(UsageSample {
+            ts_ms,
+            tenant,
+            job: string("job", &self.job)?,
+            node: string("node", &self.node)?,
+            gpu: string("gpu", &self.gpu)?,
+            accelerator: string("accelerator", &self.accelerator)?,
+            gpus,
+            interval_s,
+            activity: Activity {
+                tensor_active: fraction("tensor_active", &self.tensor_active)?,
+                sm_active: fraction("sm_active", &self.sm_active)?,
+                gpu_util: fraction("gpu_util", &self.gpu_util)?,
+                dram_active: fraction("dram_active", &self.dram_active)?,
+            },
+            power_w: non_negative("power_w", &self.power_w)?,
+            fb_used_bytes: non_negative("fb_used_bytes", &self.fb_used_bytes)?,
+            nvlink_tx_bytes: non_negative("nvlink_tx_bytes", &self.nvlink_tx_bytes)?,
+            nvlink_rx_bytes: non_negative("nvlink_rx_bytes", &self.nvlink_rx_bytes)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(s: &str) -> Result<UsageSample, Rejection> {
+        decode_native(s.as_bytes(), DecodeLimits::OPEN)
+    }
+
+    fn reason(s: &str) -> RejectReason {
+        decode(s).expect_err("payload should be rejected").reason
+    }
+
+    #[test]
+    fn decodes_full_event_with_rfc3339_time() {
+        let s = decode(
+            r#"{"ts":"2024-05-01T12:00:30Z","tenant":"t1","job":"j1","node":"n1","gpu":"GPU-1",
+               "accelerator":"NVIDIA H100 80GB HBM3","gpus":8,"interval_s":30,"tensor_active":0.5,
+               "sm_active":0.7,"gpu_util":1,"dram_active":0.3,"power_w":650.5,"fb_used_bytes":7e10,
+               "nvlink_tx_bytes":1000,"nvlink_rx_bytes":2000,"future_field":{"x":[1,2]}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.ts_ms, 1_714_564_830_000);
+        assert_eq!(s.tenant, "t1");
+        assert_eq!(s.job.as_deref(), Some("j1"));
+        assert_eq!(s.gpus, 8.0);
+        assert_eq!(s.interval_s, 30.0);
+        assert_eq!(s.activity.tensor_active, Some(0.5));
+        assert_eq!(s.activity.gpu_util, Some(1.0));
+        assert_eq!(s.power_w, Some(650.5));
+    }
+
+    #[test]
+    fn accepts_epoch_millis_offsets_and_defaults_gpus_to_one() {
+        let s = decode(r#"{"ts":1714564830000,"tenant":"t","interval_s":60}"#).unwrap();
+        assert_eq!(s.ts_ms, 1_714_564_830_000);
+        assert_eq!(s.gpus, 1.0);
+        let s = decode(r#"{"ts":"2024-05-01T14:00:30.250+02:00","tenant":"t","interval_s":1}"#).unwrap();
+        assert_eq!(s.ts_ms, 1_714_564_830_250);
+    }
+
+    #[test]
+    fn null_optional_fields_mean_absent() {
+        let s = decode(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"job":null,"tensor_active":null}"#)
+            .unwrap();
+        assert_eq!(s.job, None);
+        assert_eq!(s.activity.tensor_active, None);
+    }
+
+    #[test]
+    fn integer_ids_are_accepted_as_strings() {
+        let s = decode(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"job":12345,"gpu":3}"#).unwrap();
+        assert_eq!(s.job.as_deref(), Some("12345"));
+        assert_eq!(s.gpu.as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn rejects_each_kind_of_bad_input_with_its_reason() {
+        assert_eq!(reason("{not json"), RejectReason::MalformedJson);
+        assert_eq!(reason(""), RejectReason::MalformedJson);
+        assert_eq!(reason("[1,2]"), RejectReason::NotAnObject);
+        assert_eq!(reason(r#""x""#), RejectReason::NotAnObject);
+        assert_eq!(reason(r#"{"tenant":"t","interval_s":60}"#), RejectReason::MissingField);
+        assert_eq!(reason(r#"{"ts":1714564830000,"interval_s":60}"#), RejectReason::MissingField);
+        assert_eq!(reason(r#"{"ts":1714564830000,"tenant":"t"}"#), RejectReason::MissingField);
+        assert_eq!(reason(r#"{"ts":1714564830000,"tenant":"","interval_s":60}"#), RejectReason::EmptyString);
+        assert_eq!(reason(r#"{"ts":1714564830000,"tenant":7,"interval_s":60}"#), RejectReason::WrongType);
+        assert_eq!(reason(r#"{"ts":true,"tenant":"t","interval_s":60}"#), RejectReason::WrongType);
+        assert_eq!(reason(r#"{"ts":1714564830000.5,"tenant":"t","interval_s":60}"#), RejectReason::WrongType);
+        assert_eq!(reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":"60"}"#), RejectReason::WrongType);
+        assert_eq!(
+            reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"tensor_active":"NaN"}"#),
+            RejectReason::WrongType
+        );
+        assert_eq!(
+            reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"tensor_active":1.2}"#),
+            RejectReason::OutOfRange
+        );
+        assert_eq!(
+            reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"gpu_util":-0.1}"#),
+            RejectReason::OutOfRange
+        );
+        assert_eq!(reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":0}"#), RejectReason::NonPositive);
+        assert_eq!(reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"gpus":-8}"#), RejectReason::NonPositive);
+        assert_eq!(reason(r#"{"ts":"yesterday","tenant":"t","interval_s":60}"#), RejectReason::BadTimestamp);
+        assert_eq!(reason(r#"{"ts":1714564830,"tenant":"t","interval_s":60}"#), RejectReason::BadTimestamp);
+        // 1e400 does not fit an f64: serde_json refuses it as a number.
+        assert_eq!(reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":1e400}"#), RejectReason::MalformedJson);
+    }
+
+    #[test]
+    fn rejection_detail_names_the_field() {
+        let r = decode(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"sm_active":3}"#).unwrap_err();
+        assert!(r.detail.contains("sm_active"), "{}", r.detail);
+    }
+
+    #[test]
+    fn future_timestamps_beyond_the_limit_are_rejected() {
+        let limits = DecodeLimits { max_ts_ms: 1_714_564_830_000 };
+        let ok = decode_native(br#"{"ts":1714564830000,"tenant":"t","interval_s":1}"#, limits);
+        assert!(ok.is_ok());
+        let late = decode_native(br#"{"ts":1714564830001,"tenant":"t","interval_s":1}"#, limits);
+        assert_eq!(late.unwrap_err().reason, RejectReason::BadTimestamp);
+    }
+
+    #[test]
+    fn to_json_round_trips() {
+        let s = UsageSample::new(1_714_564_830_000, "t", 8.0, 30.0)
+            .job("j")
+            .device("n", "0")
+            .accelerator("NVIDIA H100 80GB HBM3")
+            .tensor_active(0.42);
+        assert_eq!(decode(&s.to_json()).unwrap(), s);
+    }
+}

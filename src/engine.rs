@@ -1,0 +1,816 @@
+//! The engine: the one owner of window, detection and alert state.
+//!
+//! Samples go in one at a time ([`Engine::apply`], called by the pipeline for each decoded sample of
+//! a batch); alert records come out of [`Engine::drain_alerts`]. Event time drives everything: the
+//! watermark is the latest event time minus the allowed lateness, and every time it crosses a
+//! detection slide boundary the engine evaluates the jobs and tenants that changed (and those with
+//! active alerts) at that boundary. Evaluation therefore depends only on the order of the input, not
+//! on how it was batched. No I/O, no clock, no locks: the state task owns the engine.
+//!
+//! State: tenants and jobs by name, each with lifetime [`Usage`], its [`Windows`] and, per device
+//! series, what de-duplication and detection need. Keys idle for longer than the longest window are
+//! evicted (their alerts resolve first).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ahash::{AHashMap, AHashSet};
+use serde::Serialize;
+
+use crate::alert::{AlertBook, AlertName, AlertRecord, Condition, Entity, Severity};
+use crate::catalog::Catalog;
+use crate::config::{Config, ConfigError, DetectionConfig, Settings};
+use crate::decode::{format_rfc3339_ms, UsageSample};
+use crate::detect::{self, DetectPane, Moments, Signal, Verdict};
+use crate::estimate::{Estimator, FlopEstimate, Usage};
+use crate::window::{PaneRing, Windows};
+
+/// Smoothing of per-device activity (per sample) used for the rank-spread feature.
+const DEVICE_EWMA_ALPHA: f32 = 0.2;
+
+/// What became of one applied sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Counted. `late`: older than the watermark. `unverified`: too old to be checked for duplicates.
+    Accepted { late: bool, unverified: bool },
+    /// The same tenant/job/node/gpu/ts was already counted.
+    Duplicate,
+}
+
+/// Counters the engine keeps about its input (the pipeline mirrors them into metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    pub accepted: u64,
+    pub late: u64,
+    pub duplicate: u64,
+    /// Accepted samples older than the de-duplication horizon (could not be checked).
+    pub unverified: u64,
+    /// Samples whose accelerator model is not in the catalog (fallback peak used).
+    pub unknown_accelerator: u64,
+    /// Samples that named no accelerator model (fallback peak used).
+    pub unspecified_accelerator: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct JobKey {
+    tenant: Arc<str>,
+    job: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    node: Option<Box<str>>,
+    gpu: Option<Box<str>>,
+}
+
+/// One device series (or one aggregate series when the sample names no device).
+#[derive(Debug, Clone)]
+struct SeriesState {
+    /// Timestamps counted and still inside the de-duplication horizon, ascending.
+    seen: Vec<i64>,
+    last_ts: i64,
+    /// Newest detection pane this series has been counted in as an active accelerator.
+    covered_pane: i64,
+    /// Smoothed activity of the best signal; NaN until one is reported.
+    activity: f32,
+}
+
+impl Default for SeriesState {
+    fn default() -> Self {
+        SeriesState { seen: Vec::new(), last_ts: i64::MIN, covered_pane: i64::MIN, activity: f32::NAN }
+    }
+}
+
+enum Seen {
+    New,
+    Duplicate,
+    Unverifiable,
+}
+
+impl SeriesState {
+    /// Records `ts` unless it was already counted. Timestamps below `floor` were forgotten.
+    fn observe(&mut self, ts: i64, floor: i64) -> Seen {
+        let cut = self.seen.partition_point(|&t| t < floor);
+        self.seen.drain(..cut);
+        if ts < floor {
+            return Seen::Unverifiable;
+        }
+        match self.seen.binary_search(&ts) {
+            Ok(_) => Seen::Duplicate,
+            Err(i) => {
+                self.seen.insert(i, ts);
+                Seen::New
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Account {
+    lifetime: Usage,
+    windows: Windows,
+    first_ts: i64,
+    last_ts: i64,
+}
+
+impl Default for Account {
+    fn default() -> Self {
+        Account { lifetime: Usage::default(), windows: Windows::default(), first_ts: i64::MAX, last_ts: i64::MIN }
+    }
+}
+
+impl Account {
+    fn add(&mut self, s: &Settings, ts: i64, u: &Usage) {
+        self.lifetime.add(u);
+        self.windows.add(&s.windows, ts, u);
+        self.first_ts = self.first_ts.min(ts);
+        self.last_ts = self.last_ts.max(ts);
+    }
+}
+
+#[derive(Debug, Default)]
+struct TenantState {
+    account: Account,
+    /// Series of samples that name no job.
+    series: AHashMap<SeriesKey, SeriesState>,
+}
+
+#[derive(Debug, Default)]
+struct JobState {
+    account: Account,
+    series: AHashMap<SeriesKey, SeriesState>,
+    detect: PaneRing<DetectPane>,
+    max_concurrent: f32,
+    score: f64,
+    suspected: bool,
+    /// Accelerator models seen (catalog index; `None` = unknown or unspecified) with sample counts.
+    models: Vec<(Option<u16>, u64)>,
+}
+
+/// The window values of one key, in configured order (serialises as a JSON object).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowValues<T>(pub Vec<(String, T)>);
+
+impl<T: Serialize> Serialize for WindowValues<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// A tenant's totals, as in the replay report and `GET /api/v1/tenants`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TenantReport {
+    pub tenant: String,
+    pub accelerator_seconds: f64,
+    pub estimated_flop: FlopEstimate,
+    /// Accelerator-seconds of the window of each length that ends at the first slide boundary after
+    /// the latest event time.
+    pub windows: WindowValues<f64>,
+    pub window_flop: WindowValues<FlopEstimate>,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// A job's totals and detection state, as in the replay report and `GET /api/v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobReport {
+    pub tenant: String,
+    pub job: String,
+    pub accelerator_seconds: f64,
+    pub max_concurrent_accelerators: f64,
+    pub training_score: f64,
+    pub suspected: bool,
+    pub estimated_flop: FlopEstimate,
+    pub windows: WindowValues<f64>,
+    pub window_flop: WindowValues<FlopEstimate>,
+    pub accelerator_models: Vec<String>,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// The engine. See the module documentation.
+pub struct Engine {
+    s: Settings,
+    detection: DetectionConfig,
+    estimator: Estimator,
+    catalog: Catalog,
+    tenants: AHashMap<Arc<str>, TenantState>,
+    jobs: AHashMap<JobKey, JobState>,
+    max_event_ms: Option<i64>,
+    /// Next detection boundary to evaluate at.
+    next_tick_ms: i64,
+    /// Next event time at which idle keys are swept.
+    next_sweep_ms: i64,
+    touched_jobs: AHashSet<JobKey>,
+    touched_tenants: AHashSet<Arc<str>>,
+    alerts: AlertBook,
+    outbox: Vec<AlertRecord>,
+    stats: EngineStats,
+}
+
+impl Engine {
+    pub fn new(cfg: &Config) -> Result<Engine, ConfigError> {
+        let s = cfg.validate()?;
+        Ok(Engine {
+            alerts: AlertBook::new(s.resend_ms),
+            s,
+            detection: cfg.detection.clone(),
+            estimator: Estimator { utilization: cfg.estimate.utilization, tensor_band: cfg.estimate.tensor_band },
+            catalog: Catalog::new(&cfg.catalog.accelerators, cfg.catalog.fallback_tflops),
+            tenants: AHashMap::new(),
+            jobs: AHashMap::new(),
+            max_event_ms: None,
+            next_tick_ms: i64::MIN,
+            next_sweep_ms: i64::MIN,
+            touched_jobs: AHashSet::new(),
+            touched_tenants: AHashSet::new(),
+            outbox: Vec::new(),
+            stats: EngineStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    pub fn max_event_ms(&self) -> Option<i64> {
+        self.max_event_ms
+    }
+
+    /// Latest event time minus the allowed lateness.
+    pub fn watermark_ms(&self) -> Option<i64> {
+        self.max_event_ms.map(|m| m - self.s.allowed_lateness_ms)
+    }
+
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.jobs.values().map(|j| j.series.len()).sum::<usize>()
+            + self.tenants.values().map(|t| t.series.len()).sum::<usize>()
+    }
+
+    pub fn suspected_jobs(&self) -> usize {
+        self.jobs.values().filter(|j| j.suspected).count()
+    }
+
+    pub fn active_alerts(&self) -> [(AlertName, usize); 3] {
+        self.alerts.counts()
+    }
+
+    /// Alert records produced since the last call, in the order they happened.
+    pub fn drain_alerts(&mut self) -> Vec<AlertRecord> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Counts one sample: de-duplicates it, adds it to the tenant's and job's lifetime and windows,
+    /// and updates the job's detection panes. May evaluate first if the sample moves the watermark
+    /// across a detection boundary.
+    pub fn apply(&mut self, sample: &UsageSample) -> Applied {
+        let ts = sample.ts_ms;
+        let watermark_before = self.watermark_ms();
+        if self.max_event_ms.is_none_or(|m| ts > m) {
+            self.advance_to(ts - self.s.allowed_lateness_ms);
+            self.max_event_ms = Some(ts);
+        }
+        let floor = watermark_before.map_or(i64::MIN, |w| w - self.s.dedup_horizon_ms);
+        let late = watermark_before.is_some_and(|w| ts < w);
+
+        let tenant = match self.tenants.get_key_value(sample.tenant.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<str> = Arc::from(sample.tenant.as_str());
+                self.tenants.insert(k.clone(), TenantState::default());
+                k
+            }
+        };
+        let series_key = SeriesKey {
+            node: sample.node.as_deref().map(Box::from),
+            gpu: sample.gpu.as_deref().map(Box::from),
+        };
+        let job_key = sample.job.as_deref().map(|j| self.job_key(&tenant, j));
+
+        // De-duplicate on the series the sample belongs to.
+        let series = match &job_key {
+            Some(k) => self.jobs.entry(k.clone()).or_default().series.entry(series_key).or_default(),
+            None => self.tenants.get_mut(&tenant).expect("inserted above").series.entry(series_key).or_default(),
+        };
+        let unverified = match series.observe(ts, floor) {
+            Seen::Duplicate => {
+                self.stats.duplicate += 1;
+                return Applied::Duplicate;
+            }
+            Seen::Unverifiable => true,
+            Seen::New => false,
+        };
+        let first_pane = series.covered_pane;
+        series.last_ts = series.last_ts.max(ts);
+        let best = Signal::best(&sample.activity);
+        if let Some((_, v)) = best {
+            let a = &mut series.activity;
+            *a = if a.is_nan() { v as f32 } else { *a + DEVICE_EWMA_ALPHA * (v as f32 - *a) };
+        }
+
+        let peak = self.catalog.resolve(sample.accelerator.as_deref());
+        if peak.model.is_none() {
+            if sample.accelerator.is_some() {
+                self.stats.unknown_accelerator += 1;
+            } else {
+                self.stats.unspecified_accelerator += 1;
+            }
+        }
+        let usage = self.estimator.sample_usage(sample.gpus, sample.interval_s, peak.flops, sample.activity.tensor_active);
+
+        self.tenants.get_mut(&tenant).expect("inserted above").account.add(&self.s, ts, &usage);
+        self.touched_tenants.insert(tenant);
+        if let Some(k) = job_key {
+            let slide = self.s.detect_slide_ms;
+            let n = (self.s.detect_window_ms / slide) as usize;
+            let job = self.jobs.get_mut(&k).expect("inserted above");
+            job.account.add(&self.s, ts, &usage);
+            match job.models.iter_mut().find(|(m, _)| *m == peak.model) {
+                Some((_, c)) => *c += 1,
+                None => job.models.push((peak.model, 1)),
+            }
+            if let Some(pane) = job.detect.pane_mut(ts.div_euclid(slide), n) {
+                if let Some((signal, v)) = best {
+                    let acc_s = usage.acc_ms as f32 / 1000.0;
+                    let m: &mut Moments = &mut pane.activity[signal as usize];
+                    m.weight += acc_s;
+                    m.sum += v as f32 * acc_s;
+                }
+            }
+            // The sample covers [ts - interval, ts): count the device once in each detection pane
+            // it covers that it was not counted in yet.
+            let interval_ms = (sample.interval_s * 1000.0).round() as i64;
+            let last = (ts - 1).div_euclid(slide);
+            let first = (ts - interval_ms).div_euclid(slide).max(first_pane.saturating_add(1)).max(last - n as i64 + 1);
+            for p in first..=last {
+                if let Some(pane) = job.detect.pane_mut(p, n) {
+                    pane.accelerators += sample.gpus as f32;
+                    job.max_concurrent = job.max_concurrent.max(pane.accelerators);
+                }
+            }
+            if last >= first {
+                let series = job.series.get_mut(&SeriesKey {
+                    node: sample.node.as_deref().map(Box::from),
+                    gpu: sample.gpu.as_deref().map(Box::from),
+                });
+                if let Some(series) = series {
+                    series.covered_pane = series.covered_pane.max(last);
+                }
+            }
+            self.touched_jobs.insert(k);
+        }
+
+        self.stats.accepted += 1;
+        self.stats.late += late as u64;
+        self.stats.unverified += unverified as u64;
+        Applied::Accepted { late, unverified }
+    }
+
+    fn job_key(&self, tenant: &Arc<str>, job: &str) -> JobKey {
+        // Reuse the stored Arc of an existing job so keys share one allocation.
+        let probe = JobKey { tenant: tenant.clone(), job: Arc::from(job) };
+        match self.jobs.get_key_value(&probe) {
+            Some((k, _)) => k.clone(),
+            None => probe,
+        }
+    }
+
+    /// Moves the watermark to `watermark`: evaluates at the newest detection boundary it passed.
+    fn advance_to(&mut self, watermark: i64) {
+        let slide = self.s.detect_slide_ms;
+        if self.next_tick_ms == i64::MIN {
+            self.next_tick_ms = (watermark.div_euclid(slide) + 1) * slide;
+            self.next_sweep_ms = self.next_tick_ms;
+            return;
+        }
+        if watermark < self.next_tick_ms {
+            return;
+        }
+        let tick = watermark.div_euclid(slide) * slide;
+        self.evaluate(tick);
+        self.next_tick_ms = tick + slide;
+        if tick >= self.next_sweep_ms {
+            self.sweep(watermark);
+            self.next_sweep_ms = tick + self.sweep_interval_ms();
+        }
+    }
+
+    /// End of input: the watermark moves to the latest event time and everything is evaluated there.
+    pub fn finish(&mut self) {
+        if let Some(m) = self.max_event_ms {
+            self.evaluate(m);
+        }
+    }
+
+    fn sweep_interval_ms(&self) -> i64 {
+        let longest_slide = self.s.windows.iter().map(|w| w.slide_ms).max().unwrap_or(0);
+        longest_slide.clamp(self.s.detect_slide_ms, 3_600_000)
+    }
+
+    /// Evaluates detection and compute conditions at event time `now`.
+    fn evaluate(&mut self, now: i64) {
+        let mut jobs: Vec<JobKey> = self.touched_jobs.drain().collect();
+        let mut tenants: Vec<Arc<str>> = self.touched_tenants.drain().collect();
+        for e in self.alerts.entities() {
+            match e.job {
+                Some(job) => jobs.push(JobKey { tenant: e.tenant, job }),
+                None => tenants.push(e.tenant),
+            }
+        }
+        jobs.sort_by(|a, b| (&a.tenant, &a.job).cmp(&(&b.tenant, &b.job)));
+        jobs.dedup();
+        tenants.sort();
+        tenants.dedup();
+        for k in jobs {
+            self.evaluate_job(&k, now);
+        }
+        for t in tenants {
+            let Some(state) = self.tenants.get(&t) else { continue };
+            let entity = Entity { tenant: t.clone(), job: None };
+            let conditions = self.compute_conditions(&entity, &state.account, now);
+            self.alerts.reconcile(&entity, conditions, now, &mut self.outbox);
+        }
+        self.alerts.resend_due(now, &mut self.outbox);
+    }
+
+    fn evaluate_job(&mut self, k: &JobKey, now: i64) {
+        let entity = Entity { tenant: k.tenant.clone(), job: Some(k.job.clone()) };
+        let Some(job) = self.jobs.get(k) else {
+            self.alerts.reconcile(&entity, Vec::new(), now, &mut self.outbox);
+            return;
+        };
+        let ended = job.account.last_ts < now - self.s.job_end_after_ms;
+        let mut conditions = Vec::new();
+        let verdict = (!ended).then(|| self.verdict(job, now));
+        let score = verdict.as_ref().map_or(0.0, |v| v.score);
+        let suspected = verdict.as_ref().is_some_and(|v| {
+            v.gates_passed
+                && (v.score >= self.detection.score_threshold
+                    || (job.suspected && v.score >= self.detection.resolve_below))
+        });
+        if let (true, Some(v)) = (suspected, &verdict) {
+            conditions.push(self.training_condition(k, job, v, now));
+        }
+        if !ended {
+            conditions.extend(self.compute_conditions(&entity, &job.account, now));
+        }
+        let job = self.jobs.get_mut(k).expect("checked above");
+        job.score = score;
+        job.suspected = suspected;
+        self.alerts.reconcile(&entity, conditions, now, &mut self.outbox);
+    }
+
+    /// Features over `[now - window, now)` and the score.
+    fn verdict(&self, job: &JobState, now: i64) -> Verdict {
+        let slide = self.s.detect_slide_ms;
+        let n = self.s.detect_window_ms / slide;
+        let last = now.div_euclid(slide) - 1;
+        let first = (last - n + 1).max(job.account.first_ts.div_euclid(slide));
+        let mut panes = Vec::with_capacity(n as usize);
+        let mut expected = first;
+        for (i, p) in job.detect.range(first, last) {
+            // Slides with no sample are real gaps: they count as zero accelerators.
+            while expected < i {
+                panes.push(DetectPane::default());
+                expected += 1;
+            }
+            panes.push(*p);
+            expected = i + 1;
+        }
+        while expected <= last && !panes.is_empty() {
+            panes.push(DetectPane::default());
+            expected += 1;
+        }
+        let recent = now - 2 * slide;
+        let devices: Vec<f64> = job
+            .series
+            .values()
+            .filter(|s| s.last_ts >= recent && !s.activity.is_nan())
+            .map(|s| s.activity as f64)
+            .collect();
+        let duration_s = ((job.account.last_ts.min(now) - job.account.first_ts).max(0)) as f64 / 1000.0;
+        detect::score(&detect::features(&panes, &devices, duration_s), &self.detection)
+    }
+
+    fn training_condition(&self, k: &JobKey, job: &JobState, v: &Verdict, now: i64) -> Condition {
+        let slide = self.s.detect_slide_ms;
+        let window_start = (now - self.s.detect_window_ms).max(job.account.first_ts.div_euclid(slide) * slide);
+        let recent = now - 2 * slide;
+        let mut nodes: Vec<&str> = job
+            .series
+            .values()
+            .zip(job.series.keys())
+            .filter(|(s, _)| s.last_ts >= recent)
+            .filter_map(|(_, key)| key.node.as_deref())
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let accelerators = v.features[0].value.unwrap_or(0.0);
+        let evidence = serde_json::json!({
+            "score": v.score,
+            "score_threshold": self.detection.score_threshold,
+            "window": {"start": format_rfc3339_ms(window_start), "end": format_rfc3339_ms(now)},
+            "features": v.features,
+            "signals_available": self.signals_available(job, now),
+            "nodes": nodes.len(),
+            "node_sample": nodes.iter().take(16).collect::<Vec<_>>(),
+            "devices_reporting": job.series.values().filter(|s| s.last_ts >= recent).count(),
+            "accelerator_models": self.model_names(job),
+            "first_seen": format_rfc3339_ms(job.account.first_ts),
+        });
+        Condition {
+            name: AlertName::TrainingSuspected,
+            threshold: None,
+            severity: Severity::Warning,
+            summary: format!(
+                "job {} of tenant {} looks like large-model training: score {:.2}, {:.0} accelerators",
+                k.job, k.tenant, v.score, accelerators
+            ),
+            evidence,
+            estimated_flop: self.estimator.flop(&job.account.lifetime),
+            eta_ms: None,
+        }
+    }
+
+    fn signals_available(&self, job: &JobState, now: i64) -> Vec<&'static str> {
+        let slide = self.s.detect_slide_ms;
+        let last = now.div_euclid(slide) - 1;
+        let first = last - self.s.detect_window_ms / slide + 1;
+        Signal::ALL
+            .iter()
+            .filter(|s| job.detect.range(first, last).any(|(_, p)| p.activity[**s as usize].weight > 0.0))
+            .map(|s| s.name())
+            .collect()
+    }
+
+    fn model_names(&self, job: &JobState) -> Vec<String> {
+        job.models
+            .iter()
+            .map(|(m, _)| m.map_or_else(|| "unknown".to_string(), |i| self.catalog.name(i).to_string()))
+            .collect()
+    }
+
+    /// `ComputeThresholdCrossed` for every threshold the central estimate reached, and
+    /// `ComputeThresholdProjected` for every threshold the current rate reaches within the horizon.
+    fn compute_conditions(&self, entity: &Entity, account: &Account, now: i64) -> Vec<Condition> {
+        let lifetime = self.estimator.flop(&account.lifetime);
+        let who = match &entity.job {
+            Some(j) => format!("job {j} of tenant {}", entity.tenant),
+            None => format!("tenant {}", entity.tenant),
+        };
+        let spec = &self.s.windows[self.s.projection_window];
+        let window_end = spec.end_after(now.min(account.last_ts));
+        let in_window = self.estimator.flop(&account.windows.value(&self.s.windows, self.s.projection_window, window_end));
+        let observed_ms = (account.last_ts - account.first_ts).max(0);
+        let rate_span_ms = observed_ms.min(spec.width_ms);
+        let rate = if rate_span_ms > 0 { in_window.central / (rate_span_ms as f64 / 1000.0) } else { 0.0 };
+        let mut out = Vec::new();
+        for &t in &self.s.thresholds {
+            if lifetime.central >= t {
+                out.push(Condition {
+                    name: AlertName::ComputeThresholdCrossed,
+                    threshold: Some(t),
+                    severity: Severity::Critical,
+                    summary: format!("{who} crossed {t:e} FLOP (central estimate {:.3e})", lifetime.central),
+                    evidence: serde_json::json!({
+                        "lifetime_flop": lifetime,
+                        "accelerator_seconds": account.lifetime.accelerator_seconds(),
+                        "first_seen": format_rfc3339_ms(account.first_ts),
+                        "last_seen": format_rfc3339_ms(account.last_ts),
+                    }),
+                    estimated_flop: lifetime,
+                    eta_ms: None,
+                });
+                continue;
+            }
+            if rate <= 0.0 || observed_ms < self.s.projection_min_duration_ms {
+                continue;
+            }
+            let eta_s = (t - lifetime.central) / rate;
+            if eta_s * 1000.0 <= self.s.projection_horizon_ms as f64 {
+                let eta_ms = now + (eta_s * 1000.0) as i64;
+                out.push(Condition {
+                    name: AlertName::ComputeThresholdProjected,
+                    threshold: Some(t),
+                    severity: Severity::Warning,
+                    summary: format!(
+                        "{who} is projected to cross {t:e} FLOP at {} (central estimate {:.3e}, rate {:.3e} FLOP/s over the last {})",
+                        format_rfc3339_ms(eta_ms),
+                        lifetime.central,
+                        rate,
+                        spec.name
+                    ),
+                    evidence: serde_json::json!({
+                        "lifetime_flop": lifetime,
+                        "rate_flop_per_second": rate,
+                        "rate_window": spec.name,
+                        "rate_window_flop": in_window,
+                        "rate_span_seconds": rate_span_ms as f64 / 1000.0,
+                        "horizon_seconds": self.s.projection_horizon_ms as f64 / 1000.0,
+                        "seconds_to_threshold": eta_s,
+                    }),
+                    estimated_flop: lifetime,
+                    eta_ms: Some(eta_ms),
+                });
+            }
+        }
+        out
+    }
+
+    /// Evicts keys no window can contain any more, and device series older than every horizon.
+    fn sweep(&mut self, watermark: i64) {
+        let longest = self.s.windows.iter().map(|w| w.width_ms + w.slide_ms).max().unwrap_or(0);
+        let idle_before = watermark - longest;
+        let series_before = watermark - self.s.dedup_horizon_ms.max(self.s.detect_window_ms);
+        let gone: Vec<JobKey> = self.jobs.iter().filter(|(_, j)| j.account.last_ts < idle_before).map(|(k, _)| k.clone()).collect();
+        for k in gone {
+            self.jobs.remove(&k);
+            let entity = Entity { tenant: k.tenant, job: Some(k.job) };
+            self.alerts.reconcile(&entity, Vec::new(), watermark, &mut self.outbox);
+        }
+        let gone: Vec<Arc<str>> =
+            self.tenants.iter().filter(|(_, t)| t.account.last_ts < idle_before).map(|(k, _)| k.clone()).collect();
+        for t in gone {
+            self.tenants.remove(&t);
+            let entity = Entity { tenant: t, job: None };
+            self.alerts.reconcile(&entity, Vec::new(), watermark, &mut self.outbox);
+        }
+        for j in self.jobs.values_mut() {
+            j.series.retain(|_, s| s.last_ts >= series_before);
+        }
+        for t in self.tenants.values_mut() {
+            t.series.retain(|_, s| s.last_ts >= series_before);
+        }
+    }
+
+    fn window_values(&self, account: &Account, latest: i64) -> (WindowValues<f64>, WindowValues<FlopEstimate>) {
+        let mut acc = Vec::with_capacity(self.s.windows.len());
+        let mut flop = Vec::with_capacity(self.s.windows.len());
+        for (i, spec) in self.s.windows.iter().enumerate() {
+            let u = account.windows.value(&self.s.windows, i, spec.end_after(latest));
+            acc.push((spec.name.clone(), u.accelerator_seconds()));
+            flop.push((spec.name.clone(), self.estimator.flop(&u)));
+        }
+        (WindowValues(acc), WindowValues(flop))
+    }
+
+    /// Every tenant, sorted by name; windows relative to the latest event time seen.
+    pub fn tenant_reports(&self) -> Vec<TenantReport> {
+        let latest = self.max_event_ms.unwrap_or(0);
+        let mut v: Vec<TenantReport> = self
+            .tenants
+            .iter()
+            .map(|(t, s)| {
+                let (windows, window_flop) = self.window_values(&s.account, latest);
+                TenantReport {
+                    tenant: t.to_string(),
+                    accelerator_seconds: s.account.lifetime.accelerator_seconds(),
+                    estimated_flop: self.estimator.flop(&s.account.lifetime),
+                    windows,
+                    window_flop,
+                    first_seen: format_rfc3339_ms(s.account.first_ts),
+                    last_seen: format_rfc3339_ms(s.account.last_ts),
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        v
+    }
+
+    /// Every job, sorted by tenant and job.
+    pub fn job_reports(&self) -> Vec<JobReport> {
+        let latest = self.max_event_ms.unwrap_or(0);
+        let mut v: Vec<JobReport> = self
+            .jobs
+            .iter()
+            .map(|(k, j)| {
+                let (windows, window_flop) = self.window_values(&j.account, latest);
+                JobReport {
+                    tenant: k.tenant.to_string(),
+                    job: k.job.to_string(),
+                    accelerator_seconds: j.account.lifetime.accelerator_seconds(),
+                    max_concurrent_accelerators: j.max_concurrent as f64,
+                    training_score: j.score,
+                    suspected: j.suspected,
+                    estimated_flop: self.estimator.flop(&j.account.lifetime),
+                    windows,
+                    window_flop,
+                    accelerator_models: self.model_names(j),
+                    first_seen: format_rfc3339_ms(j.account.first_ts),
+                    last_seen: format_rfc3339_ms(j.account.last_ts),
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.tenant, &a.job).cmp(&(&b.tenant, &b.job)));
+        v
+    }
+
+    /// Lifetime accelerator-seconds and central FLOP per tenant (for bounded per-tenant metrics).
+    pub fn tenant_totals(&self) -> HashMap<String, (f64, f64)> {
+        self.tenants
+            .iter()
+            .map(|(t, s)| {
+                let u = &s.account.lifetime;
+                (t.to_string(), (u.accelerator_seconds(), self.estimator.flop(u).central))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_714_521_600_000; // 2024-05-01T00:00:00Z
+    const MIN: i64 = 60_000;
+
+    fn engine() -> Engine {
+        Engine::new(&Config::default()).unwrap()
+    }
+
+    fn gpu_sample(ts: i64, job: &str, gpu: usize) -> UsageSample {
+        UsageSample::new(ts, "acme", 1.0, 30.0)
+            .job(job)
+            .device(format!("node-{}", gpu / 8), (gpu % 8).to_string())
+            .accelerator("NVIDIA H100 80GB HBM3")
+            .tensor_active(0.45)
+    }
+
+    #[test]
+    fn duplicates_are_counted_once() {
+        let mut e = engine();
+        let s = gpu_sample(T0, "j", 0);
+        assert_eq!(e.apply(&s), Applied::Accepted { late: false, unverified: false });
+        assert_eq!(e.apply(&s), Applied::Duplicate);
+        assert_eq!(e.stats().duplicate, 1);
+        assert_eq!(e.job_reports()[0].accelerator_seconds, 30.0);
+        // Same time on another device is not a duplicate.
+        assert!(matches!(e.apply(&gpu_sample(T0, "j", 1)), Applied::Accepted { .. }));
+        assert_eq!(e.tenant_reports()[0].accelerator_seconds, 60.0);
+    }
+
+    #[test]
+    fn late_samples_still_count_in_lifetime_and_open_windows() {
+        let mut e = engine();
+        e.apply(&gpu_sample(T0 + 30 * MIN, "j", 0));
+        let out = e.apply(&gpu_sample(T0 + 10 * MIN, "j", 1));
+        assert_eq!(out, Applied::Accepted { late: true, unverified: true });
+        let t = &e.tenant_reports()[0];
+        assert_eq!(t.accelerator_seconds, 60.0);
+        assert_eq!(t.windows.0[0], ("1h".to_string(), 60.0));
+        assert_eq!(e.stats().late, 1);
+    }
+
+    #[test]
+    fn large_steady_gang_is_suspected_then_resolves_when_it_ends() {
+        let mut e = engine();
+        for step in 0..(3 * 120) {
+            let ts = T0 + step * 30_000;
+            for gpu in 0..128 {
+                e.apply(&gpu_sample(ts, "pretrain", gpu));
+            }
+        }
+        let alerts = e.drain_alerts();
+        let fired: Vec<_> = alerts.iter().filter(|a| a.alertname == AlertName::TrainingSuspected).collect();
+        assert_eq!(fired[0].status, crate::alert::Status::Firing);
+        assert_eq!(fired[0].job.as_deref(), Some("pretrain"));
+        let job = &e.job_reports()[0];
+        assert!(job.suspected);
+        assert_eq!(job.max_concurrent_accelerators, 128.0);
+        assert_eq!(job.accelerator_models, vec!["H100 SXM".to_string()]);
+        // Another tenant's traffic moves time on; the job has stopped, so its alert resolves.
+        for step in 0..60 {
+            e.apply(&UsageSample::new(T0 + 3 * 3_600_000 + step * MIN, "other", 1.0, 60.0));
+        }
+        let alerts = e.drain_alerts();
+        assert!(alerts
+            .iter()
+            .any(|a| a.alertname == AlertName::TrainingSuspected && a.status == crate::alert::Status::Resolved));
+        assert!(!e.job_reports()[0].suspected);
+    }
+
+    #[test]
+    fn idle_keys_are_evicted_after_the_longest_window() {
+        let mut e = engine();
+        e.apply(&gpu_sample(T0, "short", 0));
+        let later = T0 + 32 * 86_400_000;
+        for h in 0..3 {
+            e.apply(&UsageSample::new(later + h * 3_600_000, "other", 1.0, 60.0));
+        }
+        assert!(e.job_reports().is_empty());
+        assert_eq!(e.tenant_reports().len(), 1);
+    }
+}

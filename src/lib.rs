@@ -1,0 +1,32 @@
+//! trainspotter: windowed accelerator accounting and large-training detection from Kafka telemetry.
+//!
+//! # Layout
+//! Data flows one way: ingest -> decode -> engine (windows, detection, alerts) -> sinks.
+//!
+//! - [`decode`]: payload bytes to validated [`decode::UsageSample`]s or bounded rejection reasons;
+//!   every input format is a [`decode::Decoder`].
+//! - [`catalog`]: accelerator model names to peak dense FLOP/s.
+//! - [`estimate`]: accelerator time and FLOP estimates (low / central / high).
+//! - [`window`]: event-time sliding windows by pane aggregation (exact integer sums).
+//! - [`detect`]: per-job features and the training-likeness score.
+//! - [`alert`]: alert identity, lifecycle and the CloudEvents rendering.
+//! - [`engine`]: the one owner of all state; applies samples, evaluates at event-time ticks.
+//! - [`pipeline`]: a batch of payloads through decode and engine, with metrics; shared by `run`,
+//!   `replay` and `demo`.
+//! - [`config`]: typed, layered, validated configuration.
+//! - [`metrics`]: every Prometheus metric, in one registry per pipeline.
+//! - [`report`]: the replay report and API shapes.
+//! - [`replay`]: the pipeline over an NDJSON file.
+//! - [`kafka`]: the consumer loop, dead-letter and alert producers (`run`).
+//! - [`http`]: /metrics, /livez, /readyz and the JSON API.
+//! - [`sim`]: a fleet simulator producing realistic telemetry.
+//! - [`demo`]: the zero-setup demonstration (embedded broker + simulator + daemon).
+
+pub mod alert;
+pub mod catalog;
+pub mod config;
+pub mod decode;
+pub mod detect;
+pub mod engine;
+pub mod estimate;
+pub mod window;

@@ -1,0 +1,185 @@
+//! Event-time sliding windows by pane aggregation.
+//!
+//! A window of width W sliding every S (S divides W) ending at E covers samples with
+//! `E - W <= ts < E`, windows aligned to the Unix epoch. Each key keeps one ring of `W / S` panes per
+//! window, a pane holding the partial sum of one slide; a window's value is the sum of its panes, so a
+//! sample is stored once per window length, not once per overlapping window. Accelerator time is kept
+//! in integer milliseconds, so sums are exact and independent of arrival order.
+//!
+//! This module does no I/O and never reads the clock: callers pass event times in.
+
+use crate::estimate::Usage;
+
+/// A configured sliding window, in the checked form the engine uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSpec {
+    pub name: String,
+    pub width_ms: i64,
+    pub slide_ms: i64,
+}
+
+impl WindowSpec {
+    pub fn panes(&self) -> usize {
+        (self.width_ms / self.slide_ms) as usize
+    }
+
+    /// End of the window reported "now": the first slide boundary strictly after `latest_ms`,
+    /// so the window includes the latest event.
+    pub fn end_after(&self, latest_ms: i64) -> i64 {
+        (latest_ms.div_euclid(self.slide_ms) + 1) * self.slide_ms
+    }
+}
+
+/// A ring of `n` panes indexed by absolute pane number; it retains panes `head - n + 1 ..= head`.
+/// The backing storage is allocated on first use, so a key that never reaches a window costs nothing.
+#[derive(Debug, Clone)]
+pub struct PaneRing<T> {
+    head: i64,
+    panes: Box<[T]>,
+}
+
+impl<T: Default + Clone> Default for PaneRing<T> {
+    fn default() -> Self {
+        PaneRing { head: i64::MIN, panes: Box::default() }
+    }
+}
+
+impl<T: Default + Clone> PaneRing<T> {
+    fn slot(&self, idx: i64) -> usize {
+        idx.rem_euclid(self.panes.len() as i64) as usize
+    }
+
+    /// The pane for absolute index `idx`, advancing the ring if `idx` is newer than its head.
+    /// `None` if the pane is older than everything the ring retains.
+    pub fn pane_mut(&mut self, idx: i64, n: usize) -> Option<&mut T> {
+        if self.panes.is_empty() {
+            self.panes = vec![T::default(); n].into_boxed_slice();
+            self.head = idx;
+        } else if idx > self.head {
+            let steps = (idx - self.head).min(n as i64);
+            for k in 0..steps {
+                let s = self.slot(idx - k);
+                self.panes[s] = T::default();
+            }
+            self.head = idx;
+        } else if idx <= self.head - n as i64 {
+            return None;
+        }
+        let s = self.slot(idx);
+        Some(&mut self.panes[s])
+    }
+
+    /// Retained panes with `first <= index <= last`, oldest first.
+    pub fn range(&self, first: i64, last: i64) -> impl Iterator<Item = (i64, &T)> + '_ {
+        let n = self.panes.len() as i64;
+        let lo = first.max(self.head.saturating_sub(n - 1));
+        let hi = last.min(self.head);
+        let (lo, hi) = if n == 0 { (1, 0) } else { (lo, hi) };
+        (lo..=hi).map(move |i| (i, &self.panes[self.slot(i)]))
+    }
+
+    /// Newest pane index, if any pane was ever written.
+    pub fn head(&self) -> Option<i64> {
+        (!self.panes.is_empty()).then_some(self.head)
+    }
+}
+
+/// The accounting windows of one key (a tenant or a job): one ring per configured window.
+#[derive(Debug, Clone, Default)]
+pub struct Windows {
+    rings: Vec<PaneRing<Usage>>,
+}
+
+impl Windows {
+    /// Adds `usage` at event time `ts_ms` to every window that still retains its pane.
+    pub fn add(&mut self, specs: &[WindowSpec], ts_ms: i64, usage: &Usage) {
+        if self.rings.len() != specs.len() {
+            self.rings.resize_with(specs.len(), PaneRing::default);
+        }
+        for (ring, spec) in self.rings.iter_mut().zip(specs) {
+            if let Some(p) = ring.pane_mut(ts_ms.div_euclid(spec.slide_ms), spec.panes()) {
+                p.add(usage);
+            }
+        }
+    }
+
+    /// The value of window `i` ending at `end_ms` (a slide boundary of that window). Exact for every
+    /// window that ends after the newest pane written, which is what reports and detection ask for;
+    /// older windows have lost their oldest panes to eviction.
+    pub fn value(&self, specs: &[WindowSpec], i: usize, end_ms: i64) -> Usage {
+        let spec = &specs[i];
+        let mut total = Usage::default();
+        if let Some(ring) = self.rings.get(i) {
+            let last = end_ms.div_euclid(spec.slide_ms) - 1;
+            let first = last - spec.panes() as i64 + 1;
+            for (_, p) in ring.range(first, last) {
+                total.add(p);
+            }
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn spec(width: i64, slide: i64) -> WindowSpec {
+        WindowSpec { name: "w".into(), width_ms: width, slide_ms: slide }
+    }
+
+    fn usage(acc_ms: u64) -> Usage {
+        Usage { acc_ms, ..Usage::default() }
+    }
+
+    #[test]
+    fn window_covers_start_inclusive_end_exclusive() {
+        let specs = [spec(60 * MIN, MIN)];
+        let mut w = Windows::default();
+        w.add(&specs, 0, &usage(1)); // exactly at E - W for E = 60 min
+        w.add(&specs, 60 * MIN - 1, &usage(10));
+        assert_eq!(w.value(&specs, 0, 60 * MIN).acc_ms, 11);
+        w.add(&specs, 60 * MIN, &usage(100)); // belongs to the next window
+        assert_eq!(w.value(&specs, 0, 61 * MIN).acc_ms, 110);
+        assert_eq!(specs[0].end_after(60 * MIN), 61 * MIN);
+        assert_eq!(specs[0].end_after(60 * MIN - 1), 60 * MIN);
+    }
+
+    #[test]
+    fn old_panes_are_evicted_as_the_ring_advances() {
+        let specs = [spec(5 * MIN, MIN)];
+        let mut w = Windows::default();
+        for m in 0..20 {
+            w.add(&specs, m * MIN + 5, &usage(1));
+        }
+        assert_eq!(w.value(&specs, 0, 20 * MIN).acc_ms, 5);
+        // A sample older than the ring retains counts in no window still represented.
+        w.add(&specs, 3 * MIN, &usage(1000));
+        assert_eq!(w.value(&specs, 0, 20 * MIN).acc_ms, 5);
+        // A late sample still inside the window counts.
+        w.add(&specs, 16 * MIN, &usage(1000));
+        assert_eq!(w.value(&specs, 0, 20 * MIN).acc_ms, 1005);
+    }
+
+    #[test]
+    fn ring_jump_beyond_its_length_clears_everything() {
+        let mut r: PaneRing<u64> = PaneRing::default();
+        *r.pane_mut(10, 4).unwrap() += 1;
+        *r.pane_mut(11, 4).unwrap() += 1;
+        *r.pane_mut(1000, 4).unwrap() += 7;
+        let all: Vec<_> = r.range(i64::MIN, i64::MAX).map(|(i, v)| (i, *v)).collect();
+        assert_eq!(all, vec![(997, 0), (998, 0), (999, 0), (1000, 7)]);
+    }
+
+    #[test]
+    fn negative_times_are_aligned_to_the_epoch() {
+        let specs = [spec(2 * MIN, MIN)];
+        let mut w = Windows::default();
+        w.add(&specs, -1, &usage(3));
+        assert_eq!(w.value(&specs, 0, 0).acc_ms, 3);
+        assert_eq!(w.value(&specs, 0, MIN).acc_ms, 3);
+        assert_eq!(w.value(&specs, 0, 2 * MIN).acc_ms, 0);
+    }
+}
