@@ -1,0 +1,330 @@
+//! Every Prometheus metric trainspotter exports, created in one place, each reached through one typed
+//! method. Each pipeline owns its own [`prometheus::Registry`] (no global registry), so tests never
+//! share counters.
+//!
+//! Names follow `trainspotter_<subsystem>_<name>_<unit>[_total]` in base units. Per-tenant series
+//! exist only for the top-N tenants by accelerator time, the rest summed as `tenant="other"`.
+
+use std::collections::HashMap;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::alert::{AlertName, AlertRecord};
+use crate::decode::RejectReason;
+use crate::engine::EngineStats;
+
+/// Label value for tenants outside the top N.
+pub const OTHER_TENANT: &str = "other";
+
+pub struct Metrics {
+    registry: Registry,
+    events_consumed: IntCounter,
+    events_accepted: IntCounter,
+    events_rejected: IntCounterVec,
+    events_late: IntCounter,
+    events_duplicate: IntCounter,
+    events_unverified: IntCounter,
+    catalog_fallback: IntCounterVec,
+    dead_letter_produced: IntCounter,
+    alert_records: IntCounterVec,
+    alerts_active: IntGaugeVec,
+    alert_produce_errors: IntCounter,
+    jobs_suspected: IntGauge,
+    state_tenants: IntGauge,
+    state_jobs: IntGauge,
+    state_series: IntGauge,
+    watermark: Gauge,
+    max_event_time: Gauge,
+    tenant_accelerator_seconds: GaugeVec,
+    tenant_estimated_flop: GaugeVec,
+    consumer_lag: IntGaugeVec,
+    batch_duration: Histogram,
+    ready: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("metric names are static and valid");
+    r.register(Box::new(c.clone())).expect("each metric is registered once");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric names are static and valid");
+    r.register(Box::new(c.clone())).expect("each metric is registered once");
+    c
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("metric names are static and valid");
+    r.register(Box::new(g.clone())).expect("each metric is registered once");
+    g
+}
+
+fn int_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric names are static and valid");
+    r.register(Box::new(g.clone())).expect("each metric is registered once");
+    g
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).expect("metric names are static and valid");
+    r.register(Box::new(g.clone())).expect("each metric is registered once");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("metric names are static and valid");
+    r.register(Box::new(g.clone())).expect("each metric is registered once");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let m = Metrics {
+            events_consumed: counter(&r, "trainspotter_ingest_events_consumed_total", "Messages read from the input."),
+            events_accepted: counter(&r, "trainspotter_ingest_events_accepted_total", "Samples counted in the windows."),
+            events_rejected: counter_vec(
+                &r,
+                "trainspotter_ingest_events_rejected_total",
+                "Messages rejected by the decoder, by reason.",
+                &["reason"],
+            ),
+            events_late: counter(
+                &r,
+                "trainspotter_window_events_late_total",
+                "Accepted samples older than the watermark (still counted).",
+            ),
+            events_duplicate: counter(
+                &r,
+                "trainspotter_window_events_duplicate_total",
+                "Samples dropped as duplicates of one already counted.",
+            ),
+            events_unverified: counter(
+                &r,
+                "trainspotter_window_events_unverified_total",
+                "Accepted samples too old to be checked for duplicates.",
+            ),
+            catalog_fallback: counter_vec(
+                &r,
+                "trainspotter_catalog_fallback_samples_total",
+                "Samples estimated with the fallback peak, by cause (unknown or unspecified model).",
+                &["cause"],
+            ),
+            dead_letter_produced: counter(
+                &r,
+                "trainspotter_ingest_dead_letter_produced_total",
+                "Rejected messages written to the dead-letter path.",
+            ),
+            alert_records: counter_vec(
+                &r,
+                "trainspotter_alerts_records_total",
+                "Alert records emitted, by alert name and status (re-sends included).",
+                &["alertname", "status"],
+            ),
+            alerts_active: int_gauge_vec(&r, "trainspotter_alerts_active", "Active alerts by name.", &["alertname"]),
+            alert_produce_errors: counter(
+                &r,
+                "trainspotter_alerts_produce_errors_total",
+                "Alert records the producer failed to deliver (retried).",
+            ),
+            jobs_suspected: int_gauge(&r, "trainspotter_detect_jobs_suspected", "Jobs currently suspected of training."),
+            state_tenants: int_gauge(&r, "trainspotter_state_tenants", "Tenants held in state."),
+            state_jobs: int_gauge(&r, "trainspotter_state_jobs", "Jobs held in state."),
+            state_series: int_gauge(&r, "trainspotter_state_series", "Device series held in state."),
+            watermark: gauge(&r, "trainspotter_window_watermark_timestamp_seconds", "Current watermark, Unix time."),
+            max_event_time: gauge(
+                &r,
+                "trainspotter_window_max_event_timestamp_seconds",
+                "Latest event time seen, Unix time.",
+            ),
+            tenant_accelerator_seconds: gauge_vec(
+                &r,
+                "trainspotter_tenant_accelerator_seconds",
+                "Lifetime accelerator-seconds held in state, top-N tenants plus tenant=\"other\".",
+                &["tenant"],
+            ),
+            tenant_estimated_flop: gauge_vec(
+                &r,
+                "trainspotter_tenant_estimated_flop",
+                "Lifetime central FLOP estimate held in state, top-N tenants plus tenant=\"other\".",
+                &["tenant"],
+            ),
+            consumer_lag: int_gauge_vec(
+                &r,
+                "trainspotter_kafka_consumer_lag_messages",
+                "Messages between the consumed position and the high watermark, per partition.",
+                &["topic", "partition"],
+            ),
+            batch_duration: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "trainspotter_pipeline_batch_duration_seconds",
+                        "Time to decode and apply one batch.",
+                    )
+                    .buckets(vec![1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+                )
+                .expect("histogram options are static and valid");
+                r.register(Box::new(h.clone())).expect("each metric is registered once");
+                h
+            },
+            ready: int_gauge(&r, "trainspotter_ready", "1 when partitions are assigned and state is loaded."),
+            registry: r,
+        };
+        // Pre-create the bounded label sets so dashboards see zeros rather than absent series.
+        for reason in RejectReason::ALL {
+            m.events_rejected.with_label_values(&[reason.code()]);
+        }
+        for name in AlertName::ALL {
+            m.alerts_active.with_label_values(&[name.as_str()]);
+            for status in ["firing", "resolved"] {
+                m.alert_records.with_label_values(&[name.as_str(), status]);
+            }
+        }
+        for cause in ["unknown", "unspecified"] {
+            m.catalog_fallback.with_label_values(&[cause]);
+        }
+        m
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encoding to a Vec cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+
+    /// Messages read so far (for callers that wait for a known input to be consumed).
+    pub fn events_consumed_total(&self) -> u64 {
+        self.events_consumed.get()
+    }
+
+    pub fn events_consumed(&self, n: u64) {
+        self.events_consumed.inc_by(n);
+    }
+
+    pub fn event_rejected(&self, reason: RejectReason) {
+        self.events_rejected.with_label_values(&[reason.code()]).inc();
+    }
+
+    pub fn dead_letter_produced(&self, n: u64) {
+        self.dead_letter_produced.inc_by(n);
+    }
+
+    pub fn alert_produce_error(&self) {
+        self.alert_produce_errors.inc();
+    }
+
+    pub fn batch_processed(&self, seconds: f64) {
+        self.batch_duration.observe(seconds);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(ready as i64);
+    }
+
+    pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag.with_label_values(&[topic, &partition.to_string()]).set(lag);
+    }
+
+    pub fn alert_emitted(&self, r: &AlertRecord) {
+        self.alert_records.with_label_values(&[r.alertname.as_str(), r.status.as_str()]).inc();
+    }
+
+    /// Adds what the engine counted since the previous snapshot.
+    pub fn engine_progress(&self, before: &EngineStats, now: &EngineStats) {
+        self.events_accepted.inc_by(now.accepted - before.accepted);
+        self.events_late.inc_by(now.late - before.late);
+        self.events_duplicate.inc_by(now.duplicate - before.duplicate);
+        self.events_unverified.inc_by(now.unverified - before.unverified);
+        self.catalog_fallback
+            .with_label_values(&["unknown"])
+            .inc_by(now.unknown_accelerator - before.unknown_accelerator);
+        self.catalog_fallback
+            .with_label_values(&["unspecified"])
+            .inc_by(now.unspecified_accelerator - before.unspecified_accelerator);
+    }
+
+    /// Sets the state gauges from a snapshot of the engine.
+    pub fn state(&self, s: &StateGauges) {
+        self.state_tenants.set(s.tenants as i64);
+        self.state_jobs.set(s.jobs as i64);
+        self.state_series.set(s.series as i64);
+        self.jobs_suspected.set(s.suspected as i64);
+        if let Some(w) = s.watermark_ms {
+            self.watermark.set(w as f64 / 1000.0);
+        }
+        if let Some(m) = s.max_event_ms {
+            self.max_event_time.set(m as f64 / 1000.0);
+        }
+        for (name, n) in s.active_alerts {
+            self.alerts_active.with_label_values(&[name.as_str()]).set(n as i64);
+        }
+    }
+
+    /// Replaces the per-tenant series with the top `n` tenants by accelerator time plus "other".
+    pub fn tenants(&self, totals: &HashMap<String, (f64, f64)>, n: usize) {
+        let mut v: Vec<(&String, &(f64, f64))> = totals.iter().collect();
+        v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then_with(|| a.0.cmp(b.0)));
+        self.tenant_accelerator_seconds.reset();
+        self.tenant_estimated_flop.reset();
+        let (mut other_s, mut other_f) = (0.0, 0.0);
+        for (i, (tenant, (secs, flop))) in v.into_iter().enumerate() {
+            if i < n && tenant != OTHER_TENANT {
+                self.tenant_accelerator_seconds.with_label_values(&[tenant]).set(*secs);
+                self.tenant_estimated_flop.with_label_values(&[tenant]).set(*flop);
+            } else {
+                other_s += secs;
+                other_f += flop;
+            }
+        }
+        self.tenant_accelerator_seconds.with_label_values(&[OTHER_TENANT]).set(other_s);
+        self.tenant_estimated_flop.with_label_values(&[OTHER_TENANT]).set(other_f);
+    }
+}
+
+/// Engine state summarised for gauges.
+#[derive(Debug, Clone)]
+pub struct StateGauges {
+    pub tenants: usize,
+    pub jobs: usize,
+    pub series: usize,
+    pub suspected: usize,
+    pub watermark_ms: Option<i64>,
+    pub max_event_ms: Option<i64>,
+    pub active_alerts: [(AlertName, usize); 3],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_tenant_series_are_bounded_to_top_n_plus_other() {
+        let m = Metrics::new();
+        let totals: HashMap<String, (f64, f64)> =
+            (0..50).map(|i| (format!("t{i:02}"), (i as f64, 10.0 * i as f64))).collect();
+        m.tenants(&totals, 3);
+        let text = m.render();
+        let lines: Vec<_> = text.lines().filter(|l| l.starts_with("trainspotter_tenant_accelerator_seconds{")).collect();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(text.contains("trainspotter_tenant_accelerator_seconds{tenant=\"t49\"} 49"));
+        let other: f64 = (0..47).map(|i| i as f64).sum();
+        assert!(text.contains(&format!("trainspotter_tenant_accelerator_seconds{{tenant=\"other\"}} {other}")));
+    }
+}
