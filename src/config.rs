@@ -165,7 +165,8 @@ pub struct SlidingWindow {
 pub struct WindowsConfig {
     /// The watermark trails the latest event time by this much; older samples are counted as late.
     pub allowed_lateness: HumanDuration,
-    /// How far behind the watermark a duplicate is still recognised.
+    /// How far behind the watermark a duplicate is still recognised (at most the longest window).
+    /// Older samples are counted without the check (`unverified` in metrics and reports).
     pub dedup_horizon: HumanDuration,
     pub sliding: Vec<SlidingWindow>,
 }
@@ -448,6 +449,11 @@ impl Config {
                 return Err(invalid(&format!("{key}.slide"), "more than 100000 panes per window"));
             }
             windows.push(WindowSpec { name: s.name.clone(), width_ms: width, slide_ms: slide });
+        }
+        let longest = windows.iter().map(|w| w.width_ms).max().unwrap_or(0);
+        if w.dedup_horizon.ms() > longest {
+            // Idle keys are evicted after the longest window: de-duplication cannot remember longer.
+            return Err(invalid("windows.dedup_horizon", "must not exceed the longest window"));
         }
         let u = &self.estimate.utilization;
         if !(0.0 < u.low && u.low <= u.central && u.central <= u.high && u.high <= 1.0) {

@@ -133,6 +133,8 @@ struct TenantState {
     account: Account,
     /// Series of samples that name no job.
     series: AHashMap<SeriesKey, SeriesState>,
+    /// Idle for longer than every window: windows and series were freed, the lifetime is kept.
+    dormant: bool,
 }
 
 #[derive(Debug, Default)]
@@ -331,7 +333,9 @@ impl Engine {
         }
         let usage = self.estimator.sample_usage(sample.gpus, sample.interval_s, peak.flops, sample.activity.tensor_active);
 
-        self.tenants.get_mut(&tenant).expect("inserted above").account.add(&self.s, ts, &usage);
+        let tenant_state = self.tenants.get_mut(&tenant).expect("inserted above");
+        tenant_state.account.add(&self.s, ts, &usage);
+        tenant_state.dormant = false;
         self.touched_tenants.insert(tenant);
         if let Some(k) = job_key {
             let slide = self.s.detect_slide_ms;
@@ -440,7 +444,8 @@ impl Engine {
         for t in tenants {
             let Some(state) = self.tenants.get(&t) else { continue };
             let entity = Entity { tenant: t.clone(), job: None };
-            let conditions = self.compute_conditions(&entity, &state.account, now);
+            let conditions =
+                if state.dormant { Vec::new() } else { self.compute_conditions(&entity, &state.account, now) };
             self.alerts.reconcile(&entity, conditions, now, &mut self.outbox);
         }
         self.alerts.resend_due(now, &mut self.outbox);
@@ -641,10 +646,20 @@ impl Engine {
             let entity = Entity { tenant: k.tenant, job: Some(k.job) };
             self.alerts.reconcile(&entity, Vec::new(), watermark, &mut self.outbox);
         }
-        let gone: Vec<Arc<str>> =
-            self.tenants.iter().filter(|(_, t)| t.account.last_ts < idle_before).map(|(k, _)| k.clone()).collect();
-        for t in gone {
-            self.tenants.remove(&t);
+        // Tenants are few and their lifetime totals are what compliance reports on: an idle tenant
+        // gives up its windows and series but keeps its lifetime, so a paused run that resumes
+        // after a month still adds up. Its alerts resolve; they fire again if it comes back.
+        let dormant: Vec<Arc<str>> = self
+            .tenants
+            .iter()
+            .filter(|(_, t)| !t.dormant && t.account.last_ts < idle_before)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for t in dormant {
+            let state = self.tenants.get_mut(&t).expect("listed above");
+            state.dormant = true;
+            state.account.windows = Windows::default();
+            state.series = AHashMap::new();
             let entity = Entity { tenant: t, job: None };
             self.alerts.reconcile(&entity, Vec::new(), watermark, &mut self.outbox);
         }
@@ -803,14 +818,20 @@ mod tests {
     }
 
     #[test]
-    fn idle_keys_are_evicted_after_the_longest_window() {
+    fn idle_jobs_are_evicted_and_idle_tenants_keep_their_lifetime() {
         let mut e = engine();
         e.apply(&gpu_sample(T0, "short", 0));
         let later = T0 + 32 * 86_400_000;
         for h in 0..3 {
             e.apply(&UsageSample::new(later + h * 3_600_000, "other", 1.0, 60.0));
         }
-        assert!(e.job_reports().is_empty());
-        assert_eq!(e.tenant_reports().len(), 1);
+        assert!(e.job_reports().is_empty(), "the idle job is evicted");
+        let acme = e.tenant_reports().into_iter().find(|t| t.tenant == "acme").unwrap();
+        assert_eq!(acme.accelerator_seconds, 30.0, "an idle tenant keeps its lifetime total");
+        assert!(acme.windows.0.iter().all(|(_, v)| *v == 0.0));
+        // It comes back a month later: the lifetime adds up across the pause.
+        e.apply(&gpu_sample(later + 3 * 3_600_000, "resumed", 0));
+        let acme = e.tenant_reports().into_iter().find(|t| t.tenant == "acme").unwrap();
+        assert_eq!(acme.accelerator_seconds, 60.0);
     }
 }

@@ -5,9 +5,6 @@
 //! dips for checkpoints; inference serving is mostly idle and follows a daily request curve; small
 //! fine-tuning is busy on one node; reserved capacity sits idle. Deterministic for a given seed.
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-
 use crate::decode::{Activity, UsageSample};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -63,7 +60,38 @@ impl Workload {
 /// A set of workloads sampled on a common clock.
 pub struct Fleet {
     pub workloads: Vec<Workload>,
-    rng: SmallRng,
+    rng: SplitMix64,
+}
+
+/// SplitMix64: a tiny generator with the same output on every platform and version, so simulated
+/// traces (and the golden files made from them) are reproducible.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A standard normal draw (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(f64::MIN_POSITIVE);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
 }
 
 fn nodes(prefix: &str, n: usize) -> Vec<String> {
@@ -72,7 +100,7 @@ fn nodes(prefix: &str, n: usize) -> Vec<String> {
 
 impl Fleet {
     pub fn new(workloads: Vec<Workload>, seed: u64) -> Fleet {
-        Fleet { workloads, rng: SmallRng::seed_from_u64(seed) }
+        Fleet { workloads, rng: SplitMix64::new(seed) }
     }
 
     /// The demo fleet over `[start, start + hours)`: a 512-GPU H100 pretraining run from hour 1 with
@@ -149,7 +177,7 @@ impl Fleet {
                         Profile::Training { tensor, checkpoint_every_ms, dip_ms, .. } => {
                             let in_dip = since % checkpoint_every_ms < *dip_ms;
                             let base = if in_dip { 0.03 } else { *tensor * node_factor };
-                            let t = (base * (1.0 + 0.03 * normal(&mut self.rng))).clamp(0.0, 1.0);
+                            let t = (base * (1.0 + 0.03 * self.rng.normal())).clamp(0.0, 1.0);
                             Activity {
                                 tensor_active: Some(t),
                                 sm_active: Some((t * 1.7).min(0.95)),
@@ -160,8 +188,8 @@ impl Fleet {
                         Profile::Serving { busy_min, busy_max } => {
                             let phase = ((t_ms.rem_euclid(DAY_MS)) as f64 / DAY_MS as f64 - 0.25) * std::f64::consts::TAU;
                             let p = busy_min + (busy_max - busy_min) * 0.5 * (1.0 + phase.sin());
-                            let busy = self.rng.random::<f64>() < p;
-                            let t = if busy { 0.1 + 0.5 * self.rng.random::<f64>() } else { 0.0 };
+                            let busy = self.rng.uniform() < p;
+                            let t = if busy { 0.1 + 0.5 * self.rng.uniform() } else { 0.0 };
                             Activity {
                                 tensor_active: Some(t),
                                 sm_active: Some((t * 1.5).min(1.0)),
@@ -189,13 +217,6 @@ impl Fleet {
             }
         }
     }
-}
-
-/// A standard normal draw (Box-Muller).
-fn normal(rng: &mut SmallRng) -> f64 {
-    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 #[cfg(test)]
