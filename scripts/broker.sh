@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Starts or stops a tansu Kafka-protocol broker on loopback, for tests and local experiments.
+#
+#   scripts/broker.sh start PORT DIR [TOPIC:PARTITIONS ...]   start, wait until it answers, create topics
+#   scripts/broker.sh stop DIR                                 stop the broker started with DIR
+#
+# DIR holds the broker's pid file and log. Storage is in memory (tansu's memory:// engine), so every
+# start is a fresh cluster. Exits non-zero, with the broker log, when the broker cannot be started.
+set -euo pipefail
+
+cmd=${1:-}; shift || true
+case "$cmd" in
+  start)
+    port=$1; dir=$2; shift 2
+    mkdir -p "$dir"
+    command -v tansu >/dev/null || { echo "broker.sh: tansu is not installed (run scripts/deps.sh)" >&2; exit 1; }
+    url="tcp://127.0.0.1:$port"
+    (cd "$dir" && exec tansu broker --storage-engine memory://tansu/ \
+        --listener-url "$url" --advertised-listener-url "$url" >"$dir/broker.log" 2>&1) &
+    echo $! >"$dir/broker.pid"
+    for _ in $(seq 1 100); do
+      if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        for spec in "$@"; do
+          name=${spec%%:*}; parts=${spec##*:}
+          ok=""
+          for _ in $(seq 1 20); do
+            if tansu topic create "$name" --partitions "$parts" --broker "$url" >>"$dir/broker.log" 2>&1; then ok=1; break; fi
+            sleep 0.5
+          done
+          [ -n "$ok" ] || { echo "broker.sh: cannot create topic $name" >&2; cat "$dir/broker.log" >&2; exit 1; }
+        done
+        exit 0
+      fi
+      if ! kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then
+        echo "broker.sh: tansu exited during start-up" >&2; cat "$dir/broker.log" >&2; exit 1
+      fi
+      sleep 0.1
+    done
+    echo "broker.sh: tansu did not listen on port $port within 10 s" >&2; cat "$dir/broker.log" >&2; exit 1
+    ;;
+  stop)
+    dir=$1
+    if [ -f "$dir/broker.pid" ]; then
+      pid=$(cat "$dir/broker.pid")
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+      rm -f "$dir/broker.pid"
+    fi
+    ;;
+  *)
+    echo "usage: broker.sh start PORT DIR [TOPIC:PARTITIONS ...] | stop DIR" >&2; exit 2 ;;
+esac

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs and is not a Cargo dependency:
+#   - the tansu Kafka-protocol broker (crates.io), for the end-to-end tests;
+#   - promtool (Debian's prometheus package), to check the exported metrics;
+#   - a Python virtualenv with kafka-python, the foreign Kafka client of the end-to-end tests.
+# Each step is skipped when its result is already present, so repeated runs are cheap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TANSU_VERSION=0.6.0
+
+log() { printf 'deps: %s\n' "$*" >&2; }
+
+if ! command -v cargo >/dev/null; then
+  log "cargo is required"; exit 1
+fi
+
+if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  log "tansu $TANSU_VERSION present"
+else
+  log "installing tansu $TANSU_VERSION (about 12 minutes on 2 cores)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+fi
+
+if command -v promtool >/dev/null; then
+  log "promtool present"
+else
+  log "installing promtool (Debian package prometheus)"
+  export DEBIAN_FRONTEND=noninteractive
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+VENV=.venv
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import kafka' 2>/dev/null; then
+  log "python venv with kafka-python present"
+else
+  log "creating $VENV with kafka-python"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'kafka-python==2.2.*'
+fi
