@@ -112,6 +112,10 @@ pub struct KafkaConfig {
     pub session_timeout: HumanDuration,
     /// Extra librdkafka properties for consumer and producer (e.g. security.protocol).
     pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the consumer only (e.g. fetch.wait.max.ms).
+    pub consumer_properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the producers only (e.g. linger.ms).
+    pub producer_properties: BTreeMap<String, String>,
     /// SASL password, kept out of logs and `check-config` output.
     pub sasl_password: Option<Secret>,
 }
@@ -128,6 +132,8 @@ impl Default for KafkaConfig {
             batch_wait: HumanDuration(Duration::from_millis(50)),
             session_timeout: HumanDuration::secs(45),
             properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
             sasl_password: None,
         }
     }
@@ -539,7 +545,9 @@ impl Config {
     /// The effective configuration as TOML, secrets redacted (for `check-config`).
     pub fn to_redacted_toml(&self) -> String {
         let mut c = self.clone();
-        for (k, v) in c.kafka.properties.iter_mut() {
+        let k = &mut c.kafka;
+        let all = k.properties.iter_mut().chain(k.consumer_properties.iter_mut()).chain(k.producer_properties.iter_mut());
+        for (k, v) in all {
             let k = k.to_ascii_lowercase();
             if k.contains("password") || k.contains("secret") || k.contains("key") {
                 *v = "<redacted>".into();

@@ -12,7 +12,12 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rdkafka::client::ClientContext;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::Message;
 use tokio::time::Instant;
 
@@ -37,12 +42,38 @@ const BAD_EVENTS: [&str; 3] = [
     "this is not json",
 ];
 
-fn produce(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, payload: &str) -> Result<(), KafkaError> {
+/// Most messages the simulator may run ahead of the daemon. The mock broker keeps a bounded log
+/// per partition, so an unbounded lead would let it drop messages the daemon has not read yet.
+const MAX_LEAD: u64 = 5_000;
+
+/// Counts acknowledged and failed deliveries of the simulator's producer.
+#[derive(Default, Clone)]
+struct Deliveries {
+    acked: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.acked.fetch_add(1, Ordering::Relaxed),
+            Err((e, _)) => {
+                tracing::warn!(error = %e, "simulator delivery failed");
+                self.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+async fn produce(p: &ThreadedProducer<Deliveries>, topic: &str, key: &str, payload: &str) -> Result<(), KafkaError> {
     loop {
         match p.send(BaseRecord::to(topic).key(key).payload(payload)) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                std::thread::sleep(Duration::from_millis(5));
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err((e, _)) => return Err(e),
         }
@@ -58,6 +89,8 @@ pub async fn run(mut cfg: Config, opts: DemoOptions, shutdown: impl Future<Outpu
     cluster.create_topic(&cfg.kafka.dead_letter_topic, 1, 1)?;
     cfg.kafka.brokers = brokers.clone();
     cfg.kafka.group_id = "trainspotter-demo".into();
+    // The mock broker answers a fetch only when fetch.wait.max.ms expires: keep it short.
+    cfg.kafka.consumer_properties.insert("fetch.wait.max.ms".into(), "5".into());
 
     let running = kafka::start(cfg.clone()).await?;
     println!("trainspotter demo");
@@ -76,19 +109,38 @@ pub async fn run(mut cfg: Config, opts: DemoOptions, shutdown: impl Future<Outpu
         .set("auto.offset.reset", "earliest")
         .create()?;
     tap.subscribe(&[cfg.kafka.alert_topic.as_str()])?;
+    let (tap_stop, mut tap_stopped) = tokio::sync::oneshot::channel::<()>();
     let tap_task = tokio::spawn(async move {
         loop {
-            let Ok(m) = tap.recv().await else { continue };
-            let Some(Ok(body)) = m.payload_view::<str>() else { continue };
-            print_alert(body);
+            tokio::select! {
+                _ = &mut tap_stopped => break,
+                m = tap.recv() => {
+                    let Ok(m) = m else { continue };
+                    if let Some(Ok(body)) = m.payload_view::<str>() {
+                        print_alert(body);
+                    }
+                }
+            }
         }
+        // Closing a consumer talks to the broker: do it here, while the broker is still up.
+        drop(tap);
     });
 
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    // Produce only once the daemon has joined its group and owns the partitions.
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while !running.ready.load(Ordering::Relaxed) {
+        if Instant::now() > ready_by {
+            eprintln!("demo: the daemon did not get its partitions within 30 s");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deliveries = Deliveries::default();
+    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "20")
         .set("queue.buffering.max.messages", "200000")
-        .create()?;
+        .create_with_context(deliveries.clone())?;
     // Simulated time ends now, so the daemon's future-timestamp guard never interferes.
     let now_ms = chrono::Utc::now().timestamp_millis();
     let start_ms = (now_ms - opts.hours as i64 * 3_600_000).div_euclid(MINUTE_MS) * MINUTE_MS;
@@ -104,16 +156,19 @@ pub async fn run(mut cfg: Config, opts: DemoOptions, shutdown: impl Future<Outpu
         samples.clear();
         fleet.samples_at(t, &mut samples);
         for s in &samples {
-            produce(&producer, &usage_topic, &s.tenant, &s.to_json())?;
+            produce(&producer, &usage_topic, &s.tenant, &s.to_json()).await?;
         }
         produced += samples.len() as u64;
         if t == start_ms + 90 * MINUTE_MS {
             for bad in BAD_EVENTS {
-                produce(&producer, &usage_topic, "chatco", bad)?;
+                produce(&producer, &usage_topic, "chatco", bad).await?;
             }
             produced += BAD_EVENTS.len() as u64;
         }
         t += MINUTE_MS;
+        while produced > running.metrics.events_consumed_total() + MAX_LEAD {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // Pace simulated time against the wall clock.
         let due = wall_start + Duration::from_secs_f64((t - start_ms) as f64 / 1000.0 / opts.speed as f64);
         tokio::select! {
@@ -122,22 +177,40 @@ pub async fn run(mut cfg: Config, opts: DemoOptions, shutdown: impl Future<Outpu
         }
     }
     producer.flush(rdkafka::util::Timeout::After(Duration::from_secs(30)))?;
-    // Let the daemon consume everything that was produced before reading its state.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while running.metrics.events_consumed_total() < produced && Instant::now() < deadline && !interrupted {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let acked = deliveries.acked.load(Ordering::Relaxed);
+    let failed = deliveries.failed.load(Ordering::Relaxed);
+    // Let the daemon consume everything the broker acknowledged before reading its state.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !interrupted && running.metrics.events_consumed_total() < acked {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = &mut shutdown => interrupted = true,
+        }
+        if Instant::now() > deadline {
+            eprintln!("demo: the daemon consumed {} of {acked} messages within 60 s", running.metrics.events_consumed_total());
+            break;
+        }
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // One more batch cycle so the last alerts reach the alert topic.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let tenants = running.tenants().await;
     let jobs = running.jobs().await;
+    let running_consumed = running.metrics.events_consumed_total();
     running.stop().await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    tap_task.abort();
+    let _ = tap_stop.send(());
+    let _ = tap_task.await;
+    // Clients first, then the broker they talk to.
+    drop(producer);
     drop(cluster);
 
     println!();
-    println!("summary after {:.1} s: {produced} messages produced (3 of them malformed, sent to the dead-letter topic)",
-        wall_start.elapsed().as_secs_f64());
+    println!(
+        "summary after {:.1} s: {acked} of {produced} messages acknowledged by the broker ({failed} failed), \
+         {} consumed; 3 were malformed and went to the dead-letter topic",
+        wall_start.elapsed().as_secs_f64(),
+        running_consumed
+    );
     if let Some(v) = tenants {
         println!("{:<16} {:>14} {:>12} {:>12}", "tenant", "GPU-hours", "24h GPU-h", "FLOP (est.)");
         for t in &v.tenants {
@@ -164,9 +237,13 @@ pub async fn run(mut cfg: Config, opts: DemoOptions, shutdown: impl Future<Outpu
     Ok(())
 }
 
+/// Prints an alert transition; periodic re-sends of an active alert are not news and are skipped.
 fn print_alert(body: &str) {
     let Ok(ce) = serde_json::from_str::<serde_json::Value>(body) else { return };
     let d = &ce["data"];
+    if d["status"] == "firing" && d["startsAt"] != ce["time"] {
+        return;
+    }
     let status = d["status"].as_str().unwrap_or("?").to_uppercase();
     let time = ce["time"].as_str().unwrap_or("");
     println!("[{time}] {status:<8} {:<26} {}", d["alertname"].as_str().unwrap_or("?"), d["summary"].as_str().unwrap_or(""));

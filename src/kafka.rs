@@ -124,6 +124,9 @@ fn consumer(cfg: &Config, ctx: Context) -> Result<StreamConsumer<Context>, Kafka
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", cfg.kafka.session_timeout.0.as_millis().to_string())
         .set("statistics.interval.ms", "5000");
+    for (k, v) in &cfg.kafka.consumer_properties {
+        c.set(k, v);
+    }
     let consumer: StreamConsumer<Context> = c.create_with_context(ctx)?;
     let topics: Vec<&str> = cfg.kafka.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
@@ -133,6 +136,9 @@ fn consumer(cfg: &Config, ctx: Context) -> Result<StreamConsumer<Context>, Kafka
 fn producer(cfg: &Config) -> Result<FutureProducer, KafkaError> {
     let mut c = client_config(cfg);
     c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
+    for (k, v) in &cfg.kafka.producer_properties {
+        c.set(k, v);
+    }
     c.create()
 }
 

@@ -188,3 +188,22 @@ async fn advances_offset_past_poison_messages_via_the_dead_letter_topic() {
     assert!(metrics.contains("trainspotter_ingest_dead_letter_produced_total 4"));
     running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumes_every_partition_of_a_keyed_topic() {
+    let scope = Scope::new();
+    let running = kafka::start(scope.cfg.clone()).await.unwrap();
+    let t0 = now_minute() - 60 * MIN;
+    let mut total = 0u64;
+    for tenant in ["t-a", "t-b", "t-c", "t-d", "t-e", "t-f"] {
+        let payloads: Vec<String> =
+            (0..200).map(|i| UsageSample::new(t0 + i * 1000, tenant, 2.0, 1.0).to_json()).collect();
+        scope.produce(tenant, &payloads).await;
+        total += payloads.len() as u64;
+    }
+    wait_consumed(&running, total).await;
+    let tenants = running.tenants().await.unwrap().tenants;
+    assert_eq!(tenants.len(), 6);
+    assert!(tenants.iter().all(|t| t.accelerator_seconds == 400.0), "{tenants:?}");
+    running.stop().await.unwrap();
+}
