@@ -28,7 +28,9 @@ fn decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(1));
     g.bench_function(format!("native_json_{}_bytes", payload.len()), |b| {
-        b.iter(|| decode_native(std::hint::black_box(payload.as_bytes()), DecodeLimits::OPEN).unwrap())
+        b.iter(|| {
+            decode_native(std::hint::black_box(payload.as_bytes()), DecodeLimits::OPEN).unwrap()
+        })
     });
     g.finish();
 }
@@ -64,7 +66,11 @@ fn engine(c: &mut Criterion) {
 }
 
 fn pipeline(c: &mut Criterion) {
-    let payloads: Vec<String> = fleet_samples(7).iter().take(4096).map(UsageSample::to_json).collect();
+    let payloads: Vec<String> = fleet_samples(7)
+        .iter()
+        .take(4096)
+        .map(UsageSample::to_json)
+        .collect();
     let cfg = Config::default();
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(payloads.len() as u64));
@@ -72,7 +78,10 @@ fn pipeline(c: &mut Criterion) {
         b.iter_batched(
             || Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap(),
             |mut p| {
-                let rejected = p.process(payloads.iter().map(|s| Some(s.as_bytes())), DecodeLimits::OPEN);
+                let rejected = p.process(
+                    payloads.iter().map(|s| Some(s.as_bytes())),
+                    DecodeLimits::OPEN,
+                );
                 assert!(rejected.is_empty());
                 p
             },

@@ -23,8 +23,11 @@ pub enum AlertName {
 }
 
 impl AlertName {
-    pub const ALL: [AlertName; 3] =
-        [AlertName::TrainingSuspected, AlertName::ComputeThresholdProjected, AlertName::ComputeThresholdCrossed];
+    pub const ALL: [AlertName; 3] = [
+        AlertName::TrainingSuspected,
+        AlertName::ComputeThresholdProjected,
+        AlertName::ComputeThresholdCrossed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -154,7 +157,10 @@ pub struct AlertBook {
 
 impl AlertBook {
     pub fn new(resend_ms: i64) -> Self {
-        AlertBook { active: HashMap::new(), resend_ms }
+        AlertBook {
+            active: HashMap::new(),
+            resend_ms,
+        }
     }
 
     fn record(entity: &Entity, a: &Active, status: Status, now_ms: i64) -> AlertRecord {
@@ -178,7 +184,13 @@ impl AlertBook {
     }
 
     /// States the conditions that hold for `entity` now; appends the resulting transitions.
-    pub fn reconcile(&mut self, entity: &Entity, conditions: Vec<Condition>, now_ms: i64, out: &mut Vec<AlertRecord>) {
+    pub fn reconcile(
+        &mut self,
+        entity: &Entity,
+        conditions: Vec<Condition>,
+        now_ms: i64,
+        out: &mut Vec<AlertRecord>,
+    ) {
         let mut held = self.active.remove(entity).unwrap_or_default();
         let mut next = Vec::with_capacity(conditions.len());
         for c in conditions {
@@ -189,7 +201,11 @@ impl AlertBook {
                     next.push(a);
                 }
                 None => {
-                    let a = Active { condition: c, starts_ms: now_ms, last_sent_ms: now_ms };
+                    let a = Active {
+                        condition: c,
+                        starts_ms: now_ms,
+                        last_sent_ms: now_ms,
+                    };
                     out.push(Self::record(entity, &a, Status::Firing, now_ms));
                     next.push(a);
                 }
@@ -224,13 +240,22 @@ impl AlertBook {
     }
 
     pub fn is_active(&self, entity: &Entity, name: AlertName) -> bool {
-        self.active.get(entity).is_some_and(|l| l.iter().any(|a| a.condition.name == name))
+        self.active
+            .get(entity)
+            .is_some_and(|l| l.iter().any(|a| a.condition.name == name))
     }
 
     /// Active alerts by name.
     pub fn counts(&self) -> [(AlertName, usize); 3] {
         AlertName::ALL.map(|n| {
-            (n, self.active.values().flatten().filter(|a| a.condition.name == n).count())
+            (
+                n,
+                self.active
+                    .values()
+                    .flatten()
+                    .filter(|a| a.condition.name == n)
+                    .count(),
+            )
         })
     }
 }
@@ -240,7 +265,10 @@ mod tests {
     use super::*;
 
     fn entity() -> Entity {
-        Entity { tenant: "t|1".into(), job: Some("j".into()) }
+        Entity {
+            tenant: "t|1".into(),
+            job: Some("j".into()),
+        }
     }
 
     fn cond(name: AlertName, threshold: Option<f64>) -> Condition {
@@ -260,16 +288,29 @@ mod tests {
         let mut book = AlertBook::new(300_000);
         let mut out = Vec::new();
         let e = entity();
-        book.reconcile(&e, vec![cond(AlertName::TrainingSuspected, None)], 0, &mut out);
+        book.reconcile(
+            &e,
+            vec![cond(AlertName::TrainingSuspected, None)],
+            0,
+            &mut out,
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].status, Status::Firing);
-        book.reconcile(&e, vec![cond(AlertName::TrainingSuspected, None)], 60_000, &mut out);
+        book.reconcile(
+            &e,
+            vec![cond(AlertName::TrainingSuspected, None)],
+            60_000,
+            &mut out,
+        );
         assert_eq!(out.len(), 1, "a held condition does not fire again");
         book.resend_due(299_999, &mut out);
         assert_eq!(out.len(), 1);
         book.resend_due(300_000, &mut out);
         assert_eq!(out.len(), 2);
-        assert_eq!(out[1].starts_at, out[0].starts_at, "a re-send keeps startsAt");
+        assert_eq!(
+            out[1].starts_at, out[0].starts_at,
+            "a re-send keeps startsAt"
+        );
         book.reconcile(&e, vec![], 400_000, &mut out);
         assert_eq!(out[2].status, Status::Resolved);
         assert_eq!(out[2].ends_at.as_deref(), Some("1970-01-01T00:06:40.000Z"));
@@ -281,14 +322,25 @@ mod tests {
         let mut book = AlertBook::new(300_000);
         let mut out = Vec::new();
         let e = entity();
-        book.reconcile(&e, vec![cond(AlertName::ComputeThresholdProjected, Some(1e23))], 0, &mut out);
         book.reconcile(
             &e,
-            vec![cond(AlertName::ComputeThresholdCrossed, Some(1e23)), cond(AlertName::ComputeThresholdProjected, Some(1e25))],
+            vec![cond(AlertName::ComputeThresholdProjected, Some(1e23))],
+            0,
+            &mut out,
+        );
+        book.reconcile(
+            &e,
+            vec![
+                cond(AlertName::ComputeThresholdCrossed, Some(1e23)),
+                cond(AlertName::ComputeThresholdProjected, Some(1e25)),
+            ],
             60_000,
             &mut out,
         );
-        let got: Vec<_> = out.iter().map(|r| (r.status, r.dedup_key.as_str())).collect();
+        let got: Vec<_> = out
+            .iter()
+            .map(|r| (r.status, r.dedup_key.as_str()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -304,7 +356,12 @@ mod tests {
     fn cloudevent_envelope_is_structured_mode() {
         let mut book = AlertBook::new(300_000);
         let mut out = Vec::new();
-        book.reconcile(&entity(), vec![cond(AlertName::TrainingSuspected, None)], 1_714_564_800_000, &mut out);
+        book.reconcile(
+            &entity(),
+            vec![cond(AlertName::TrainingSuspected, None)],
+            1_714_564_800_000,
+            &mut out,
+        );
         let ce = out[0].to_cloudevent("/trainspotter");
         assert_eq!(ce["specversion"], "1.0");
         assert_eq!(ce["time"], "2024-05-01T12:00:00.000Z");

@@ -98,7 +98,11 @@ impl Catalog {
     pub fn new(overrides: &[AcceleratorSpec], fallback_tflops: f64) -> Self {
         let mut specs = overrides.to_vec();
         specs.extend(builtin_specs());
-        Catalog { specs, fallback_flops: fallback_tflops * 1e12, memo: HashMap::new() }
+        Catalog {
+            specs,
+            fallback_flops: fallback_tflops * 1e12,
+            memo: HashMap::new(),
+        }
     }
 
     fn match_name(&self, name: &str) -> Option<u16> {
@@ -113,7 +117,10 @@ impl Catalog {
     /// Resolves a reported model name; `None` (not reported) and unknown names get the fallback.
     pub fn resolve(&mut self, name: Option<&str>) -> PeakFlops {
         let Some(name) = name else {
-            return PeakFlops { flops: self.fallback_flops, model: None };
+            return PeakFlops {
+                flops: self.fallback_flops,
+                model: None,
+            };
         };
         let model = match self.memo.get(name) {
             Some(m) => *m,
@@ -127,8 +134,14 @@ impl Catalog {
             }
         };
         match model {
-            Some(i) => PeakFlops { flops: self.specs[i as usize].bf16_tflops * 1e12, model },
-            None => PeakFlops { flops: self.fallback_flops, model: None },
+            Some(i) => PeakFlops {
+                flops: self.specs[i as usize].bf16_tflops * 1e12,
+                model,
+            },
+            None => PeakFlops {
+                flops: self.fallback_flops,
+                model: None,
+            },
         }
     }
 
@@ -178,7 +191,11 @@ mod tests {
             ("Intel Gaudi2", "Gaudi2"),
         ];
         for (reported, expected) in cases {
-            assert_eq!(name_of(&mut c, reported).as_deref(), Some(expected), "{reported}");
+            assert_eq!(
+                name_of(&mut c, reported).as_deref(),
+                Some(expected),
+                "{reported}"
+            );
         }
     }
 
@@ -194,7 +211,13 @@ mod tests {
     fn unknown_and_missing_models_use_the_fallback_and_say_so() {
         let mut c = Catalog::new(&[], 500.0);
         let p = c.resolve(Some("Quantum Abacus 9000"));
-        assert_eq!(p, PeakFlops { flops: 500e12, model: None });
+        assert_eq!(
+            p,
+            PeakFlops {
+                flops: 500e12,
+                model: None
+            }
+        );
         assert_eq!(c.resolve(None).model, None);
         // "A1000" is not an A100 nor an A10.
         assert_eq!(c.resolve(Some("NVIDIA RTX A1000")).model, None);
@@ -205,6 +228,9 @@ mod tests {
         let custom = spec!("H100 FP8 accounting", ["h100"], [], 1979.0);
         let mut c = Catalog::new(&[custom], 989.0);
         assert_eq!(c.resolve(Some("NVIDIA H100 80GB HBM3")).flops, 1979e12);
-        assert_eq!(name_of(&mut c, "NVIDIA H100 80GB HBM3").as_deref(), Some("H100 FP8 accounting"));
+        assert_eq!(
+            name_of(&mut c, "NVIDIA H100 80GB HBM3").as_deref(),
+            Some("H100 FP8 accounting")
+        );
     }
 }

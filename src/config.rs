@@ -26,7 +26,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.to_string(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
 }
 
 /// A duration written as a humantime string ("30s", "5m", "7d").
@@ -47,7 +50,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map(HumanDuration)
-            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"30s\" or \"7d\": {e}")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{s:?} is not a duration like \"30s\" or \"7d\": {e}"
+                ))
+            })
     }
 }
 
@@ -150,7 +157,9 @@ pub struct InputConfig {
 
 impl Default for InputConfig {
     fn default() -> Self {
-        InputConfig { max_future_skew: HumanDuration::secs(3600) }
+        InputConfig {
+            max_future_skew: HumanDuration::secs(3600),
+        }
     }
 }
 
@@ -210,8 +219,15 @@ pub struct EstimateConfig {
 impl Default for EstimateConfig {
     fn default() -> Self {
         EstimateConfig {
-            utilization: UtilizationBand { low: 0.30, central: 0.40, high: 0.45 },
-            tensor_band: RelativeBand { low: 0.8, high: 1.2 },
+            utilization: UtilizationBand {
+                low: 0.30,
+                central: 0.40,
+                high: 0.45,
+            },
+            tensor_band: RelativeBand {
+                low: 0.8,
+                high: 1.2,
+            },
         }
     }
 }
@@ -228,7 +244,10 @@ pub struct CatalogConfig {
 
 impl Default for CatalogConfig {
     fn default() -> Self {
-        CatalogConfig { fallback_tflops: 989.0, accelerators: Vec::new() }
+        CatalogConfig {
+            fallback_tflops: 989.0,
+            accelerators: Vec::new(),
+        }
     }
 }
 
@@ -273,13 +292,34 @@ impl Default for DetectionConfig {
         DetectionConfig {
             window: HumanDuration::secs(3600),
             slide: HumanDuration::secs(60),
-            accelerators: Ramp { low: 8.0, high: 64.0 },
-            duration: Ramp { low: 600.0, high: 1800.0 },
-            tensor_active: Ramp { low: 0.10, high: 0.25 },
-            sm_active: Ramp { low: 0.30, high: 0.50 },
-            gpu_util: Ramp { low: 0.70, high: 0.95 },
-            temporal_variation: Ramp { low: 0.30, high: 0.10 },
-            rank_spread: Ramp { low: 0.30, high: 0.10 },
+            accelerators: Ramp {
+                low: 8.0,
+                high: 64.0,
+            },
+            duration: Ramp {
+                low: 600.0,
+                high: 1800.0,
+            },
+            tensor_active: Ramp {
+                low: 0.10,
+                high: 0.25,
+            },
+            sm_active: Ramp {
+                low: 0.30,
+                high: 0.50,
+            },
+            gpu_util: Ramp {
+                low: 0.70,
+                high: 0.95,
+            },
+            temporal_variation: Ramp {
+                low: 0.30,
+                high: 0.10,
+            },
+            rank_spread: Ramp {
+                low: 0.30,
+                high: 0.10,
+            },
             score_threshold: 0.75,
             resolve_below: 0.5,
             job_end_after: HumanDuration::secs(900),
@@ -327,7 +367,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:9464".into() }
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
     }
 }
 
@@ -363,7 +405,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".into() }
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -426,14 +471,20 @@ impl Config {
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let k = &self.kafka;
         if k.topics.is_empty() {
-            return Err(invalid("kafka.topics", "at least one usage topic is required"));
+            return Err(invalid(
+                "kafka.topics",
+                "at least one usage topic is required",
+            ));
         }
         if k.batch_max == 0 {
             return Err(invalid("kafka.batch_max", "must be at least 1"));
         }
         let w = &self.windows;
         if w.sliding.is_empty() {
-            return Err(invalid("windows.sliding", "at least one window is required"));
+            return Err(invalid(
+                "windows.sliding",
+                "at least one window is required",
+            ));
         }
         let mut windows = Vec::new();
         for (i, s) in w.sliding.iter().enumerate() {
@@ -443,47 +494,75 @@ impl Config {
                 return Err(invalid(&format!("{key}.name"), "must not be empty"));
             }
             if windows.iter().any(|x: &WindowSpec| x.name == s.name) {
-                return Err(invalid(&format!("{key}.name"), format!("duplicate window name {:?}", s.name)));
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("duplicate window name {:?}", s.name),
+                ));
             }
             if slide <= 0 || width <= 0 {
-                return Err(invalid(&format!("{key}.slide"), "width and slide must be positive"));
+                return Err(invalid(
+                    &format!("{key}.slide"),
+                    "width and slide must be positive",
+                ));
             }
             if width % slide != 0 {
                 return Err(invalid(&format!("{key}.slide"), "slide must divide width"));
             }
             if width / slide > 100_000 {
-                return Err(invalid(&format!("{key}.slide"), "more than 100000 panes per window"));
+                return Err(invalid(
+                    &format!("{key}.slide"),
+                    "more than 100000 panes per window",
+                ));
             }
-            windows.push(WindowSpec { name: s.name.clone(), width_ms: width, slide_ms: slide });
+            windows.push(WindowSpec {
+                name: s.name.clone(),
+                width_ms: width,
+                slide_ms: slide,
+            });
         }
         let longest = windows.iter().map(|w| w.width_ms).max().unwrap_or(0);
         if w.dedup_horizon.ms() > longest {
             // Idle keys are evicted after the longest window: de-duplication cannot remember longer.
-            return Err(invalid("windows.dedup_horizon", "must not exceed the longest window"));
+            return Err(invalid(
+                "windows.dedup_horizon",
+                "must not exceed the longest window",
+            ));
         }
         let u = &self.estimate.utilization;
         if !(0.0 < u.low && u.low <= u.central && u.central <= u.high && u.high <= 1.0) {
-            return Err(invalid("estimate.utilization", "need 0 < low <= central <= high <= 1"));
+            return Err(invalid(
+                "estimate.utilization",
+                "need 0 < low <= central <= high <= 1",
+            ));
         }
         let t = &self.estimate.tensor_band;
         if !(0.0 < t.low && t.low <= 1.0 && 1.0 <= t.high) {
             return Err(invalid("estimate.tensor_band", "need 0 < low <= 1 <= high"));
         }
-        if !(self.catalog.fallback_tflops > 0.0) {
+        if self.catalog.fallback_tflops.is_nan() || self.catalog.fallback_tflops <= 0.0 {
             return Err(invalid("catalog.fallback_tflops", "must be positive"));
         }
         for (i, a) in self.catalog.accelerators.iter().enumerate() {
             if a.all_of.is_empty() {
-                return Err(invalid(&format!("catalog.accelerators[{i}].all_of"), "needs at least one token"));
+                return Err(invalid(
+                    &format!("catalog.accelerators[{i}].all_of"),
+                    "needs at least one token",
+                ));
             }
-            if !(a.bf16_tflops > 0.0) {
-                return Err(invalid(&format!("catalog.accelerators[{i}].bf16_tflops"), "must be positive"));
+            if a.bf16_tflops.is_nan() || a.bf16_tflops <= 0.0 {
+                return Err(invalid(
+                    &format!("catalog.accelerators[{i}].bf16_tflops"),
+                    "must be positive",
+                ));
             }
         }
         let d = &self.detection;
         let (dw, ds) = (d.window.ms(), d.slide.ms());
         if ds <= 0 || dw <= 0 || dw % ds != 0 {
-            return Err(invalid("detection.slide", "must be positive and divide detection.window"));
+            return Err(invalid(
+                "detection.slide",
+                "must be positive and divide detection.window",
+            ));
         }
         for (key, r) in [
             ("detection.accelerators", d.accelerators),
@@ -502,11 +581,20 @@ impl Config {
             return Err(invalid("detection.score_threshold", "must be in (0, 1]"));
         }
         if !(0.0 <= d.resolve_below && d.resolve_below <= d.score_threshold) {
-            return Err(invalid("detection.resolve_below", "must be in [0, score_threshold]"));
+            return Err(invalid(
+                "detection.resolve_below",
+                "must be in [0, score_threshold]",
+            ));
         }
         let a = &self.alerts;
-        if a.thresholds_flop.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
-            return Err(invalid("alerts.thresholds_flop", "thresholds must be positive numbers"));
+        if a.thresholds_flop
+            .iter()
+            .any(|x| !(x.is_finite() && *x > 0.0))
+        {
+            return Err(invalid(
+                "alerts.thresholds_flop",
+                "thresholds must be positive numbers",
+            ));
         }
         let mut thresholds = a.thresholds_flop.clone();
         thresholds.sort_by(f64::total_cmp);
@@ -514,18 +602,35 @@ impl Config {
         let projection_window = windows
             .iter()
             .position(|w| w.name == a.projection_window)
-            .ok_or_else(|| invalid("alerts.projection_window", format!("no window named {:?}", a.projection_window)))?;
+            .ok_or_else(|| {
+                invalid(
+                    "alerts.projection_window",
+                    format!("no window named {:?}", a.projection_window),
+                )
+            })?;
         if a.resend_interval.ms() <= 0 {
             return Err(invalid("alerts.resend_interval", "must be positive"));
         }
         if self.metrics.top_tenants > 1000 {
-            return Err(invalid("metrics.top_tenants", "at most 1000 (label cardinality)"));
+            return Err(invalid(
+                "metrics.top_tenants",
+                "at most 1000 (label cardinality)",
+            ));
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid("http.listen", format!("{:?} is not an address like 127.0.0.1:9464", self.http.listen)));
+            return Err(invalid(
+                "http.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9464",
+                    self.http.listen
+                ),
+            ));
         }
         if k.session_timeout.ms() < 6000 {
-            return Err(invalid("kafka.session_timeout", "must be at least 6s (broker minimum)"));
+            return Err(invalid(
+                "kafka.session_timeout",
+                "must be at least 6s (broker minimum)",
+            ));
         }
         Ok(Settings {
             windows,
@@ -546,14 +651,19 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut c = self.clone();
         let k = &mut c.kafka;
-        let all = k.properties.iter_mut().chain(k.consumer_properties.iter_mut()).chain(k.producer_properties.iter_mut());
+        let all = k
+            .properties
+            .iter_mut()
+            .chain(k.consumer_properties.iter_mut())
+            .chain(k.producer_properties.iter_mut());
         for (k, v) in all {
             let k = k.to_ascii_lowercase();
             if k.contains("password") || k.contains("secret") || k.contains("key") {
                 *v = "<redacted>".into();
             }
         }
-        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+        toml::to_string_pretty(&c)
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }
 
@@ -580,7 +690,9 @@ mod tests {
 
     #[test]
     fn file_values_override_defaults() {
-        let c = Config::from_toml("[kafka]\nbrokers = \"k:1\"\n[windows]\nallowed_lateness = \"2m\"\n").unwrap();
+        let c =
+            Config::from_toml("[kafka]\nbrokers = \"k:1\"\n[windows]\nallowed_lateness = \"2m\"\n")
+                .unwrap();
         assert_eq!(c.kafka.brokers, "k:1");
         assert_eq!(c.windows.allowed_lateness.ms(), 120_000);
         assert_eq!(c.kafka.group_id, "trainspotter");
@@ -611,7 +723,9 @@ mod tests {
         assert_eq!(key_of(e), "windows.sliding[0].slide");
         let e = Config::from_toml("[alerts]\nprojection_window = \"2h\"\n").unwrap_err();
         assert_eq!(key_of(e), "alerts.projection_window");
-        let e = Config::from_toml("[estimate.utilization]\nlow = 0.5\ncentral = 0.4\nhigh = 0.45\n").unwrap_err();
+        let e =
+            Config::from_toml("[estimate.utilization]\nlow = 0.5\ncentral = 0.4\nhigh = 0.45\n")
+                .unwrap_err();
         assert_eq!(key_of(e), "estimate.utilization");
         let e = Config::from_toml("[alerts]\nthresholds_flop = [1e25, -1.0]\n").unwrap_err();
         assert_eq!(key_of(e), "alerts.thresholds_flop");
@@ -624,7 +738,10 @@ mod tests {
         )
         .unwrap();
         let out = c.to_redacted_toml();
-        assert!(!out.contains("hunter2") && !out.contains("hunter3"), "{out}");
+        assert!(
+            !out.contains("hunter2") && !out.contains("hunter3"),
+            "{out}"
+        );
         assert!(out.contains("client.id"));
         assert!(!format!("{:?}", c.kafka.sasl_password).contains("hunter2"));
     }

@@ -199,7 +199,10 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
-        Rejection { reason, detail: detail.into() }
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -219,7 +222,9 @@ pub struct DecodeLimits {
 }
 
 impl DecodeLimits {
-    pub const OPEN: DecodeLimits = DecodeLimits { max_ts_ms: i64::MAX };
+    pub const OPEN: DecodeLimits = DecodeLimits {
+        max_ts_ms: i64::MAX,
+    };
 }
 
 /// One input format. Decoders are pure: bytes and limits in, samples or a rejection out.
@@ -254,7 +259,10 @@ pub fn decode_native(payload: &[u8], limits: DecodeLimits) -> Result<UsageSample
     let raw: RawEvent<'_> = match serde_json::from_slice(payload) {
         Ok(RawOrNot::Object(raw)) => raw,
         Ok(RawOrNot::Other(kind)) => {
-            return Err(Rejection::new(RejectReason::NotAnObject, format!("payload is a JSON {kind}")))
+            return Err(Rejection::new(
+                RejectReason::NotAnObject,
+                format!("payload is a JSON {kind}"),
+            ))
         }
         Err(e) => return Err(Rejection::new(RejectReason::MalformedJson, e.to_string())),
     };
@@ -355,6 +363,8 @@ struct RawEvent<'a> {
 }
 
 /// A payload is an object (decoded into fields) or some other JSON value (rejected by kind).
+// Lives on the stack for one decode call; boxing would add an allocation per event.
+#[allow(clippy::large_enum_variant)]
 enum RawOrNot<'a> {
     Object(RawEvent<'a>),
     Other(&'static str),
@@ -497,7 +507,10 @@ fn string(field: &str, v: &Option<Scalar<'_>>) -> Result<Option<String>, Rejecti
 }
 
 fn missing(field: &str) -> Rejection {
-    Rejection::new(RejectReason::MissingField, format!("required field `{field}` is missing"))
+    Rejection::new(
+        RejectReason::MissingField,
+        format!("required field `{field}` is missing"),
+    )
 }
 
 fn timestamp(v: &Option<Scalar<'_>>, limits: DecodeLimits) -> Result<i64, Rejection> {
@@ -505,9 +518,18 @@ fn timestamp(v: &Option<Scalar<'_>>, limits: DecodeLimits) -> Result<i64, Reject
         None => return Err(missing("ts")),
         Some(Scalar::Int(ms)) => *ms,
         Some(Scalar::Str(s)) => parse_rfc3339_ms(s).ok_or_else(|| {
-            Rejection::new(RejectReason::BadTimestamp, format!("field `ts` is not RFC 3339: {s:?}"))
+            Rejection::new(
+                RejectReason::BadTimestamp,
+                format!("field `ts` is not RFC 3339: {s:?}"),
+            )
         })?,
-        Some(s) => return Err(wrong_type("ts", s, "an RFC 3339 string or integer epoch milliseconds")),
+        Some(s) => {
+            return Err(wrong_type(
+                "ts",
+                s,
+                "an RFC 3339 string or integer epoch milliseconds",
+            ))
+        }
     };
     if ms < MIN_EVENT_TIME_MS {
         return Err(Rejection::new(
@@ -526,7 +548,9 @@ fn timestamp(v: &Option<Scalar<'_>>, limits: DecodeLimits) -> Result<i64, Reject
 
 /// Parses an RFC 3339 timestamp to epoch milliseconds (sub-millisecond digits are truncated).
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 /// Formats epoch milliseconds as RFC 3339 UTC with millisecond precision.
@@ -540,7 +564,8 @@ impl RawEvent<'_> {
     fn validate(self, limits: DecodeLimits) -> Result<UsageSample, Rejection> {
         let ts_ms = timestamp(&self.ts, limits)?;
         let tenant = string("tenant", &self.tenant)?.ok_or_else(|| missing("tenant"))?;
-        let interval_s = positive("interval_s", &self.interval_s)?.ok_or_else(|| missing("interval_s"))?;
+        let interval_s =
+            positive("interval_s", &self.interval_s)?.ok_or_else(|| missing("interval_s"))?;
         let gpus = positive("gpus", &self.gpus)?.unwrap_or(1.0);
         Ok(UsageSample {
             ts_ms,
@@ -601,21 +626,25 @@ mod tests {
         let s = decode(r#"{"ts":1714564830000,"tenant":"t","interval_s":60}"#).unwrap();
         assert_eq!(s.ts_ms, 1_714_564_830_000);
         assert_eq!(s.gpus, 1.0);
-        let s = decode(r#"{"ts":"2024-05-01T14:00:30.250+02:00","tenant":"t","interval_s":1}"#).unwrap();
+        let s = decode(r#"{"ts":"2024-05-01T14:00:30.250+02:00","tenant":"t","interval_s":1}"#)
+            .unwrap();
         assert_eq!(s.ts_ms, 1_714_564_830_250);
     }
 
     #[test]
     fn null_optional_fields_mean_absent() {
-        let s = decode(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"job":null,"tensor_active":null}"#)
-            .unwrap();
+        let s = decode(
+            r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"job":null,"tensor_active":null}"#,
+        )
+        .unwrap();
         assert_eq!(s.job, None);
         assert_eq!(s.activity.tensor_active, None);
     }
 
     #[test]
     fn integer_ids_are_accepted_as_strings() {
-        let s = decode(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"job":12345,"gpu":3}"#).unwrap();
+        let s = decode(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"job":12345,"gpu":3}"#)
+            .unwrap();
         assert_eq!(s.job.as_deref(), Some("12345"));
         assert_eq!(s.gpu.as_deref(), Some("3"));
     }
@@ -626,14 +655,38 @@ mod tests {
         assert_eq!(reason(""), RejectReason::MalformedJson);
         assert_eq!(reason("[1,2]"), RejectReason::NotAnObject);
         assert_eq!(reason(r#""x""#), RejectReason::NotAnObject);
-        assert_eq!(reason(r#"{"tenant":"t","interval_s":60}"#), RejectReason::MissingField);
-        assert_eq!(reason(r#"{"ts":1714564830000,"interval_s":60}"#), RejectReason::MissingField);
-        assert_eq!(reason(r#"{"ts":1714564830000,"tenant":"t"}"#), RejectReason::MissingField);
-        assert_eq!(reason(r#"{"ts":1714564830000,"tenant":"","interval_s":60}"#), RejectReason::EmptyString);
-        assert_eq!(reason(r#"{"ts":1714564830000,"tenant":7,"interval_s":60}"#), RejectReason::WrongType);
-        assert_eq!(reason(r#"{"ts":true,"tenant":"t","interval_s":60}"#), RejectReason::WrongType);
-        assert_eq!(reason(r#"{"ts":1714564830000.5,"tenant":"t","interval_s":60}"#), RejectReason::WrongType);
-        assert_eq!(reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":"60"}"#), RejectReason::WrongType);
+        assert_eq!(
+            reason(r#"{"tenant":"t","interval_s":60}"#),
+            RejectReason::MissingField
+        );
+        assert_eq!(
+            reason(r#"{"ts":1714564830000,"interval_s":60}"#),
+            RejectReason::MissingField
+        );
+        assert_eq!(
+            reason(r#"{"ts":1714564830000,"tenant":"t"}"#),
+            RejectReason::MissingField
+        );
+        assert_eq!(
+            reason(r#"{"ts":1714564830000,"tenant":"","interval_s":60}"#),
+            RejectReason::EmptyString
+        );
+        assert_eq!(
+            reason(r#"{"ts":1714564830000,"tenant":7,"interval_s":60}"#),
+            RejectReason::WrongType
+        );
+        assert_eq!(
+            reason(r#"{"ts":true,"tenant":"t","interval_s":60}"#),
+            RejectReason::WrongType
+        );
+        assert_eq!(
+            reason(r#"{"ts":1714564830000.5,"tenant":"t","interval_s":60}"#),
+            RejectReason::WrongType
+        );
+        assert_eq!(
+            reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":"60"}"#),
+            RejectReason::WrongType
+        );
         assert_eq!(
             reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"tensor_active":"NaN"}"#),
             RejectReason::WrongType
@@ -646,26 +699,50 @@ mod tests {
             reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"gpu_util":-0.1}"#),
             RejectReason::OutOfRange
         );
-        assert_eq!(reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":0}"#), RejectReason::NonPositive);
-        assert_eq!(reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"gpus":-8}"#), RejectReason::NonPositive);
-        assert_eq!(reason(r#"{"ts":"yesterday","tenant":"t","interval_s":60}"#), RejectReason::BadTimestamp);
-        assert_eq!(reason(r#"{"ts":1714564830,"tenant":"t","interval_s":60}"#), RejectReason::BadTimestamp);
+        assert_eq!(
+            reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":0}"#),
+            RejectReason::NonPositive
+        );
+        assert_eq!(
+            reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"gpus":-8}"#),
+            RejectReason::NonPositive
+        );
+        assert_eq!(
+            reason(r#"{"ts":"yesterday","tenant":"t","interval_s":60}"#),
+            RejectReason::BadTimestamp
+        );
+        assert_eq!(
+            reason(r#"{"ts":1714564830,"tenant":"t","interval_s":60}"#),
+            RejectReason::BadTimestamp
+        );
         // 1e400 does not fit an f64: serde_json refuses it as a number.
-        assert_eq!(reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":1e400}"#), RejectReason::MalformedJson);
+        assert_eq!(
+            reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":1e400}"#),
+            RejectReason::MalformedJson
+        );
     }
 
     #[test]
     fn rejection_detail_names_the_field() {
-        let r = decode(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"sm_active":3}"#).unwrap_err();
+        let r = decode(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"sm_active":3}"#)
+            .unwrap_err();
         assert!(r.detail.contains("sm_active"), "{}", r.detail);
     }
 
     #[test]
     fn future_timestamps_beyond_the_limit_are_rejected() {
-        let limits = DecodeLimits { max_ts_ms: 1_714_564_830_000 };
-        let ok = decode_native(br#"{"ts":1714564830000,"tenant":"t","interval_s":1}"#, limits);
+        let limits = DecodeLimits {
+            max_ts_ms: 1_714_564_830_000,
+        };
+        let ok = decode_native(
+            br#"{"ts":1714564830000,"tenant":"t","interval_s":1}"#,
+            limits,
+        );
         assert!(ok.is_ok());
-        let late = decode_native(br#"{"ts":1714564830001,"tenant":"t","interval_s":1}"#, limits);
+        let late = decode_native(
+            br#"{"ts":1714564830001,"tenant":"t","interval_s":1}"#,
+            limits,
+        );
         assert_eq!(late.unwrap_err().reason, RejectReason::BadTimestamp);
     }
 

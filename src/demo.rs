@@ -68,7 +68,12 @@ impl ProducerContext for Deliveries {
     }
 }
 
-async fn produce(p: &ThreadedProducer<Deliveries>, topic: &str, key: &str, payload: &str) -> Result<(), KafkaError> {
+async fn produce(
+    p: &ThreadedProducer<Deliveries>,
+    topic: &str,
+    key: &str,
+    payload: &str,
+) -> Result<(), KafkaError> {
     loop {
         match p.send(BaseRecord::to(topic).key(key).payload(payload)) {
             Ok(()) => return Ok(()),
@@ -80,7 +85,11 @@ async fn produce(p: &ThreadedProducer<Deliveries>, topic: &str, key: &str, paylo
     }
 }
 
-pub async fn run(mut cfg: Config, opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+pub async fn run(
+    mut cfg: Config,
+    opts: DemoOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
     let cluster = MockCluster::new(1)?;
     let brokers = cluster.bootstrap_servers();
     let usage_topic = cfg.kafka.topics[0].clone();
@@ -90,13 +99,21 @@ pub async fn run(mut cfg: Config, opts: DemoOptions, shutdown: impl Future<Outpu
     cfg.kafka.brokers = brokers.clone();
     cfg.kafka.group_id = "trainspotter-demo".into();
     // The mock broker answers a fetch only when fetch.wait.max.ms expires: keep it short.
-    cfg.kafka.consumer_properties.insert("fetch.wait.max.ms".into(), "5".into());
+    cfg.kafka
+        .consumer_properties
+        .insert("fetch.wait.max.ms".into(), "5".into());
 
     let running = kafka::start(cfg.clone()).await?;
     println!("trainspotter demo");
     println!("  embedded Kafka broker   {brokers} (librdkafka mock cluster)");
-    println!("  metrics                 http://{}/metrics", running.http_addr);
-    println!("  state API               http://{}/api/v1/tenants , /api/v1/jobs", running.http_addr);
+    println!(
+        "  metrics                 http://{}/metrics",
+        running.http_addr
+    );
+    println!(
+        "  state API               http://{}/api/v1/tenants , /api/v1/jobs",
+        running.http_addr
+    );
     println!(
         "  simulating {} h of a fleet at {}x: 512-GPU H100 pretraining, 96-GPU inference, 8-GPU fine-tune, 32 idle GPUs",
         opts.hours, opts.speed
@@ -170,7 +187,8 @@ pub async fn run(mut cfg: Config, opts: DemoOptions, shutdown: impl Future<Outpu
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Pace simulated time against the wall clock.
-        let due = wall_start + Duration::from_secs_f64((t - start_ms) as f64 / 1000.0 / opts.speed as f64);
+        let due = wall_start
+            + Duration::from_secs_f64((t - start_ms) as f64 / 1000.0 / opts.speed as f64);
         tokio::select! {
             _ = tokio::time::sleep_until(due) => {}
             _ = &mut shutdown => { interrupted = true; break; }
@@ -187,7 +205,10 @@ pub async fn run(mut cfg: Config, opts: DemoOptions, shutdown: impl Future<Outpu
             _ = &mut shutdown => interrupted = true,
         }
         if Instant::now() > deadline {
-            eprintln!("demo: the daemon consumed {} of {acked} messages within 60 s", running.metrics.events_consumed_total());
+            eprintln!(
+                "demo: the daemon consumed {} of {acked} messages within 60 s",
+                running.metrics.events_consumed_total()
+            );
             break;
         }
     }
@@ -212,9 +233,17 @@ pub async fn run(mut cfg: Config, opts: DemoOptions, shutdown: impl Future<Outpu
         running_consumed
     );
     if let Some(v) = tenants {
-        println!("{:<16} {:>14} {:>12} {:>12}", "tenant", "GPU-hours", "24h GPU-h", "FLOP (est.)");
+        println!(
+            "{:<16} {:>14} {:>12} {:>12}",
+            "tenant", "GPU-hours", "24h GPU-h", "FLOP (est.)"
+        );
         for t in &v.tenants {
-            let day = t.windows.0.iter().find(|(n, _)| n == "24h").map_or(0.0, |(_, v)| *v);
+            let day = t
+                .windows
+                .0
+                .iter()
+                .find(|(n, _)| n == "24h")
+                .map_or(0.0, |(_, v)| *v);
             println!(
                 "{:<16} {:>14.1} {:>12.1} {:>12.3e}",
                 t.tenant,
@@ -226,7 +255,10 @@ pub async fn run(mut cfg: Config, opts: DemoOptions, shutdown: impl Future<Outpu
     }
     if let Some(v) = jobs {
         println!();
-        println!("{:<16} {:<16} {:>8} {:>7} {:>10}", "tenant", "job", "max GPUs", "score", "suspected");
+        println!(
+            "{:<16} {:<16} {:>8} {:>7} {:>10}",
+            "tenant", "job", "max GPUs", "score", "suspected"
+        );
         for j in &v.jobs {
             println!(
                 "{:<16} {:<16} {:>8.0} {:>7.2} {:>10}",
@@ -239,12 +271,18 @@ pub async fn run(mut cfg: Config, opts: DemoOptions, shutdown: impl Future<Outpu
 
 /// Prints an alert transition; periodic re-sends of an active alert are not news and are skipped.
 fn print_alert(body: &str) {
-    let Ok(ce) = serde_json::from_str::<serde_json::Value>(body) else { return };
+    let Ok(ce) = serde_json::from_str::<serde_json::Value>(body) else {
+        return;
+    };
     let d = &ce["data"];
     if d["status"] == "firing" && d["startsAt"] != ce["time"] {
         return;
     }
     let status = d["status"].as_str().unwrap_or("?").to_uppercase();
     let time = ce["time"].as_str().unwrap_or("");
-    println!("[{time}] {status:<8} {:<26} {}", d["alertname"].as_str().unwrap_or("?"), d["summary"].as_str().unwrap_or(""));
+    println!(
+        "[{time}] {status:<8} {:<26} {}",
+        d["alertname"].as_str().unwrap_or("?"),
+        d["summary"].as_str().unwrap_or("")
+    );
 }

@@ -81,7 +81,11 @@ pub struct Features {
 
 /// Computes features from the panes of the observed span, oldest first, and recent device activity.
 pub fn features(panes: &[DetectPane], device_activity: &[f64], duration_s: f64) -> Features {
-    let mut f = Features { duration_s, devices: device_activity.len(), ..Features::default() };
+    let mut f = Features {
+        duration_s,
+        devices: device_activity.len(),
+        ..Features::default()
+    };
     if panes.is_empty() {
         return f;
     }
@@ -92,7 +96,10 @@ pub fn features(panes: &[DetectPane], device_activity: &[f64], duration_s: f64) 
         .find(|(i, _)| panes.iter().any(|p| p.activity[*i].weight > 0.0));
     if let Some((i, signal)) = chosen {
         let (w, s) = panes.iter().fold((0.0f64, 0.0f64), |(w, s), p| {
-            (w + p.activity[i].weight as f64, s + p.activity[i].sum as f64)
+            (
+                w + p.activity[i].weight as f64,
+                s + p.activity[i].sum as f64,
+            )
         });
         f.signal = Some(*signal);
         f.activity = Some(s / w);
@@ -141,6 +148,8 @@ pub struct FeatureScore {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
     pub score: f64,
+    /// The activity signal the `activity` feature was computed from.
+    pub signal: Option<Signal>,
     pub features: Vec<FeatureScore>,
     /// Every required feature fired.
     pub gates_passed: bool,
@@ -148,7 +157,15 @@ pub struct Verdict {
 
 fn ramp(name: &'static str, value: Option<f64>, r: Ramp, required: bool) -> FeatureScore {
     let score = value.map(|v| ((v - r.low) / (r.high - r.low)).clamp(0.0, 1.0));
-    FeatureScore { name, value, low: r.low, high: r.high, score, fired: score == Some(1.0), required }
+    FeatureScore {
+        name,
+        value,
+        low: r.low,
+        high: r.high,
+        score,
+        fired: score == Some(1.0),
+        required,
+    }
 }
 
 /// Scores features against the configured ramps.
@@ -162,13 +179,23 @@ pub fn score(f: &Features, cfg: &DetectionConfig) -> Verdict {
         ramp("accelerators", Some(f.accelerators), cfg.accelerators, true),
         ramp("duration_seconds", Some(f.duration_s), cfg.duration, true),
         ramp("activity", f.activity, activity_ramp, true),
-        ramp("temporal_variation", f.temporal_variation, cfg.temporal_variation, false),
+        ramp(
+            "temporal_variation",
+            f.temporal_variation,
+            cfg.temporal_variation,
+            false,
+        ),
         ramp("rank_spread", f.rank_spread, cfg.rank_spread, false),
     ];
     let scored: Vec<f64> = features.iter().filter_map(|x| x.score).collect();
     let score = scored.iter().sum::<f64>() / scored.len() as f64;
     let gates_passed = features.iter().all(|x| !x.required || x.fired);
-    Verdict { score, features, gates_passed }
+    Verdict {
+        score,
+        signal: f.signal,
+        features,
+        gates_passed,
+    }
 }
 
 #[cfg(test)]
@@ -176,19 +203,30 @@ mod tests {
     use super::*;
 
     fn pane(accelerators: f32, signal: usize, activity: f32) -> DetectPane {
-        let mut p = DetectPane { accelerators, ..DetectPane::default() };
-        p.activity[signal] = Moments { weight: accelerators * 60.0, sum: activity * accelerators * 60.0 };
+        let mut p = DetectPane {
+            accelerators,
+            ..DetectPane::default()
+        };
+        p.activity[signal] = Moments {
+            weight: accelerators * 60.0,
+            sum: activity * accelerators * 60.0,
+        };
         p
     }
 
     #[test]
     fn steady_large_gang_scores_as_training() {
-        let panes: Vec<_> = (0..60).map(|i| pane(512.0, 0, if i % 20 == 0 { 0.1 } else { 0.45 })).collect();
+        let panes: Vec<_> = (0..60)
+            .map(|i| pane(512.0, 0, if i % 20 == 0 { 0.1 } else { 0.45 }))
+            .collect();
         let devices = vec![0.45; 512];
         let f = features(&panes, &devices, 7200.0);
         assert_eq!(f.accelerators, 512.0);
         assert_eq!(f.signal, Some(Signal::TensorActive));
-        assert!(f.temporal_variation.unwrap() < 0.01, "checkpoint dips do not move the median");
+        assert!(
+            f.temporal_variation.unwrap() < 0.01,
+            "checkpoint dips do not move the median"
+        );
         let v = score(&f, &DetectionConfig::default());
         assert!(v.gates_passed);
         assert!(v.score > 0.95, "{v:?}");
@@ -196,23 +234,36 @@ mod tests {
 
     #[test]
     fn bursty_serving_scores_low_even_when_large() {
-        let panes: Vec<_> = (0..60).map(|i| pane(256.0, 0, 0.02 + 0.3 * ((i % 7) as f32 / 7.0))).collect();
+        let panes: Vec<_> = (0..60)
+            .map(|i| pane(256.0, 0, 0.02 + 0.3 * ((i % 7) as f32 / 7.0)))
+            .collect();
         let devices: Vec<f64> = (0..256).map(|i| (i % 10) as f64 / 20.0).collect();
-        let v = score(&features(&panes, &devices, 86_400.0), &DetectionConfig::default());
+        let v = score(
+            &features(&panes, &devices, 86_400.0),
+            &DetectionConfig::default(),
+        );
         assert!(v.score < 0.75, "{v:?}");
     }
 
     #[test]
     fn small_jobs_never_pass_the_gates() {
         let panes: Vec<_> = (0..60).map(|_| pane(8.0, 0, 0.6)).collect();
-        let v = score(&features(&panes, &[0.6; 8], 86_400.0), &DetectionConfig::default());
+        let v = score(
+            &features(&panes, &[0.6; 8], 86_400.0),
+            &DetectionConfig::default(),
+        );
         assert!(!v.gates_passed);
         assert!(!v.features[0].fired);
     }
 
     #[test]
     fn without_any_activity_signal_a_job_cannot_be_suspected() {
-        let panes: Vec<_> = (0..60).map(|_| DetectPane { accelerators: 512.0, ..Default::default() }).collect();
+        let panes: Vec<_> = (0..60)
+            .map(|_| DetectPane {
+                accelerators: 512.0,
+                ..Default::default()
+            })
+            .collect();
         let f = features(&panes, &[], 86_400.0);
         assert_eq!(f.signal, None);
         let v = score(&f, &DetectionConfig::default());

@@ -77,7 +77,12 @@ struct SeriesState {
 
 impl Default for SeriesState {
     fn default() -> Self {
-        SeriesState { seen: Vec::new(), last_ts: i64::MIN, covered_pane: i64::MIN, activity: f32::NAN }
+        SeriesState {
+            seen: Vec::new(),
+            last_ts: i64::MIN,
+            covered_pane: i64::MIN,
+            activity: f32::NAN,
+        }
     }
 }
 
@@ -115,7 +120,12 @@ struct Account {
 
 impl Default for Account {
     fn default() -> Self {
-        Account { lifetime: Usage::default(), windows: Windows::default(), first_ts: i64::MAX, last_ts: i64::MIN }
+        Account {
+            lifetime: Usage::default(),
+            windows: Windows::default(),
+            first_ts: i64::MAX,
+            last_ts: i64::MIN,
+        }
     }
 }
 
@@ -222,7 +232,10 @@ impl Engine {
             alerts: AlertBook::new(s.resend_ms),
             s,
             detection: cfg.detection.clone(),
-            estimator: Estimator { utilization: cfg.estimate.utilization, tensor_band: cfg.estimate.tensor_band },
+            estimator: Estimator {
+                utilization: cfg.estimate.utilization,
+                tensor_band: cfg.estimate.tensor_band,
+            },
             catalog: Catalog::new(&cfg.catalog.accelerators, cfg.catalog.fallback_tflops),
             tenants: AHashMap::new(),
             jobs: AHashMap::new(),
@@ -304,8 +317,20 @@ impl Engine {
 
         // De-duplicate on the series the sample belongs to.
         let series = match &job_key {
-            Some(k) => self.jobs.entry(k.clone()).or_default().series.entry(series_key).or_default(),
-            None => self.tenants.get_mut(&tenant).expect("inserted above").series.entry(series_key).or_default(),
+            Some(k) => self
+                .jobs
+                .entry(k.clone())
+                .or_default()
+                .series
+                .entry(series_key)
+                .or_default(),
+            None => self
+                .tenants
+                .get_mut(&tenant)
+                .expect("inserted above")
+                .series
+                .entry(series_key)
+                .or_default(),
         };
         let unverified = match series.observe(ts, floor) {
             Seen::Duplicate => {
@@ -320,7 +345,11 @@ impl Engine {
         let best = Signal::best(&sample.activity);
         if let Some((_, v)) = best {
             let a = &mut series.activity;
-            *a = if a.is_nan() { v as f32 } else { *a + DEVICE_EWMA_ALPHA * (v as f32 - *a) };
+            *a = if a.is_nan() {
+                v as f32
+            } else {
+                *a + DEVICE_EWMA_ALPHA * (v as f32 - *a)
+            };
         }
 
         let peak = self.catalog.resolve(sample.accelerator.as_deref());
@@ -331,7 +360,12 @@ impl Engine {
                 self.stats.unspecified_accelerator += 1;
             }
         }
-        let usage = self.estimator.sample_usage(sample.gpus, sample.interval_s, peak.flops, sample.activity.tensor_active);
+        let usage = self.estimator.sample_usage(
+            sample.gpus,
+            sample.interval_s,
+            peak.flops,
+            sample.activity.tensor_active,
+        );
 
         let tenant_state = self.tenants.get_mut(&tenant).expect("inserted above");
         tenant_state.account.add(&self.s, ts, &usage);
@@ -358,7 +392,10 @@ impl Engine {
             // it covers that it was not counted in yet.
             let interval_ms = (sample.interval_s * 1000.0).round() as i64;
             let last = (ts - 1).div_euclid(slide);
-            let first = (ts - interval_ms).div_euclid(slide).max(first_pane.saturating_add(1)).max(last - n as i64 + 1);
+            let first = (ts - interval_ms)
+                .div_euclid(slide)
+                .max(first_pane.saturating_add(1))
+                .max(last - n as i64 + 1);
             for p in first..=last {
                 if let Some(pane) = job.detect.pane_mut(p, n) {
                     pane.accelerators += sample.gpus as f32;
@@ -385,7 +422,10 @@ impl Engine {
 
     fn job_key(&self, tenant: &Arc<str>, job: &str) -> JobKey {
         // Reuse the stored Arc of an existing job so keys share one allocation.
-        let probe = JobKey { tenant: tenant.clone(), job: Arc::from(job) };
+        let probe = JobKey {
+            tenant: tenant.clone(),
+            job: Arc::from(job),
+        };
         match self.jobs.get_key_value(&probe) {
             Some((k, _)) => k.clone(),
             None => probe,
@@ -430,7 +470,10 @@ impl Engine {
         let mut tenants: Vec<Arc<str>> = self.touched_tenants.drain().collect();
         for e in self.alerts.entities() {
             match e.job {
-                Some(job) => jobs.push(JobKey { tenant: e.tenant, job }),
+                Some(job) => jobs.push(JobKey {
+                    tenant: e.tenant,
+                    job,
+                }),
                 None => tenants.push(e.tenant),
             }
         }
@@ -442,19 +485,32 @@ impl Engine {
             self.evaluate_job(&k, now);
         }
         for t in tenants {
-            let Some(state) = self.tenants.get(&t) else { continue };
-            let entity = Entity { tenant: t.clone(), job: None };
-            let conditions =
-                if state.dormant { Vec::new() } else { self.compute_conditions(&entity, &state.account, now) };
-            self.alerts.reconcile(&entity, conditions, now, &mut self.outbox);
+            let Some(state) = self.tenants.get(&t) else {
+                continue;
+            };
+            let entity = Entity {
+                tenant: t.clone(),
+                job: None,
+            };
+            let conditions = if state.dormant {
+                Vec::new()
+            } else {
+                self.compute_conditions(&entity, &state.account, now)
+            };
+            self.alerts
+                .reconcile(&entity, conditions, now, &mut self.outbox);
         }
         self.alerts.resend_due(now, &mut self.outbox);
     }
 
     fn evaluate_job(&mut self, k: &JobKey, now: i64) {
-        let entity = Entity { tenant: k.tenant.clone(), job: Some(k.job.clone()) };
+        let entity = Entity {
+            tenant: k.tenant.clone(),
+            job: Some(k.job.clone()),
+        };
         let Some(job) = self.jobs.get(k) else {
-            self.alerts.reconcile(&entity, Vec::new(), now, &mut self.outbox);
+            self.alerts
+                .reconcile(&entity, Vec::new(), now, &mut self.outbox);
             return;
         };
         let ended = job.account.last_ts < now - self.s.job_end_after_ms;
@@ -475,7 +531,8 @@ impl Engine {
         let job = self.jobs.get_mut(k).expect("checked above");
         job.score = score;
         job.suspected = suspected;
-        self.alerts.reconcile(&entity, conditions, now, &mut self.outbox);
+        self.alerts
+            .reconcile(&entity, conditions, now, &mut self.outbox);
     }
 
     /// Features over `[now - window, now)` and the score.
@@ -506,13 +563,18 @@ impl Engine {
             .filter(|s| s.last_ts >= recent && !s.activity.is_nan())
             .map(|s| s.activity as f64)
             .collect();
-        let duration_s = ((job.account.last_ts.min(now) - job.account.first_ts).max(0)) as f64 / 1000.0;
-        detect::score(&detect::features(&panes, &devices, duration_s), &self.detection)
+        let duration_s =
+            ((job.account.last_ts.min(now) - job.account.first_ts).max(0)) as f64 / 1000.0;
+        detect::score(
+            &detect::features(&panes, &devices, duration_s),
+            &self.detection,
+        )
     }
 
     fn training_condition(&self, k: &JobKey, job: &JobState, v: &Verdict, now: i64) -> Condition {
         let slide = self.s.detect_slide_ms;
-        let window_start = (now - self.s.detect_window_ms).max(job.account.first_ts.div_euclid(slide) * slide);
+        let window_start =
+            (now - self.s.detect_window_ms).max(job.account.first_ts.div_euclid(slide) * slide);
         let recent = now - 2 * slide;
         let mut nodes: Vec<&str> = job
             .series
@@ -529,6 +591,7 @@ impl Engine {
             "score_threshold": self.detection.score_threshold,
             "window": {"start": format_rfc3339_ms(window_start), "end": format_rfc3339_ms(now)},
             "features": v.features,
+            "activity_signal": v.signal.map(Signal::name),
             "signals_available": self.signals_available(job, now),
             "nodes": nodes.len(),
             "node_sample": nodes.iter().take(16).collect::<Vec<_>>(),
@@ -556,7 +619,11 @@ impl Engine {
         let first = last - self.s.detect_window_ms / slide + 1;
         Signal::ALL
             .iter()
-            .filter(|s| job.detect.range(first, last).any(|(_, p)| p.activity[**s as usize].weight > 0.0))
+            .filter(|s| {
+                job.detect
+                    .range(first, last)
+                    .any(|(_, p)| p.activity[**s as usize].weight > 0.0)
+            })
             .map(|s| s.name())
             .collect()
     }
@@ -564,7 +631,12 @@ impl Engine {
     fn model_names(&self, job: &JobState) -> Vec<String> {
         job.models
             .iter()
-            .map(|(m, _)| m.map_or_else(|| "unknown".to_string(), |i| self.catalog.name(i).to_string()))
+            .map(|(m, _)| {
+                m.map_or_else(
+                    || "unknown".to_string(),
+                    |i| self.catalog.name(i).to_string(),
+                )
+            })
             .collect()
     }
 
@@ -578,10 +650,18 @@ impl Engine {
         };
         let spec = &self.s.windows[self.s.projection_window];
         let window_end = spec.end_after(now.min(account.last_ts));
-        let in_window = self.estimator.flop(&account.windows.value(&self.s.windows, self.s.projection_window, window_end));
+        let in_window = self.estimator.flop(&account.windows.value(
+            &self.s.windows,
+            self.s.projection_window,
+            window_end,
+        ));
         let observed_ms = (account.last_ts - account.first_ts).max(0);
         let rate_span_ms = observed_ms.min(spec.width_ms);
-        let rate = if rate_span_ms > 0 { in_window.central / (rate_span_ms as f64 / 1000.0) } else { 0.0 };
+        let rate = if rate_span_ms > 0 {
+            in_window.central / (rate_span_ms as f64 / 1000.0)
+        } else {
+            0.0
+        };
         let mut out = Vec::new();
         for &t in &self.s.thresholds {
             if lifetime.central >= t {
@@ -589,7 +669,10 @@ impl Engine {
                     name: AlertName::ComputeThresholdCrossed,
                     threshold: Some(t),
                     severity: Severity::Critical,
-                    summary: format!("{who} crossed {t:e} FLOP (central estimate {:.3e})", lifetime.central),
+                    summary: format!(
+                        "{who} crossed {t:e} FLOP (central estimate {:.3e})",
+                        lifetime.central
+                    ),
                     evidence: serde_json::json!({
                         "lifetime_flop": lifetime,
                         "accelerator_seconds": account.lifetime.accelerator_seconds(),
@@ -637,14 +720,29 @@ impl Engine {
 
     /// Evicts keys no window can contain any more, and device series older than every horizon.
     fn sweep(&mut self, watermark: i64) {
-        let longest = self.s.windows.iter().map(|w| w.width_ms + w.slide_ms).max().unwrap_or(0);
+        let longest = self
+            .s
+            .windows
+            .iter()
+            .map(|w| w.width_ms + w.slide_ms)
+            .max()
+            .unwrap_or(0);
         let idle_before = watermark - longest;
         let series_before = watermark - self.s.dedup_horizon_ms.max(self.s.detect_window_ms);
-        let gone: Vec<JobKey> = self.jobs.iter().filter(|(_, j)| j.account.last_ts < idle_before).map(|(k, _)| k.clone()).collect();
+        let gone: Vec<JobKey> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.account.last_ts < idle_before)
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in gone {
             self.jobs.remove(&k);
-            let entity = Entity { tenant: k.tenant, job: Some(k.job) };
-            self.alerts.reconcile(&entity, Vec::new(), watermark, &mut self.outbox);
+            let entity = Entity {
+                tenant: k.tenant,
+                job: Some(k.job),
+            };
+            self.alerts
+                .reconcile(&entity, Vec::new(), watermark, &mut self.outbox);
         }
         // Tenants are few and their lifetime totals are what compliance reports on: an idle tenant
         // gives up its windows and series but keeps its lifetime, so a paused run that resumes
@@ -660,8 +758,12 @@ impl Engine {
             state.dormant = true;
             state.account.windows = Windows::default();
             state.series = AHashMap::new();
-            let entity = Entity { tenant: t, job: None };
-            self.alerts.reconcile(&entity, Vec::new(), watermark, &mut self.outbox);
+            let entity = Entity {
+                tenant: t,
+                job: None,
+            };
+            self.alerts
+                .reconcile(&entity, Vec::new(), watermark, &mut self.outbox);
         }
         for j in self.jobs.values_mut() {
             j.series.retain(|_, s| s.last_ts >= series_before);
@@ -671,11 +773,17 @@ impl Engine {
         }
     }
 
-    fn window_values(&self, account: &Account, latest: i64) -> (WindowValues<f64>, WindowValues<FlopEstimate>) {
+    fn window_values(
+        &self,
+        account: &Account,
+        latest: i64,
+    ) -> (WindowValues<f64>, WindowValues<FlopEstimate>) {
         let mut acc = Vec::with_capacity(self.s.windows.len());
         let mut flop = Vec::with_capacity(self.s.windows.len());
         for (i, spec) in self.s.windows.iter().enumerate() {
-            let u = account.windows.value(&self.s.windows, i, spec.end_after(latest));
+            let u = account
+                .windows
+                .value(&self.s.windows, i, spec.end_after(latest));
             acc.push((spec.name.clone(), u.accelerator_seconds()));
             flop.push((spec.name.clone(), self.estimator.flop(&u)));
         }
@@ -739,7 +847,10 @@ impl Engine {
             .iter()
             .map(|(t, s)| {
                 let u = &s.account.lifetime;
-                (t.to_string(), (u.accelerator_seconds(), self.estimator.flop(u).central))
+                (
+                    t.to_string(),
+                    (u.accelerator_seconds(), self.estimator.flop(u).central),
+                )
             })
             .collect()
     }
@@ -768,12 +879,21 @@ mod tests {
     fn duplicates_are_counted_once() {
         let mut e = engine();
         let s = gpu_sample(T0, "j", 0);
-        assert_eq!(e.apply(&s), Applied::Accepted { late: false, unverified: false });
+        assert_eq!(
+            e.apply(&s),
+            Applied::Accepted {
+                late: false,
+                unverified: false
+            }
+        );
         assert_eq!(e.apply(&s), Applied::Duplicate);
         assert_eq!(e.stats().duplicate, 1);
         assert_eq!(e.job_reports()[0].accelerator_seconds, 30.0);
         // Same time on another device is not a duplicate.
-        assert!(matches!(e.apply(&gpu_sample(T0, "j", 1)), Applied::Accepted { .. }));
+        assert!(matches!(
+            e.apply(&gpu_sample(T0, "j", 1)),
+            Applied::Accepted { .. }
+        ));
         assert_eq!(e.tenant_reports()[0].accelerator_seconds, 60.0);
     }
 
@@ -782,7 +902,13 @@ mod tests {
         let mut e = engine();
         e.apply(&gpu_sample(T0 + 30 * MIN, "j", 0));
         let out = e.apply(&gpu_sample(T0 + 10 * MIN, "j", 1));
-        assert_eq!(out, Applied::Accepted { late: true, unverified: true });
+        assert_eq!(
+            out,
+            Applied::Accepted {
+                late: true,
+                unverified: true
+            }
+        );
         let t = &e.tenant_reports()[0];
         assert_eq!(t.accelerator_seconds, 60.0);
         assert_eq!(t.windows.0[0], ("1h".to_string(), 60.0));
@@ -799,7 +925,10 @@ mod tests {
             }
         }
         let alerts = e.drain_alerts();
-        let fired: Vec<_> = alerts.iter().filter(|a| a.alertname == AlertName::TrainingSuspected).collect();
+        let fired: Vec<_> = alerts
+            .iter()
+            .filter(|a| a.alertname == AlertName::TrainingSuspected)
+            .collect();
         assert_eq!(fired[0].status, crate::alert::Status::Firing);
         assert_eq!(fired[0].job.as_deref(), Some("pretrain"));
         let job = &e.job_reports()[0];
@@ -808,12 +937,18 @@ mod tests {
         assert_eq!(job.accelerator_models, vec!["H100 SXM".to_string()]);
         // Another tenant's traffic moves time on; the job has stopped, so its alert resolves.
         for step in 0..60 {
-            e.apply(&UsageSample::new(T0 + 3 * 3_600_000 + step * MIN, "other", 1.0, 60.0));
+            e.apply(&UsageSample::new(
+                T0 + 3 * 3_600_000 + step * MIN,
+                "other",
+                1.0,
+                60.0,
+            ));
         }
         let alerts = e.drain_alerts();
         assert!(alerts
             .iter()
-            .any(|a| a.alertname == AlertName::TrainingSuspected && a.status == crate::alert::Status::Resolved));
+            .any(|a| a.alertname == AlertName::TrainingSuspected
+                && a.status == crate::alert::Status::Resolved));
         assert!(!e.job_reports()[0].suspected);
     }
 
@@ -826,12 +961,23 @@ mod tests {
             e.apply(&UsageSample::new(later + h * 3_600_000, "other", 1.0, 60.0));
         }
         assert!(e.job_reports().is_empty(), "the idle job is evicted");
-        let acme = e.tenant_reports().into_iter().find(|t| t.tenant == "acme").unwrap();
-        assert_eq!(acme.accelerator_seconds, 30.0, "an idle tenant keeps its lifetime total");
+        let acme = e
+            .tenant_reports()
+            .into_iter()
+            .find(|t| t.tenant == "acme")
+            .unwrap();
+        assert_eq!(
+            acme.accelerator_seconds, 30.0,
+            "an idle tenant keeps its lifetime total"
+        );
         assert!(acme.windows.0.iter().all(|(_, v)| *v == 0.0));
         // It comes back a month later: the lifetime adds up across the pause.
         e.apply(&gpu_sample(later + 3 * 3_600_000, "resumed", 0));
-        let acme = e.tenant_reports().into_iter().find(|t| t.tenant == "acme").unwrap();
+        let acme = e
+            .tenant_reports()
+            .into_iter()
+            .find(|t| t.tenant == "acme")
+            .unwrap();
         assert_eq!(acme.accelerator_seconds, 60.0);
     }
 }

@@ -70,12 +70,26 @@ pub struct Estimator {
 
 impl Estimator {
     /// Usage of one sample given its resolved peak FLOP/s.
-    pub fn sample_usage(&self, gpus: f64, interval_s: f64, peak_flops: f64, tensor_active: Option<f64>) -> Usage {
+    pub fn sample_usage(
+        &self,
+        gpus: f64,
+        interval_s: f64,
+        peak_flops: f64,
+        tensor_active: Option<f64>,
+    ) -> Usage {
         let acc_ms = accelerator_ms(gpus, interval_s);
         let peak_work = gpus * interval_s * peak_flops;
         match tensor_active {
-            Some(a) => Usage { acc_ms, measured_flop: peak_work * a, nominal_flop: 0.0 },
-            None => Usage { acc_ms, measured_flop: 0.0, nominal_flop: peak_work },
+            Some(a) => Usage {
+                acc_ms,
+                measured_flop: peak_work * a,
+                nominal_flop: 0.0,
+            },
+            None => Usage {
+                acc_ms,
+                measured_flop: 0.0,
+                nominal_flop: peak_work,
+            },
         }
     }
 
@@ -95,8 +109,15 @@ mod tests {
 
     fn est() -> Estimator {
         Estimator {
-            utilization: UtilizationBand { low: 0.30, central: 0.40, high: 0.45 },
-            tensor_band: RelativeBand { low: 0.8, high: 1.2 },
+            utilization: UtilizationBand {
+                low: 0.30,
+                central: 0.40,
+                high: 0.45,
+            },
+            tensor_band: RelativeBand {
+                low: 0.8,
+                high: 1.2,
+            },
         }
     }
 

@@ -69,7 +69,10 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::error!(error = %e, "http server failed");
         }
     });
@@ -77,7 +80,14 @@ pub async fn serve(
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn readyz(State(s): State<HttpState>) -> Response {
@@ -89,7 +99,11 @@ async fn readyz(State(s): State<HttpState>) -> Response {
 }
 
 fn unavailable() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, "state task is not running\n").into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "state task is not running\n",
+    )
+        .into_response()
 }
 
 async fn tenants(State(s): State<HttpState>) -> Response {
@@ -116,18 +130,27 @@ async fn jobs(State(s): State<HttpState>, UrlQuery(f): UrlQuery<JobFilter>) -> R
 
 /// Answers a query from the pipeline's current state (called by the state-owning task).
 pub fn answer(p: &crate::pipeline::Pipeline, q: Query) {
-    let max_event_time = p.engine().max_event_ms().map(crate::decode::format_rfc3339_ms);
+    let max_event_time = p
+        .engine()
+        .max_event_ms()
+        .map(crate::decode::format_rfc3339_ms);
     // A dropped receiver means the HTTP client went away; nothing to do.
     match q {
         Query::Tenants(tx) => {
-            let _ = tx.send(TenantsView { max_event_time, tenants: p.engine().tenant_reports() });
+            let _ = tx.send(TenantsView {
+                max_event_time,
+                tenants: p.engine().tenant_reports(),
+            });
         }
         Query::Jobs(tenant, tx) => {
             let mut jobs = p.engine().job_reports();
             if let Some(t) = tenant {
                 jobs.retain(|j| j.tenant == t);
             }
-            let _ = tx.send(JobsView { max_event_time, jobs });
+            let _ = tx.send(JobsView {
+                max_event_time,
+                jobs,
+            });
         }
     }
 }

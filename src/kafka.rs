@@ -16,7 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::join_all;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -46,7 +48,10 @@ pub enum DaemonError {
     #[error("kafka client: {0}")]
     Kafka(#[from] KafkaError),
     #[error("http server: cannot listen on {addr}: {source}")]
-    Http { addr: String, source: std::io::Error },
+    Http {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("the pipeline task failed: {0}")]
     Task(String),
 }
@@ -92,10 +97,17 @@ impl ConsumerContext for Context {
         }
     }
 
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &rdkafka::TopicPartitionList) {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _: &rdkafka::TopicPartitionList,
+    ) {
         if let Err(e) = result {
             // Nothing to commit is reported as an error by librdkafka; it is not one.
-            if !matches!(e, KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) {
+            if !matches!(
+                e,
+                KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)
+            ) {
                 warn!(error = %e, "offset commit failed");
             }
         }
@@ -122,7 +134,10 @@ fn consumer(cfg: &Config, ctx: Context) -> Result<StreamConsumer<Context>, Kafka
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", cfg.kafka.session_timeout.0.as_millis().to_string())
+        .set(
+            "session.timeout.ms",
+            cfg.kafka.session_timeout.0.as_millis().to_string(),
+        )
         .set("statistics.interval.ms", "5000");
     for (k, v) in &cfg.kafka.consumer_properties {
         c.set(k, v);
@@ -135,7 +150,9 @@ fn consumer(cfg: &Config, ctx: Context) -> Result<StreamConsumer<Context>, Kafka
 
 fn producer(cfg: &Config) -> Result<FutureProducer, KafkaError> {
     let mut c = client_config(cfg);
-    c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5");
     for (k, v) in &cfg.kafka.producer_properties {
         c.set(k, v);
     }
@@ -172,7 +189,9 @@ impl Running {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.task.await.map_err(|e| DaemonError::Task(e.to_string()))?
+        self.task
+            .await
+            .map_err(|e| DaemonError::Task(e.to_string()))?
     }
 }
 
@@ -182,26 +201,52 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let pipeline = Pipeline::new(&cfg, metrics.clone())?;
-    let consumer = consumer(&cfg, Context { metrics: metrics.clone(), ready: ready.clone() })?;
+    let consumer = consumer(
+        &cfg,
+        Context {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        },
+    )?;
     let producer = producer(&cfg)?;
     let (query_tx, query_rx) = mpsc::channel(16);
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
-    let state = HttpState { metrics: metrics.clone(), ready: ready.clone(), queries: query_tx.clone() };
+    let state = HttpState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        queries: query_tx.clone(),
+    };
     let (http_addr, http_task) = http::serve(&cfg.http.listen, state, async {
         let _ = http_stop_rx.await;
     })
     .await
-    .map_err(|source| DaemonError::Http { addr: cfg.http.listen.clone(), source })?;
+    .map_err(|source| DaemonError::Http {
+        addr: cfg.http.listen.clone(),
+        source,
+    })?;
     info!(http = %http_addr, brokers = %cfg.kafka.brokers, topics = ?cfg.kafka.topics, "trainspotter started");
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
-    let worker = Worker { cfg, pipeline, consumer, producer, metrics: metrics.clone() };
+    let worker = Worker {
+        cfg,
+        pipeline,
+        consumer,
+        producer,
+        metrics: metrics.clone(),
+    };
     let task = tokio::spawn(async move {
         let result = worker.run(query_rx, shutdown_rx).await;
         let _ = http_stop_tx.send(());
         let _ = http_task.await;
         result
     });
-    Ok(Running { http_addr, metrics, ready, queries: query_tx, shutdown: Some(shutdown_tx), task })
+    Ok(Running {
+        http_addr,
+        metrics,
+        ready,
+        queries: query_tx,
+        shutdown: Some(shutdown_tx),
+        task,
+    })
 }
 
 /// Runs the daemon until `shutdown` resolves, then drains and returns.
@@ -222,7 +267,11 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(mut self, mut queries: mpsc::Receiver<Query>, mut shutdown: oneshot::Receiver<()>) -> Result<(), DaemonError> {
+    async fn run(
+        mut self,
+        mut queries: mpsc::Receiver<Query>,
+        mut shutdown: oneshot::Receiver<()>,
+    ) -> Result<(), DaemonError> {
         let batch_max = self.cfg.kafka.batch_max;
         let batch_wait = self.cfg.kafka.batch_wait.0;
         let mut last_error_log: Option<Instant> = None;
@@ -260,8 +309,12 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let limits = DecodeLimits { max_ts_ms: now_ms().saturating_add(self.cfg.input.max_future_skew.ms()) };
-            let rejected = self.pipeline.process(batch.iter().map(|m| m.payload()), limits);
+            let limits = DecodeLimits {
+                max_ts_ms: now_ms().saturating_add(self.cfg.input.max_future_skew.ms()),
+            };
+            let rejected = self
+                .pipeline
+                .process(batch.iter().map(|m| m.payload()), limits);
             let alerts = self.pipeline.drain_alerts();
             // Dead letters and alerts must be acknowledged before the offsets move on.
             let delivered = tokio::select! {
@@ -290,7 +343,9 @@ impl Worker {
             Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => warn!(error = %e, "final offset commit failed"),
         }
-        if let Err(e) = rdkafka::producer::Producer::flush(&self.producer, Timeout::After(FLUSH_TIMEOUT)) {
+        if let Err(e) =
+            rdkafka::producer::Producer::flush(&self.producer, Timeout::After(FLUSH_TIMEOUT))
+        {
             warn!(error = %e, "producer flush failed");
         }
         info!("trainspotter stopped");
@@ -302,11 +357,26 @@ impl Worker {
         let offset = m.offset().to_string();
         let partition = m.partition().to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "trainspotter.reason", value: Some(r.rejection.reason.code()) })
-            .insert(Header { key: "trainspotter.detail", value: Some(r.rejection.detail.as_str()) })
-            .insert(Header { key: "trainspotter.source.topic", value: Some(m.topic()) })
-            .insert(Header { key: "trainspotter.source.partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "trainspotter.source.offset", value: Some(offset.as_str()) });
+            .insert(Header {
+                key: "trainspotter.reason",
+                value: Some(r.rejection.reason.code()),
+            })
+            .insert(Header {
+                key: "trainspotter.detail",
+                value: Some(r.rejection.detail.as_str()),
+            })
+            .insert(Header {
+                key: "trainspotter.source.topic",
+                value: Some(m.topic()),
+            })
+            .insert(Header {
+                key: "trainspotter.source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "trainspotter.source.offset",
+                value: Some(offset.as_str()),
+            });
         let payload: &[u8] = m.payload().unwrap_or_default();
         let mut backoff = RETRY_BACKOFF;
         loop {
@@ -361,5 +431,7 @@ impl Worker {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

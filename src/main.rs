@@ -16,12 +16,18 @@ use trainspotter::config::{Config, ConfigError, LogFormat};
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "trainspotter", version, about = "Detects large AI training runs from accelerator telemetry on Kafka.")]
-#[command(long_about = "Detects large AI training runs from accelerator telemetry on Kafka.\n\n\
+#[command(
+    name = "trainspotter",
+    version,
+    about = "Detects large AI training runs from accelerator telemetry on Kafka."
+)]
+#[command(
+    long_about = "Detects large AI training runs from accelerator telemetry on Kafka.\n\n\
 Keeps exact per-tenant and per-job accelerator-hours in event-time sliding windows, estimates the \
 training compute (FLOP) each workload used, and raises alerts before a reporting threshold is crossed.\n\n\
 Configuration layers: built-in defaults, then --config FILE (TOML), then environment variables \
-TRAINSPOTTER__SECTION__KEY (e.g. TRAINSPOTTER__KAFKA__BROKERS=host:9092).")]
+TRAINSPOTTER__SECTION__KEY (e.g. TRAINSPOTTER__KAFKA__BROKERS=host:9092)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +79,9 @@ fn init_logging(cfg: &Config) {
     let filter = EnvFilter::try_from_env("TRAINSPOTTER_LOG")
         .or_else(|_| EnvFilter::try_new(&cfg.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
     match cfg.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -127,17 +135,34 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(&cfg);
-            report_exit(runtime().block_on(trainspotter::kafka::run(cfg, shutdown_signal())).map_err(Into::into))
+            report_exit(
+                runtime()
+                    .block_on(trainspotter::kafka::run(cfg, shutdown_signal()))
+                    .map_err(Into::into),
+            )
         }
-        Command::Demo { hours, speed, listen } => {
+        Command::Demo {
+            hours,
+            speed,
+            listen,
+        } => {
             let mut cfg = Config::default();
             cfg.http.listen = listen;
             cfg.log.level = "warn".into();
             init_logging(&cfg);
             let opts = trainspotter::demo::DemoOptions { hours, speed };
-            report_exit(runtime().block_on(trainspotter::demo::run(cfg, opts, shutdown_signal())).map_err(Into::into))
+            report_exit(
+                runtime()
+                    .block_on(trainspotter::demo::run(cfg, opts, shutdown_signal()))
+                    .map_err(Into::into),
+            )
         }
-        Command::Replay { config, report, dead_letter, input } => {
+        Command::Replay {
+            config,
+            report,
+            dead_letter,
+            input,
+        } => {
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -155,12 +180,19 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime can be built on any supported platform")
 }
 
-fn replay(cfg: &Config, input: &str, report: Option<PathBuf>, dead_letter: Option<PathBuf>) -> anyhow::Result<()> {
+fn replay(
+    cfg: &Config,
+    input: &str,
+    report: Option<PathBuf>,
+    dead_letter: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let mut reader = trainspotter::replay::open_input(input)?;
     let stdout = io::stdout();
     let mut alerts = BufWriter::new(stdout.lock());
     let mut dl = match &dead_letter {
-        Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("cannot create {}", p.display()))?)),
+        Some(p) => Some(BufWriter::new(
+            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
         None => None,
     };
     let r = trainspotter::replay::replay(
@@ -200,7 +232,10 @@ fn report_exit(r: anyhow::Result<()>) -> ExitCode {
         Err(e) => {
             let config_error = e.chain().any(|c| {
                 c.downcast_ref::<ConfigError>().is_some()
-                    || matches!(c.downcast_ref::<trainspotter::kafka::DaemonError>(), Some(trainspotter::kafka::DaemonError::Config(_)))
+                    || matches!(
+                        c.downcast_ref::<trainspotter::kafka::DaemonError>(),
+                        Some(trainspotter::kafka::DaemonError::Config(_))
+                    )
             });
             eprintln!("trainspotter: {e:#}");
             ExitCode::from(if config_error { EXIT_CONFIG } else { 1 })

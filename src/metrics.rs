@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::alert::{AlertName, AlertRecord};
@@ -47,37 +47,46 @@ pub struct Metrics {
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("metric names are static and valid");
-    r.register(Box::new(c.clone())).expect("each metric is registered once");
+    r.register(Box::new(c.clone()))
+        .expect("each metric is registered once");
     c
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric names are static and valid");
-    r.register(Box::new(c.clone())).expect("each metric is registered once");
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("metric names are static and valid");
+    r.register(Box::new(c.clone()))
+        .expect("each metric is registered once");
     c
 }
 
 fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("metric names are static and valid");
-    r.register(Box::new(g.clone())).expect("each metric is registered once");
+    r.register(Box::new(g.clone()))
+        .expect("each metric is registered once");
     g
 }
 
 fn int_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric names are static and valid");
-    r.register(Box::new(g.clone())).expect("each metric is registered once");
+    let g =
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("metric names are static and valid");
+    r.register(Box::new(g.clone()))
+        .expect("each metric is registered once");
     g
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {
     let g = Gauge::new(name, help).expect("metric names are static and valid");
-    r.register(Box::new(g.clone())).expect("each metric is registered once");
+    r.register(Box::new(g.clone()))
+        .expect("each metric is registered once");
     g
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
-    let g = GaugeVec::new(Opts::new(name, help), labels).expect("metric names are static and valid");
-    r.register(Box::new(g.clone())).expect("each metric is registered once");
+    let g =
+        GaugeVec::new(Opts::new(name, help), labels).expect("metric names are static and valid");
+    r.register(Box::new(g.clone()))
+        .expect("each metric is registered once");
     g
 }
 
@@ -219,7 +228,9 @@ impl Metrics {
     }
 
     pub fn event_rejected(&self, reason: RejectReason) {
-        self.events_rejected.with_label_values(&[reason.code()]).inc();
+        self.events_rejected
+            .with_label_values(&[reason.code()])
+            .inc();
     }
 
     pub fn dead_letter_produced(&self, n: u64) {
@@ -239,19 +250,25 @@ impl Metrics {
     }
 
     pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
-        self.consumer_lag.with_label_values(&[topic, &partition.to_string()]).set(lag);
+        self.consumer_lag
+            .with_label_values(&[topic, &partition.to_string()])
+            .set(lag);
     }
 
     pub fn alert_emitted(&self, r: &AlertRecord) {
-        self.alert_records.with_label_values(&[r.alertname.as_str(), r.status.as_str()]).inc();
+        self.alert_records
+            .with_label_values(&[r.alertname.as_str(), r.status.as_str()])
+            .inc();
     }
 
     /// Adds what the engine counted since the previous snapshot.
     pub fn engine_progress(&self, before: &EngineStats, now: &EngineStats) {
         self.events_accepted.inc_by(now.accepted - before.accepted);
         self.events_late.inc_by(now.late - before.late);
-        self.events_duplicate.inc_by(now.duplicate - before.duplicate);
-        self.events_unverified.inc_by(now.unverified - before.unverified);
+        self.events_duplicate
+            .inc_by(now.duplicate - before.duplicate);
+        self.events_unverified
+            .inc_by(now.unverified - before.unverified);
         self.catalog_fallback
             .with_label_values(&["unknown"])
             .inc_by(now.unknown_accelerator - before.unknown_accelerator);
@@ -273,7 +290,9 @@ impl Metrics {
             self.max_event_time.set(m as f64 / 1000.0);
         }
         for (name, n) in s.active_alerts {
-            self.alerts_active.with_label_values(&[name.as_str()]).set(n as i64);
+            self.alerts_active
+                .with_label_values(&[name.as_str()])
+                .set(n as i64);
         }
     }
 
@@ -286,15 +305,23 @@ impl Metrics {
         let (mut other_s, mut other_f) = (0.0, 0.0);
         for (i, (tenant, (secs, flop))) in v.into_iter().enumerate() {
             if i < n && tenant != OTHER_TENANT {
-                self.tenant_accelerator_seconds.with_label_values(&[tenant]).set(*secs);
-                self.tenant_estimated_flop.with_label_values(&[tenant]).set(*flop);
+                self.tenant_accelerator_seconds
+                    .with_label_values(&[tenant])
+                    .set(*secs);
+                self.tenant_estimated_flop
+                    .with_label_values(&[tenant])
+                    .set(*flop);
             } else {
                 other_s += secs;
                 other_f += flop;
             }
         }
-        self.tenant_accelerator_seconds.with_label_values(&[OTHER_TENANT]).set(other_s);
-        self.tenant_estimated_flop.with_label_values(&[OTHER_TENANT]).set(other_f);
+        self.tenant_accelerator_seconds
+            .with_label_values(&[OTHER_TENANT])
+            .set(other_s);
+        self.tenant_estimated_flop
+            .with_label_values(&[OTHER_TENANT])
+            .set(other_f);
     }
 }
 
@@ -317,14 +344,20 @@ mod tests {
     #[test]
     fn per_tenant_series_are_bounded_to_top_n_plus_other() {
         let m = Metrics::new();
-        let totals: HashMap<String, (f64, f64)> =
-            (0..50).map(|i| (format!("t{i:02}"), (i as f64, 10.0 * i as f64))).collect();
+        let totals: HashMap<String, (f64, f64)> = (0..50)
+            .map(|i| (format!("t{i:02}"), (i as f64, 10.0 * i as f64)))
+            .collect();
         m.tenants(&totals, 3);
         let text = m.render();
-        let lines: Vec<_> = text.lines().filter(|l| l.starts_with("trainspotter_tenant_accelerator_seconds{")).collect();
+        let lines: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("trainspotter_tenant_accelerator_seconds{"))
+            .collect();
         assert_eq!(lines.len(), 4, "{lines:?}");
         assert!(text.contains("trainspotter_tenant_accelerator_seconds{tenant=\"t49\"} 49"));
         let other: f64 = (0..47).map(|i| i as f64).sum();
-        assert!(text.contains(&format!("trainspotter_tenant_accelerator_seconds{{tenant=\"other\"}} {other}")));
+        assert!(text.contains(&format!(
+            "trainspotter_tenant_accelerator_seconds{{tenant=\"other\"}} {other}"
+        )));
     }
 }

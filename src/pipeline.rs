@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use crate::alert::AlertRecord;
 use crate::config::{Config, ConfigError};
-use crate::decode::{format_rfc3339_ms, DecodeLimits, Decoder, NativeJson, RejectReason, Rejection, UsageSample};
+use crate::decode::{
+    format_rfc3339_ms, DecodeLimits, Decoder, NativeJson, RejectReason, Rejection, UsageSample,
+};
 use crate::engine::{Engine, EngineStats, JobReport, TenantReport};
 use crate::metrics::{Metrics, StateGauges};
 
@@ -95,10 +97,15 @@ impl Pipeline {
             consumed += 1;
             let result = match payload {
                 Some(p) => self.decoder.decode(p, limits, &mut self.scratch),
-                None => Err(Rejection { reason: RejectReason::MalformedJson, detail: "message has no payload".into() }),
+                None => Err(Rejection {
+                    reason: RejectReason::MalformedJson,
+                    detail: "message has no payload".into(),
+                }),
             };
             match result {
-                Ok(()) => self.samples.extend(self.scratch.drain(..).map(|s| (index, s))),
+                Ok(()) => self
+                    .samples
+                    .extend(self.scratch.drain(..).map(|s| (index, s))),
                 Err(rejection) => {
                     self.scratch.clear();
                     self.metrics.event_rejected(rejection.reason);
@@ -114,7 +121,8 @@ impl Pipeline {
         let now = self.engine.stats();
         self.metrics.engine_progress(&self.stats, &now);
         self.stats = now;
-        self.metrics.batch_processed(started.elapsed().as_secs_f64());
+        self.metrics
+            .batch_processed(started.elapsed().as_secs_f64());
         self.refresh_gauges(false);
         rejected
     }
@@ -136,7 +144,11 @@ impl Pipeline {
 
     /// Updates state and per-tenant gauges (at most once a second unless `force`).
     pub fn refresh_gauges(&mut self, force: bool) {
-        if !force && self.last_refresh.is_some_and(|t| t.elapsed() < GAUGE_REFRESH) {
+        if !force
+            && self
+                .last_refresh
+                .is_some_and(|t| t.elapsed() < GAUGE_REFRESH)
+        {
             return;
         }
         self.last_refresh = Some(Instant::now());

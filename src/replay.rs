@@ -29,7 +29,10 @@ pub enum ReplayError {
 
 /// Opens `path` (`-` for stdin), transparently decompressing gzip (detected by its magic bytes).
 pub fn open_input(path: &str) -> Result<Box<dyn BufRead>, ReplayError> {
-    let err = |source| ReplayError::Input { path: path.to_string(), source };
+    let err = |source| ReplayError::Input {
+        path: path.to_string(),
+        source,
+    };
     let raw: Box<dyn Read> = if path == "-" {
         Box::new(io::stdin().lock())
     } else {
@@ -38,7 +41,10 @@ pub fn open_input(path: &str) -> Result<Box<dyn BufRead>, ReplayError> {
     let mut r = BufReader::with_capacity(1 << 20, raw);
     let gz = r.fill_buf().map_err(err)?.starts_with(&[0x1f, 0x8b]);
     Ok(if gz {
-        Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(r)))
+        Box::new(BufReader::with_capacity(
+            1 << 20,
+            flate2::read::MultiGzDecoder::new(r),
+        ))
     } else {
         Box::new(r)
     })
@@ -65,7 +71,10 @@ pub fn replay(
             let mut buf = Vec::new();
             let n = input
                 .read_until(b'\n', &mut buf)
-                .map_err(|source| ReplayError::Input { path: "input".into(), source })?;
+                .map_err(|source| ReplayError::Input {
+                    path: "input".into(),
+                    source,
+                })?;
             if n == 0 {
                 done = true;
                 break;
@@ -79,7 +88,10 @@ pub fn replay(
             }
             lines.push((line_no, buf));
         }
-        let rejected = pipeline.process(lines.iter().map(|(_, l)| Some(l.as_slice())), DecodeLimits::OPEN);
+        let rejected = pipeline.process(
+            lines.iter().map(|(_, l)| Some(l.as_slice())),
+            DecodeLimits::OPEN,
+        );
         if let Some(dl) = dead_letter.as_deref_mut() {
             for r in &rejected {
                 let (line, payload) = &lines[r.index];
@@ -101,7 +113,11 @@ pub fn replay(
         if progress && last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
             let rate = line_no as f64 / started.elapsed().as_secs_f64();
-            let at = pipeline.engine().max_event_ms().map(format_rfc3339_ms).unwrap_or_default();
+            let at = pipeline
+                .engine()
+                .max_event_ms()
+                .map(format_rfc3339_ms)
+                .unwrap_or_default();
             eprintln!("replay: {line_no} lines ({rate:.0}/s), event time {at}");
         }
     }

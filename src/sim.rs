@@ -15,7 +15,12 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 pub enum Profile {
     /// Data/tensor-parallel training: tensor activity near `tensor` on every rank, a checkpoint dip
     /// of `dip_ms` every `checkpoint_every_ms`, and optionally one outage (failure and restart).
-    Training { tensor: f64, checkpoint_every_ms: i64, dip_ms: i64, outage: Option<(i64, i64)> },
+    Training {
+        tensor: f64,
+        checkpoint_every_ms: i64,
+        dip_ms: i64,
+        outage: Option<(i64, i64)>,
+    },
     /// Request serving: each replica is busy with a probability following a daily curve between
     /// `busy_min` and `busy_max`; when busy its activity is uniform in 0.1..0.6.
     Serving { busy_min: f64, busy_max: f64 },
@@ -48,7 +53,10 @@ impl Workload {
             return false;
         }
         match self.profile {
-            Profile::Training { outage: Some((from, len)), .. } => {
+            Profile::Training {
+                outage: Some((from, len)),
+                ..
+            } => {
                 let o = self.start_ms + from;
                 !(t > o && t <= o + len)
             }
@@ -100,7 +108,10 @@ fn nodes(prefix: &str, n: usize) -> Vec<String> {
 
 impl Fleet {
     pub fn new(workloads: Vec<Workload>, seed: u64) -> Fleet {
-        Fleet { workloads, rng: SplitMix64::new(seed) }
+        Fleet {
+            workloads,
+            rng: SplitMix64::new(seed),
+        }
     }
 
     /// The demo fleet over `[start, start + hours)`: a 512-GPU H100 pretraining run from hour 1 with
@@ -133,7 +144,10 @@ impl Fleet {
                 start_ms,
                 end_ms: end,
                 interval_s: 60,
-                profile: Profile::Serving { busy_min: 0.03, busy_max: 0.55 },
+                profile: Profile::Serving {
+                    busy_min: 0.03,
+                    busy_max: 0.55,
+                },
             },
             Workload {
                 tenant: "biotech-co".into(),
@@ -144,7 +158,12 @@ impl Fleet {
                 start_ms: start_ms + 3 * HOUR_MS,
                 end_ms: (start_ms + 7 * HOUR_MS).min(end),
                 interval_s: 60,
-                profile: Profile::Training { tensor: 0.5, checkpoint_every_ms: HOUR_MS, dip_ms: 60_000, outage: None },
+                profile: Profile::Training {
+                    tensor: 0.5,
+                    checkpoint_every_ms: HOUR_MS,
+                    dip_ms: 60_000,
+                    outage: None,
+                },
             },
             Workload {
                 tenant: "reserved-co".into(),
@@ -174,7 +193,12 @@ impl Fleet {
                 let node_factor = 1.0 + 0.02 * (((n * 7919) % 13) as f64 / 13.0 - 0.5);
                 for g in 0..w.gpus_per_node {
                     let activity = match &w.profile {
-                        Profile::Training { tensor, checkpoint_every_ms, dip_ms, .. } => {
+                        Profile::Training {
+                            tensor,
+                            checkpoint_every_ms,
+                            dip_ms,
+                            ..
+                        } => {
                             let in_dip = since % checkpoint_every_ms < *dip_ms;
                             let base = if in_dip { 0.03 } else { *tensor * node_factor };
                             let t = (base * (1.0 + 0.03 * self.rng.normal())).clamp(0.0, 1.0);
@@ -186,10 +210,15 @@ impl Fleet {
                             }
                         }
                         Profile::Serving { busy_min, busy_max } => {
-                            let phase = ((t_ms.rem_euclid(DAY_MS)) as f64 / DAY_MS as f64 - 0.25) * std::f64::consts::TAU;
+                            let phase = ((t_ms.rem_euclid(DAY_MS)) as f64 / DAY_MS as f64 - 0.25)
+                                * std::f64::consts::TAU;
                             let p = busy_min + (busy_max - busy_min) * 0.5 * (1.0 + phase.sin());
                             let busy = self.rng.uniform() < p;
-                            let t = if busy { 0.1 + 0.5 * self.rng.uniform() } else { 0.0 };
+                            let t = if busy {
+                                0.1 + 0.5 * self.rng.uniform()
+                            } else {
+                                0.0
+                            };
                             Activity {
                                 tensor_active: Some(t),
                                 sm_active: Some((t * 1.5).min(1.0)),
@@ -210,7 +239,9 @@ impl Fleet {
                         .device(node.clone(), g.to_string())
                         .accelerator(w.accelerator.clone());
                     s.activity = activity;
-                    s.power_w = Some(70.0 + 620.0 * busy * activity.tensor_active.unwrap_or(0.0).max(0.3 * busy));
+                    s.power_w = Some(
+                        70.0 + 620.0 * busy * activity.tensor_active.unwrap_or(0.0).max(0.3 * busy),
+                    );
                     s.fb_used_bytes = Some(if busy > 0.0 { 7.0e10 } else { 5.0e8 });
                     out.push(s);
                 }

@@ -40,7 +40,10 @@ pub struct PaneRing<T> {
 
 impl<T: Default + Clone> Default for PaneRing<T> {
     fn default() -> Self {
-        PaneRing { head: i64::MIN, panes: Box::default() }
+        PaneRing {
+            head: i64::MIN,
+            panes: Box::default(),
+        }
     }
 }
 
@@ -127,11 +130,18 @@ mod tests {
     const MIN: i64 = 60_000;
 
     fn spec(width: i64, slide: i64) -> WindowSpec {
-        WindowSpec { name: "w".into(), width_ms: width, slide_ms: slide }
+        WindowSpec {
+            name: "w".into(),
+            width_ms: width,
+            slide_ms: slide,
+        }
     }
 
     fn usage(acc_ms: u64) -> Usage {
-        Usage { acc_ms, ..Usage::default() }
+        Usage {
+            acc_ms,
+            ..Usage::default()
+        }
     }
 
     #[test]

@@ -17,12 +17,22 @@ fn trainspotter() -> Command {
 fn check_config_prints_effective_settings_with_secrets_redacted() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("ok.toml");
-    write_file(&f, "[kafka]\nbrokers = \"kafka-1:9092\"\nsasl_password = \"s3cret\"\n");
+    write_file(
+        &f,
+        "[kafka]\nbrokers = \"kafka-1:9092\"\nsasl_password = \"s3cret\"\n",
+    );
     let out = trainspotter().arg("check-config").arg(&f).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("brokers = \"kafka-1:9092\""), "{text}");
-    assert!(text.contains("allowed_lateness = \"5m\""), "defaults are shown: {text}");
+    assert!(
+        text.contains("allowed_lateness = \"5m\""),
+        "defaults are shown: {text}"
+    );
     assert!(!text.contains("s3cret"));
 }
 
@@ -30,9 +40,15 @@ fn check_config_prints_effective_settings_with_secrets_redacted() {
 fn bad_configuration_exits_64_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     for (text, key) in [
-        ("[windows]\nallowed_lateness = \"eventually\"\n", "windows.allowed_lateness"),
+        (
+            "[windows]\nallowed_lateness = \"eventually\"\n",
+            "windows.allowed_lateness",
+        ),
         ("[detection]\nscore_treshold = 0.9\n", "score_treshold"),
-        ("[[windows.sliding]]\nname = \"x\"\nwidth = \"1h\"\nslide = \"7m\"\n", "windows.sliding[0].slide"),
+        (
+            "[[windows.sliding]]\nname = \"x\"\nwidth = \"1h\"\nslide = \"7m\"\n",
+            "windows.sliding[0].slide",
+        ),
     ] {
         let f = dir.path().join("bad.toml");
         write_file(&f, text);
@@ -41,7 +57,10 @@ fn bad_configuration_exits_64_naming_the_key() {
         let err = String::from_utf8(out.stderr).unwrap();
         assert!(err.contains(key), "error should name {key}: {err}");
     }
-    let out = trainspotter().args(["check-config", "/nonexistent/trainspotter.toml"]).output().unwrap();
+    let out = trainspotter()
+        .args(["check-config", "/nonexistent/trainspotter.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     // Environment overrides are validated the same way.
     let out = trainspotter()
@@ -59,12 +78,19 @@ fn replay_reads_gzip_writes_report_and_dead_letters() {
     let t0 = 1_714_521_600_000i64;
     let mut text = String::new();
     for m in 0..10 {
-        text.push_str(&UsageSample::new(t0 + m * 60_000, "t1", 4.0, 60.0).job("j1").to_json());
+        text.push_str(
+            &UsageSample::new(t0 + m * 60_000, "t1", 4.0, 60.0)
+                .job("j1")
+                .to_json(),
+        );
         text.push('\n');
     }
     text.push_str("\n{\"ts\":1,\"tenant\":\"t1\",\"interval_s\":60}\n");
     let gz = dir.path().join("events.ndjson.gz");
-    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::fast(),
+    );
     enc.write_all(text.as_bytes()).unwrap();
     enc.finish().unwrap();
     let report = dir.path().join("report.json");
@@ -77,7 +103,11 @@ fn replay_reads_gzip_writes_report_and_dead_letters() {
         .arg(&gz)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(r["events"]["accepted"], 10);
     assert_eq!(r["events"]["rejected"], 1);
@@ -85,7 +115,8 @@ fn replay_reads_gzip_writes_report_and_dead_letters() {
     assert_eq!(r["tenants"][0]["accelerator_seconds"], 2400.0);
     assert_eq!(r["tenants"][0]["windows"]["1h"], 2400.0);
     assert_eq!(r["jobs"][0]["job"], "j1");
-    let dl: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&dead).unwrap().trim()).unwrap();
+    let dl: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&dead).unwrap().trim()).unwrap();
     assert_eq!(dl["line"], 12);
     assert_eq!(dl["reason"], "bad_timestamp");
 }
@@ -111,24 +142,84 @@ fn replay_alerts_on_the_demo_fleet_match_the_golden_file() {
     }
     let mut alerts = Vec::new();
     let cfg = trainspotter::config::Config::default();
-    trainspotter::replay::replay(&cfg, &mut std::io::Cursor::new(text), &mut alerts, None, false).unwrap();
+    trainspotter::replay::replay(
+        &cfg,
+        &mut std::io::Cursor::new(text),
+        &mut alerts,
+        None,
+        false,
+    )
+    .unwrap();
     let got = String::from_utf8(alerts).unwrap();
     let path = common::repo().join("tests/golden/demo_fleet_4h_alerts.jsonl");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         write_file(&path, &got);
     }
-    let want = std::fs::read_to_string(&path).expect("golden file exists (UPDATE_GOLDEN=1 creates it)");
-    assert_eq!(got, want, "alert output changed; inspect and regenerate with UPDATE_GOLDEN=1 if intended");
+    let want =
+        std::fs::read_to_string(&path).expect("golden file exists (UPDATE_GOLDEN=1 creates it)");
+    assert_eq!(
+        got, want,
+        "alert output changed; inspect and regenerate with UPDATE_GOLDEN=1 if intended"
+    );
     // What the golden file must say, whatever its details: the pretraining run is suspected and
     // projected; nothing else is suspected.
     let names: Vec<(String, String)> = got
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["data"]["alertname"].as_str().unwrap().to_string(), v["data"]["job"].as_str().unwrap_or("").to_string())
+            (
+                v["data"]["alertname"].as_str().unwrap().to_string(),
+                v["data"]["job"].as_str().unwrap_or("").to_string(),
+            )
         })
         .collect();
-    assert!(names.contains(&("TrainingSuspected".into(), "pretrain-70b".into())), "{names:?}");
-    assert!(names.contains(&("ComputeThresholdProjected".into(), "pretrain-70b".into())), "{names:?}");
-    assert!(names.iter().all(|(n, j)| n != "TrainingSuspected" || j == "pretrain-70b"), "{names:?}");
+    assert!(
+        names.contains(&("TrainingSuspected".into(), "pretrain-70b".into())),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&("ComputeThresholdProjected".into(), "pretrain-70b".into())),
+        "{names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .all(|(n, j)| n != "TrainingSuspected" || j == "pretrain-70b"),
+        "{names:?}"
+    );
+}
+
+/// The example configuration is valid, equals the defaults, and documents every key.
+#[test]
+fn example_configuration_is_valid_complete_and_matches_the_defaults() {
+    let path = common::repo().join("deploy/trainspotter.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let example = trainspotter::config::Config::from_toml(&text).unwrap();
+    let defaults = trainspotter::config::Config::default();
+    assert_eq!(
+        example.to_redacted_toml(),
+        defaults.to_redacted_toml(),
+        "example differs from the defaults"
+    );
+    let rendered: toml::Table = toml::from_str(&defaults.to_redacted_toml()).unwrap();
+    fn keys(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
+        for (k, v) in t {
+            match v {
+                toml::Value::Table(inner) => keys(&format!("{prefix}{k}."), inner, out),
+                _ => out.push(format!("{prefix}{k}")),
+            }
+        }
+    }
+    let mut all = Vec::new();
+    keys("", &rendered, &mut all);
+    let documented: toml::Table = toml::from_str(&text).unwrap();
+    let mut present = Vec::new();
+    keys("", &documented, &mut present);
+    let missing: Vec<&String> = all
+        .iter()
+        .filter(|k| {
+            !present.contains(k) && !text.contains(&format!("# {}", k.rsplit('.').next().unwrap()))
+        })
+        .collect();
+    assert!(missing.is_empty(), "keys not in the example: {missing:?}");
 }

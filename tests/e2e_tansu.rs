@@ -37,14 +37,27 @@ fn workload() -> (Vec<String>, Vec<UsageSample>) {
                     .tensor_active(0.40 + 0.01 * (gpu % 3) as f64),
             );
         }
-        samples.push(UsageSample::new(ts - 7_000, "lab", (100 + m % 7) as f64, 60.0));
+        samples.push(UsageSample::new(
+            ts - 7_000,
+            "lab",
+            (100 + m % 7) as f64,
+            60.0,
+        ));
     }
     let mut lines: Vec<String> = samples.iter().map(UsageSample::to_json).collect();
-    let acme_latest: Vec<String> =
-        samples.iter().filter(|s| s.tenant == "acme").rev().take(200).map(UsageSample::to_json).collect();
+    let acme_latest: Vec<String> = samples
+        .iter()
+        .filter(|s| s.tenant == "acme")
+        .rev()
+        .take(200)
+        .map(UsageSample::to_json)
+        .collect();
     lines.extend(acme_latest);
     lines.push("{\"ts\": \"yesterday-ish\", \"tenant\": \"acme\", \"interval_s\": 60}".into());
-    lines.push("{\"ts\": 1714564830000, \"tenant\": \"acme\", \"interval_s\": 60, \"tensor_active\": 4}".into());
+    lines.push(
+        "{\"ts\": 1714564830000, \"tenant\": \"acme\", \"interval_s\": 60, \"tensor_active\": 4}"
+            .into(),
+    );
     lines.push("\u{0}\u{1} binary junk".into());
     (lines, samples)
 }
@@ -59,7 +72,11 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn daemon_on_tansu_counts_exactly_alerts_and_dead_letters_for_a_foreign_client() {
-    let broker = Broker::start(&[&format!("{USAGE}:3"), &format!("{ALERTS}:1"), &format!("{DLQ}:1")]);
+    let broker = Broker::start(&[
+        &format!("{USAGE}:3"),
+        &format!("{ALERTS}:1"),
+        &format!("{DLQ}:1"),
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let (lines, samples) = workload();
     let events = dir.path().join("events.ndjson");
@@ -67,7 +84,14 @@ fn daemon_on_tansu_counts_exactly_alerts_and_dead_letters_for_a_foreign_client()
 
     let produced: usize = run_python(
         "produce.py",
-        &["--bootstrap", &broker.bootstrap, "--topic", USAGE, "--file", events.to_str().unwrap()],
+        &[
+            "--bootstrap",
+            &broker.bootstrap,
+            "--topic",
+            USAGE,
+            "--file",
+            events.to_str().unwrap(),
+        ],
     )
     .trim()
     .parse()
@@ -96,26 +120,49 @@ fn daemon_on_tansu_counts_exactly_alerts_and_dead_letters_for_a_foreign_client()
     );
     let base = format!("http://127.0.0.1:{http_port}");
     let daemon_log = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
-    wait_for("the daemon to consume every message", Duration::from_secs(120), || {
-        let m = ureq::get(&format!("{base}/metrics")).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok());
-        m.and_then(|m| metric(&m, "trainspotter_ingest_events_consumed_total")) == Some(lines.len() as f64)
-    });
-    assert_eq!(ureq::get(&format!("{base}/readyz")).call().map(|r| r.status().as_u16()).ok(), Some(200), "{}", daemon_log());
+    wait_for(
+        "the daemon to consume every message",
+        Duration::from_secs(120),
+        || {
+            let m = ureq::get(&format!("{base}/metrics"))
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_to_string().ok());
+            m.and_then(|m| metric(&m, "trainspotter_ingest_events_consumed_total"))
+                == Some(lines.len() as f64)
+        },
+    );
+    assert_eq!(
+        ureq::get(&format!("{base}/readyz"))
+            .call()
+            .map(|r| r.status().as_u16())
+            .ok(),
+        Some(200),
+        "{}",
+        daemon_log()
+    );
 
     // Exact totals, computed independently from what was produced.
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     for s in &samples {
         *expected.entry(s.tenant.clone()).or_default() += accelerator_ms(s.gpus, s.interval_s);
     }
-    let tenants: serde_json::Value = serde_json::from_str(&http_get(&format!("{base}/api/v1/tenants"))).unwrap();
+    let tenants: serde_json::Value =
+        serde_json::from_str(&http_get(&format!("{base}/api/v1/tenants"))).unwrap();
     let got: BTreeMap<String, u64> = tenants["tenants"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| (t["tenant"].as_str().unwrap().to_string(), (t["accelerator_seconds"].as_f64().unwrap() * 1000.0).round() as u64))
+        .map(|t| {
+            (
+                t["tenant"].as_str().unwrap().to_string(),
+                (t["accelerator_seconds"].as_f64().unwrap() * 1000.0).round() as u64,
+            )
+        })
         .collect();
     assert_eq!(got, expected);
-    let jobs: serde_json::Value = serde_json::from_str(&http_get(&format!("{base}/api/v1/jobs?tenant=acme"))).unwrap();
+    let jobs: serde_json::Value =
+        serde_json::from_str(&http_get(&format!("{base}/api/v1/jobs?tenant=acme"))).unwrap();
     let job = &jobs["jobs"][0];
     assert_eq!(job["job"], "pretrain");
     assert_eq!(job["accelerator_seconds"], 64.0 * 120.0 * 60.0);
@@ -130,9 +177,19 @@ fn daemon_on_tansu_counts_exactly_alerts_and_dead_letters_for_a_foreign_client()
         .arg(&events)
         .output()
         .unwrap();
-    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
-    for (a, b) in report["tenants"].as_array().unwrap().iter().zip(tenants["tenants"].as_array().unwrap()) {
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    for (a, b) in report["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(tenants["tenants"].as_array().unwrap())
+    {
         assert_eq!(a["tenant"], b["tenant"]);
         assert_eq!(a["accelerator_seconds"], b["accelerator_seconds"]);
         assert_eq!(a["windows"], b["windows"]);
@@ -149,7 +206,12 @@ fn daemon_on_tansu_counts_exactly_alerts_and_dead_letters_for_a_foreign_client()
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool is installed (scripts/deps.sh)");
-    promtool.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
     let out = promtool.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -157,27 +219,59 @@ fn daemon_on_tansu_counts_exactly_alerts_and_dead_letters_for_a_foreign_client()
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(metric(&metrics, "trainspotter_window_events_duplicate_total"), Some(200.0));
-    assert_eq!(metric(&metrics, "trainspotter_ingest_dead_letter_produced_total"), Some(3.0));
+    assert_eq!(
+        metric(&metrics, "trainspotter_window_events_duplicate_total"),
+        Some(200.0)
+    );
+    assert_eq!(
+        metric(&metrics, "trainspotter_ingest_dead_letter_produced_total"),
+        Some(3.0)
+    );
 
     // The foreign client reads the dead letters (with reasons) and the alerts.
     let dlq = run_python(
         "consume.py",
-        &["--bootstrap", &broker.bootstrap, "--topic", DLQ, "--group", "e2e-dlq", "--expect", "3"],
+        &[
+            "--bootstrap",
+            &broker.bootstrap,
+            "--topic",
+            DLQ,
+            "--group",
+            "e2e-dlq",
+            "--expect",
+            "3",
+        ],
     );
     let mut reasons: Vec<String> = dlq
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["headers"]["trainspotter.reason"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["headers"]["trainspotter.reason"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     reasons.sort();
     assert_eq!(reasons, ["bad_timestamp", "malformed_json", "out_of_range"]);
 
     let alerts = run_python(
         "consume.py",
-        &["--bootstrap", &broker.bootstrap, "--topic", ALERTS, "--group", "e2e-alerts", "--expect", "1"],
+        &[
+            "--bootstrap",
+            &broker.bootstrap,
+            "--topic",
+            ALERTS,
+            "--group",
+            "e2e-alerts",
+            "--expect",
+            "1",
+        ],
     );
     let first: serde_json::Value = serde_json::from_str(alerts.lines().next().unwrap()).unwrap();
-    assert_eq!(first["headers"]["content-type"], "application/cloudevents+json");
+    assert_eq!(
+        first["headers"]["content-type"],
+        "application/cloudevents+json"
+    );
     let ce: serde_json::Value = serde_json::from_str(first["value"].as_str().unwrap()).unwrap();
     assert_eq!(ce["specversion"], "1.0");
     assert_eq!(ce["data"]["alertname"], "TrainingSuspected");
@@ -187,5 +281,9 @@ fn daemon_on_tansu_counts_exactly_alerts_and_dead_letters_for_a_foreign_client()
     // Graceful shutdown on SIGTERM: drains, commits, exits 0.
     let status = daemon.terminate(Duration::from_secs(30));
     assert!(status.success(), "exit status {status:?}\n{}", daemon_log());
-    assert!(daemon_log().contains("offsets committed"), "{}", daemon_log());
+    assert!(
+        daemon_log().contains("offsets committed"),
+        "{}",
+        daemon_log()
+    );
 }

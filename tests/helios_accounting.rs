@@ -17,18 +17,29 @@ struct Row {
 }
 
 fn read_vc(path: &std::path::Path) -> Vec<Row> {
-    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let f =
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
     let r = BufReader::new(flate2::read::GzDecoder::new(f));
     let mut lines = r.lines();
-    let header: Vec<String> = lines.next().unwrap().unwrap().split(',').map(str::to_string).collect();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect();
     let time_col = header.iter().position(|h| h == "time").unwrap();
     let gpu_col = header.iter().position(|h| h == "running_gpu_num").unwrap();
     lines
         .map(|l| {
             let l = l.unwrap();
             let cols: Vec<&str> = l.split(',').collect();
-            let t = chrono::NaiveDateTime::parse_from_str(cols[time_col], "%Y-%m-%d %H:%M:%S").unwrap();
-            Row { ts_ms: t.and_utc().timestamp_millis(), gpus: cols[gpu_col].parse::<f64>().unwrap() as u64 }
+            let t =
+                chrono::NaiveDateTime::parse_from_str(cols[time_col], "%Y-%m-%d %H:%M:%S").unwrap();
+            Row {
+                ts_ms: t.and_utc().timestamp_millis(),
+                gpus: cols[gpu_col].parse::<f64>().unwrap() as u64,
+            }
         })
         .collect()
 }
@@ -37,9 +48,17 @@ fn read_vc(path: &std::path::Path) -> Vec<Row> {
 fn helios_tenant_totals_and_windows_equal_plain_sums() {
     let dir = common::shared_data().join("helios-earth-vcs");
     let mut vcs: BTreeMap<String, Vec<Row>> = BTreeMap::new();
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display())) {
+    for entry in
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+    {
         let p = entry.unwrap().path();
-        let name = p.file_name().unwrap().to_str().unwrap().trim_end_matches(".csv.gz").to_string();
+        let name = p
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches(".csv.gz")
+            .to_string();
         vcs.insert(name, read_vc(&p));
     }
     assert_eq!(vcs.len(), 8, "eight virtual clusters");
@@ -48,18 +67,34 @@ fn helios_tenant_totals_and_windows_equal_plain_sums() {
     // (and `gpus` must be positive), so they are not sent.
     let mut events: Vec<(i64, String, u64)> = Vec::new();
     for (vc, rows) in &vcs {
-        events.extend(rows.iter().filter(|r| r.gpus > 0).map(|r| (r.ts_ms, vc.clone(), r.gpus)));
+        events.extend(
+            rows.iter()
+                .filter(|r| r.gpus > 0)
+                .map(|r| (r.ts_ms, vc.clone(), r.gpus)),
+        );
     }
     events.sort();
     let mut ndjson = String::new();
     for (ts, vc, gpus) in &events {
-        ndjson.push_str(&format!("{{\"ts\":{ts},\"tenant\":\"{vc}\",\"gpus\":{gpus},\"interval_s\":60}}\n"));
+        ndjson.push_str(&format!(
+            "{{\"ts\":{ts},\"tenant\":\"{vc}\",\"gpus\":{gpus},\"interval_s\":60}}\n"
+        ));
     }
 
     let cfg = Config::default();
-    let report = replay(&cfg, &mut Cursor::new(ndjson), &mut std::io::sink(), None, false).unwrap();
+    let report = replay(
+        &cfg,
+        &mut Cursor::new(ndjson),
+        &mut std::io::sink(),
+        None,
+        false,
+    )
+    .unwrap();
     assert_eq!(report.events.accepted as usize, events.len());
-    assert_eq!(report.events.rejected + report.events.duplicate + report.events.late, 0);
+    assert_eq!(
+        report.events.rejected + report.events.duplicate + report.events.late,
+        0
+    );
 
     let latest = events.iter().map(|e| e.0).max().unwrap();
     let specs = cfg.validate().unwrap().windows;
@@ -70,9 +105,18 @@ fn helios_tenant_totals_and_windows_equal_plain_sums() {
         assert_eq!(t.accelerator_seconds, total as f64, "{} lifetime", t.tenant);
         for (i, w) in specs.iter().enumerate() {
             let end = w.end_after(latest);
-            let expected: u64 =
-                rows.iter().filter(|r| r.ts_ms >= end - w.width_ms && r.ts_ms < end).map(|r| r.gpus * 60).sum();
-            assert_eq!(t.windows.0[i], (w.name.clone(), expected as f64), "{} window {}", t.tenant, w.name);
+            let expected: u64 = rows
+                .iter()
+                .filter(|r| r.ts_ms >= end - w.width_ms && r.ts_ms < end)
+                .map(|r| r.gpus * 60)
+                .sum();
+            assert_eq!(
+                t.windows.0[i],
+                (w.name.clone(), expected as f64),
+                "{} window {}",
+                t.tenant,
+                w.name
+            );
         }
     }
     // The published figure for vc6YE: 139,684 GPU-hours in May 2020.

@@ -53,21 +53,39 @@ impl Scope {
         cfg.http.listen = "127.0.0.1:0".into();
         cluster.create_topic(&cfg.kafka.topics[0], 2, 1).unwrap();
         cluster.create_topic(&cfg.kafka.alert_topic, 1, 1).unwrap();
-        cluster.create_topic(&cfg.kafka.dead_letter_topic, 1, 1).unwrap();
-        Scope { _cluster: cluster, brokers, cfg }
+        cluster
+            .create_topic(&cfg.kafka.dead_letter_topic, 1, 1)
+            .unwrap();
+        Scope {
+            _cluster: cluster,
+            brokers,
+            cfg,
+        }
     }
 
     async fn produce(&self, key: &str, payloads: &[String]) {
-        let p: FutureProducer = ClientConfig::new().set("bootstrap.servers", &self.brokers).create().unwrap();
+        let p: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .unwrap();
         let topic = &self.cfg.kafka.topics[0];
-        let sends = payloads.iter().map(|payload| p.send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(10)));
+        let sends = payloads.iter().map(|payload| {
+            p.send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+        });
         for r in futures::future::join_all(sends).await {
             r.expect("produce to the mock cluster");
         }
     }
 
     /// Every record of `topic` (waits until `n` arrived).
-    async fn read(&self, topic: &str, n: usize) -> Vec<(Option<String>, String, HashMap<String, String>)> {
+    async fn read(
+        &self,
+        topic: &str,
+        n: usize,
+    ) -> Vec<(Option<String>, String, HashMap<String, String>)> {
         let c: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", format!("reader-{topic}"))
@@ -85,7 +103,12 @@ impl Scope {
                 .headers()
                 .map(|h| {
                     h.iter()
-                        .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                        .map(|x| {
+                            (
+                                x.key.to_string(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -102,7 +125,11 @@ impl Scope {
 async fn wait_consumed(running: &kafka::Running, n: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while running.metrics.events_consumed_total() < n {
-        assert!(tokio::time::Instant::now() < deadline, "consumed {} of {n}", running.metrics.events_consumed_total());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consumed {} of {n}",
+            running.metrics.events_consumed_total()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -116,29 +143,63 @@ async fn consumes_windows_and_alerts_round_trip() {
     scope.produce("acme", &payloads).await;
     // At-least-once delivery upstream: the latest 500 events (within the de-duplication horizon)
     // arrive twice.
-    scope.produce("acme", &payloads[payloads.len() - 500..]).await;
+    scope
+        .produce("acme", &payloads[payloads.len() - 500..])
+        .await;
     wait_consumed(&running, payloads.len() as u64 + 500).await;
 
     let tenants = running.tenants().await.unwrap().tenants;
     assert_eq!(tenants.len(), 1);
-    assert_eq!(tenants[0].accelerator_seconds, 64.0 * 120.0 * 60.0, "duplicates counted once");
+    assert_eq!(
+        tenants[0].accelerator_seconds,
+        64.0 * 120.0 * 60.0,
+        "duplicates counted once"
+    );
     let jobs = running.jobs().await.unwrap().jobs;
     assert_eq!(jobs[0].max_concurrent_accelerators, 64.0);
     assert!(jobs[0].suspected, "{:?}", jobs[0]);
 
     // The same state over HTTP, and the metrics.
     let base = format!("http://{}", running.http_addr);
-    let body: serde_json::Value = ureq::get(&format!("{base}/api/v1/tenants")).call().unwrap().body_mut().read_json().unwrap();
-    assert_eq!(body["tenants"][0]["accelerator_seconds"], 64.0 * 120.0 * 60.0);
-    assert_eq!(ureq::get(&format!("{base}/readyz")).call().unwrap().status(), 200);
-    let metrics = ureq::get(&format!("{base}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
-    assert!(metrics.contains("trainspotter_window_events_duplicate_total 500"), "{metrics}");
-    assert!(metrics.contains("trainspotter_window_events_unverified_total 0"), "{metrics}");
+    let body: serde_json::Value = ureq::get(&format!("{base}/api/v1/tenants"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert_eq!(
+        body["tenants"][0]["accelerator_seconds"],
+        64.0 * 120.0 * 60.0
+    );
+    assert_eq!(
+        ureq::get(&format!("{base}/readyz"))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("trainspotter_window_events_duplicate_total 500"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("trainspotter_window_events_unverified_total 0"),
+        "{metrics}"
+    );
 
     let alerts = scope.read(&scope.cfg.kafka.alert_topic, 1).await;
     let (key, body, headers) = &alerts[0];
     assert_eq!(key.as_deref(), Some("TrainingSuspected|acme|pretrain|"));
-    assert_eq!(headers.get("content-type").map(String::as_str), Some("application/cloudevents+json"));
+    assert_eq!(
+        headers.get("content-type").map(String::as_str),
+        Some("application/cloudevents+json")
+    );
     let ce: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(ce["specversion"], "1.0");
     assert_eq!(ce["data"]["status"], "firing");
@@ -150,7 +211,10 @@ async fn consumes_windows_and_alerts_round_trip() {
         .filter(|f| f["fired"] == true)
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    assert!(fired.contains(&"accelerators") && fired.contains(&"activity"), "{fired:?}");
+    assert!(
+        fired.contains(&"accelerators") && fired.contains(&"activity"),
+        "{fired:?}"
+    );
     running.stop().await.unwrap();
 }
 
@@ -159,12 +223,15 @@ async fn advances_offset_past_poison_messages_via_the_dead_letter_topic() {
     let scope = Scope::new();
     let running = kafka::start(scope.cfg.clone()).await.unwrap();
     let good = UsageSample::new(now_minute(), "acme", 8.0, 30.0).to_json();
-    let bad = vec![
+    let bad = [
         "not json at all".to_string(),
         r#"{"ts":1714564830000,"tenant":"acme","interval_s":-5}"#.to_string(),
         r#"{"tenant":"acme","interval_s":30}"#.to_string(),
         // Beyond the allowed future skew: would drag the watermark forward.
-        format!(r#"{{"ts":{},"tenant":"acme","interval_s":30}}"#, now_minute() + 86_400_000),
+        format!(
+            r#"{{"ts":{},"tenant":"acme","interval_s":30}}"#,
+            now_minute() + 86_400_000
+        ),
     ];
     let mut all = vec![good.clone()];
     all.extend(bad.iter().cloned());
@@ -172,19 +239,40 @@ async fn advances_offset_past_poison_messages_via_the_dead_letter_topic() {
     scope.produce("acme", &all).await;
     wait_consumed(&running, all.len() as u64).await;
 
-    let dlq = scope.read(&scope.cfg.kafka.dead_letter_topic, bad.len()).await;
-    let reasons: Vec<&str> = dlq.iter().map(|(_, _, h)| h["trainspotter.reason"].as_str()).collect();
-    assert_eq!(reasons, ["malformed_json", "non_positive", "missing_field", "bad_timestamp"]);
+    let dlq = scope
+        .read(&scope.cfg.kafka.dead_letter_topic, bad.len())
+        .await;
+    let reasons: Vec<&str> = dlq
+        .iter()
+        .map(|(_, _, h)| h["trainspotter.reason"].as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "malformed_json",
+            "non_positive",
+            "missing_field",
+            "bad_timestamp"
+        ]
+    );
     for (i, (key, payload, h)) in dlq.iter().enumerate() {
         assert_eq!(payload, &bad[i], "original payload preserved");
         assert_eq!(key.as_deref(), Some("acme"));
         assert_eq!(h["trainspotter.source.topic"], scope.cfg.kafka.topics[0]);
-        assert!(h.contains_key("trainspotter.source.offset") && h.contains_key("trainspotter.detail"));
+        assert!(
+            h.contains_key("trainspotter.source.offset") && h.contains_key("trainspotter.detail")
+        );
     }
     let tenants = running.tenants().await.unwrap().tenants;
-    assert_eq!(tenants[0].accelerator_seconds, 2.0 * 8.0 * 30.0, "good events on both sides of the poison counted");
+    assert_eq!(
+        tenants[0].accelerator_seconds,
+        2.0 * 8.0 * 30.0,
+        "good events on both sides of the poison counted"
+    );
     let metrics = running.metrics.render();
-    assert!(metrics.contains("trainspotter_ingest_events_rejected_total{reason=\"malformed_json\"} 1"));
+    assert!(
+        metrics.contains("trainspotter_ingest_events_rejected_total{reason=\"malformed_json\"} 1")
+    );
     assert!(metrics.contains("trainspotter_ingest_dead_letter_produced_total 4"));
     running.stop().await.unwrap();
 }
@@ -196,14 +284,18 @@ async fn consumes_every_partition_of_a_keyed_topic() {
     let t0 = now_minute() - 60 * MIN;
     let mut total = 0u64;
     for tenant in ["t-a", "t-b", "t-c", "t-d", "t-e", "t-f"] {
-        let payloads: Vec<String> =
-            (0..200).map(|i| UsageSample::new(t0 + i * 1000, tenant, 2.0, 1.0).to_json()).collect();
+        let payloads: Vec<String> = (0..200)
+            .map(|i| UsageSample::new(t0 + i * 1000, tenant, 2.0, 1.0).to_json())
+            .collect();
         scope.produce(tenant, &payloads).await;
         total += payloads.len() as u64;
     }
     wait_consumed(&running, total).await;
     let tenants = running.tenants().await.unwrap().tenants;
     assert_eq!(tenants.len(), 6);
-    assert!(tenants.iter().all(|t| t.accelerator_seconds == 400.0), "{tenants:?}");
+    assert!(
+        tenants.iter().all(|t| t.accelerator_seconds == 400.0),
+        "{tenants:?}"
+    );
     running.stop().await.unwrap();
 }

@@ -23,8 +23,13 @@ struct Ev {
 
 impl Ev {
     fn sample(&self) -> UsageSample {
-        let mut s = UsageSample::new(self.ts, format!("t{}", self.tenant), self.gpus as f64, self.interval_s as f64)
-            .device("n0", self.gpu.to_string());
+        let mut s = UsageSample::new(
+            self.ts,
+            format!("t{}", self.tenant),
+            self.gpus as f64,
+            self.interval_s as f64,
+        )
+        .device("n0", self.gpu.to_string());
         if let Some(j) = self.job {
             s = s.job(format!("j{j}"));
         }
@@ -37,8 +42,22 @@ impl Ev {
 }
 
 fn event(span_ms: i64) -> impl Strategy<Value = Ev> {
-    (0u8..3, prop::option::of(0u8..3), 0u8..4, 0..span_ms, 1u8..=8, prop::sample::select(vec![1u16, 30, 60, 300]))
-        .prop_map(|(tenant, job, gpu, off, gpus, interval_s)| Ev { tenant, job, gpu, ts: T0 + off, gpus, interval_s })
+    (
+        0u8..3,
+        prop::option::of(0u8..3),
+        0u8..4,
+        0..span_ms,
+        1u8..=8,
+        prop::sample::select(vec![1u16, 30, 60, 300]),
+    )
+        .prop_map(|(tenant, job, gpu, off, gpus, interval_s)| Ev {
+            tenant,
+            job,
+            gpu,
+            ts: T0 + off,
+            gpus,
+            interval_s,
+        })
 }
 
 /// Events, some delivered twice, in random order.
@@ -56,8 +75,10 @@ fn stream(span_ms: i64) -> impl Strategy<Value = Vec<Ev>> {
 }
 
 fn config(windows: &str) -> Config {
-    Config::from_toml(&format!("[windows]\ndedup_horizon = \"3h\"\n{windows}\n[alerts]\nprojection_window = \"a\"\n"))
-        .unwrap()
+    Config::from_toml(&format!(
+        "[windows]\ndedup_horizon = \"3h\"\n{windows}\n[alerts]\nprojection_window = \"a\"\n"
+    ))
+    .unwrap()
 }
 
 /// Naive expectation: the first delivery of each identity counts, and so does any delivery older
@@ -107,11 +128,16 @@ fn check(cfg: &Config, events: &[Ev]) -> Result<(), TestCaseError> {
     for e in &unique {
         tenants.entry(format!("t{}", e.tenant)).or_default().push(e);
         if let Some(j) = e.job {
-            jobs.entry((format!("t{}", e.tenant), format!("j{j}"))).or_default().push(e);
+            jobs.entry((format!("t{}", e.tenant), format!("j{j}")))
+                .or_default()
+                .push(e);
         }
     }
     let expect = |evs: &[&Ev]| -> (u64, Vec<u64>) {
-        let total = evs.iter().map(|e| accelerator_ms(e.gpus as f64, e.interval_s as f64)).sum();
+        let total = evs
+            .iter()
+            .map(|e| accelerator_ms(e.gpus as f64, e.interval_s as f64))
+            .sum();
         let windows = specs
             .iter()
             .map(|w| {
@@ -131,22 +157,50 @@ fn check(cfg: &Config, events: &[Ev]) -> Result<(), TestCaseError> {
     prop_assert_eq!(got_tenants.len(), tenants.len());
     for t in &got_tenants {
         let (total, windows) = expect(&tenants[&t.tenant]);
-        prop_assert_eq!(ms(t.accelerator_seconds), total, "tenant {} lifetime", t.tenant);
+        prop_assert_eq!(
+            ms(t.accelerator_seconds),
+            total,
+            "tenant {} lifetime",
+            t.tenant
+        );
         for (i, (name, v)) in t.windows.0.iter().enumerate() {
             prop_assert_eq!(ms(*v), windows[i], "tenant {} window {}", t.tenant, name);
         }
     }
     let got_jobs = engine.job_reports();
     for key in jobs.keys() {
-        if !got_jobs.iter().any(|j| (&j.tenant, &j.job) == (&key.0, &key.1)) {
-            prop_assert!(forgettable.contains(key), "job {:?} missing but never idle long enough", key);
+        if !got_jobs
+            .iter()
+            .any(|j| (&j.tenant, &j.job) == (&key.0, &key.1))
+        {
+            prop_assert!(
+                forgettable.contains(key),
+                "job {:?} missing but never idle long enough",
+                key
+            );
         }
     }
-    for j in got_jobs.iter().filter(|j| !forgettable.contains(&(j.tenant.clone(), j.job.clone()))) {
+    for j in got_jobs
+        .iter()
+        .filter(|j| !forgettable.contains(&(j.tenant.clone(), j.job.clone())))
+    {
         let (total, windows) = expect(&jobs[&(j.tenant.clone(), j.job.clone())]);
-        prop_assert_eq!(ms(j.accelerator_seconds), total, "job {}/{} lifetime", j.tenant, j.job);
+        prop_assert_eq!(
+            ms(j.accelerator_seconds),
+            total,
+            "job {}/{} lifetime",
+            j.tenant,
+            j.job
+        );
         for (i, (name, v)) in j.windows.0.iter().enumerate() {
-            prop_assert_eq!(ms(*v), windows[i], "job {}/{} window {}", j.tenant, j.job, name);
+            prop_assert_eq!(
+                ms(*v),
+                windows[i],
+                "job {}/{} window {}",
+                j.tenant,
+                j.job,
+                name
+            );
         }
     }
     let s = engine.stats();

@@ -9,7 +9,11 @@ pub fn shared_data() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    assert!(p.is_dir(), "shared data not found at {}; set TRAINSPOTTER_SHARED_DATA", p.display());
+    assert!(
+        p.is_dir(),
+        "shared data not found at {}; set TRAINSPOTTER_SHARED_DATA",
+        p.display()
+    );
     p
 }
 
@@ -24,13 +28,23 @@ pub fn repo() -> PathBuf {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The Python with kafka-python: `TRAINSPOTTER_PYTHON`, or the project's `.venv` (scripts/deps.sh).
 pub fn python() -> PathBuf {
-    let p = std::env::var("TRAINSPOTTER_PYTHON").map(PathBuf::from).unwrap_or_else(|_| repo().join(".venv/bin/python"));
-    assert!(p.exists(), "no Python with kafka-python at {}: run scripts/deps.sh", p.display());
+    let p = std::env::var("TRAINSPOTTER_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "no Python with kafka-python at {}: run scripts/deps.sh",
+        p.display()
+    );
     p
 }
 
@@ -59,13 +73,19 @@ impl Broker {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        Broker { bootstrap: format!("127.0.0.1:{port}"), dir }
+        Broker {
+            bootstrap: format!("127.0.0.1:{port}"),
+            dir,
+        }
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/broker.sh")).arg("stop").arg(self.dir.path()).status();
+        let _ = Command::new(repo().join("scripts/broker.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -79,13 +99,19 @@ impl Proc {
 
     /// Sends SIGTERM and waits up to `grace` for the exit status.
     pub fn terminate(&mut self, grace: Duration) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
         let deadline = Instant::now() + grace;
         loop {
             if let Some(s) = self.0.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "process did not exit within {grace:?} of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {grace:?} of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -116,12 +142,18 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
 
 /// GET a URL on loopback and return the body (panics on error statuses).
 pub fn http_get(url: &str) -> String {
-    ureq::get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}")).body_mut().read_to_string().unwrap()
+    ureq::get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .body_mut()
+        .read_to_string()
+        .unwrap()
 }
 
 /// The value of an unlabelled sample in Prometheus text.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 pub fn write_file(path: &Path, text: &str) {
