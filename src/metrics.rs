@@ -37,6 +37,7 @@ pub struct Metrics {
     state_jobs: IntGauge,
     state_series: IntGauge,
     watermark: Gauge,
+    watermark_lag: Gauge,
     max_event_time: Gauge,
     tenant_accelerator_seconds: GaugeVec,
     tenant_estimated_flop: GaugeVec,
@@ -151,6 +152,11 @@ impl Metrics {
             state_jobs: int_gauge(&r, "trainspotter_state_jobs", "Jobs held in state."),
             state_series: int_gauge(&r, "trainspotter_state_series", "Device series held in state."),
             watermark: gauge(&r, "trainspotter_window_watermark_timestamp_seconds", "Current watermark, Unix time."),
+            watermark_lag: gauge(
+                &r,
+                "trainspotter_window_watermark_lag_seconds",
+                "Wall-clock time minus the watermark at the last refresh.",
+            ),
             max_event_time: gauge(
                 &r,
                 "trainspotter_window_max_event_timestamp_seconds",
@@ -285,6 +291,7 @@ impl Metrics {
         self.jobs_suspected.set(s.suspected as i64);
         if let Some(w) = s.watermark_ms {
             self.watermark.set(w as f64 / 1000.0);
+            self.watermark_lag.set((s.now_ms - w) as f64 / 1000.0);
         }
         if let Some(m) = s.max_event_ms {
             self.max_event_time.set(m as f64 / 1000.0);
@@ -334,6 +341,8 @@ pub struct StateGauges {
     pub suspected: usize,
     pub watermark_ms: Option<i64>,
     pub max_event_ms: Option<i64>,
+    /// Wall clock at the refresh, epoch ms.
+    pub now_ms: i64,
     pub active_alerts: [(AlertName, usize); 3],
 }
 

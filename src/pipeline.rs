@@ -160,6 +160,7 @@ impl Pipeline {
             suspected: e.suspected_jobs(),
             watermark_ms: e.watermark_ms(),
             max_event_ms: e.max_event_ms(),
+            now_ms: chrono::Utc::now().timestamp_millis(),
             active_alerts: e.active_alerts(),
         });
         self.metrics.tenants(&e.tenant_totals(), self.top_tenants);
