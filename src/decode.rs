@@ -651,75 +651,73 @@ mod tests {
 
     #[test]
     fn rejects_each_kind_of_bad_input_with_its_reason() {
-        assert_eq!(reason("{not json"), RejectReason::MalformedJson);
-        assert_eq!(reason(""), RejectReason::MalformedJson);
-        assert_eq!(reason("[1,2]"), RejectReason::NotAnObject);
-        assert_eq!(reason(r#""x""#), RejectReason::NotAnObject);
-        assert_eq!(
-            reason(r#"{"tenant":"t","interval_s":60}"#),
-            RejectReason::MissingField
-        );
-        assert_eq!(
-            reason(r#"{"ts":1714564830000,"interval_s":60}"#),
-            RejectReason::MissingField
-        );
-        assert_eq!(
-            reason(r#"{"ts":1714564830000,"tenant":"t"}"#),
-            RejectReason::MissingField
-        );
-        assert_eq!(
-            reason(r#"{"ts":1714564830000,"tenant":"","interval_s":60}"#),
-            RejectReason::EmptyString
-        );
-        assert_eq!(
-            reason(r#"{"ts":1714564830000,"tenant":7,"interval_s":60}"#),
-            RejectReason::WrongType
-        );
-        assert_eq!(
-            reason(r#"{"ts":true,"tenant":"t","interval_s":60}"#),
-            RejectReason::WrongType
-        );
-        assert_eq!(
-            reason(r#"{"ts":1714564830000.5,"tenant":"t","interval_s":60}"#),
-            RejectReason::WrongType
-        );
-        assert_eq!(
-            reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":"60"}"#),
-            RejectReason::WrongType
-        );
-        assert_eq!(
-            reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"tensor_active":"NaN"}"#),
-            RejectReason::WrongType
-        );
-        assert_eq!(
-            reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"tensor_active":1.2}"#),
-            RejectReason::OutOfRange
-        );
-        assert_eq!(
-            reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"gpu_util":-0.1}"#),
-            RejectReason::OutOfRange
-        );
-        assert_eq!(
-            reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":0}"#),
-            RejectReason::NonPositive
-        );
-        assert_eq!(
-            reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"gpus":-8}"#),
-            RejectReason::NonPositive
-        );
-        assert_eq!(
-            reason(r#"{"ts":"yesterday","tenant":"t","interval_s":60}"#),
-            RejectReason::BadTimestamp
-        );
-        assert_eq!(
-            reason(r#"{"ts":1714564830,"tenant":"t","interval_s":60}"#),
-            RejectReason::BadTimestamp
-        );
-        // 1e400 does not fit an f64: serde_json refuses it as a number.
-        assert_eq!(
-            reason(r#"{"ts":1714564830000,"tenant":"t","interval_s":1e400}"#),
-            RejectReason::MalformedJson
-        );
+        use RejectReason::*;
+        let cases = [
+            ("{not json", MalformedJson),
+            ("", MalformedJson),
+            // 1e400 does not fit an f64: serde_json refuses it as a number.
+            (
+                r#"{"ts":1714564830000,"tenant":"t","interval_s":1e400}"#,
+                MalformedJson,
+            ),
+            ("[1,2]", NotAnObject),
+            (r#""x""#, NotAnObject),
+            (r#"{"tenant":"t","interval_s":60}"#, MissingField),
+            (r#"{"ts":1714564830000,"interval_s":60}"#, MissingField),
+            (r#"{"ts":1714564830000,"tenant":"t"}"#, MissingField),
+            (
+                r#"{"ts":1714564830000,"tenant":"","interval_s":60}"#,
+                EmptyString,
+            ),
+            (
+                r#"{"ts":1714564830000,"tenant":7,"interval_s":60}"#,
+                WrongType,
+            ),
+            (r#"{"ts":true,"tenant":"t","interval_s":60}"#, WrongType),
+            (
+                r#"{"ts":1714564830000.5,"tenant":"t","interval_s":60}"#,
+                WrongType,
+            ),
+            (
+                r#"{"ts":1714564830000,"tenant":"t","interval_s":"60"}"#,
+                WrongType,
+            ),
+            (
+                r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"tensor_active":"NaN"}"#,
+                WrongType,
+            ),
+            (
+                r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"tensor_active":1.2}"#,
+                OutOfRange,
+            ),
+            (
+                r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"gpu_util":-0.1}"#,
+                OutOfRange,
+            ),
+            (
+                r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"power_w":-1}"#,
+                OutOfRange,
+            ),
+            (
+                r#"{"ts":1714564830000,"tenant":"t","interval_s":0}"#,
+                NonPositive,
+            ),
+            (
+                r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"gpus":-8}"#,
+                NonPositive,
+            ),
+            (
+                r#"{"ts":"yesterday","tenant":"t","interval_s":60}"#,
+                BadTimestamp,
+            ),
+            (
+                r#"{"ts":1714564830,"tenant":"t","interval_s":60}"#,
+                BadTimestamp,
+            ),
+        ];
+        for (payload, expected) in cases {
+            assert_eq!(reason(payload), expected, "{payload}");
+        }
     }
 
     #[test]

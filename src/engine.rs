@@ -232,10 +232,7 @@ impl Engine {
             alerts: AlertBook::new(s.resend_ms),
             s,
             detection: cfg.detection.clone(),
-            estimator: Estimator {
-                utilization: cfg.estimate.utilization,
-                tensor_band: cfg.estimate.tensor_band,
-            },
+            estimator: Estimator::new(&cfg.estimate),
             catalog: Catalog::new(&cfg.catalog.accelerators, cfg.catalog.fallback_tflops),
             tenants: AHashMap::new(),
             jobs: AHashMap::new(),

@@ -69,6 +69,13 @@ pub struct Estimator {
 }
 
 impl Estimator {
+    pub fn new(cfg: &crate::config::EstimateConfig) -> Self {
+        Estimator {
+            utilization: cfg.utilization,
+            tensor_band: cfg.tensor_band,
+        }
+    }
+
     /// Usage of one sample given its resolved peak FLOP/s.
     pub fn sample_usage(
         &self,
@@ -108,17 +115,7 @@ mod tests {
     use super::*;
 
     fn est() -> Estimator {
-        Estimator {
-            utilization: UtilizationBand {
-                low: 0.30,
-                central: 0.40,
-                high: 0.45,
-            },
-            tensor_band: RelativeBand {
-                low: 0.8,
-                high: 1.2,
-            },
-        }
+        Estimator::new(&crate::config::EstimateConfig::default())
     }
 
     #[test]

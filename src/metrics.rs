@@ -46,49 +46,39 @@ pub struct Metrics {
     ready: IntGauge,
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("metric names are static and valid");
-    r.register(Box::new(c.clone()))
+/// Registers a metric and hands it back. Names and help texts are static, so failures are bugs.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    m: prometheus::Result<M>,
+) -> M {
+    let m = m.expect("metric names and labels are static and valid");
+    r.register(Box::new(m.clone()))
         .expect("each metric is registered once");
-    c
+    m
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    register(r, IntCounter::new(name, help))
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)
-        .expect("metric names are static and valid");
-    r.register(Box::new(c.clone()))
-        .expect("each metric is registered once");
-    c
+    register(r, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("metric names are static and valid");
-    r.register(Box::new(g.clone()))
-        .expect("each metric is registered once");
-    g
+    register(r, IntGauge::new(name, help))
 }
 
 fn int_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g =
-        IntGaugeVec::new(Opts::new(name, help), labels).expect("metric names are static and valid");
-    r.register(Box::new(g.clone()))
-        .expect("each metric is registered once");
-    g
+    register(r, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {
-    let g = Gauge::new(name, help).expect("metric names are static and valid");
-    r.register(Box::new(g.clone()))
-        .expect("each metric is registered once");
-    g
+    register(r, Gauge::new(name, help))
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
-    let g =
-        GaugeVec::new(Opts::new(name, help), labels).expect("metric names are static and valid");
-    r.register(Box::new(g.clone()))
-        .expect("each metric is registered once");
-    g
+    register(r, GaugeVec::new(Opts::new(name, help), labels))
 }
 
 impl Default for Metrics {
@@ -180,18 +170,16 @@ impl Metrics {
                 "Messages between the consumed position and the high watermark, per partition.",
                 &["topic", "partition"],
             ),
-            batch_duration: {
-                let h = Histogram::with_opts(
+            batch_duration: register(
+                &r,
+                Histogram::with_opts(
                     HistogramOpts::new(
                         "trainspotter_pipeline_batch_duration_seconds",
                         "Time to decode and apply one batch.",
                     )
                     .buckets(vec![1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
-                )
-                .expect("histogram options are static and valid");
-                r.register(Box::new(h.clone())).expect("each metric is registered once");
-                h
-            },
+                ),
+            ),
             ready: int_gauge(&r, "trainspotter_ready", "1 when partitions are assigned and state is loaded."),
             registry: r,
         };
