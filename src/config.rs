@@ -442,7 +442,11 @@ impl Config {
             config::Environment::with_prefix("TRAINSPOTTER")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                // Lists from the environment are comma separated.
+                .list_separator(",")
+                .with_list_parse_key("kafka.topics")
+                .with_list_parse_key("alerts.thresholds_flop"),
         );
         let raw = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;
         Self::from_source(raw)

@@ -223,3 +223,30 @@ fn example_configuration_is_valid_complete_and_matches_the_defaults() {
         .collect();
     assert!(missing.is_empty(), "keys not in the example: {missing:?}");
 }
+
+#[test]
+fn environment_overrides_the_file_including_lists() {
+    let out = trainspotter()
+        .arg("check-config")
+        .arg(common::repo().join("deploy/trainspotter.example.toml"))
+        .env("TRAINSPOTTER__KAFKA__BROKERS", "kafka-9:9092")
+        .env("TRAINSPOTTER__KAFKA__TOPICS", "dcgm-a,dcgm-b")
+        .env("TRAINSPOTTER__WINDOWS__ALLOWED_LATENESS", "2m")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg: toml::Table = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(cfg["kafka"]["brokers"].as_str(), Some("kafka-9:9092"));
+    let topics: Vec<&str> = cfg["kafka"]["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(topics, ["dcgm-a", "dcgm-b"]);
+    assert_eq!(cfg["windows"]["allowed_lateness"].as_str(), Some("2m"));
+}
