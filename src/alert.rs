@@ -9,13 +9,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::decode::format_rfc3339_ms;
 use crate::estimate::FlopEstimate;
 
 /// Alert names are part of the public interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum AlertName {
     TrainingSuspected,
     ComputeThresholdProjected,
@@ -38,7 +38,7 @@ impl AlertName {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
@@ -63,19 +63,20 @@ impl Status {
 }
 
 /// The entity an alert is about: a tenant, or one job of a tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Entity {
     pub tenant: Arc<str>,
     pub job: Option<Arc<str>>,
 }
 
 /// A condition that holds for an entity at one evaluation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Condition {
     pub name: AlertName,
     pub threshold: Option<f64>,
     pub severity: Severity,
     pub summary: String,
+    #[serde(with = "json_text")]
     pub evidence: serde_json::Value,
     pub estimated_flop: FlopEstimate,
     pub eta_ms: Option<i64>,
@@ -141,18 +142,36 @@ impl AlertRecord {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Active {
     condition: Condition,
     starts_ms: i64,
     last_sent_ms: i64,
 }
 
-/// Active alerts per entity, and the lifecycle rules.
-#[derive(Debug, Default)]
+/// Active alerts per entity, and the lifecycle rules. The active alerts are state (checkpointed, so
+/// an alert neither disappears nor fires again as new after a restart); the re-send interval is
+/// configuration.
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct AlertBook {
     active: HashMap<Entity, Vec<Active>>,
+    #[serde(skip)]
     resend_ms: i64,
+}
+
+/// Evidence is free-form JSON; binary checkpoint formats cannot carry a self-describing value, so it
+/// is stored as JSON text.
+mod json_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &serde_json::Value, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl AlertBook {
@@ -161,6 +180,11 @@ impl AlertBook {
             active: HashMap::new(),
             resend_ms,
         }
+    }
+
+    /// Applies the configured re-send interval (after restoring from a checkpoint).
+    pub fn set_resend_interval(&mut self, resend_ms: i64) {
+        self.resend_ms = resend_ms;
     }
 
     fn record(entity: &Entity, a: &Active, status: Status, now_ms: i64) -> AlertRecord {

@@ -6,7 +6,7 @@
 //! (`accelerators`), has run long enough (`duration`) and reports some activity signal: a score alone
 //! never accuses a customer. Pure code: no I/O, no clock.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use statrs::statistics::{Data, Median};
 
 use crate::config::{DetectionConfig, Ramp};
@@ -43,7 +43,7 @@ impl Signal {
 }
 
 /// Accelerator-time-weighted activity sum of one signal.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Moments {
     /// Accelerator-seconds that reported this signal.
     pub weight: f32,
@@ -52,7 +52,7 @@ pub struct Moments {
 }
 
 /// One detection slide of one job.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct DetectPane {
     /// Accelerators active in this slide (each device counted once per slide it covers).
     pub accelerators: f32,

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ahash::{AHashMap, AHashSet};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::alert::{AlertBook, AlertName, AlertRecord, Condition, Entity, Severity};
 use crate::catalog::Catalog;
@@ -38,7 +38,7 @@ pub enum Applied {
 }
 
 /// Counters the engine keeps about its input (the pipeline mirrors them into metrics).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineStats {
     pub accepted: u64,
     pub late: u64,
@@ -51,20 +51,20 @@ pub struct EngineStats {
     pub unspecified_accelerator: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct JobKey {
     tenant: Arc<str>,
     job: Arc<str>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct SeriesKey {
     node: Option<Box<str>>,
     gpu: Option<Box<str>>,
 }
 
 /// One device series (or one aggregate series when the sample names no device).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct SeriesState {
     /// Timestamps counted and still inside the de-duplication horizon, ascending.
     seen: Vec<i64>,
@@ -110,7 +110,7 @@ impl SeriesState {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Account {
     lifetime: Usage,
     windows: Windows,
@@ -138,7 +138,7 @@ impl Account {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct TenantState {
     account: Account,
     /// Series of samples that name no job.
@@ -147,7 +147,7 @@ struct TenantState {
     dormant: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct JobState {
     account: Account,
     series: AHashMap<SeriesKey, SeriesState>,
@@ -205,12 +205,10 @@ pub struct JobReport {
     pub last_seen: String,
 }
 
-/// The engine. See the module documentation.
-pub struct Engine {
-    s: Settings,
-    detection: DetectionConfig,
-    estimator: Estimator,
-    catalog: Catalog,
+/// Everything the engine accumulates from its input: what a checkpoint holds. Configuration and
+/// caches are not part of it; they are rebuilt from the configuration on restore.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct State {
     tenants: AHashMap<Arc<str>, TenantState>,
     jobs: AHashMap<JobKey, JobState>,
     max_event_ms: Option<i64>,
@@ -221,63 +219,103 @@ pub struct Engine {
     touched_jobs: AHashSet<JobKey>,
     touched_tenants: AHashSet<Arc<str>>,
     alerts: AlertBook,
-    outbox: Vec<AlertRecord>,
     stats: EngineStats,
+}
+
+/// The engine. See the module documentation.
+pub struct Engine {
+    s: Settings,
+    detection: DetectionConfig,
+    estimator: Estimator,
+    catalog: Catalog,
+    st: State,
+    outbox: Vec<AlertRecord>,
 }
 
 impl Engine {
     pub fn new(cfg: &Config) -> Result<Engine, ConfigError> {
+        let st = State {
+            next_tick_ms: i64::MIN,
+            next_sweep_ms: i64::MIN,
+            ..State::default()
+        };
+        Engine::with_state(cfg, st)
+    }
+
+    /// An engine continuing from `state` (as taken by [`Engine::state`]) under `cfg`. The caller
+    /// checks that `cfg` has the same [`Engine::shape`] as the engine the state came from.
+    pub fn with_state(cfg: &Config, mut st: State) -> Result<Engine, ConfigError> {
         let s = cfg.validate()?;
+        st.alerts.set_resend_interval(s.resend_ms);
         Ok(Engine {
-            alerts: AlertBook::new(s.resend_ms),
             s,
             detection: cfg.detection.clone(),
             estimator: Estimator::new(&cfg.estimate),
             catalog: Catalog::new(&cfg.catalog.accelerators, cfg.catalog.fallback_tflops),
-            tenants: AHashMap::new(),
-            jobs: AHashMap::new(),
-            max_event_ms: None,
-            next_tick_ms: i64::MIN,
-            next_sweep_ms: i64::MIN,
-            touched_jobs: AHashSet::new(),
-            touched_tenants: AHashSet::new(),
+            st,
             outbox: Vec::new(),
-            stats: EngineStats::default(),
         })
     }
 
+    /// The accumulated state, for checkpoints. Alert records not yet drained are not part of it.
+    pub fn state(&self) -> &State {
+        &self.st
+    }
+
+    /// What the state's layout depends on: windows and detection panes. State taken under one
+    /// shape cannot be continued under another.
+    pub fn shape(&self) -> String {
+        let windows: Vec<String> = self
+            .s
+            .windows
+            .iter()
+            .map(|w| format!("{}={}/{}", w.name, w.width_ms, w.slide_ms))
+            .collect();
+        format!(
+            "windows:{};detect:{}/{}",
+            windows.join(","),
+            self.s.detect_window_ms,
+            self.s.detect_slide_ms
+        )
+    }
+
     pub fn stats(&self) -> EngineStats {
-        self.stats
+        self.st.stats
     }
 
     pub fn max_event_ms(&self) -> Option<i64> {
-        self.max_event_ms
+        self.st.max_event_ms
     }
 
     /// Latest event time minus the allowed lateness.
     pub fn watermark_ms(&self) -> Option<i64> {
-        self.max_event_ms.map(|m| m - self.s.allowed_lateness_ms)
+        self.st.max_event_ms.map(|m| m - self.s.allowed_lateness_ms)
     }
 
     pub fn tenant_count(&self) -> usize {
-        self.tenants.len()
+        self.st.tenants.len()
     }
 
     pub fn job_count(&self) -> usize {
-        self.jobs.len()
+        self.st.jobs.len()
     }
 
     pub fn series_count(&self) -> usize {
-        self.jobs.values().map(|j| j.series.len()).sum::<usize>()
-            + self.tenants.values().map(|t| t.series.len()).sum::<usize>()
+        self.st.jobs.values().map(|j| j.series.len()).sum::<usize>()
+            + self
+                .st
+                .tenants
+                .values()
+                .map(|t| t.series.len())
+                .sum::<usize>()
     }
 
     pub fn suspected_jobs(&self) -> usize {
-        self.jobs.values().filter(|j| j.suspected).count()
+        self.st.jobs.values().filter(|j| j.suspected).count()
     }
 
     pub fn active_alerts(&self) -> [(AlertName, usize); 3] {
-        self.alerts.counts()
+        self.st.alerts.counts()
     }
 
     /// Alert records produced since the last call, in the order they happened.
@@ -291,18 +329,18 @@ impl Engine {
     pub fn apply(&mut self, sample: &UsageSample) -> Applied {
         let ts = sample.ts_ms;
         let watermark_before = self.watermark_ms();
-        if self.max_event_ms.is_none_or(|m| ts > m) {
+        if self.st.max_event_ms.is_none_or(|m| ts > m) {
             self.advance_to(ts - self.s.allowed_lateness_ms);
-            self.max_event_ms = Some(ts);
+            self.st.max_event_ms = Some(ts);
         }
         let floor = watermark_before.map_or(i64::MIN, |w| w - self.s.dedup_horizon_ms);
         let late = watermark_before.is_some_and(|w| ts < w);
 
-        let tenant = match self.tenants.get_key_value(sample.tenant.as_str()) {
+        let tenant = match self.st.tenants.get_key_value(sample.tenant.as_str()) {
             Some((k, _)) => k.clone(),
             None => {
                 let k: Arc<str> = Arc::from(sample.tenant.as_str());
-                self.tenants.insert(k.clone(), TenantState::default());
+                self.st.tenants.insert(k.clone(), TenantState::default());
                 k
             }
         };
@@ -315,6 +353,7 @@ impl Engine {
         // De-duplicate on the series the sample belongs to.
         let series = match &job_key {
             Some(k) => self
+                .st
                 .jobs
                 .entry(k.clone())
                 .or_default()
@@ -322,6 +361,7 @@ impl Engine {
                 .entry(series_key)
                 .or_default(),
             None => self
+                .st
                 .tenants
                 .get_mut(&tenant)
                 .expect("inserted above")
@@ -331,7 +371,7 @@ impl Engine {
         };
         let unverified = match series.observe(ts, floor) {
             Seen::Duplicate => {
-                self.stats.duplicate += 1;
+                self.st.stats.duplicate += 1;
                 return Applied::Duplicate;
             }
             Seen::Unverifiable => true,
@@ -352,9 +392,9 @@ impl Engine {
         let peak = self.catalog.resolve(sample.accelerator.as_deref());
         if peak.model.is_none() {
             if sample.accelerator.is_some() {
-                self.stats.unknown_accelerator += 1;
+                self.st.stats.unknown_accelerator += 1;
             } else {
-                self.stats.unspecified_accelerator += 1;
+                self.st.stats.unspecified_accelerator += 1;
             }
         }
         let usage = self.estimator.sample_usage(
@@ -364,14 +404,14 @@ impl Engine {
             sample.activity.tensor_active,
         );
 
-        let tenant_state = self.tenants.get_mut(&tenant).expect("inserted above");
+        let tenant_state = self.st.tenants.get_mut(&tenant).expect("inserted above");
         tenant_state.account.add(&self.s, ts, &usage);
         tenant_state.dormant = false;
-        self.touched_tenants.insert(tenant);
+        self.st.touched_tenants.insert(tenant);
         if let Some(k) = job_key {
             let slide = self.s.detect_slide_ms;
             let n = (self.s.detect_window_ms / slide) as usize;
-            let job = self.jobs.get_mut(&k).expect("inserted above");
+            let job = self.st.jobs.get_mut(&k).expect("inserted above");
             job.account.add(&self.s, ts, &usage);
             match job.models.iter_mut().find(|(m, _)| *m == peak.model) {
                 Some((_, c)) => *c += 1,
@@ -408,12 +448,12 @@ impl Engine {
                     series.covered_pane = series.covered_pane.max(last);
                 }
             }
-            self.touched_jobs.insert(k);
+            self.st.touched_jobs.insert(k);
         }
 
-        self.stats.accepted += 1;
-        self.stats.late += late as u64;
-        self.stats.unverified += unverified as u64;
+        self.st.stats.accepted += 1;
+        self.st.stats.late += late as u64;
+        self.st.stats.unverified += unverified as u64;
         Applied::Accepted { late, unverified }
     }
 
@@ -423,7 +463,7 @@ impl Engine {
             tenant: tenant.clone(),
             job: Arc::from(job),
         };
-        match self.jobs.get_key_value(&probe) {
+        match self.st.jobs.get_key_value(&probe) {
             Some((k, _)) => k.clone(),
             None => probe,
         }
@@ -432,26 +472,26 @@ impl Engine {
     /// Moves the watermark to `watermark`: evaluates at the newest detection boundary it passed.
     fn advance_to(&mut self, watermark: i64) {
         let slide = self.s.detect_slide_ms;
-        if self.next_tick_ms == i64::MIN {
-            self.next_tick_ms = (watermark.div_euclid(slide) + 1) * slide;
-            self.next_sweep_ms = self.next_tick_ms;
+        if self.st.next_tick_ms == i64::MIN {
+            self.st.next_tick_ms = (watermark.div_euclid(slide) + 1) * slide;
+            self.st.next_sweep_ms = self.st.next_tick_ms;
             return;
         }
-        if watermark < self.next_tick_ms {
+        if watermark < self.st.next_tick_ms {
             return;
         }
         let tick = watermark.div_euclid(slide) * slide;
         self.evaluate(tick);
-        self.next_tick_ms = tick + slide;
-        if tick >= self.next_sweep_ms {
+        self.st.next_tick_ms = tick + slide;
+        if tick >= self.st.next_sweep_ms {
             self.sweep(watermark);
-            self.next_sweep_ms = tick + self.sweep_interval_ms();
+            self.st.next_sweep_ms = tick + self.sweep_interval_ms();
         }
     }
 
     /// End of input: the watermark moves to the latest event time and everything is evaluated there.
     pub fn finish(&mut self) {
-        if let Some(m) = self.max_event_ms {
+        if let Some(m) = self.st.max_event_ms {
             self.evaluate(m);
         }
     }
@@ -463,9 +503,9 @@ impl Engine {
 
     /// Evaluates detection and compute conditions at event time `now`.
     fn evaluate(&mut self, now: i64) {
-        let mut jobs: Vec<JobKey> = self.touched_jobs.drain().collect();
-        let mut tenants: Vec<Arc<str>> = self.touched_tenants.drain().collect();
-        for e in self.alerts.entities() {
+        let mut jobs: Vec<JobKey> = self.st.touched_jobs.drain().collect();
+        let mut tenants: Vec<Arc<str>> = self.st.touched_tenants.drain().collect();
+        for e in self.st.alerts.entities() {
             match e.job {
                 Some(job) => jobs.push(JobKey {
                     tenant: e.tenant,
@@ -482,7 +522,7 @@ impl Engine {
             self.evaluate_job(&k, now);
         }
         for t in tenants {
-            let Some(state) = self.tenants.get(&t) else {
+            let Some(state) = self.st.tenants.get(&t) else {
                 continue;
             };
             let entity = Entity {
@@ -494,10 +534,11 @@ impl Engine {
             } else {
                 self.compute_conditions(&entity, &state.account, now)
             };
-            self.alerts
+            self.st
+                .alerts
                 .reconcile(&entity, conditions, now, &mut self.outbox);
         }
-        self.alerts.resend_due(now, &mut self.outbox);
+        self.st.alerts.resend_due(now, &mut self.outbox);
     }
 
     fn evaluate_job(&mut self, k: &JobKey, now: i64) {
@@ -505,8 +546,9 @@ impl Engine {
             tenant: k.tenant.clone(),
             job: Some(k.job.clone()),
         };
-        let Some(job) = self.jobs.get(k) else {
-            self.alerts
+        let Some(job) = self.st.jobs.get(k) else {
+            self.st
+                .alerts
                 .reconcile(&entity, Vec::new(), now, &mut self.outbox);
             return;
         };
@@ -525,10 +567,11 @@ impl Engine {
         if !ended {
             conditions.extend(self.compute_conditions(&entity, &job.account, now));
         }
-        let job = self.jobs.get_mut(k).expect("checked above");
+        let job = self.st.jobs.get_mut(k).expect("checked above");
         job.score = score;
         job.suspected = suspected;
-        self.alerts
+        self.st
+            .alerts
             .reconcile(&entity, conditions, now, &mut self.outbox);
     }
 
@@ -727,31 +770,34 @@ impl Engine {
         let idle_before = watermark - longest;
         let series_before = watermark - self.s.dedup_horizon_ms.max(self.s.detect_window_ms);
         let gone: Vec<JobKey> = self
+            .st
             .jobs
             .iter()
             .filter(|(_, j)| j.account.last_ts < idle_before)
             .map(|(k, _)| k.clone())
             .collect();
         for k in gone {
-            self.jobs.remove(&k);
+            self.st.jobs.remove(&k);
             let entity = Entity {
                 tenant: k.tenant,
                 job: Some(k.job),
             };
-            self.alerts
+            self.st
+                .alerts
                 .reconcile(&entity, Vec::new(), watermark, &mut self.outbox);
         }
         // Tenants are few and their lifetime totals are what compliance reports on: an idle tenant
         // gives up its windows and series but keeps its lifetime, so a paused run that resumes
         // after a month still adds up. Its alerts resolve; they fire again if it comes back.
         let dormant: Vec<Arc<str>> = self
+            .st
             .tenants
             .iter()
             .filter(|(_, t)| !t.dormant && t.account.last_ts < idle_before)
             .map(|(k, _)| k.clone())
             .collect();
         for t in dormant {
-            let state = self.tenants.get_mut(&t).expect("listed above");
+            let state = self.st.tenants.get_mut(&t).expect("listed above");
             state.dormant = true;
             state.account.windows = Windows::default();
             state.series = AHashMap::new();
@@ -759,13 +805,14 @@ impl Engine {
                 tenant: t,
                 job: None,
             };
-            self.alerts
+            self.st
+                .alerts
                 .reconcile(&entity, Vec::new(), watermark, &mut self.outbox);
         }
-        for j in self.jobs.values_mut() {
+        for j in self.st.jobs.values_mut() {
             j.series.retain(|_, s| s.last_ts >= series_before);
         }
-        for t in self.tenants.values_mut() {
+        for t in self.st.tenants.values_mut() {
             t.series.retain(|_, s| s.last_ts >= series_before);
         }
     }
@@ -789,8 +836,9 @@ impl Engine {
 
     /// Every tenant, sorted by name; windows relative to the latest event time seen.
     pub fn tenant_reports(&self) -> Vec<TenantReport> {
-        let latest = self.max_event_ms.unwrap_or(0);
+        let latest = self.st.max_event_ms.unwrap_or(0);
         let mut v: Vec<TenantReport> = self
+            .st
             .tenants
             .iter()
             .map(|(t, s)| {
@@ -812,8 +860,9 @@ impl Engine {
 
     /// Every job, sorted by tenant and job.
     pub fn job_reports(&self) -> Vec<JobReport> {
-        let latest = self.max_event_ms.unwrap_or(0);
+        let latest = self.st.max_event_ms.unwrap_or(0);
         let mut v: Vec<JobReport> = self
+            .st
             .jobs
             .iter()
             .map(|(k, j)| {
@@ -840,7 +889,8 @@ impl Engine {
 
     /// Lifetime accelerator-seconds and central FLOP per tenant (for bounded per-tenant metrics).
     pub fn tenant_totals(&self) -> HashMap<String, (f64, f64)> {
-        self.tenants
+        self.st
+            .tenants
             .iter()
             .map(|(t, s)| {
                 let u = &s.account.lifetime;

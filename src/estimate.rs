@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Summable usage of one sample, pane, window or lifetime.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     /// Accelerator time in milliseconds (exact integer accounting).
     pub acc_ms: u64,

@@ -11,6 +11,7 @@
 //! - [`detect`]: per-job features and the training-likeness score.
 //! - [`alert`]: alert identity, lifecycle and the CloudEvents rendering.
 //! - [`engine`]: the one owner of all state; applies samples, evaluates at event-time ticks.
+//! - [`checkpoint`]: a partition's engine state and offset, written atomically and verified.
 //! - [`pipeline`]: a batch of payloads through decode and engine, with metrics; shared by `run`,
 //!   `replay` and `demo`.
 //! - [`config`]: typed, layered, validated configuration.
@@ -24,6 +25,7 @@
 
 pub mod alert;
 pub mod catalog;
+pub mod checkpoint;
 pub mod config;
 pub mod decode;
 pub mod demo;

@@ -8,6 +8,8 @@
 //!
 //! This module does no I/O and never reads the clock: callers pass event times in.
 
+use serde::{Deserialize, Serialize};
+
 use crate::estimate::Usage;
 
 /// A configured sliding window, in the checked form the engine uses.
@@ -32,7 +34,7 @@ impl WindowSpec {
 
 /// A ring of `n` panes indexed by absolute pane number; it retains panes `head - n + 1 ..= head`.
 /// The backing storage is allocated on first use, so a key that never reaches a window costs nothing.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PaneRing<T> {
     head: i64,
     panes: Box<[T]>,
@@ -88,7 +90,7 @@ impl<T: Default + Clone> PaneRing<T> {
 }
 
 /// The accounting windows of one key (a tenant or a job): one ring per configured window.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Windows {
     rings: Vec<PaneRing<Usage>>,
 }

@@ -1,0 +1,369 @@
+//! Checkpoint files: the state of one partition's engine together with the offset it covers.
+//!
+//! One file per partition, `<dir>/<topic>-<partition>.ckpt`, replaced atomically: the new content is
+//! written to a temporary file and fsynced, the current file becomes `.prev`, the temporary file is
+//! renamed into place and the directory is fsynced. A crash at any point leaves a complete current
+//! file, or a complete `.prev` file, or both.
+//!
+//! Layout: magic `TSCKPT\0\0` (8 bytes), format version (u32 LE), payload length (u64 LE), CRC-32 of
+//! the payload (u32 LE), payload (bincode of [`Header`] fields followed by the engine [`State`]).
+//! Reading checks all four and never panics on any input.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::State;
+
+const MAGIC: &[u8; 8] = b"TSCKPT\0\0";
+/// Format version written by this build; older or newer versions are refused.
+pub const VERSION: u32 = 1;
+const PREFIX_LEN: usize = 8 + 4 + 8 + 4;
+/// Refuse payloads larger than this rather than allocate on a corrupt length field.
+const MAX_PAYLOAD: u64 = 64 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: truncated ({len} bytes, expected {expected})")]
+    Truncated {
+        path: PathBuf,
+        len: u64,
+        expected: u64,
+    },
+    #[error("{path}: not a trainspotter checkpoint (bad magic)")]
+    BadMagic { path: PathBuf },
+    #[error("{path}: checkpoint format version {found}, this build reads version {VERSION}")]
+    UnsupportedVersion { path: PathBuf, found: u32 },
+    #[error("{path}: checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
+    Checksum {
+        path: PathBuf,
+        stored: u32,
+        computed: u32,
+    },
+    #[error("{path}: cannot decode state: {message}")]
+    Decode { path: PathBuf, message: String },
+    #[error("cannot encode state: {0}")]
+    Encode(String),
+}
+
+/// What a checkpoint covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset to consume: every message before it is in the state, none after.
+    pub next_offset: i64,
+    /// [`crate::engine::Engine::shape`] of the engine the state came from.
+    pub shape: String,
+    /// Wall clock when written, epoch ms.
+    pub written_at_ms: i64,
+}
+
+#[derive(Serialize)]
+struct Borrowed<'a> {
+    header: &'a Header,
+    state: &'a State,
+}
+
+/// A checkpoint read back.
+#[derive(Debug, Deserialize)]
+pub struct Checkpoint {
+    pub header: Header,
+    pub state: State,
+}
+
+/// The outcome of looking for a partition's checkpoint.
+#[derive(Debug)]
+pub enum Loaded {
+    /// The current file was good.
+    Current(Checkpoint),
+    /// The current file was missing or bad (the error says how); the previous one was good.
+    Previous(Checkpoint, Option<CheckpointError>),
+    /// No checkpoint exists for the partition.
+    None,
+}
+
+pub fn path(dir: &Path, topic: &str, partition: i32) -> PathBuf {
+    // Kafka topic names are limited to [a-zA-Z0-9._-], so they are safe file names.
+    dir.join(format!("{topic}-{partition}.ckpt"))
+}
+
+fn prev_path(p: &Path) -> PathBuf {
+    p.with_extension("ckpt.prev")
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Encodes a checkpoint into its file bytes.
+pub fn encode(header: &Header, state: &State) -> Result<Vec<u8>, CheckpointError> {
+    let payload = opts()
+        .serialize(&Borrowed { header, state })
+        .map_err(|e| CheckpointError::Encode(e.to_string()))?;
+    let mut out = Vec::with_capacity(PREFIX_LEN + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Decodes file bytes; `path` only labels errors.
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
+    let p = || path.to_path_buf();
+    if bytes.len() < PREFIX_LEN {
+        return Err(CheckpointError::Truncated {
+            path: p(),
+            len: bytes.len() as u64,
+            expected: PREFIX_LEN as u64,
+        });
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(CheckpointError::BadMagic { path: p() });
+    }
+    let u32_at =
+        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let version = u32_at(8);
+    if version != VERSION {
+        return Err(CheckpointError::UnsupportedVersion {
+            path: p(),
+            found: version,
+        });
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[12..20]);
+    let len = u64::from_le_bytes(len);
+    let stored = u32_at(20);
+    let expected = (PREFIX_LEN as u64).saturating_add(len.min(MAX_PAYLOAD));
+    if len > MAX_PAYLOAD || bytes.len() as u64 != expected {
+        return Err(CheckpointError::Truncated {
+            path: p(),
+            len: bytes.len() as u64,
+            expected,
+        });
+    }
+    let payload = &bytes[PREFIX_LEN..];
+    let computed = crc32fast::hash(payload);
+    if computed != stored {
+        return Err(CheckpointError::Checksum {
+            path: p(),
+            stored,
+            computed,
+        });
+    }
+    opts()
+        .with_limit(len)
+        .deserialize(payload)
+        .map_err(|e| CheckpointError::Decode {
+            path: p(),
+            message: e.to_string(),
+        })
+}
+
+/// The one bincode configuration used for writing and reading (little endian, fixed-width ints).
+fn opts() -> impl bincode::Options {
+    bincode::options()
+        .with_fixint_encoding()
+        .with_little_endian()
+        .reject_trailing_bytes()
+}
+
+use bincode::Options as _;
+
+/// Reads and verifies one checkpoint file.
+pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    decode(path, &bytes)
+}
+
+/// Writes the checkpoint of `header.topic`/`header.partition` atomically; returns its size.
+pub fn write(dir: &Path, header: &Header, state: &State) -> Result<u64, CheckpointError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let target = path(dir, &header.topic, header.partition);
+    let tmp = target.with_extension("ckpt.tmp");
+    let bytes = encode(header, state)?;
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        f.write_all(&bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    if target.exists() {
+        let prev = prev_path(&target);
+        fs::rename(&target, &prev).map_err(io_err(&prev))?;
+    }
+    fs::rename(&tmp, &target).map_err(io_err(&target))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
+    Ok(bytes.len() as u64)
+}
+
+/// Finds the newest good checkpoint of a partition: the current file, else the previous one.
+/// `Err` when a checkpoint exists but neither file can be read: the caller must not silently start
+/// empty.
+pub fn load(dir: &Path, topic: &str, partition: i32) -> Result<Loaded, CheckpointError> {
+    let current = path(dir, topic, partition);
+    let prev = prev_path(&current);
+    let current_result = if current.exists() {
+        Some(read(&current))
+    } else {
+        None
+    };
+    match current_result {
+        Some(Ok(cp)) => Ok(Loaded::Current(cp)),
+        other => {
+            let current_error = other.and_then(Result::err);
+            if prev.exists() {
+                match read(&prev) {
+                    Ok(cp) => Ok(Loaded::Previous(cp, current_error)),
+                    Err(prev_error) => Err(current_error.unwrap_or(prev_error)),
+                }
+            } else {
+                match current_error {
+                    Some(e) => Err(e),
+                    None => Ok(Loaded::None),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::decode::UsageSample;
+    use crate::engine::Engine;
+
+    const T0: i64 = 1_714_521_600_000;
+
+    fn engine_with_data() -> Engine {
+        let mut e = Engine::new(&Config::default()).unwrap();
+        for m in 0..90 {
+            for gpu in 0..80 {
+                let s = UsageSample::new(T0 + m * 60_000, "acme", 1.0, 60.0)
+                    .job("pretrain")
+                    .device(format!("n{}", gpu / 8), (gpu % 8).to_string())
+                    .accelerator("NVIDIA H100 80GB HBM3")
+                    .tensor_active(0.45);
+                e.apply(&s);
+            }
+        }
+        e.drain_alerts();
+        e
+    }
+
+    fn header(e: &Engine, next_offset: i64) -> Header {
+        Header {
+            topic: "gpu-usage".into(),
+            partition: 3,
+            next_offset,
+            shape: e.shape(),
+            written_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn round_trip_restores_an_engine_that_continues_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut original = engine_with_data();
+        write(dir.path(), &header(&original, 7200), original.state()).unwrap();
+        let Loaded::Current(cp) = load(dir.path(), "gpu-usage", 3).unwrap() else {
+            panic!("no checkpoint")
+        };
+        assert_eq!(cp.header.next_offset, 7200);
+        let mut restored = Engine::with_state(&Config::default(), cp.state).unwrap();
+        assert_eq!(restored.tenant_reports(), original.tenant_reports());
+        assert_eq!(restored.job_reports(), original.job_reports());
+        assert_eq!(restored.active_alerts(), original.active_alerts());
+        // Both continue the same way, alerts included.
+        for m in 90..150 {
+            let s = UsageSample::new(T0 + m * 60_000, "acme", 8.0, 60.0).job("pretrain");
+            original.apply(&s);
+            restored.apply(&s);
+        }
+        original.finish();
+        restored.finish();
+        assert_eq!(restored.job_reports(), original.job_reports());
+        assert_eq!(restored.drain_alerts(), original.drain_alerts());
+    }
+
+    #[test]
+    fn corrupt_files_are_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine_with_data();
+        let good = encode(&header(&e, 1), e.state()).unwrap();
+        let p = Path::new("x.ckpt");
+        let truncated = &good[..good.len() - 10];
+        assert!(matches!(
+            decode(p, truncated),
+            Err(CheckpointError::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode(p, &good[..5]),
+            Err(CheckpointError::Truncated { .. })
+        ));
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x40;
+        assert!(matches!(
+            decode(p, &flipped),
+            Err(CheckpointError::Checksum { .. })
+        ));
+        let mut old = good.clone();
+        old[8..12].copy_from_slice(&0u32.to_le_bytes());
+        let err = decode(p, &old).unwrap_err();
+        assert!(err.to_string().contains("version 0"), "{err}");
+        let mut huge = good.clone();
+        huge[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            decode(p, &huge),
+            Err(CheckpointError::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode(p, b"PK\x03\x04 not a checkpoint at all...."),
+            Err(CheckpointError::BadMagic { .. })
+        ));
+        drop(dir);
+    }
+
+    #[test]
+    fn a_corrupt_current_file_falls_back_to_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine_with_data();
+        write(dir.path(), &header(&e, 100), e.state()).unwrap();
+        write(dir.path(), &header(&e, 200), e.state()).unwrap();
+        let current = path(dir.path(), "gpu-usage", 3);
+        let bytes = fs::read(&current).unwrap();
+        fs::write(&current, &bytes[..bytes.len() / 2]).unwrap();
+        match load(dir.path(), "gpu-usage", 3).unwrap() {
+            Loaded::Previous(cp, Some(CheckpointError::Truncated { .. })) => {
+                assert_eq!(cp.header.next_offset, 100)
+            }
+            other => panic!("expected the previous checkpoint, got {other:?}"),
+        }
+        // Both bad: an error, never an empty start.
+        let prev = prev_path(&current);
+        fs::write(&prev, b"garbage").unwrap();
+        assert!(load(dir.path(), "gpu-usage", 3).is_err());
+        // Nothing at all: no checkpoint.
+        assert!(matches!(
+            load(dir.path(), "gpu-usage", 4).unwrap(),
+            Loaded::None
+        ));
+    }
+}
