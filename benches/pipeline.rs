@@ -8,7 +8,7 @@ use trainspotter::config::Config;
 use trainspotter::decode::{decode_native, DecodeLimits, UsageSample};
 use trainspotter::engine::Engine;
 use trainspotter::metrics::Metrics;
-use trainspotter::pipeline::Pipeline;
+use trainspotter::pipeline::{Pipeline, Shard};
 use trainspotter::sim::Fleet;
 
 const T0: i64 = 1_714_521_600_000;
@@ -79,6 +79,7 @@ fn pipeline(c: &mut Criterion) {
             || Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap(),
             |mut p| {
                 let rejected = p.process(
+                    &Shard::local(),
                     payloads.iter().map(|s| Some(s.as_bytes())),
                     DecodeLimits::OPEN,
                 );

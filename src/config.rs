@@ -92,9 +92,48 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub detection: DetectionConfig,
     pub alerts: AlertsConfig,
+    pub state: StateConfig,
+    pub shutdown: ShutdownConfig,
     pub http: HttpConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+}
+
+/// Checkpointed state (`run`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Directory of the per-partition checkpoint files.
+    pub dir: String,
+    /// How often the state of every partition that moved is checkpointed; offsets are committed to
+    /// the group only after the checkpoint covering them is durable.
+    pub checkpoint_interval: HumanDuration,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: "trainspotter-state".into(),
+            checkpoint_interval: HumanDuration::secs(30),
+        }
+    }
+}
+
+/// Graceful shutdown (`run`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// On SIGTERM/SIGINT: stop fetching, finish the batch in hand, checkpoint, commit and flush the
+    /// producers within this time.
+    pub grace: HumanDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace: HumanDuration::secs(30),
+        }
+    }
 }
 
 /// Kafka connection, topics and batching.
@@ -117,6 +156,9 @@ pub struct KafkaConfig {
     pub batch_wait: HumanDuration,
     /// Consumer group session timeout.
     pub session_timeout: HumanDuration,
+    /// Static group membership (`group.instance.id`): a restarted instance with the same id gets
+    /// its partitions back without a rebalance, as long as it returns within the session timeout.
+    pub group_instance_id: Option<String>,
     /// Extra librdkafka properties for consumer and producer (e.g. security.protocol).
     pub properties: BTreeMap<String, String>,
     /// Extra librdkafka properties for the consumer only (e.g. fetch.wait.max.ms).
@@ -138,6 +180,7 @@ impl Default for KafkaConfig {
             batch_max: 4096,
             batch_wait: HumanDuration(Duration::from_millis(50)),
             session_timeout: HumanDuration::secs(45),
+            group_instance_id: None,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
@@ -620,6 +663,15 @@ impl Config {
                 "metrics.top_tenants",
                 "at most 1000 (label cardinality)",
             ));
+        }
+        if self.state.dir.is_empty() {
+            return Err(invalid("state.dir", "must not be empty"));
+        }
+        if self.state.checkpoint_interval.ms() <= 0 {
+            return Err(invalid("state.checkpoint_interval", "must be positive"));
+        }
+        if self.shutdown.grace.ms() <= 0 {
+            return Err(invalid("shutdown.grace", "must be positive"));
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(

@@ -98,6 +98,9 @@ pub async fn run(
     cluster.create_topic(&cfg.kafka.dead_letter_topic, 1, 1)?;
     cfg.kafka.brokers = brokers.clone();
     cfg.kafka.group_id = "trainspotter-demo".into();
+    // A fresh broker has no history, so the demo keeps its checkpoints in a fresh directory.
+    let state_dir = std::env::temp_dir().join(format!("trainspotter-demo-{}", std::process::id()));
+    cfg.state.dir = state_dir.to_string_lossy().into_owned();
     // The mock broker answers a fetch only when fetch.wait.max.ms expires: keep it short.
     cfg.kafka
         .consumer_properties
@@ -224,6 +227,7 @@ pub async fn run(
     // Clients first, then the broker they talk to.
     drop(producer);
     drop(cluster);
+    let _ = std::fs::remove_dir_all(&state_dir);
 
     println!();
     println!(

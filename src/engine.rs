@@ -41,6 +41,8 @@ pub enum Applied {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineStats {
     pub accepted: u64,
+    /// Messages the decoder rejected (counted here so checkpoints carry them).
+    pub rejected: u64,
     pub late: u64,
     pub duplicate: u64,
     /// Accepted samples older than the de-duplication horizon (could not be checked).
@@ -49,6 +51,18 @@ pub struct EngineStats {
     pub unknown_accelerator: u64,
     /// Samples that named no accelerator model (fallback peak used).
     pub unspecified_accelerator: u64,
+}
+
+impl EngineStats {
+    pub fn add(&mut self, o: &EngineStats) {
+        self.accepted += o.accepted;
+        self.rejected += o.rejected;
+        self.late += o.late;
+        self.duplicate += o.duplicate;
+        self.unverified += o.unverified;
+        self.unknown_accelerator += o.unknown_accelerator;
+        self.unspecified_accelerator += o.unspecified_accelerator;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -174,6 +188,22 @@ impl<T: Serialize> Serialize for WindowValues<T> {
     }
 }
 
+impl WindowValues<f64> {
+    fn merge(&mut self, o: &Self) {
+        for ((_, a), (_, b)) in self.0.iter_mut().zip(&o.0) {
+            *a += b;
+        }
+    }
+}
+
+impl WindowValues<FlopEstimate> {
+    fn merge(&mut self, o: &Self) {
+        for ((_, a), (_, b)) in self.0.iter_mut().zip(&o.0) {
+            a.add(b);
+        }
+    }
+}
+
 /// A tenant's totals, as in the replay report and `GET /api/v1/tenants`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TenantReport {
@@ -186,6 +216,18 @@ pub struct TenantReport {
     pub window_flop: WindowValues<FlopEstimate>,
     pub first_seen: String,
     pub last_seen: String,
+}
+
+impl TenantReport {
+    /// Adds the same tenant's values from another shard.
+    pub fn merge(&mut self, o: &TenantReport) {
+        self.accelerator_seconds += o.accelerator_seconds;
+        self.estimated_flop.add(&o.estimated_flop);
+        self.windows.merge(&o.windows);
+        self.window_flop.merge(&o.window_flop);
+        self.first_seen = self.first_seen.clone().min(o.first_seen.clone());
+        self.last_seen = self.last_seen.clone().max(o.last_seen.clone());
+    }
 }
 
 /// A job's totals and detection state, as in the replay report and `GET /api/v1/jobs`.
@@ -220,6 +262,28 @@ pub struct State {
     touched_tenants: AHashSet<Arc<str>>,
     alerts: AlertBook,
     stats: EngineStats,
+}
+
+impl JobReport {
+    /// Adds the same job's values from another shard.
+    pub fn merge(&mut self, o: &JobReport) {
+        self.accelerator_seconds += o.accelerator_seconds;
+        self.max_concurrent_accelerators = self
+            .max_concurrent_accelerators
+            .max(o.max_concurrent_accelerators);
+        self.training_score = self.training_score.max(o.training_score);
+        self.suspected |= o.suspected;
+        self.estimated_flop.add(&o.estimated_flop);
+        self.windows.merge(&o.windows);
+        self.window_flop.merge(&o.window_flop);
+        for m in &o.accelerator_models {
+            if !self.accelerator_models.contains(m) {
+                self.accelerator_models.push(m.clone());
+            }
+        }
+        self.first_seen = self.first_seen.clone().min(o.first_seen.clone());
+        self.last_seen = self.last_seen.clone().max(o.last_seen.clone());
+    }
 }
 
 /// The engine. See the module documentation.
@@ -277,6 +341,11 @@ impl Engine {
             self.s.detect_window_ms,
             self.s.detect_slide_ms
         )
+    }
+
+    /// Records messages of this engine's input that the decoder rejected.
+    pub fn count_rejected(&mut self, n: u64) {
+        self.st.stats.rejected += n;
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -44,6 +44,14 @@ pub struct FlopEstimate {
     pub high: f64,
 }
 
+impl FlopEstimate {
+    pub fn add(&mut self, o: &FlopEstimate) {
+        self.low += o.low;
+        self.central += o.central;
+        self.high += o.high;
+    }
+}
+
 /// Utilization assumed when a sample has no tensor activity.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

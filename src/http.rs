@@ -130,20 +130,17 @@ async fn jobs(State(s): State<HttpState>, UrlQuery(f): UrlQuery<JobFilter>) -> R
 
 /// Answers a query from the pipeline's current state (called by the state-owning task).
 pub fn answer(p: &crate::pipeline::Pipeline, q: Query) {
-    let max_event_time = p
-        .engine()
-        .max_event_ms()
-        .map(crate::decode::format_rfc3339_ms);
+    let max_event_time = p.max_event_ms().map(crate::decode::format_rfc3339_ms);
     // A dropped receiver means the HTTP client went away; nothing to do.
     match q {
         Query::Tenants(tx) => {
             let _ = tx.send(TenantsView {
                 max_event_time,
-                tenants: p.engine().tenant_reports(),
+                tenants: p.tenant_reports(),
             });
         }
         Query::Jobs(tenant, tx) => {
-            let mut jobs = p.engine().job_reports();
+            let mut jobs = p.job_reports();
             if let Some(t) = tenant {
                 jobs.retain(|j| j.tenant == t);
             }

@@ -1,28 +1,34 @@
 //! The daemon (`run`): a Kafka consumer group feeding the pipeline, a dead-letter producer, an alert
 //! producer and the HTTP server.
 //!
-//! One task owns the pipeline. It reads a batch (up to `batch_max` messages or `batch_wait`), decodes
-//! and applies it, writes every rejected message to the dead-letter topic and every alert record to
-//! the alert topic, waits for the broker to acknowledge all of them, and only then stores the
-//! batch's offsets for the next commit. So nothing is skipped: a crash before the acknowledgement
-//! replays the batch (at-least-once delivery; the engine's de-duplication absorbs the replay).
+//! One task owns the state ([`Partitions`]: one engine per assigned partition). It reads a batch (up
+//! to `batch_max` messages or `batch_wait`), decodes and applies it partition by partition, writes
+//! every rejected message to the dead-letter topic and every alert record to the alert topic, and
+//! waits for the broker to acknowledge all of them before it records the batch's offsets as
+//! processed. Every `state.checkpoint_interval`, on revocation and at shutdown, the state of each
+//! partition is checkpointed together with the offset it covers, and only then is that offset
+//! committed to the group. On assignment a partition's state is restored from its checkpoint and
+//! consumption starts at the checkpoint's offset, whatever the group had committed: every message is
+//! in the state exactly once.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::util::Timeout;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -33,13 +39,12 @@ use crate::config::{Config, ConfigError};
 use crate::decode::DecodeLimits;
 use crate::http::{self, HttpState, Query};
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, Rejected};
+use crate::partitions::{Partitions, StartAt};
+use crate::pipeline::{Pipeline, Rejected, Shard};
 
 /// How long to wait before retrying a failed produce.
 const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How long the final flush of the producer may take on shutdown.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -56,10 +61,92 @@ pub enum DaemonError {
     Task(String),
 }
 
-/// Consumer callbacks: readiness on assignment, lag from librdkafka statistics.
+/// Consumer callbacks: partition state moves with the assignment, readiness, lag statistics.
+///
+/// With a `StreamConsumer`, rebalance callbacks run inside `recv()`, that is in the worker task and
+/// between batches, so the partitions' state is never mid-batch when it is checkpointed or restored.
+/// The mutex is therefore never contended; it only makes the sharing explicit.
 struct Context {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    partitions: Arc<Mutex<Partitions>>,
+}
+
+impl Context {
+    fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        self.metrics.set_ready(ready);
+    }
+
+    fn partitions(&self) -> std::sync::MutexGuard<'_, Partitions> {
+        // A panic while holding the lock would already have failed the worker; the state is then
+        // discarded with the process, never checkpointed.
+        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        self.set_ready(false);
+        let shards: Vec<Shard> = tpl
+            .elements()
+            .iter()
+            .map(|e| Shard::new(e.topic(), e.partition()))
+            .collect();
+        {
+            let mut parts = self.partitions();
+            for shard in &shards {
+                let offset = match parts.assign(shard) {
+                    StartAt::Offset(o) => Offset::Offset(o),
+                    StartAt::Beginning => Offset::Beginning,
+                };
+                if let Err(e) = tpl.set_partition_offset(&shard.topic, shard.partition, offset) {
+                    error!(error = %e, "cannot set the start offset of an assigned partition");
+                }
+            }
+        }
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        match result {
+            Ok(()) => info!(
+                partitions = shards.len(),
+                "partitions assigned and restored"
+            ),
+            Err(e) => error!(error = %e, "assign failed"),
+        }
+        self.set_ready(true);
+    }
+
+    fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let now = now_ms();
+        let mut commit = TopicPartitionList::new();
+        {
+            let mut parts = self.partitions();
+            for e in tpl.elements() {
+                let shard = Shard::new(e.topic(), e.partition());
+                if let Some(next) = parts.revoke(&shard, now) {
+                    let _ =
+                        commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(next));
+                }
+            }
+        }
+        if commit.count() > 0 {
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                warn!(error = %e, "commit of revoked partitions failed; their checkpoints are kept");
+            }
+        }
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = result {
+            error!(error = %e, "unassign failed");
+        }
+        info!(
+            partitions = tpl.count(),
+            "partitions revoked after checkpoint"
+        );
+    }
 }
 
 impl ClientContext for Context {
@@ -79,29 +166,24 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            info!(partitions = tpl.count(), "partitions revoked");
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                info!(partitions = tpl.count(), "partitions assigned");
-                self.ready.store(true, Ordering::Relaxed);
-                self.metrics.set_ready(true);
-            }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
-        }
-    }
-
-    fn commit_callback(
+    fn rebalance(
         &self,
-        result: rdkafka::error::KafkaResult<()>,
-        _: &rdkafka::TopicPartitionList,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
     ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(consumer, tpl),
+            other => {
+                let code: rdkafka::types::RDKafkaErrorCode = other.into();
+                error!(error = %code, "rebalance error");
+                self.set_ready(false);
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
         if let Err(e) = result {
             // Nothing to commit is reported as an error by librdkafka; it is not one.
             if !matches!(
@@ -129,8 +211,8 @@ fn client_config(cfg: &Config) -> ClientConfig {
 fn consumer(cfg: &Config, ctx: Context) -> Result<StreamConsumer<Context>, KafkaError> {
     let mut c = client_config(cfg);
     c.set("group.id", &cfg.kafka.group_id)
-        .set("enable.auto.commit", "true")
-        // Offsets are stored by the pipeline only after a batch is fully handled.
+        // Offsets are committed only for what a durable checkpoint covers.
+        .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
@@ -139,6 +221,9 @@ fn consumer(cfg: &Config, ctx: Context) -> Result<StreamConsumer<Context>, Kafka
             cfg.kafka.session_timeout.0.as_millis().to_string(),
         )
         .set("statistics.interval.ms", "5000");
+    if let Some(id) = &cfg.kafka.group_instance_id {
+        c.set("group.instance.id", id);
+    }
     for (k, v) in &cfg.kafka.consumer_properties {
         c.set(k, v);
     }
@@ -201,13 +286,13 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let pipeline = Pipeline::new(&cfg, metrics.clone())?;
-    let consumer = consumer(
-        &cfg,
-        Context {
-            metrics: metrics.clone(),
-            ready: ready.clone(),
-        },
-    )?;
+    let partitions = Arc::new(Mutex::new(Partitions::new(&cfg, pipeline)));
+    let ctx = Context {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        partitions: partitions.clone(),
+    };
+    let consumer = consumer(&cfg, ctx)?;
     let producer = producer(&cfg)?;
     let (query_tx, query_rx) = mpsc::channel(16);
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
@@ -224,11 +309,12 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
         addr: cfg.http.listen.clone(),
         source,
     })?;
-    info!(http = %http_addr, brokers = %cfg.kafka.brokers, topics = ?cfg.kafka.topics, "trainspotter started");
+    info!(http = %http_addr, brokers = %cfg.kafka.brokers, topics = ?cfg.kafka.topics,
+          state = %cfg.state.dir, "trainspotter started");
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let worker = Worker {
         cfg,
-        pipeline,
+        partitions,
         consumer,
         producer,
         metrics: metrics.clone(),
@@ -260,27 +346,105 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 /// The state-owning task.
 struct Worker {
     cfg: Config,
-    pipeline: Pipeline,
+    partitions: Arc<Mutex<Partitions>>,
     consumer: StreamConsumer<Context>,
     producer: FutureProducer,
     metrics: Arc<Metrics>,
 }
 
+/// How a run of the worker loop ended.
+enum Ended {
+    /// Every processed message is acknowledged: the state may be checkpointed.
+    Clean,
+    /// Shutdown came while a batch's dead letters or alerts were unacknowledged: the state holds
+    /// messages whose effects are not delivered, so it must not be checkpointed.
+    Interrupted,
+}
+
 impl Worker {
+    fn partitions(&self) -> std::sync::MutexGuard<'_, Partitions> {
+        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn run(
-        mut self,
+        self,
         mut queries: mpsc::Receiver<Query>,
         mut shutdown: oneshot::Receiver<()>,
     ) -> Result<(), DaemonError> {
+        let ended = self.consume(&mut queries, &mut shutdown).await;
+        self.metrics.set_ready(false);
+        let grace = self.cfg.shutdown.grace.0;
+        let deadline = Instant::now() + grace;
+        match ended {
+            Ended::Clean => {
+                let durable = self.partitions().checkpoint(now_ms());
+                let owned: Vec<(Shard, Option<i64>)> = self
+                    .partitions()
+                    .owned()
+                    .map(|(s, o)| (s.clone(), o))
+                    .collect();
+                info!(checkpoints = durable.len(), "final checkpoint written");
+                self.commit(
+                    owned.into_iter().filter_map(|(s, o)| o.map(|o| (s, o))),
+                    CommitMode::Sync,
+                );
+            }
+            Ended::Interrupted => {
+                warn!("stopping without a final checkpoint: the last batch is consumed again on restart")
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = rdkafka::producer::Producer::flush(
+            &self.producer,
+            Timeout::After(left.max(Duration::from_millis(1))),
+        ) {
+            warn!(error = %e, "producer flush did not finish within the grace period");
+        }
+        info!("trainspotter stopped");
+        Ok(())
+    }
+
+    /// Commits offsets that durable checkpoints cover.
+    fn commit(&self, offsets: impl Iterator<Item = (Shard, i64)>, mode: CommitMode) {
+        let mut tpl = TopicPartitionList::new();
+        for (shard, next) in offsets {
+            let _ = tpl.add_partition_offset(&shard.topic, shard.partition, Offset::Offset(next));
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match self.consumer.commit(&tpl, mode) {
+            Ok(()) if matches!(mode, CommitMode::Sync) => {
+                info!(partitions = tpl.count(), "offsets committed")
+            }
+            Ok(()) => {}
+            Err(e) => {
+                warn!(error = %e, "offset commit failed; the checkpoints still cover the state")
+            }
+        }
+    }
+
+    async fn consume(
+        &self,
+        queries: &mut mpsc::Receiver<Query>,
+        shutdown: &mut oneshot::Receiver<()>,
+    ) -> Ended {
         let batch_max = self.cfg.kafka.batch_max;
         let batch_wait = self.cfg.kafka.batch_wait.0;
         let mut last_error_log: Option<Instant> = None;
+        let mut checkpoints = tokio::time::interval(self.cfg.state.checkpoint_interval.0);
+        checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
+                _ = &mut *shutdown => return Ended::Clean,
                 Some(q) = queries.recv() => {
-                    http::answer(&self.pipeline, q);
+                    http::answer(&self.partitions().pipeline, q);
+                    continue;
+                }
+                _ = checkpoints.tick() => {
+                    let durable = self.partitions().checkpoint(now_ms());
+                    self.commit(durable.into_iter(), CommitMode::Async);
                     continue;
                 }
                 m = self.consumer.recv() => m,
@@ -309,13 +473,7 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let limits = DecodeLimits {
-                max_ts_ms: now_ms().saturating_add(self.cfg.input.max_future_skew.ms()),
-            };
-            let rejected = self
-                .pipeline
-                .process(batch.iter().map(|m| m.payload()), limits);
-            let alerts = self.pipeline.drain_alerts();
+            let (rejected, alerts, next_offsets) = self.apply(&batch);
             // Dead letters and alerts must be acknowledged before the offsets move on.
             let delivered = tokio::select! {
                 biased;
@@ -323,33 +481,57 @@ impl Worker {
                     join_all(rejected.iter().map(|r| self.dead_letter(&batch[r.index], r))).await;
                     self.publish_alerts(&alerts).await;
                 } => { let () = r; true }
-                _ = &mut shutdown => false,
+                _ = &mut *shutdown => false,
             };
             if !delivered {
-                warn!("shutdown while waiting for the broker: this batch will be consumed again");
-                break;
+                warn!(
+                    "shutdown while waiting for the broker to acknowledge dead letters or alerts"
+                );
+                return Ended::Interrupted;
             }
             self.metrics.dead_letter_produced(rejected.len() as u64);
-            for m in &batch {
-                if let Err(e) = self.consumer.store_offset_from_message(m) {
-                    // Happens when the partition was revoked meanwhile; its new owner re-reads it.
-                    warn!(error = %e, topic = m.topic(), partition = m.partition(), "cannot store offset");
-                }
+            let mut parts = self.partitions();
+            for (shard, next) in next_offsets {
+                parts.processed(&shard, next);
             }
         }
-        self.metrics.set_ready(false);
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => info!("offsets committed"),
-            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => warn!(error = %e, "final offset commit failed"),
+    }
+
+    /// Decodes and applies a batch, partition by partition in offset order. Returns the rejected
+    /// messages (positions in `batch`), the alert records, and each partition's next offset.
+    fn apply(
+        &self,
+        batch: &[BorrowedMessage<'_>],
+    ) -> (Vec<Rejected>, Vec<AlertRecord>, Vec<(Shard, i64)>) {
+        let limits = DecodeLimits {
+            max_ts_ms: now_ms().saturating_add(self.cfg.input.max_future_skew.ms()),
+        };
+        let mut by_shard: Vec<(Shard, Vec<usize>)> = Vec::new();
+        for (i, m) in batch.iter().enumerate() {
+            match by_shard
+                .iter_mut()
+                .find(|(s, _)| &*s.topic == m.topic() && s.partition == m.partition())
+            {
+                Some((_, idx)) => idx.push(i),
+                None => by_shard.push((Shard::new(m.topic(), m.partition()), vec![i])),
+            }
         }
-        if let Err(e) =
-            rdkafka::producer::Producer::flush(&self.producer, Timeout::After(FLUSH_TIMEOUT))
-        {
-            warn!(error = %e, "producer flush failed");
+        let mut parts = self.partitions();
+        let mut rejected = Vec::new();
+        let mut next_offsets = Vec::with_capacity(by_shard.len());
+        for (shard, idx) in by_shard {
+            let r = parts
+                .pipeline
+                .process(&shard, idx.iter().map(|&i| batch[i].payload()), limits);
+            rejected.extend(r.into_iter().map(|mut r| {
+                r.index = idx[r.index];
+                r
+            }));
+            let last = idx.last().expect("a group has at least one message");
+            next_offsets.push((shard, batch[*last].offset() + 1));
         }
-        info!("trainspotter stopped");
-        Ok(())
+        let alerts = parts.pipeline.drain_alerts();
+        (rejected, alerts, next_offsets)
     }
 
     /// Produces one rejected message to the dead-letter topic, retrying until acknowledged.

@@ -18,7 +18,8 @@
 //! - [`metrics`]: every Prometheus metric, in one registry per pipeline.
 //! - [`report`]: the replay report and API shapes.
 //! - [`replay`]: the pipeline over an NDJSON file.
-//! - [`kafka`]: the consumer loop, dead-letter and alert producers (`run`).
+//! - [`partitions`]: per-partition engines with the offsets they cover; checkpoint and restore.
+//! - [`kafka`]: the consumer loop, rebalances, dead-letter and alert producers (`run`).
 //! - [`http`]: /metrics, /livez, /readyz and the JSON API.
 //! - [`sim`]: a fleet simulator producing realistic telemetry.
 //! - [`demo`]: the zero-setup demonstration (embedded broker + simulator + daemon).
@@ -35,6 +36,7 @@ pub mod estimate;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod partitions;
 pub mod pipeline;
 pub mod replay;
 pub mod sim;

@@ -4,12 +4,13 @@
 //! means. A batch is decoded first, then applied in order; rejections come back by position so the
 //! caller can send each one to its dead-letter path before moving the offset on.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::alert::AlertRecord;
+use crate::alert::{AlertName, AlertRecord};
 use crate::config::{Config, ConfigError};
 use crate::decode::{
     format_rfc3339_ms, DecodeLimits, Decoder, NativeJson, RejectReason, Rejection, UsageSample,
@@ -49,13 +50,33 @@ pub struct Report {
     pub jobs: Vec<JobReport>,
 }
 
+/// Which input an engine's state belongs to: a Kafka topic partition, or the local input of
+/// `replay`. State is kept per shard so a partition's state can move with the partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Shard {
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
+impl Shard {
+    pub fn new(topic: &str, partition: i32) -> Shard {
+        Shard {
+            topic: Arc::from(topic),
+            partition,
+        }
+    }
+
+    /// The single shard of a file replay.
+    pub fn local() -> Shard {
+        Shard::new("local", 0)
+    }
+}
+
 pub struct Pipeline {
-    engine: Engine,
+    cfg: Config,
+    shards: BTreeMap<Shard, Engine>,
     decoder: Box<dyn Decoder>,
     metrics: Arc<Metrics>,
-    top_tenants: usize,
-    stats: EngineStats,
-    rejected: u64,
     samples: Vec<(usize, UsageSample)>,
     scratch: Vec<UsageSample>,
     last_refresh: Option<Instant>,
@@ -63,33 +84,62 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Pipeline, ConfigError> {
+        cfg.validate()?;
         Ok(Pipeline {
-            engine: Engine::new(cfg)?,
+            cfg: cfg.clone(),
+            shards: BTreeMap::new(),
             decoder: Box::new(NativeJson),
             metrics,
-            top_tenants: cfg.metrics.top_tenants,
-            stats: EngineStats::default(),
-            rejected: 0,
             samples: Vec::new(),
             scratch: Vec::new(),
             last_refresh: None,
         })
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    /// Decodes and applies one batch. `None` payloads (tombstones) are rejected as malformed.
-    pub fn process<'a, I>(&mut self, payloads: I, limits: DecodeLimits) -> Vec<Rejected>
+    /// A fresh engine under this pipeline's configuration.
+    pub fn new_engine(&self) -> Engine {
+        Engine::new(&self.cfg).expect("the configuration was validated in Pipeline::new")
+    }
+
+    /// Continues `shard` from a restored engine (replacing any engine it had).
+    pub fn insert_shard(&mut self, shard: Shard, engine: Engine) {
+        self.shards.insert(shard, engine);
+    }
+
+    /// Gives up a shard (its partition was revoked); returns its engine.
+    pub fn remove_shard(&mut self, shard: &Shard) -> Option<Engine> {
+        self.shards.remove(shard)
+    }
+
+    pub fn shard(&self, shard: &Shard) -> Option<&Engine> {
+        self.shards.get(shard)
+    }
+
+    pub fn shards(&self) -> impl Iterator<Item = (&Shard, &Engine)> {
+        self.shards.iter()
+    }
+
+    /// Decodes and applies one batch of `shard`'s input, in order. `None` payloads (tombstones)
+    /// are rejected as malformed. Returns the rejections by position in the batch.
+    pub fn process<'a, I>(
+        &mut self,
+        shard: &Shard,
+        payloads: I,
+        limits: DecodeLimits,
+    ) -> Vec<Rejected>
     where
         I: IntoIterator<Item = Option<&'a [u8]>>,
     {
         let started = Instant::now();
+        if !self.shards.contains_key(shard) {
+            let engine = self.new_engine();
+            self.shards.insert(shard.clone(), engine);
+        }
+        let engine = self.shards.get_mut(shard).expect("inserted above");
         let mut rejected = Vec::new();
         let mut consumed = 0u64;
         self.samples.clear();
@@ -113,23 +163,25 @@ impl Pipeline {
                 }
             }
         }
+        let before = engine.stats();
         for (_, s) in &self.samples {
-            self.engine.apply(s);
+            engine.apply(s);
         }
+        engine.count_rejected(rejected.len() as u64);
         self.metrics.events_consumed(consumed);
-        self.rejected += rejected.len() as u64;
-        let now = self.engine.stats();
-        self.metrics.engine_progress(&self.stats, &now);
-        self.stats = now;
+        self.metrics.engine_progress(&before, &engine.stats());
         self.metrics
             .batch_processed(started.elapsed().as_secs_f64());
         self.refresh_gauges(false);
         rejected
     }
 
-    /// Alert records since the last call (counted in metrics).
+    /// Alert records of every shard since the last call (counted in metrics).
     pub fn drain_alerts(&mut self) -> Vec<AlertRecord> {
-        let alerts = self.engine.drain_alerts();
+        let mut alerts = Vec::new();
+        for engine in self.shards.values_mut() {
+            alerts.extend(engine.drain_alerts());
+        }
         for a in &alerts {
             self.metrics.alert_emitted(a);
         }
@@ -138,8 +190,15 @@ impl Pipeline {
 
     /// End of a finite input: the watermark moves to the latest event time and detection runs there.
     pub fn finish(&mut self) {
-        self.engine.finish();
+        for engine in self.shards.values_mut() {
+            engine.finish();
+        }
         self.refresh_gauges(true);
+    }
+
+    /// Latest event time over all shards.
+    pub fn max_event_ms(&self) -> Option<i64> {
+        self.shards.values().filter_map(Engine::max_event_ms).max()
     }
 
     /// Updates state and per-tenant gauges (at most once a second unless `force`).
@@ -152,34 +211,90 @@ impl Pipeline {
             return;
         }
         self.last_refresh = Some(Instant::now());
-        let e = &self.engine;
+        let engines = || self.shards.values();
+        let mut active_alerts = AlertName::ALL.map(|n| (n, 0));
+        for e in engines() {
+            for (i, (_, n)) in e.active_alerts().into_iter().enumerate() {
+                active_alerts[i].1 += n;
+            }
+        }
         self.metrics.state(&StateGauges {
-            tenants: e.tenant_count(),
-            jobs: e.job_count(),
-            series: e.series_count(),
-            suspected: e.suspected_jobs(),
-            watermark_ms: e.watermark_ms(),
-            max_event_ms: e.max_event_ms(),
+            tenants: engines().map(Engine::tenant_count).sum(),
+            jobs: engines().map(Engine::job_count).sum(),
+            series: engines().map(Engine::series_count).sum(),
+            suspected: engines().map(Engine::suspected_jobs).sum(),
+            // The slowest shard's watermark: how far behind the daemon is.
+            watermark_ms: engines().filter_map(Engine::watermark_ms).min(),
+            max_event_ms: self.max_event_ms(),
             now_ms: chrono::Utc::now().timestamp_millis(),
-            active_alerts: e.active_alerts(),
+            active_alerts,
         });
-        self.metrics.tenants(&e.tenant_totals(), self.top_tenants);
+        let mut totals: HashMap<String, (f64, f64)> = HashMap::new();
+        for e in engines() {
+            for (tenant, (secs, flop)) in e.tenant_totals() {
+                let t = totals.entry(tenant).or_default();
+                t.0 += secs;
+                t.1 += flop;
+            }
+        }
+        self.metrics.tenants(&totals, self.cfg.metrics.top_tenants);
+    }
+
+    /// Every tenant over all shards, sorted by name. A tenant whose events were spread over several
+    /// partitions (producers must key by tenant) appears once, with the shards' values summed.
+    pub fn tenant_reports(&self) -> Vec<TenantReport> {
+        let mut all: Vec<TenantReport> = self
+            .shards
+            .values()
+            .flat_map(Engine::tenant_reports)
+            .collect();
+        all.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        all.dedup_by(|b, a| {
+            let same = a.tenant == b.tenant;
+            if same {
+                a.merge(b);
+            }
+            same
+        });
+        all
+    }
+
+    /// Every job over all shards, sorted by tenant and job (merged like tenants).
+    pub fn job_reports(&self) -> Vec<JobReport> {
+        let mut all: Vec<JobReport> = self.shards.values().flat_map(Engine::job_reports).collect();
+        all.sort_by(|a, b| (&a.tenant, &a.job).cmp(&(&b.tenant, &b.job)));
+        all.dedup_by(|b, a| {
+            let same = (&a.tenant, &a.job) == (&b.tenant, &b.job);
+            if same {
+                a.merge(b);
+            }
+            same
+        });
+        all
     }
 
     pub fn report(&self) -> Report {
-        let s = self.engine.stats();
+        let mut s = EngineStats::default();
+        for e in self.shards.values() {
+            s.add(&e.stats());
+        }
         Report {
             events: EventCounts {
                 accepted: s.accepted,
-                rejected: self.rejected,
+                rejected: s.rejected,
                 late: s.late,
                 duplicate: s.duplicate,
                 unverified: s.unverified,
             },
-            max_event_time: self.engine.max_event_ms().map(format_rfc3339_ms),
-            watermark: self.engine.watermark_ms().map(format_rfc3339_ms),
-            tenants: self.engine.tenant_reports(),
-            jobs: self.engine.job_reports(),
+            max_event_time: self.max_event_ms().map(format_rfc3339_ms),
+            watermark: self
+                .shards
+                .values()
+                .filter_map(Engine::watermark_ms)
+                .min()
+                .map(format_rfc3339_ms),
+            tenants: self.tenant_reports(),
+            jobs: self.job_reports(),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::decode::{format_rfc3339_ms, DecodeLimits};
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, Report};
+use crate::pipeline::{Pipeline, Report, Shard};
 
 const BATCH: usize = 4096;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -59,6 +59,7 @@ pub fn replay(
     progress: bool,
 ) -> Result<Report, ReplayError> {
     let mut pipeline = Pipeline::new(cfg, Arc::new(Metrics::new()))?;
+    let shard = Shard::local();
     let source = cfg.alerts.source.clone();
     let started = Instant::now();
     let mut last_progress = Instant::now();
@@ -89,6 +90,7 @@ pub fn replay(
             lines.push((line_no, buf));
         }
         let rejected = pipeline.process(
+            &shard,
             lines.iter().map(|(_, l)| Some(l.as_slice())),
             DecodeLimits::OPEN,
         );
@@ -114,7 +116,6 @@ pub fn replay(
             last_progress = Instant::now();
             let rate = line_no as f64 / started.elapsed().as_secs_f64();
             let at = pipeline
-                .engine()
                 .max_event_ms()
                 .map(format_rfc3339_ms)
                 .unwrap_or_default();

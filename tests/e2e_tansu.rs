@@ -105,8 +105,9 @@ fn daemon_on_tansu_counts_exactly_alerts_and_dead_letters_for_a_foreign_client()
         &format!(
             "[kafka]\nbrokers = \"{}\"\ngroup_id = \"e2e\"\ntopics = [\"{USAGE}\"]\nalert_topic = \"{ALERTS}\"\n\
              dead_letter_topic = \"{DLQ}\"\nbatch_wait = \"20ms\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
-             [log]\nformat = \"json\"\n",
-            broker.bootstrap
+             [state]\ndir = \"{}\"\n[log]\nformat = \"json\"\n",
+            broker.bootstrap,
+            dir.path().join("state").display()
         ),
     );
     let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();

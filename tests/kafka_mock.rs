@@ -39,6 +39,7 @@ fn training_job(minutes: i64) -> Vec<UsageSample> {
 
 struct Scope {
     _cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    _state: tempfile::TempDir,
     brokers: String,
     cfg: Config,
 }
@@ -51,6 +52,8 @@ impl Scope {
         cfg.kafka.brokers = brokers.clone();
         cfg.kafka.batch_wait = trainspotter::config::HumanDuration(Duration::from_millis(10));
         cfg.http.listen = "127.0.0.1:0".into();
+        let state = tempfile::tempdir().unwrap();
+        cfg.state.dir = state.path().to_string_lossy().into_owned();
         cluster.create_topic(&cfg.kafka.topics[0], 2, 1).unwrap();
         cluster.create_topic(&cfg.kafka.alert_topic, 1, 1).unwrap();
         cluster
@@ -58,6 +61,7 @@ impl Scope {
             .unwrap();
         Scope {
             _cluster: cluster,
+            _state: state,
             brokers,
             cfg,
         }

@@ -1,0 +1,180 @@
+//! Partitioned state: the pipeline's per-partition engines together with the offsets they cover,
+//! and their checkpoints.
+//!
+//! A partition's engine holds exactly the messages before its `next` offset. On assignment the
+//! engine is restored from the partition's newest good checkpoint and consumption resumes at the
+//! checkpoint's offset; without a checkpoint the partition is read from its beginning, so the state
+//! is rebuilt rather than started empty. On revocation (and periodically, and at shutdown) the
+//! engine is checkpointed first; only the offsets a durable checkpoint covers are ever committed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use tracing::{error, info, warn};
+
+use crate::checkpoint::{self, Header, Loaded};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::pipeline::{Pipeline, Shard};
+
+/// Where consumption of an assigned partition starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The offset the restored checkpoint covers up to.
+    Offset(i64),
+    /// The beginning of the partition: there was no usable checkpoint, so the state is rebuilt.
+    Beginning,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Offsets {
+    /// The next offset to process: all messages before it are in the engine.
+    next: Option<i64>,
+    /// `next` at the last durable checkpoint.
+    checkpointed: Option<i64>,
+}
+
+/// The pipeline and the offsets of the partitions this instance owns.
+pub struct Partitions {
+    pub pipeline: Pipeline,
+    offsets: HashMap<Shard, Offsets>,
+    dir: PathBuf,
+    cfg: Config,
+}
+
+impl Partitions {
+    pub fn new(cfg: &Config, pipeline: Pipeline) -> Partitions {
+        Partitions {
+            pipeline,
+            offsets: HashMap::new(),
+            dir: PathBuf::from(&cfg.state.dir),
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// Takes a partition on: restores its engine and says where to start consuming.
+    pub fn assign(&mut self, shard: &Shard) -> StartAt {
+        let loaded = checkpoint::load(&self.dir, &shard.topic, shard.partition);
+        let (engine, start) = match loaded {
+            Ok(Loaded::Current(cp)) => self.restore(shard, cp),
+            Ok(Loaded::Previous(cp, why)) => {
+                if let Some(e) = why {
+                    error!(error = %e, "newest checkpoint unusable; using the previous one");
+                }
+                self.restore(shard, cp)
+            }
+            Ok(Loaded::None) => {
+                info!(topic = %shard.topic, partition = shard.partition, "no checkpoint: reading the partition from its beginning");
+                (self.pipeline.new_engine(), StartAt::Beginning)
+            }
+            Err(e) => {
+                error!(error = %e, topic = %shard.topic, partition = shard.partition,
+                       "no usable checkpoint: rebuilding the state from the beginning of the partition");
+                (self.pipeline.new_engine(), StartAt::Beginning)
+            }
+        };
+        let at = match start {
+            StartAt::Offset(o) => Some(o),
+            StartAt::Beginning => None,
+        };
+        self.pipeline.insert_shard(shard.clone(), engine);
+        self.offsets.insert(
+            shard.clone(),
+            Offsets {
+                next: at,
+                checkpointed: at,
+            },
+        );
+        start
+    }
+
+    fn restore(&self, shard: &Shard, cp: checkpoint::Checkpoint) -> (Engine, StartAt) {
+        let fresh = self.pipeline.new_engine();
+        if cp.header.shape != fresh.shape() {
+            warn!(topic = %shard.topic, partition = shard.partition, was = %cp.header.shape, now = %fresh.shape(),
+                  "checkpoint taken under other window settings: rebuilding from the beginning of the partition");
+            return (fresh, StartAt::Beginning);
+        }
+        match Engine::with_state(&self.cfg, cp.state) {
+            Ok(engine) => {
+                info!(topic = %shard.topic, partition = shard.partition, offset = cp.header.next_offset, "state restored");
+                (engine, StartAt::Offset(cp.header.next_offset))
+            }
+            Err(e) => {
+                error!(error = %e, "cannot restore state: rebuilding from the beginning of the partition");
+                (fresh, StartAt::Beginning)
+            }
+        }
+    }
+
+    /// Records that every message of `shard` before `next` is processed and acknowledged.
+    pub fn processed(&mut self, shard: &Shard, next: i64) {
+        if let Some(o) = self.offsets.get_mut(shard) {
+            o.next = Some(next);
+        } else {
+            self.offsets.insert(
+                shard.clone(),
+                Offsets {
+                    next: Some(next),
+                    checkpointed: None,
+                },
+            );
+        }
+    }
+
+    /// Checkpoints every partition that moved since its last checkpoint; returns the offsets now
+    /// covered by durable checkpoints (to commit). A partition whose write failed is left out.
+    pub fn checkpoint(&mut self, now_ms: i64) -> Vec<(Shard, i64)> {
+        let shards: Vec<Shard> = self.offsets.keys().cloned().collect();
+        shards
+            .into_iter()
+            .filter_map(|s| self.checkpoint_one(&s, now_ms).map(|o| (s, o)))
+            .collect()
+    }
+
+    /// Checkpoints one partition if it moved; returns the offset a durable checkpoint now covers,
+    /// or `None` if there is nothing new to commit or the write failed.
+    fn checkpoint_one(&mut self, shard: &Shard, now_ms: i64) -> Option<i64> {
+        let o = self.offsets.get_mut(shard)?;
+        let next = o.next?;
+        if o.checkpointed == Some(next) {
+            return None;
+        }
+        let engine = self.pipeline.shard(shard)?;
+        let header = Header {
+            topic: shard.topic.to_string(),
+            partition: shard.partition,
+            next_offset: next,
+            shape: engine.shape(),
+            written_at_ms: now_ms,
+        };
+        match checkpoint::write(&self.dir, &header, engine.state()) {
+            Ok(_) => {
+                o.checkpointed = Some(next);
+                Some(next)
+            }
+            Err(e) => {
+                error!(error = %e, "checkpoint failed; offsets stay uncommitted");
+                None
+            }
+        }
+    }
+
+    /// Gives a partition up: checkpoints it and drops its state. Returns the offset to commit: the
+    /// one its newest durable checkpoint covers, if that covers everything processed.
+    pub fn revoke(&mut self, shard: &Shard, now_ms: i64) -> Option<i64> {
+        self.checkpoint_one(shard, now_ms);
+        self.pipeline.remove_shard(shard);
+        let o = self.offsets.remove(shard)?;
+        if o.checkpointed == o.next {
+            o.checkpointed
+        } else {
+            None
+        }
+    }
+
+    /// Every owned partition with its checkpointed offset.
+    pub fn owned(&self) -> impl Iterator<Item = (&Shard, Option<i64>)> {
+        self.offsets.iter().map(|(s, o)| (s, o.checkpointed))
+    }
+}
