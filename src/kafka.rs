@@ -32,7 +32,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::util::Timeout;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::alert::AlertRecord;
 use crate::config::{Config, ConfigError};
@@ -594,7 +594,7 @@ impl Worker {
                     .headers(headers.clone());
                 match self.producer.send(record, Timeout::Never).await {
                     Ok(_) => {
-                        info!(alertname = a.alertname.as_str(), status = a.status.as_str(), tenant = %a.tenant,
+                        debug!(alertname = a.alertname.as_str(), status = a.status.as_str(), tenant = %a.tenant,
                               job = a.job.as_deref().unwrap_or(""), "alert delivered");
                         return;
                     }

@@ -37,6 +37,30 @@ fn training_job(minutes: i64) -> Vec<UsageSample> {
     v
 }
 
+/// Key, payload and headers of one record.
+type Record = (Option<String>, String, HashMap<String, String>);
+
+fn record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|x| {
+                    (
+                        x.key.to_string(),
+                        String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+        headers,
+    )
+}
+
 struct Scope {
     _cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     _state: tempfile::TempDir,
@@ -52,6 +76,8 @@ impl Scope {
         cfg.kafka.brokers = brokers.clone();
         cfg.kafka.batch_wait = trainspotter::config::HumanDuration(Duration::from_millis(10));
         cfg.http.listen = "127.0.0.1:0".into();
+        // The mock broker lets a stopped member's partitions go only when its session expires.
+        cfg.kafka.session_timeout = trainspotter::config::HumanDuration(Duration::from_secs(6));
         let state = tempfile::tempdir().unwrap();
         cfg.state.dir = state.path().to_string_lossy().into_owned();
         cluster.create_topic(&cfg.kafka.topics[0], 2, 1).unwrap();
@@ -84,43 +110,42 @@ impl Scope {
         }
     }
 
-    /// Every record of `topic` (waits until `n` arrived).
-    async fn read(
-        &self,
-        topic: &str,
-        n: usize,
-    ) -> Vec<(Option<String>, String, HashMap<String, String>)> {
+    /// Every record of `topic`: waits for the first, then reads until the topic is quiet for 3 s.
+    async fn read_all(&self, topic: &str) -> Vec<Record> {
+        let c = self.reader(&format!("reader-all-{topic}"), topic);
+        let mut out = Vec::new();
+        let first = tokio::time::timeout(Duration::from_secs(30), c.recv())
+            .await
+            .expect("records")
+            .unwrap();
+        out.push(record(&first));
+        while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(3), c.recv()).await {
+            out.push(record(&m));
+        }
+        out
+    }
+
+    fn reader(&self, group: &str, topic: &str) -> StreamConsumer {
         let c: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
-            .set("group.id", format!("reader-{topic}"))
+            .set("group.id", group)
             .set("auto.offset.reset", "earliest")
             .create()
             .unwrap();
         c.subscribe(&[topic]).unwrap();
+        c
+    }
+
+    /// Every record of `topic` (waits until `n` arrived).
+    async fn read(&self, topic: &str, n: usize) -> Vec<Record> {
+        let c = self.reader(&format!("reader-{topic}"), topic);
         let mut out = Vec::new();
         while out.len() < n {
             let m = tokio::time::timeout(Duration::from_secs(30), c.recv())
                 .await
                 .unwrap_or_else(|_| panic!("only {} of {n} records on {topic}", out.len()))
                 .unwrap();
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|x| {
-                            (
-                                x.key.to_string(),
-                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push((
-                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-                headers,
-            ));
+            out.push(record(&m));
         }
         out
     }
@@ -302,4 +327,52 @@ async fn consumes_every_partition_of_a_keyed_topic() {
         "{tenants:?}"
     );
     running.stop().await.unwrap();
+}
+
+/// A graceful restart: the second instance restores the first one's checkpoints, resumes at their
+/// offsets, counts nothing twice, and neither loses nor re-fires the active alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_neither_loses_nor_double_counts_nor_refires() {
+    let scope = Scope::new();
+    let events: Vec<String> = training_job(120).iter().map(UsageSample::to_json).collect();
+    let (first, second) = events.split_at(64 * 80);
+
+    let a = kafka::start(scope.cfg.clone()).await.unwrap();
+    scope.produce("acme", first).await;
+    wait_consumed(&a, first.len() as u64).await;
+    assert!(a.jobs().await.unwrap().jobs[0].suspected);
+    a.stop().await.unwrap();
+    let files: Vec<_> = std::fs::read_dir(&scope.cfg.state.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(!files.is_empty(), "a checkpoint was written at shutdown");
+
+    let b = kafka::start(scope.cfg.clone()).await.unwrap();
+    scope.produce("acme", second).await;
+    wait_consumed(&b, second.len() as u64).await;
+    let tenants = b.tenants().await.unwrap().tenants;
+    assert_eq!(
+        tenants[0].accelerator_seconds,
+        64.0 * 120.0 * 60.0,
+        "exact across the restart"
+    );
+    let jobs = b.jobs().await.unwrap().jobs;
+    assert!(jobs[0].suspected);
+    assert_eq!(jobs[0].max_concurrent_accelerators, 64.0);
+    b.stop().await.unwrap();
+
+    // Every TrainingSuspected record is the same alert: one start time, no second "firing" start.
+    let all = scope.read_all(&scope.cfg.kafka.alert_topic).await;
+    let starts: std::collections::BTreeSet<String> = all
+        .iter()
+        .map(|(_, b, _)| serde_json::from_str::<serde_json::Value>(b).unwrap())
+        .filter(|ce| ce["data"]["alertname"] == "TrainingSuspected")
+        .map(|ce| ce["data"]["startsAt"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        starts.len(),
+        1,
+        "one TrainingSuspected start across the restart: {starts:?}"
+    );
 }
