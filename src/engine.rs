@@ -905,7 +905,13 @@ impl Engine {
 
     /// Every tenant, sorted by name; windows relative to the latest event time seen.
     pub fn tenant_reports(&self) -> Vec<TenantReport> {
-        let latest = self.st.max_event_ms.unwrap_or(0);
+        self.tenant_reports_at(self.st.max_event_ms.unwrap_or(0))
+    }
+
+    /// Every tenant, with windows relative to event time `latest` (at or after this engine's own
+    /// latest event, e.g. the latest over all partitions, so that every partition reports the same
+    /// windows).
+    pub fn tenant_reports_at(&self, latest: i64) -> Vec<TenantReport> {
         let mut v: Vec<TenantReport> = self
             .st
             .tenants
@@ -929,7 +935,11 @@ impl Engine {
 
     /// Every job, sorted by tenant and job.
     pub fn job_reports(&self) -> Vec<JobReport> {
-        let latest = self.st.max_event_ms.unwrap_or(0);
+        self.job_reports_at(self.st.max_event_ms.unwrap_or(0))
+    }
+
+    /// Every job, with windows relative to event time `latest` (see [`Engine::tenant_reports_at`]).
+    pub fn job_reports_at(&self, latest: i64) -> Vec<JobReport> {
         let mut v: Vec<JobReport> = self
             .st
             .jobs

@@ -240,13 +240,15 @@ impl Pipeline {
         self.metrics.tenants(&totals, self.cfg.metrics.top_tenants);
     }
 
-    /// Every tenant over all shards, sorted by name. A tenant whose events were spread over several
+    /// Every tenant over all shards, sorted by name, windows relative to the latest event time of
+    /// any shard. A tenant whose events were spread over several
     /// partitions (producers must key by tenant) appears once, with the shards' values summed.
     pub fn tenant_reports(&self) -> Vec<TenantReport> {
+        let latest = self.max_event_ms().unwrap_or(0);
         let mut all: Vec<TenantReport> = self
             .shards
             .values()
-            .flat_map(Engine::tenant_reports)
+            .flat_map(|e| e.tenant_reports_at(latest))
             .collect();
         all.sort_by(|a, b| a.tenant.cmp(&b.tenant));
         all.dedup_by(|b, a| {
@@ -261,7 +263,12 @@ impl Pipeline {
 
     /// Every job over all shards, sorted by tenant and job (merged like tenants).
     pub fn job_reports(&self) -> Vec<JobReport> {
-        let mut all: Vec<JobReport> = self.shards.values().flat_map(Engine::job_reports).collect();
+        let latest = self.max_event_ms().unwrap_or(0);
+        let mut all: Vec<JobReport> = self
+            .shards
+            .values()
+            .flat_map(|e| e.job_reports_at(latest))
+            .collect();
         all.sort_by(|a, b| (&a.tenant, &a.job).cmp(&(&b.tenant, &b.job)));
         all.dedup_by(|b, a| {
             let same = (&a.tenant, &a.job) == (&b.tenant, &b.job);
