@@ -148,7 +148,7 @@ pub async fn run(
 
     // Produce only once the daemon has joined its group and owns the partitions.
     let ready_by = Instant::now() + Duration::from_secs(30);
-    while !running.ready.load(Ordering::Relaxed) {
+    while !running.health.is_assigned() {
         if Instant::now() > ready_by {
             eprintln!("demo: the daemon did not get its partitions within 30 s");
             break;

@@ -5,7 +5,7 @@
 //! task that owns the pipeline and waits for the answer, so state needs no lock.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{Query as UrlQuery, State};
@@ -38,10 +38,60 @@ pub struct JobsView {
     pub jobs: Vec<JobReport>,
 }
 
+/// What `/readyz` reports: ready once partitions are assigned and restored, and while the
+/// consumer loop keeps coming round (it beats at least once a second when healthy, also when idle).
+/// A loop stuck for longer than `stall_after_ms` (e.g. retrying deliveries to an unreachable broker)
+/// is not ready: stalls are the most common failure of Kafka consumers.
+#[derive(Debug)]
+pub struct Health {
+    assigned: AtomicBool,
+    heartbeat_ms: AtomicI64,
+    stall_after_ms: i64,
+}
+
+impl Health {
+    pub fn new(stall_after_ms: i64) -> Health {
+        Health {
+            assigned: AtomicBool::new(false),
+            heartbeat_ms: AtomicI64::new(now_ms()),
+            stall_after_ms,
+        }
+    }
+
+    pub fn set_assigned(&self, assigned: bool) {
+        self.assigned.store(assigned, Ordering::Relaxed);
+    }
+
+    pub fn is_assigned(&self) -> bool {
+        self.assigned.load(Ordering::Relaxed)
+    }
+
+    /// The consumer loop is alive.
+    pub fn beat(&self) {
+        self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// `Ok` when ready, else why not.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.is_assigned() {
+            return Err("partitions not assigned yet, or being restored".into());
+        }
+        let silent = now_ms() - self.heartbeat_ms.load(Ordering::Relaxed);
+        if silent > self.stall_after_ms {
+            return Err(format!("consumption stalled for {} s", silent / 1000));
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
-    pub ready: Arc<AtomicBool>,
+    pub health: Arc<Health>,
     pub queries: mpsc::Sender<Query>,
 }
 
@@ -91,10 +141,13 @@ async fn metrics(State(s): State<HttpState>) -> Response {
 }
 
 async fn readyz(State(s): State<HttpState>) -> Response {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    match s.health.check() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -13,7 +13,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,7 +36,7 @@ use tracing::{debug, error, info, warn};
 use crate::alert::AlertRecord;
 use crate::config::{Config, ConfigError};
 use crate::decode::DecodeLimits;
-use crate::http::{self, HttpState, Query};
+use crate::http::{self, Health, HttpState, Query};
 use crate::metrics::Metrics;
 use crate::partitions::{Partitions, StartAt};
 use crate::pipeline::{Pipeline, Rejected, Shard};
@@ -68,13 +67,13 @@ pub enum DaemonError {
 /// The mutex is therefore never contended; it only makes the sharing explicit.
 struct Context {
     metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    health: Arc<Health>,
     partitions: Arc<Mutex<Partitions>>,
 }
 
 impl Context {
     fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+        self.health.set_assigned(ready);
         self.metrics.set_ready(ready);
     }
 
@@ -248,7 +247,7 @@ fn producer(cfg: &Config) -> Result<FutureProducer, KafkaError> {
 pub struct Running {
     pub http_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
-    pub ready: Arc<AtomicBool>,
+    pub health: Arc<Health>,
     queries: mpsc::Sender<Query>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), DaemonError>>,
@@ -284,12 +283,12 @@ impl Running {
 pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
     cfg.validate()?;
     let metrics = Arc::new(Metrics::new());
-    let ready = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(Health::new(cfg.kafka.session_timeout.ms()));
     let pipeline = Pipeline::new(&cfg, metrics.clone())?;
     let partitions = Arc::new(Mutex::new(Partitions::new(&cfg, pipeline)));
     let ctx = Context {
         metrics: metrics.clone(),
-        ready: ready.clone(),
+        health: health.clone(),
         partitions: partitions.clone(),
     };
     let consumer = consumer(&cfg, ctx)?;
@@ -298,7 +297,7 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let state = HttpState {
         metrics: metrics.clone(),
-        ready: ready.clone(),
+        health: health.clone(),
         queries: query_tx.clone(),
     };
     let (http_addr, http_task) = http::serve(&cfg.http.listen, state, async {
@@ -318,6 +317,7 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
         consumer,
         producer,
         metrics: metrics.clone(),
+        health: health.clone(),
     };
     let task = tokio::spawn(async move {
         let result = worker.run(query_rx, shutdown_rx).await;
@@ -328,7 +328,7 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
     Ok(Running {
         http_addr,
         metrics,
-        ready,
+        health,
         queries: query_tx,
         shutdown: Some(shutdown_tx),
         task,
@@ -350,6 +350,7 @@ struct Worker {
     consumer: StreamConsumer<Context>,
     producer: FutureProducer,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
 }
 
 /// How a run of the worker loop ended.
@@ -434,7 +435,9 @@ impl Worker {
         let mut last_error_log: Option<Instant> = None;
         let mut checkpoints = tokio::time::interval(self.cfg.state.checkpoint_interval.0);
         checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
         loop {
+            self.health.beat();
             let first = tokio::select! {
                 biased;
                 _ = &mut *shutdown => return Ended::Clean,
@@ -447,6 +450,7 @@ impl Worker {
                     self.commit(durable.into_iter(), CommitMode::Async);
                     continue;
                 }
+                _ = heartbeat.tick() => continue,
                 m = self.consumer.recv() => m,
             };
             let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(batch_max.min(65_536));

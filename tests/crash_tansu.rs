@@ -30,6 +30,9 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Lifetime accelerator-ms and the window values, per key.
+type Totals<K> = BTreeMap<K, (u64, Vec<u64>)>;
+
 struct Event {
     ts: i64,
     tenant: String,
@@ -184,11 +187,11 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
         by_tenant.entry(&e.tenant).or_default().push(e);
         by_job.entry((&e.tenant, &e.job)).or_default().push(e);
     }
-    let expected_tenants: BTreeMap<String, (u64, Vec<u64>)> = by_tenant
+    let expected_tenants: Totals<String> = by_tenant
         .iter()
         .map(|(t, evs)| (t.to_string(), expect(evs)))
         .collect();
-    let expected_jobs: BTreeMap<(String, String), (u64, Vec<u64>)> = by_job
+    let expected_jobs: Totals<(String, String)> = by_job
         .iter()
         .map(|((t, j), evs)| ((t.to_string(), j.to_string()), expect(evs)))
         .collect();
@@ -197,7 +200,7 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
     let windows_of = |v: &serde_json::Value| -> Vec<u64> {
         specs.iter().map(|w| ms(&v["windows"][&w.name])).collect()
     };
-    let tenants_now = || -> Option<BTreeMap<String, (u64, Vec<u64>)>> {
+    let tenants_now = || -> Option<Totals<String>> {
         let body = ureq::get(&format!("{base}/api/v1/tenants"))
             .call()
             .ok()?
@@ -218,7 +221,7 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
                 .collect(),
         )
     };
-    let jobs_now = || -> Option<BTreeMap<(String, String), (u64, Vec<u64>)>> {
+    let jobs_now = || -> Option<Totals<(String, String)>> {
         let body = ureq::get(&format!("{base}/api/v1/jobs"))
             .call()
             .ok()?
