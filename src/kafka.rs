@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -436,6 +437,7 @@ impl Worker {
         let mut checkpoints = tokio::time::interval(self.cfg.state.checkpoint_interval.0);
         checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+        let generation = self.partitions().generation();
         loop {
             self.health.beat();
             let first = tokio::select! {
@@ -453,9 +455,14 @@ impl Worker {
                 _ = heartbeat.tick() => continue,
                 m = self.consumer.recv() => m,
             };
+            // Each message with the assignment generation current when it was received.
             let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(batch_max.min(65_536));
+            let mut received_at: Vec<u64> = Vec::with_capacity(batch_max.min(65_536));
             match first {
-                Ok(m) => batch.push(m),
+                Ok(m) => {
+                    batch.push(m);
+                    received_at.push(generation.load(Ordering::SeqCst));
+                }
                 Err(e) => {
                     // Consumption errors (unknown topic, broker down) are transient: log, keep going.
                     if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
@@ -469,7 +476,10 @@ impl Worker {
             let deadline = Instant::now() + batch_wait;
             while batch.len() < batch_max {
                 match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                    Ok(Ok(m)) => batch.push(m),
+                    Ok(Ok(m)) => {
+                        batch.push(m);
+                        received_at.push(generation.load(Ordering::SeqCst));
+                    }
                     Ok(Err(e)) => {
                         warn!(error = %e, "kafka consumption error");
                         break;
@@ -477,7 +487,7 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let (rejected, alerts, next_offsets) = self.apply(&batch);
+            let (rejected, alerts, next_offsets) = self.apply(&batch, &received_at);
             // Dead letters and alerts must be acknowledged before the offsets move on.
             let delivered = tokio::select! {
                 biased;
@@ -503,14 +513,19 @@ impl Worker {
 
     /// Decodes and applies a batch, partition by partition in offset order. Returns the rejected
     /// messages (positions in `batch`), the alert records, and each partition's next offset.
+    /// Messages whose partition was revoked or re-assigned after they were received are skipped:
+    /// the partition's owner fetches them again from its checkpoint's offset.
     fn apply(
         &self,
         batch: &[BorrowedMessage<'_>],
+        received_at: &[u64],
     ) -> (Vec<Rejected>, Vec<AlertRecord>, Vec<(Shard, i64)>) {
         let limits = DecodeLimits {
             max_ts_ms: now_ms().saturating_add(self.cfg.input.max_future_skew.ms()),
         };
+        let mut parts = self.partitions();
         let mut by_shard: Vec<(Shard, Vec<usize>)> = Vec::new();
+        let mut skipped = 0usize;
         for (i, m) in batch.iter().enumerate() {
             match by_shard
                 .iter_mut()
@@ -520,7 +535,15 @@ impl Worker {
                 None => by_shard.push((Shard::new(m.topic(), m.partition()), vec![i])),
             }
         }
-        let mut parts = self.partitions();
+        for (shard, idx) in by_shard.iter_mut() {
+            let before = idx.len();
+            idx.retain(|&i| parts.accepts(shard, received_at[i]));
+            skipped += before - idx.len();
+        }
+        by_shard.retain(|(_, idx)| !idx.is_empty());
+        if skipped > 0 {
+            info!(skipped, "messages fetched before a rebalance skipped; the partition's owner reads them again");
+        }
         let mut rejected = Vec::new();
         let mut next_offsets = Vec::with_capacity(by_shard.len());
         for (shard, idx) in by_shard {

@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
@@ -28,6 +30,8 @@ pub enum StartAt {
 
 #[derive(Debug, Clone, Copy)]
 struct Offsets {
+    /// The assignment generation at which this partition was (last) assigned.
+    assigned_at: u64,
     /// The next offset to process: all messages before it are in the engine.
     next: Option<i64>,
     /// `next` at the last durable checkpoint.
@@ -35,9 +39,15 @@ struct Offsets {
 }
 
 /// The pipeline and the offsets of the partitions this instance owns.
+///
+/// Every assignment and revocation bumps the generation. A message received at generation `g` may
+/// only be applied if its partition is still owned and was assigned at or before `g`: a message
+/// fetched before its partition was revoked (and perhaps assigned again and restored from a
+/// checkpoint) belongs to state that no longer exists, and is fetched again from the right offset.
 pub struct Partitions {
     pub pipeline: Pipeline,
     offsets: HashMap<Shard, Offsets>,
+    generation: Arc<AtomicU64>,
     dir: PathBuf,
     cfg: Config,
 }
@@ -47,13 +57,28 @@ impl Partitions {
         Partitions {
             pipeline,
             offsets: HashMap::new(),
+            generation: Arc::new(AtomicU64::new(0)),
             dir: PathBuf::from(&cfg.state.dir),
             cfg: cfg.clone(),
         }
     }
 
+    /// The assignment generation, readable without the lock (the consumer loop notes it for every
+    /// message it receives).
+    pub fn generation(&self) -> Arc<AtomicU64> {
+        self.generation.clone()
+    }
+
+    /// Whether a message of `shard` received at generation `received_at` may be applied.
+    pub fn accepts(&self, shard: &Shard, received_at: u64) -> bool {
+        self.offsets
+            .get(shard)
+            .is_some_and(|o| o.assigned_at <= received_at)
+    }
+
     /// Takes a partition on: restores its engine and says where to start consuming.
     pub fn assign(&mut self, shard: &Shard) -> StartAt {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let loaded = checkpoint::load(&self.dir, &shard.topic, shard.partition);
         let (engine, start) = match loaded {
             Ok(Loaded::Current(cp)) => self.restore(shard, cp),
@@ -81,6 +106,7 @@ impl Partitions {
         self.offsets.insert(
             shard.clone(),
             Offsets {
+                assigned_at: generation,
                 next: at,
                 checkpointed: at,
             },
@@ -107,18 +133,11 @@ impl Partitions {
         }
     }
 
-    /// Records that every message of `shard` before `next` is processed and acknowledged.
+    /// Records that every message of `shard` before `next` is processed and acknowledged. A
+    /// partition no longer owned is ignored: its next owner starts from its checkpoint.
     pub fn processed(&mut self, shard: &Shard, next: i64) {
         if let Some(o) = self.offsets.get_mut(shard) {
             o.next = Some(next);
-        } else {
-            self.offsets.insert(
-                shard.clone(),
-                Offsets {
-                    next: Some(next),
-                    checkpointed: None,
-                },
-            );
         }
     }
 
@@ -163,6 +182,7 @@ impl Partitions {
     /// Gives a partition up: checkpoints it and drops its state. Returns the offset to commit: the
     /// one its newest durable checkpoint covers, if that covers everything processed.
     pub fn revoke(&mut self, shard: &Shard, now_ms: i64) -> Option<i64> {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.checkpoint_one(shard, now_ms);
         self.pipeline.remove_shard(shard);
         let o = self.offsets.remove(shard)?;

@@ -56,7 +56,9 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
     let end = chrono::Utc::now().timestamp_millis().div_euclid(MIN) * MIN;
     let start = end - minutes * MIN;
     let mut events = Vec::new();
-    let mut text = String::new();
+    // One file per producer; a tenant's events all go through one producer, in order.
+    const PRODUCERS: usize = 3;
+    let mut texts = vec![String::new(); PRODUCERS];
     let mut poison = Vec::new();
     let mut rng = SplitMix64::new(20261129);
     for m in 1..=minutes {
@@ -67,7 +69,7 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
                     let tenant = format!("tenant-{t}");
                     let job = format!("job-{t}-{j}");
                     let gpus = 1 + (g % 3);
-                    text.push_str(&format!(
+                    texts[t % PRODUCERS].push_str(&format!(
                         "{{\"ts\":{ts},\"tenant\":\"{tenant}\",\"job\":\"{job}\",\"node\":\"n{}\",\"gpu\":\"{}\",\
                          \"gpus\":{gpus},\"interval_s\":60,\"tensor_active\":{:.3}}}\n",
                         g / 8,
@@ -89,29 +91,51 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
                 "{{\"ts\":\"poison-{m}\",\"tenant\":\"tenant-{}\",\"interval_s\":60}}",
                 m % 6
             );
+            let text = &mut texts[(m as usize % 6) % PRODUCERS];
             text.push_str(&p);
             text.push('\n');
             poison.push(p);
         }
     }
-    let file = dir.path().join("events.ndjson");
-    write_file(&file, &text);
-    drop(text);
+    // tansu 0.6 returns nothing for a fetch that starts inside a record batch (seen with
+    // kafka-python: seeking to offset 50 of a 100-message batch yields no message), so a consumer
+    // resuming from a checkpoint mid-batch would skip the rest of that batch. Real Kafka returns
+    // the whole batch and the client skips to the offset. One message per record batch keeps this
+    // test about the daemon, not about that broker behaviour.
     let produced_at = Instant::now();
-    let produced: usize = run_python(
-        "produce.py",
-        &[
-            "--bootstrap",
-            &broker.bootstrap,
-            "--topic",
-            USAGE,
-            "--file",
-            file.to_str().unwrap(),
-        ],
-    )
-    .trim()
-    .parse()
-    .unwrap();
+    let producers: Vec<std::process::Child> = texts
+        .iter()
+        .enumerate()
+        .map(|(k, text)| {
+            let file = dir.path().join(format!("events-{k}.ndjson"));
+            write_file(&file, text);
+            Command::new(common::python())
+                .arg(common::repo().join("tests/e2e/produce.py"))
+                .args([
+                    "--bootstrap",
+                    &broker.bootstrap,
+                    "--topic",
+                    USAGE,
+                    "--one-per-batch",
+                    "--file",
+                ])
+                .arg(&file)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("run produce.py")
+        })
+        .collect();
+    drop(texts);
+    let mut produced = 0usize;
+    for p in producers {
+        let out = p.wait_with_output().unwrap();
+        assert!(out.status.success(), "produce.py failed");
+        produced += String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse::<usize>()
+            .unwrap();
+    }
     assert_eq!(produced, events.len() + poison.len());
     eprintln!(
         "produced {produced} messages in {:.1} s",
@@ -123,7 +147,7 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
     write_file(
         &config,
         &format!(
-            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"crash\"\ngroup_instance_id = \"crash-0\"\nsession_timeout = \"6s\"\n\
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"crash\"\nsession_timeout = \"6s\"\n\
              topics = [\"{USAGE}\"]\nalert_topic = \"{ALERTS}\"\ndead_letter_topic = \"{DLQ}\"\nbatch_wait = \"20ms\"\n\
              [input]\nmax_future_skew = \"1h\"\n[state]\ndir = \"{}\"\ncheckpoint_interval = \"1s\"\n\
              [http]\nlisten = \"127.0.0.1:{http_port}\"\n[log]\nformat = \"json\"\n",
@@ -143,10 +167,24 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
         )
     };
 
-    // Kill at random moments: sometimes before it joined, sometimes mid-batch or mid-checkpoint.
+    // Kill at random moments while it consumes: mid-batch, mid-delivery or mid-checkpoint.
+    let base = format!("http://127.0.0.1:{http_port}");
+    let ready = || {
+        ureq::get(&format!("{base}/readyz"))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
+    };
     let crash_started = Instant::now();
     for n in 0..kills {
         let mut daemon = spawn(n);
+        let joined_by = Instant::now() + Duration::from_secs(90);
+        while !ready() {
+            assert!(
+                Instant::now() < joined_by,
+                "instance {n} did not get its partitions within 90 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let delay = Duration::from_millis(300 + rng.next_u64() % 3000);
         std::thread::sleep(delay);
         daemon.0.kill().expect("SIGKILL");
@@ -158,7 +196,6 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
     );
 
     let mut daemon = spawn(kills);
-    let base = format!("http://127.0.0.1:{http_port}");
 
     // Expected values, computed from the produced stream alone.
     let cfg = Config::default();
@@ -245,7 +282,8 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
     };
     // Let it finish. Totals only grow, and never past what was produced; the state may be briefly
     // incomplete while a partition is restored after a rebalance, so compare until it is exact.
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline =
+        Instant::now() + Duration::from_secs(env_or("TRAINSPOTTER_CRASH_FINISH_SECS", 600));
     loop {
         let (tenants, jobs) = (tenants_now(), jobs_now());
         if let Some(t) = &tenants {
@@ -261,10 +299,17 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
         if tenants.as_ref() == Some(&expected_tenants) && jobs.as_ref() == Some(&expected_jobs) {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "not exact within 10 minutes:\n tenants {tenants:?}\n expected {expected_tenants:?}"
-        );
+        if Instant::now() >= deadline {
+            let mut log = String::new();
+            for n in 0..=kills {
+                let text = std::fs::read_to_string(dir.path().join(format!("daemon-{n}.log")))
+                    .unwrap_or_default();
+                for line in text.lines().filter(|l| !l.contains("alert delivered")) {
+                    log.push_str(&format!("[{n}] {line}\n"));
+                }
+            }
+            panic!("not exact within 10 minutes:\n tenants {tenants:?}\n expected {expected_tenants:?}\n{log}");
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
 
