@@ -156,14 +156,10 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
         ),
     );
     let spawn = |n: u64| {
-        let log = std::fs::File::create(dir.path().join(format!("daemon-{n}.log"))).unwrap();
-        Proc::spawn(
-            Command::new(env!("CARGO_BIN_EXE_trainspotter"))
-                .arg("run")
-                .arg("--config")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(log),
+        Proc::daemon(
+            env!("CARGO_BIN_EXE_trainspotter"),
+            &config,
+            &dir.path().join(format!("daemon-{n}.log")),
         )
     };
 
@@ -228,58 +224,41 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
         .iter()
         .map(|(t, evs)| (t.to_string(), expect(evs)))
         .collect();
-    let expected_jobs: Totals<(String, String)> = by_job
+    let expected_jobs: Totals<String> = by_job
         .iter()
-        .map(|((t, j), evs)| ((t.to_string(), j.to_string()), expect(evs)))
+        .map(|((t, j), evs)| (format!("{t}/{j}"), expect(evs)))
         .collect();
 
     let ms = |v: &serde_json::Value| (v.as_f64().unwrap() * 1000.0).round() as u64;
     let windows_of = |v: &serde_json::Value| -> Vec<u64> {
         specs.iter().map(|w| ms(&v["windows"][&w.name])).collect()
     };
-    let tenants_now = || -> Option<Totals<String>> {
-        let body = ureq::get(&format!("{base}/api/v1/tenants"))
+    // The daemon's totals from its API, keyed by tenant or by "tenant/job".
+    let totals_now = |list: &str| -> Option<Totals<String>> {
+        let body = ureq::get(&format!("{base}/api/v1/{list}"))
             .call()
             .ok()?
             .body_mut()
             .read_to_string()
             .ok()?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let entries = v[list].as_array()?;
         Some(
-            v["tenants"]
-                .as_array()?
+            entries
                 .iter()
-                .map(|t| {
-                    (
-                        t["tenant"].as_str().unwrap().to_string(),
-                        (ms(&t["accelerator_seconds"]), windows_of(t)),
-                    )
+                .map(|e| {
+                    let tenant = e["tenant"].as_str().unwrap();
+                    let key = match e["job"].as_str() {
+                        Some(job) => format!("{tenant}/{job}"),
+                        None => tenant.to_string(),
+                    };
+                    (key, (ms(&e["accelerator_seconds"]), windows_of(e)))
                 })
                 .collect(),
         )
     };
-    let jobs_now = || -> Option<Totals<(String, String)>> {
-        let body = ureq::get(&format!("{base}/api/v1/jobs"))
-            .call()
-            .ok()?
-            .body_mut()
-            .read_to_string()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        Some(
-            v["jobs"]
-                .as_array()?
-                .iter()
-                .map(|j| {
-                    let key = (
-                        j["tenant"].as_str().unwrap().to_string(),
-                        j["job"].as_str().unwrap().to_string(),
-                    );
-                    (key, (ms(&j["accelerator_seconds"]), windows_of(j)))
-                })
-                .collect(),
-        )
-    };
+    let tenants_now = || totals_now("tenants");
+    let jobs_now = || totals_now("jobs");
     // Let it finish. Totals only grow, and never past what was produced; the state may be briefly
     // incomplete while a partition is restored after a rebalance, so compare until it is exact.
     let deadline =

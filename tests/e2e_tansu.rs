@@ -110,14 +110,10 @@ fn daemon_on_tansu_counts_exactly_alerts_and_dead_letters_for_a_foreign_client()
             dir.path().join("state").display()
         ),
     );
-    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-    let mut daemon = Proc::spawn(
-        Command::new(env!("CARGO_BIN_EXE_trainspotter"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log),
+    let mut daemon = Proc::daemon(
+        env!("CARGO_BIN_EXE_trainspotter"),
+        &config,
+        &dir.path().join("daemon.log"),
     );
     let base = format!("http://127.0.0.1:{http_port}");
     let daemon_log = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();

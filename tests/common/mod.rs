@@ -97,6 +97,20 @@ impl Proc {
         Proc(cmd.stdin(Stdio::null()).spawn().expect("spawn process"))
     }
 
+    /// `trainspotter run --config CONFIG`, logging to LOG.
+    pub fn daemon(binary: &str, config: &Path, log: &Path) -> Proc {
+        let log =
+            std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        Proc::spawn(
+            Command::new(binary)
+                .arg("run")
+                .arg("--config")
+                .arg(config)
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+    }
+
     /// Sends SIGTERM and waits up to `grace` for the exit status.
     pub fn terminate(&mut self, grace: Duration) -> std::process::ExitStatus {
         let _ = Command::new("kill")

@@ -39,6 +39,10 @@ def main() -> int:
             except ValueError:
                 pass
             futures.append(producer.send(args.topic, key=key, value=line))
+            # Without batching every record is its own request: keep the backlog short so
+            # records do not expire in the client's queue.
+            if args.one_per_batch and len(futures) % 2000 == 0:
+                producer.flush(timeout=120)
     producer.flush(timeout=120)
     for fut in futures:
         fut.get(timeout=60)
