@@ -57,7 +57,7 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
     let start = end - minutes * MIN;
     let mut events = Vec::new();
     // One file per producer; a tenant's events all go through one producer, in order.
-    const PRODUCERS: usize = 6;
+    const PRODUCERS: usize = 3;
     let mut texts = vec![String::new(); PRODUCERS];
     let mut poison = Vec::new();
     let mut rng = SplitMix64::new(20261129);
