@@ -446,7 +446,19 @@ impl Engine {
             Seen::Unverifiable => true,
             Seen::New => false,
         };
-        let first_pane = series.covered_pane;
+        // The sample covers [ts - interval, ts): the device counts once in each detection pane it
+        // covers that it was not counted in yet (used for job samples only).
+        let slide = self.s.detect_slide_ms;
+        let n = (self.s.detect_window_ms / slide) as usize;
+        let interval_ms = (sample.interval_s * 1000.0).round() as i64;
+        let last = (ts - 1).div_euclid(slide);
+        let first = (ts - interval_ms)
+            .div_euclid(slide)
+            .max(series.covered_pane.saturating_add(1))
+            .max(last - n as i64 + 1);
+        if job_key.is_some() && last >= first {
+            series.covered_pane = series.covered_pane.max(last);
+        }
         series.last_ts = series.last_ts.max(ts);
         let best = Signal::best(&sample.activity);
         if let Some((_, v)) = best {
@@ -478,8 +490,6 @@ impl Engine {
         tenant_state.dormant = false;
         self.st.touched_tenants.insert(tenant);
         if let Some(k) = job_key {
-            let slide = self.s.detect_slide_ms;
-            let n = (self.s.detect_window_ms / slide) as usize;
             let job = self.st.jobs.get_mut(&k).expect("inserted above");
             job.account.add(&self.s, ts, &usage);
             match job.models.iter_mut().find(|(m, _)| *m == peak.model) {
@@ -494,27 +504,10 @@ impl Engine {
                     m.sum += v as f32 * acc_s;
                 }
             }
-            // The sample covers [ts - interval, ts): count the device once in each detection pane
-            // it covers that it was not counted in yet.
-            let interval_ms = (sample.interval_s * 1000.0).round() as i64;
-            let last = (ts - 1).div_euclid(slide);
-            let first = (ts - interval_ms)
-                .div_euclid(slide)
-                .max(first_pane.saturating_add(1))
-                .max(last - n as i64 + 1);
             for p in first..=last {
                 if let Some(pane) = job.detect.pane_mut(p, n) {
                     pane.accelerators += sample.gpus as f32;
                     job.max_concurrent = job.max_concurrent.max(pane.accelerators);
-                }
-            }
-            if last >= first {
-                let series = job.series.get_mut(&SeriesKey {
-                    node: sample.node.as_deref().map(Box::from),
-                    gpu: sample.gpu.as_deref().map(Box::from),
-                });
-                if let Some(series) = series {
-                    series.covered_pane = series.covered_pane.max(last);
                 }
             }
             self.st.touched_jobs.insert(k);
