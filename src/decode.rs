@@ -17,6 +17,16 @@ use serde::Deserialize;
 /// seconds sent where milliseconds were expected.
 pub const MIN_EVENT_TIME_MS: i64 = 946_684_800_000;
 
+/// Latest accepted event time: 9999-12-31T23:59:59.999Z (the RFC 3339 range). Beyond it, window
+/// arithmetic on epoch milliseconds would overflow.
+pub const MAX_EVENT_TIME_MS: i64 = 253_402_300_799_999;
+
+/// Most accelerators one sample may cover (a whole fleet reported as one sample is far below).
+pub const MAX_GPUS: f64 = 1e7;
+
+/// Longest interval one sample may cover: 31 days.
+pub const MAX_INTERVAL_S: f64 = 31.0 * 86_400.0;
+
 /// One validated usage sample: `gpus` accelerators used for `interval_s` seconds, ending at `ts_ms`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageSample {
@@ -537,6 +547,12 @@ fn timestamp(v: &Option<Scalar<'_>>, limits: DecodeLimits) -> Result<i64, Reject
             format!("field `ts` {ms} is before 2000-01-01 (epoch seconds sent as milliseconds?)"),
         ));
     }
+    if ms > MAX_EVENT_TIME_MS {
+        return Err(Rejection::new(
+            RejectReason::BadTimestamp,
+            format!("field `ts` {ms} is after the year 9999"),
+        ));
+    }
     if ms > limits.max_ts_ms {
         return Err(Rejection::new(
             RejectReason::BadTimestamp,
@@ -567,6 +583,18 @@ impl RawEvent<'_> {
         let interval_s =
             positive("interval_s", &self.interval_s)?.ok_or_else(|| missing("interval_s"))?;
         let gpus = positive("gpus", &self.gpus)?.unwrap_or(1.0);
+        if interval_s > MAX_INTERVAL_S {
+            return Err(Rejection::new(
+                RejectReason::OutOfRange,
+                format!("field `interval_s` {interval_s} exceeds {MAX_INTERVAL_S} (31 days)"),
+            ));
+        }
+        if gpus > MAX_GPUS {
+            return Err(Rejection::new(
+                RejectReason::OutOfRange,
+                format!("field `gpus` {gpus} exceeds {MAX_GPUS}"),
+            ));
+        }
         Ok(UsageSample {
             ts_ms,
             tenant,
@@ -697,6 +725,18 @@ mod tests {
             (
                 r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"power_w":-1}"#,
                 OutOfRange,
+            ),
+            (
+                r#"{"ts":1714564830000,"tenant":"t","interval_s":60,"gpus":1e300}"#,
+                OutOfRange,
+            ),
+            (
+                r#"{"ts":1714564830000,"tenant":"t","interval_s":1e12}"#,
+                OutOfRange,
+            ),
+            (
+                r#"{"ts":9223372036854775807,"tenant":"t","interval_s":60}"#,
+                BadTimestamp,
             ),
             (
                 r#"{"ts":1714564830000,"tenant":"t","interval_s":0}"#,

@@ -21,7 +21,8 @@ pub struct Usage {
 
 impl Usage {
     pub fn add(&mut self, other: &Usage) {
-        self.acc_ms += other.acc_ms;
+        // Decoding bounds each sample far below this; saturating keeps any sum from wrapping.
+        self.acc_ms = self.acc_ms.saturating_add(other.acc_ms);
         self.measured_flop += other.measured_flop;
         self.nominal_flop += other.nominal_flop;
     }
