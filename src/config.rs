@@ -48,15 +48,22 @@ impl HumanDuration {
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(HumanDuration)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "{s:?} is not a duration like \"30s\" or \"7d\": {e}"
-                ))
-            })
+        let d = humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration like \"30s\" or \"7d\": {e}"
+            ))
+        })?;
+        // Event-time arithmetic is done in i64 milliseconds; no setting needs more than a century.
+        if d > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is longer than 100 years"
+            )));
+        }
+        Ok(HumanDuration(d))
     }
 }
+
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 impl Serialize for HumanDuration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -764,6 +771,8 @@ mod tests {
     #[test]
     fn wrong_types_and_bad_durations_name_the_key() {
         let e = Config::from_toml("[windows]\nallowed_lateness = \"soon\"\n").unwrap_err();
+        assert_eq!(key_of(e), "windows.allowed_lateness");
+        let e = Config::from_toml("[windows]\nallowed_lateness = \"1000years\"\n").unwrap_err();
         assert_eq!(key_of(e), "windows.allowed_lateness");
         let e = Config::from_toml("[metrics]\ntop_tenants = \"many\"\n").unwrap_err();
         assert_eq!(key_of(e), "metrics.top_tenants");
