@@ -5,7 +5,10 @@
 #   scripts/broker.sh stop DIR                                 stop the broker started with DIR
 #
 # DIR holds the broker's pid file and log. Storage is in memory (tansu's memory:// engine), so every
-# start is a fresh cluster. Exits non-zero, with the broker log, when the broker cannot be started.
+# start is a fresh cluster, unless BROKER_STORAGE=sqlite: then topics, messages and committed
+# offsets live in DIR/tansu.db and survive a stop and a new start with the same DIR and PORT (the
+# database path is relative to DIR, the broker's working directory; tansu mangles absolute paths).
+# Exits non-zero, with the broker log, when the broker cannot be started.
 set -euo pipefail
 
 cmd=${1:-}; shift || true
@@ -15,8 +18,13 @@ case "$cmd" in
     mkdir -p "$dir"
     command -v tansu >/dev/null || { echo "broker.sh: tansu is not installed (run scripts/deps.sh)" >&2; exit 1; }
     url="tcp://127.0.0.1:$port"
-    (cd "$dir" && exec tansu broker --storage-engine memory://tansu/ \
-        --listener-url "$url" --advertised-listener-url "$url" >"$dir/broker.log" 2>&1) &
+    case "${BROKER_STORAGE:-memory}" in
+      memory) storage=memory://tansu/ ;;
+      sqlite) storage=sqlite://tansu.db ;;
+      *) echo "broker.sh: BROKER_STORAGE must be memory or sqlite" >&2; exit 2 ;;
+    esac
+    (cd "$dir" && exec tansu broker --storage-engine "$storage" \
+        --listener-url "$url" --advertised-listener-url "$url" >>"$dir/broker.log" 2>&1) &
     echo $! >"$dir/broker.pid"
     for _ in $(seq 1 100); do
       if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then

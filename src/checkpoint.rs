@@ -187,10 +187,21 @@ pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
 
 /// Writes the checkpoint of `header.topic`/`header.partition` atomically; returns its size.
 pub fn write(dir: &Path, header: &Header, state: &State) -> Result<u64, CheckpointError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let target = path(dir, &header.topic, header.partition);
-    let tmp = target.with_extension("ckpt.tmp");
     let bytes = encode(header, state)?;
+    write_bytes(dir, &header.topic, header.partition, &bytes)?;
+    Ok(bytes.len() as u64)
+}
+
+/// Writes encoded checkpoint bytes (see [`encode`]) of a partition atomically.
+pub fn write_bytes(
+    dir: &Path,
+    topic: &str,
+    partition: i32,
+    bytes: &[u8],
+) -> Result<(), CheckpointError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let target = path(dir, topic, partition);
+    let tmp = target.with_extension("ckpt.tmp");
     {
         let mut f = OpenOptions::new()
             .write(true)
@@ -198,7 +209,7 @@ pub fn write(dir: &Path, header: &Header, state: &State) -> Result<u64, Checkpoi
             .truncate(true)
             .open(&tmp)
             .map_err(io_err(&tmp))?;
-        f.write_all(&bytes).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
     }
     if target.exists() {
@@ -208,8 +219,7 @@ pub fn write(dir: &Path, header: &Header, state: &State) -> Result<u64, Checkpoi
     fs::rename(&tmp, &target).map_err(io_err(&target))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
-    Ok(bytes.len() as u64)
+        .map_err(io_err(dir))
 }
 
 /// Finds the newest good checkpoint of a partition: the current file, else the previous one.

@@ -115,6 +115,14 @@ pub struct StateConfig {
     /// How often the state of every partition that moved is checkpointed; offsets are committed to
     /// the group only after the checkpoint covering them is durable.
     pub checkpoint_interval: HumanDuration,
+    /// Compacted Kafka topic every checkpoint also goes to, so that any instance of the group can
+    /// restore a partition it is assigned (created, compacted, when missing). Empty: local
+    /// checkpoints only, for a single instance or instances that keep their partitions.
+    pub changelog_topic: String,
+    /// Longest wait for the changelog when writing one partition's snapshot or reading it back.
+    /// A write that times out is retried at the next checkpoint (its offsets stay uncommitted); a
+    /// read that fails falls back to the local checkpoint, else to the beginning of the partition.
+    pub changelog_timeout: HumanDuration,
 }
 
 impl Default for StateConfig {
@@ -122,6 +130,8 @@ impl Default for StateConfig {
         StateConfig {
             dir: "trainspotter-state".into(),
             checkpoint_interval: HumanDuration::secs(30),
+            changelog_topic: String::new(),
+            changelog_timeout: HumanDuration::secs(10),
         }
     }
 }
@@ -163,6 +173,15 @@ pub struct KafkaConfig {
     pub batch_wait: HumanDuration,
     /// Consumer group session timeout.
     pub session_timeout: HumanDuration,
+    /// Longest time a revocation may take (checkpoint, changelog, synchronous commit of the revoked
+    /// partitions); must be below the session timeout, and is a third of it when unset. Past it
+    /// the remaining partitions are given up unsaved and the commit is skipped: the checkpoints
+    /// already say where the next owner starts.
+    pub drain_timeout: Option<HumanDuration>,
+    /// Partition assignment: `cooperative-sticky` (incremental rebalances: members keep consuming
+    /// the partitions they keep), or the eager `range` / `roundrobin` (every rebalance revokes every
+    /// partition), for brokers whose group coordinator mishandles cooperative rebalances.
+    pub assignment_strategy: AssignmentStrategy,
     /// Static group membership (`group.instance.id`): a restarted instance with the same id gets
     /// its partitions back without a rebalance, as long as it returns within the session timeout.
     pub group_instance_id: Option<String>,
@@ -187,11 +206,40 @@ impl Default for KafkaConfig {
             batch_max: 4096,
             batch_wait: HumanDuration(Duration::from_millis(50)),
             session_timeout: HumanDuration::secs(45),
+            drain_timeout: None,
+            assignment_strategy: AssignmentStrategy::CooperativeSticky,
             group_instance_id: None,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
             sasl_password: None,
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// `drain_timeout`, or a third of the session timeout.
+    pub fn drain_timeout(&self) -> HumanDuration {
+        self.drain_timeout
+            .unwrap_or(HumanDuration(self.session_timeout.0 / 3))
+    }
+}
+
+/// How the group assigns partitions (librdkafka's `partition.assignment.strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AssignmentStrategy {
+    CooperativeSticky,
+    Range,
+    Roundrobin,
+}
+
+impl AssignmentStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssignmentStrategy::CooperativeSticky => "cooperative-sticky",
+            AssignmentStrategy::Range => "range",
+            AssignmentStrategy::Roundrobin => "roundrobin",
         }
     }
 }
@@ -533,6 +581,31 @@ impl Config {
         if k.batch_max == 0 {
             return Err(invalid("kafka.batch_max", "must be at least 1"));
         }
+        if k.drain_timeout().0 >= k.session_timeout.0 {
+            return Err(invalid(
+                "kafka.drain_timeout",
+                "must be below kafka.session_timeout, or a slow revocation costs the group membership",
+            ));
+        }
+        if !self.state.changelog_topic.is_empty() {
+            let t = &self.state.changelog_topic;
+            if t.len() > 249
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                return Err(invalid(
+                    "state.changelog_topic",
+                    "not a Kafka topic name ([a-zA-Z0-9._-], at most 249 characters)",
+                ));
+            }
+            if k.topics.contains(t) {
+                return Err(invalid(
+                    "state.changelog_topic",
+                    "must not be an input topic",
+                ));
+            }
+        }
         let w = &self.windows;
         if w.sliding.is_empty() {
             return Err(invalid(
@@ -794,6 +867,21 @@ mod tests {
         assert_eq!(key_of(e), "estimate.utilization");
         let e = Config::from_toml("[alerts]\nthresholds_flop = [1e25, -1.0]\n").unwrap_err();
         assert_eq!(key_of(e), "alerts.thresholds_flop");
+        let e = Config::from_toml("[kafka]\nsession_timeout = \"10s\"\ndrain_timeout = \"10s\"\n")
+            .unwrap_err();
+        assert_eq!(key_of(e), "kafka.drain_timeout");
+        let e = Config::from_toml("[state]\nchangelog_topic = \"state/changelog\"\n").unwrap_err();
+        assert_eq!(key_of(e), "state.changelog_topic");
+        let e = Config::from_toml("[state]\nchangelog_topic = \"gpu-usage\"\n").unwrap_err();
+        assert_eq!(key_of(e), "state.changelog_topic");
+        let e = Config::from_toml("[kafka]\nassignment_strategy = \"sticky\"\n").unwrap_err();
+        assert_eq!(key_of(e), "kafka.assignment_strategy");
+    }
+
+    #[test]
+    fn the_drain_timeout_defaults_to_a_third_of_the_session_timeout() {
+        let c = Config::from_toml("[kafka]\nsession_timeout = \"6s\"\n").unwrap();
+        assert_eq!(c.kafka.drain_timeout().0, Duration::from_secs(2));
     }
 
     #[test]

@@ -1,11 +1,10 @@
 //! HTTP: `/metrics` (Prometheus text), `/livez`, `/readyz`, and the JSON API
-//! `GET /api/v1/tenants` and `GET /api/v1/jobs[?tenant=NAME]`.
+//! `GET /api/v1/tenants`, `GET /api/v1/jobs[?tenant=NAME]` and `GET /api/v1/partitions`.
 //!
 //! The API never touches engine state directly: it sends a [`Query`] over a bounded channel to the
 //! task that owns the pipeline and waits for the answer, so state needs no lock.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{Query as UrlQuery, State};
@@ -18,12 +17,20 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{JobReport, TenantReport};
+use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::partitions::{PartitionStatus, Partitions};
 
 /// A snapshot request to the state-owning task.
 pub enum Query {
     Tenants(oneshot::Sender<TenantsView>),
     Jobs(Option<String>, oneshot::Sender<JobsView>),
+    Partitions(oneshot::Sender<PartitionsView>),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionsView {
+    pub partitions: Vec<PartitionStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,56 +43,6 @@ pub struct TenantsView {
 pub struct JobsView {
     pub max_event_time: Option<String>,
     pub jobs: Vec<JobReport>,
-}
-
-/// What `/readyz` reports: ready once partitions are assigned and restored, and while the
-/// consumer loop keeps coming round (it beats at least once a second when healthy, also when idle).
-/// A loop stuck for longer than `stall_after_ms` (e.g. retrying deliveries to an unreachable broker)
-/// is not ready: stalls are the most common failure of Kafka consumers.
-#[derive(Debug)]
-pub struct Health {
-    assigned: AtomicBool,
-    heartbeat_ms: AtomicI64,
-    stall_after_ms: i64,
-}
-
-impl Health {
-    pub fn new(stall_after_ms: i64) -> Health {
-        Health {
-            assigned: AtomicBool::new(false),
-            heartbeat_ms: AtomicI64::new(now_ms()),
-            stall_after_ms,
-        }
-    }
-
-    pub fn set_assigned(&self, assigned: bool) {
-        self.assigned.store(assigned, Ordering::Relaxed);
-    }
-
-    pub fn is_assigned(&self) -> bool {
-        self.assigned.load(Ordering::Relaxed)
-    }
-
-    /// The consumer loop is alive.
-    pub fn beat(&self) {
-        self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
-    }
-
-    /// `Ok` when ready, else why not.
-    pub fn check(&self) -> Result<(), String> {
-        if !self.is_assigned() {
-            return Err("partitions not assigned yet, or being restored".into());
-        }
-        let silent = now_ms() - self.heartbeat_ms.load(Ordering::Relaxed);
-        if silent > self.stall_after_ms {
-            return Err(format!("consumption stalled for {} s", silent / 1000));
-        }
-        Ok(())
-    }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 #[derive(Clone)]
@@ -107,6 +64,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/tenants", get(tenants))
         .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/partitions", get(partitions))
         .with_state(state)
 }
 
@@ -181,8 +139,20 @@ async fn jobs(State(s): State<HttpState>, UrlQuery(f): UrlQuery<JobFilter>) -> R
     }
 }
 
-/// Answers a query from the pipeline's current state (called by the state-owning task).
-pub fn answer(p: &crate::pipeline::Pipeline, q: Query) {
+async fn partitions(State(s): State<HttpState>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if s.queries.send(Query::Partitions(tx)).await.is_err() {
+        return unavailable();
+    }
+    match rx.await {
+        Ok(v) => Json(v).into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+/// Answers a query from the current state (called by the state-owning task).
+pub fn answer(parts: &Partitions, q: Query) {
+    let p = &parts.pipeline;
     let max_event_time = p.max_event_ms().map(crate::decode::format_rfc3339_ms);
     // A dropped receiver means the HTTP client went away; nothing to do.
     match q {
@@ -200,6 +170,11 @@ pub fn answer(p: &crate::pipeline::Pipeline, q: Query) {
             let _ = tx.send(JobsView {
                 max_event_time,
                 jobs,
+            });
+        }
+        Query::Partitions(tx) => {
+            let _ = tx.send(PartitionsView {
+                partitions: parts.status(),
             });
         }
     }

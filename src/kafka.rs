@@ -9,7 +9,8 @@
 //! partition is checkpointed together with the offset it covers, and only then is that offset
 //! committed to the group. On assignment a partition's state is restored from its checkpoint and
 //! consumption starts at the checkpoint's offset, whatever the group had committed: every message is
-//! in the state exactly once.
+//! in the state exactly once. With `state.changelog_topic` set, checkpoints also go to a compacted
+//! topic ([`crate::changelog`]) so that another instance can restore a partition it takes over.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,9 +36,11 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::alert::AlertRecord;
+use crate::changelog::Changelog;
 use crate::config::{Config, ConfigError};
 use crate::decode::DecodeLimits;
-use crate::http::{self, Health, HttpState, Query};
+use crate::health::Health;
+use crate::http::{self, HttpState, Query};
 use crate::metrics::Metrics;
 use crate::partitions::{Partitions, StartAt};
 use crate::pipeline::{Pipeline, Rejected, Shard};
@@ -70,12 +73,13 @@ struct Context {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     partitions: Arc<Mutex<Partitions>>,
+    drain_timeout: Duration,
 }
 
 impl Context {
     fn set_ready(&self, ready: bool) {
         self.health.set_assigned(ready);
-        self.metrics.set_ready(ready);
+        self.metrics.set_ready(self.health.check().is_ok());
     }
 
     fn partitions(&self) -> std::sync::MutexGuard<'_, Partitions> {
@@ -117,20 +121,43 @@ impl Context {
         self.set_ready(true);
     }
 
+    /// Gives partitions up. Messages received but not yet applied are skipped by the generation
+    /// check (the next owner reads them again), so what is left is to checkpoint and commit, within
+    /// `kafka.drain_timeout`. A partition the deadline leaves unsaved is dropped: its next owner
+    /// restores an older snapshot and reads a little more. A lost assignment (this member was
+    /// thrown out of the group) is dropped without writing anything.
     fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let now = now_ms();
+        let started = Instant::now();
+        let deadline = started + self.drain_timeout;
+        let lost = consumer.assignment_lost();
+        if lost {
+            error!(
+                partitions = tpl.count(),
+                "partitions lost: this consumer was out of its group (session timeout or max.poll.interval.ms exceeded); dropping their state unsaved"
+            );
+            self.health
+                .set_left_group("its partitions were reassigned while it was away");
+        }
         let mut commit = TopicPartitionList::new();
+        let mut unsaved = 0usize;
         {
             let mut parts = self.partitions();
             for e in tpl.elements() {
                 let shard = Shard::new(e.topic(), e.partition());
-                if let Some(next) = parts.revoke(&shard, now) {
+                if lost || Instant::now() >= deadline {
+                    unsaved += usize::from(!lost);
+                    parts.lose(&shard);
+                } else if let Some(next) = parts.revoke(&shard, now_ms()) {
                     let _ =
                         commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(next));
                 }
             }
         }
-        if commit.count() > 0 {
+        if unsaved > 0 {
+            warn!(unsaved, drain_timeout = ?self.drain_timeout,
+                  "drain timeout reached: partitions given up without a new checkpoint");
+        }
+        if commit.count() > 0 && Instant::now() < deadline {
             if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
                 warn!(error = %e, "commit of revoked partitions failed; their checkpoints are kept");
             }
@@ -144,13 +171,17 @@ impl Context {
         }
         info!(
             partitions = tpl.count(),
-            "partitions revoked after checkpoint"
+            millis = started.elapsed().as_millis() as u64,
+            "partitions revoked"
         );
     }
 }
 
 impl ClientContext for Context {
     fn stats(&self, statistics: Statistics) {
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        self.health.set_broker_reachable(up);
+        self.metrics.set_ready(self.health.check().is_ok());
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {
@@ -161,6 +192,10 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.health.set_broker_reachable(false);
+            self.metrics.set_ready(false);
+        }
         warn!(%error, reason, "kafka client error");
     }
 }
@@ -215,12 +250,23 @@ fn consumer(cfg: &Config, ctx: Context) -> Result<StreamConsumer<Context>, Kafka
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "partition.assignment.strategy",
+            cfg.kafka.assignment_strategy.as_str(),
+        )
         .set(
             "session.timeout.ms",
             cfg.kafka.session_timeout.0.as_millis().to_string(),
         )
-        .set("statistics.interval.ms", "5000");
+        // A tenth of the session timeout (at most librdkafka's 3 s default), so that members
+        // learn of a rebalance, and partitions of a leaving member move, quickly.
+        .set(
+            "heartbeat.interval.ms",
+            (cfg.kafka.session_timeout.0.as_millis() / 10)
+                .clamp(100, 3000)
+                .to_string(),
+        )
+        .set("statistics.interval.ms", "2000");
     if let Some(id) = &cfg.kafka.group_instance_id {
         c.set("group.instance.id", id);
     }
@@ -269,6 +315,13 @@ impl Running {
         rx.await.ok()
     }
 
+    /// The partitions this instance owns, as `GET /api/v1/partitions` returns them.
+    pub async fn partitions(&self) -> Option<http::PartitionsView> {
+        let (tx, rx) = oneshot::channel();
+        self.queries.send(Query::Partitions(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
     /// Asks the daemon to drain and stop, and waits until it has.
     pub async fn stop(mut self) -> Result<(), DaemonError> {
         if let Some(tx) = self.shutdown.take() {
@@ -286,11 +339,23 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(cfg.kafka.session_timeout.ms()));
     let pipeline = Pipeline::new(&cfg, metrics.clone())?;
-    let partitions = Arc::new(Mutex::new(Partitions::new(&cfg, pipeline)));
+    let mut partitions = Partitions::new(&cfg, pipeline);
+    if !cfg.state.changelog_topic.is_empty() {
+        let changelog = Changelog::new(
+            &client_config(&cfg),
+            &cfg.state.changelog_topic,
+            &cfg.kafka.group_id,
+            &cfg.kafka.topics,
+            cfg.state.changelog_timeout.0,
+        )?;
+        partitions = partitions.with_changelog(Box::new(changelog));
+    }
+    let partitions = Arc::new(Mutex::new(partitions));
     let ctx = Context {
         metrics: metrics.clone(),
         health: health.clone(),
         partitions: partitions.clone(),
+        drain_timeout: cfg.kafka.drain_timeout().0,
     };
     let consumer = consumer(&cfg, ctx)?;
     let producer = producer(&cfg)?;
@@ -392,6 +457,9 @@ impl Worker {
                 );
             }
             Ended::Interrupted => {
+                // The engines hold a batch whose offsets are not processed: drop them now, so that
+                // closing the consumer (which revokes the partitions) cannot checkpoint them.
+                self.partitions().abandon();
                 warn!("stopping without a final checkpoint: the last batch is consumed again on restart")
             }
         }
@@ -444,7 +512,7 @@ impl Worker {
                 biased;
                 _ = &mut *shutdown => return Ended::Clean,
                 Some(q) = queries.recv() => {
-                    http::answer(&self.partitions().pipeline, q);
+                    http::answer(&self.partitions(), q);
                     continue;
                 }
                 _ = checkpoints.tick() => {
@@ -452,7 +520,10 @@ impl Worker {
                     self.commit(durable.into_iter(), CommitMode::Async);
                     continue;
                 }
-                _ = heartbeat.tick() => continue,
+                _ = heartbeat.tick() => {
+                    self.metrics.set_ready(self.health.check().is_ok());
+                    continue;
+                }
                 m = self.consumer.recv() => m,
             };
             // Each message with the assignment generation current when it was received.
@@ -464,6 +535,15 @@ impl Worker {
                     received_at.push(generation.load(Ordering::SeqCst));
                 }
                 Err(e) => {
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::PollExceeded)
+                    {
+                        // librdkafka has left the group; the next poll rejoins it, and the lost
+                        // partitions come back through a rebalance.
+                        error!(error = %e, "max.poll.interval.ms exceeded: the consumer left its group");
+                        self.health.set_left_group("max.poll.interval.ms exceeded");
+                        self.metrics.set_ready(false);
+                    }
                     // Consumption errors (unknown topic, broker down) are transient: log, keep going.
                     if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                         warn!(error = %e, "kafka consumption error");
@@ -489,24 +569,38 @@ impl Worker {
             }
             let (rejected, alerts, next_offsets) = self.apply(&batch, &received_at);
             // Dead letters and alerts must be acknowledged before the offsets move on.
-            let delivered = tokio::select! {
-                biased;
-                r = async {
-                    join_all(rejected.iter().map(|r| self.dead_letter(&batch[r.index], r))).await;
-                    self.publish_alerts(&alerts).await;
-                } => { let () = r; true }
-                _ = &mut *shutdown => false,
+            // A shutdown request waits for them, within the grace period, so the batch can be
+            // checkpointed.
+            let deliveries = async {
+                join_all(
+                    rejected
+                        .iter()
+                        .map(|r| self.dead_letter(&batch[r.index], r)),
+                )
+                .await;
+                self.publish_alerts(&alerts).await;
             };
-            if !delivered {
-                warn!(
-                    "shutdown while waiting for the broker to acknowledge dead letters or alerts"
-                );
-                return Ended::Interrupted;
+            tokio::pin!(deliveries);
+            let mut stopping = false;
+            tokio::select! {
+                biased;
+                () = &mut deliveries => {}
+                _ = &mut *shutdown => {
+                    stopping = true;
+                    let grace = self.cfg.shutdown.grace.0;
+                    if tokio::time::timeout(grace, &mut deliveries).await.is_err() {
+                        warn!(?grace, "shutdown: dead letters or alerts still unacknowledged after the grace period");
+                        return Ended::Interrupted;
+                    }
+                }
             }
             self.metrics.dead_letter_produced(rejected.len() as u64);
             let mut parts = self.partitions();
             for (shard, next) in next_offsets {
                 parts.processed(&shard, next);
+            }
+            if stopping {
+                return Ended::Clean;
             }
         }
     }

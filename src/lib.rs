@@ -26,6 +26,7 @@
 
 pub mod alert;
 pub mod catalog;
+pub mod changelog;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
@@ -33,6 +34,7 @@ pub mod demo;
 pub mod detect;
 pub mod engine;
 pub mod estimate;
+pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

@@ -44,6 +44,27 @@ pub struct Metrics {
     consumer_lag: IntGaugeVec,
     batch_duration: Histogram,
     ready: IntGauge,
+    checkpoint_written: IntCounterVec,
+    checkpoint_failures: IntCounterVec,
+    checkpoint_last: Gauge,
+    checkpoint_bytes: IntGauge,
+    restores: IntCounterVec,
+}
+
+/// Where a checkpoint goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Local,
+    Changelog,
+}
+
+impl Store {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Store::Local => "local",
+            Store::Changelog => "changelog",
+        }
+    }
 }
 
 /// Registers a metric and hands it back. Names and help texts are static, so failures are bugs.
@@ -180,7 +201,39 @@ impl Metrics {
                     .buckets(vec![1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
                 ),
             ),
-            ready: int_gauge(&r, "trainspotter_ready", "1 when partitions are assigned and state is loaded."),
+            ready: int_gauge(
+                &r,
+                "trainspotter_ready",
+                "1 when /readyz is ready: partitions assigned and restored, a broker reachable, in the group, not stalled.",
+            ),
+            checkpoint_written: counter_vec(
+                &r,
+                "trainspotter_checkpoint_written_total",
+                "Partition checkpoints made durable, by store (local file, changelog topic).",
+                &["store"],
+            ),
+            checkpoint_failures: counter_vec(
+                &r,
+                "trainspotter_checkpoint_failures_total",
+                "Partition checkpoints that failed (offsets stay uncommitted, retried), by store.",
+                &["store"],
+            ),
+            checkpoint_last: gauge(
+                &r,
+                "trainspotter_checkpoint_last_success_timestamp_seconds",
+                "When every owned partition was last durably checkpointed, Unix time.",
+            ),
+            checkpoint_bytes: int_gauge(
+                &r,
+                "trainspotter_checkpoint_size_bytes",
+                "Size of the last partition checkpoint written.",
+            ),
+            restores: counter_vec(
+                &r,
+                "trainspotter_checkpoint_restores_total",
+                "Partition assignments, by where the state came from (checkpoint, previous_checkpoint, changelog, beginning).",
+                &["source"],
+            ),
             registry: r,
         };
         // Pre-create the bounded label sets so dashboards see zeros rather than absent series.
@@ -196,7 +249,41 @@ impl Metrics {
         for cause in ["unknown", "unspecified"] {
             m.catalog_fallback.with_label_values(&[cause]);
         }
+        for store in [Store::Local, Store::Changelog] {
+            m.checkpoint_written.with_label_values(&[store.as_str()]);
+            m.checkpoint_failures.with_label_values(&[store.as_str()]);
+        }
+        for source in [
+            "checkpoint",
+            "previous_checkpoint",
+            "changelog",
+            "beginning",
+        ] {
+            m.restores.with_label_values(&[source]);
+        }
         m
+    }
+
+    pub fn checkpoint_written(&self, store: Store, bytes: usize) {
+        self.checkpoint_written
+            .with_label_values(&[store.as_str()])
+            .inc();
+        self.checkpoint_bytes.set(bytes as i64);
+    }
+
+    pub fn checkpoint_failed(&self, store: Store) {
+        self.checkpoint_failures
+            .with_label_values(&[store.as_str()])
+            .inc();
+    }
+
+    /// Every owned partition is covered by a durable checkpoint as of `unix_ms`.
+    pub fn checkpoint_complete(&self, unix_ms: i64) {
+        self.checkpoint_last.set(unix_ms as f64 / 1000.0);
+    }
+
+    pub fn restored(&self, source: &str) {
+        self.restores.with_label_values(&[source]).inc();
     }
 
     pub fn registry(&self) -> &Registry {

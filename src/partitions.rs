@@ -2,21 +2,29 @@
 //! and their checkpoints.
 //!
 //! A partition's engine holds exactly the messages before its `next` offset. On assignment the
-//! engine is restored from the partition's newest good checkpoint and consumption resumes at the
-//! checkpoint's offset; without a checkpoint the partition is read from its beginning, so the state
-//! is rebuilt rather than started empty. On revocation (and periodically, and at shutdown) the
-//! engine is checkpointed first; only the offsets a durable checkpoint covers are ever committed.
+//! engine is restored from the newest good snapshot of the partition, the local checkpoint file or
+//! the changelog topic (when configured), whichever covers more of the partition, and consumption
+//! resumes at that snapshot's offset. Without any snapshot the partition is read from its
+//! beginning, so the state is rebuilt rather than started empty. On revocation (and periodically,
+//! and at shutdown) the engine is checkpointed first, to the local directory and to the changelog;
+//! only the offsets that durable checkpoints cover are ever committed.
+//!
+//! Any snapshot at offset N is the state of the partition's first N messages, whichever instance
+//! wrote it, so choosing the one with the highest offset is always right.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use serde::Serialize;
 use tracing::{error, info, warn};
 
-use crate::checkpoint::{self, Header, Loaded};
+use crate::changelog::SnapshotStore;
+use crate::checkpoint::{self, Checkpoint, Header, Loaded};
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::metrics::Store;
 use crate::pipeline::{Pipeline, Shard};
 
 /// Where consumption of an assigned partition starts.
@@ -28,6 +36,27 @@ pub enum StartAt {
     Beginning,
 }
 
+/// Where an assigned partition's state came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Checkpoint,
+    PreviousCheckpoint,
+    Changelog,
+    Beginning,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Checkpoint => "checkpoint",
+            Source::PreviousCheckpoint => "previous_checkpoint",
+            Source::Changelog => "changelog",
+            Source::Beginning => "beginning",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Offsets {
     /// The assignment generation at which this partition was (last) assigned.
@@ -36,6 +65,19 @@ struct Offsets {
     next: Option<i64>,
     /// `next` at the last durable checkpoint.
     checkpointed: Option<i64>,
+    source: Source,
+}
+
+/// One owned partition, as `GET /api/v1/partitions` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: i32,
+    /// Every message before this offset is in the state (`null`: nothing yet, read from the start).
+    pub next_offset: Option<i64>,
+    /// The offset the newest durable checkpoint covers (what the group may commit).
+    pub checkpointed_offset: Option<i64>,
+    pub restored_from: Source,
 }
 
 /// The pipeline and the offsets of the partitions this instance owns.
@@ -49,6 +91,7 @@ pub struct Partitions {
     offsets: HashMap<Shard, Offsets>,
     generation: Arc<AtomicU64>,
     dir: PathBuf,
+    changelog: Option<Box<dyn SnapshotStore>>,
     cfg: Config,
 }
 
@@ -59,8 +102,15 @@ impl Partitions {
             offsets: HashMap::new(),
             generation: Arc::new(AtomicU64::new(0)),
             dir: PathBuf::from(&cfg.state.dir),
+            changelog: None,
             cfg: cfg.clone(),
         }
+    }
+
+    /// Also keeps every checkpoint in `store`, and restores from it when it is newer.
+    pub fn with_changelog(mut self, store: Box<dyn SnapshotStore>) -> Partitions {
+        self.changelog = Some(store);
+        self
     }
 
     /// The assignment generation, readable without the lock (the consumer loop notes it for every
@@ -79,25 +129,61 @@ impl Partitions {
     /// Takes a partition on: restores its engine and says where to start consuming.
     pub fn assign(&mut self, shard: &Shard) -> StartAt {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let loaded = checkpoint::load(&self.dir, &shard.topic, shard.partition);
-        let (engine, start) = match loaded {
-            Ok(Loaded::Current(cp)) => self.restore(shard, cp),
+        let local = match checkpoint::load(&self.dir, &shard.topic, shard.partition) {
+            Ok(Loaded::Current(cp)) => Some((cp, Source::Checkpoint)),
             Ok(Loaded::Previous(cp, why)) => {
                 if let Some(e) = why {
                     error!(error = %e, "newest checkpoint unusable; using the previous one");
                 }
-                self.restore(shard, cp)
+                Some((cp, Source::PreviousCheckpoint))
             }
-            Ok(Loaded::None) => {
-                info!(topic = %shard.topic, partition = shard.partition, "no checkpoint: reading the partition from its beginning");
-                (self.pipeline.new_engine(), StartAt::Beginning)
-            }
+            Ok(Loaded::None) => None,
             Err(e) => {
                 error!(error = %e, topic = %shard.topic, partition = shard.partition,
-                       "no usable checkpoint: rebuilding the state from the beginning of the partition");
-                (self.pipeline.new_engine(), StartAt::Beginning)
+                       "no usable local checkpoint");
+                None
             }
         };
+        let remote = self.changelog.as_mut().and_then(|c| match c.load(shard) {
+            Ok(Some(bytes)) => {
+                match checkpoint::decode(std::path::Path::new("changelog"), &bytes) {
+                    Ok(cp) => Some((cp, Source::Changelog)),
+                    Err(e) => {
+                        error!(error = %e, topic = %shard.topic, partition = shard.partition, "changelog snapshot unusable");
+                        None
+                    }
+                }
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!(error = %e, topic = %shard.topic, partition = shard.partition,
+                      "cannot read the changelog; restoring from local state only");
+                None
+            }
+        });
+        // Both are states of a prefix of the partition: the longer prefix saves re-reading.
+        let candidates = [local, remote].into_iter().flatten().filter(|(cp, _)| {
+            cp.header.topic == *shard.topic && cp.header.partition == shard.partition
+        });
+        let best = candidates
+            .max_by_key(|(cp, source)| (cp.header.next_offset, *source != Source::Changelog));
+        let (engine, start, source) = match best
+            .map(|(cp, source)| (self.restore(shard, cp), source))
+        {
+            Some(((engine, StartAt::Offset(o)), source)) => (engine, StartAt::Offset(o), source),
+            Some(((engine, StartAt::Beginning), _)) => {
+                (engine, StartAt::Beginning, Source::Beginning)
+            }
+            None => {
+                info!(topic = %shard.topic, partition = shard.partition, "no checkpoint: reading the partition from its beginning");
+                (
+                    self.pipeline.new_engine(),
+                    StartAt::Beginning,
+                    Source::Beginning,
+                )
+            }
+        };
+        self.pipeline.metrics().restored(source.as_str());
         let at = match start {
             StartAt::Offset(o) => Some(o),
             StartAt::Beginning => None,
@@ -109,12 +195,13 @@ impl Partitions {
                 assigned_at: generation,
                 next: at,
                 checkpointed: at,
+                source,
             },
         );
         start
     }
 
-    fn restore(&self, shard: &Shard, cp: checkpoint::Checkpoint) -> (Engine, StartAt) {
+    fn restore(&self, shard: &Shard, cp: Checkpoint) -> (Engine, StartAt) {
         let fresh = self.pipeline.new_engine();
         if cp.header.shape != fresh.shape() {
             warn!(topic = %shard.topic, partition = shard.partition, was = %cp.header.shape, now = %fresh.shape(),
@@ -145,14 +232,19 @@ impl Partitions {
     /// covered by durable checkpoints (to commit). A partition whose write failed is left out.
     pub fn checkpoint(&mut self, now_ms: i64) -> Vec<(Shard, i64)> {
         let shards: Vec<Shard> = self.offsets.keys().cloned().collect();
-        shards
+        let durable: Vec<(Shard, i64)> = shards
             .into_iter()
             .filter_map(|s| self.checkpoint_one(&s, now_ms).map(|o| (s, o)))
-            .collect()
+            .collect();
+        if self.offsets.values().all(|o| o.checkpointed == o.next) {
+            self.pipeline.metrics().checkpoint_complete(now_ms);
+        }
+        durable
     }
 
     /// Checkpoints one partition if it moved; returns the offset a durable checkpoint now covers,
-    /// or `None` if there is nothing new to commit or the write failed.
+    /// or `None` if there is nothing new to commit or a write failed. Durable means written to the
+    /// local directory and, when configured, acknowledged by the changelog.
     fn checkpoint_one(&mut self, shard: &Shard, now_ms: i64) -> Option<i64> {
         let o = self.offsets.get_mut(shard)?;
         let next = o.next?;
@@ -160,6 +252,7 @@ impl Partitions {
             return None;
         }
         let engine = self.pipeline.shard(shard)?;
+        let metrics = self.pipeline.metrics();
         let header = Header {
             topic: shard.topic.to_string(),
             partition: shard.partition,
@@ -167,16 +260,31 @@ impl Partitions {
             shape: engine.shape(),
             written_at_ms: now_ms,
         };
-        match checkpoint::write(&self.dir, &header, engine.state()) {
-            Ok(_) => {
-                o.checkpointed = Some(next);
-                Some(next)
-            }
+        let bytes = match checkpoint::encode(&header, engine.state()) {
+            Ok(b) => b,
             Err(e) => {
                 error!(error = %e, "checkpoint failed; offsets stay uncommitted");
-                None
+                metrics.checkpoint_failed(Store::Local);
+                return None;
             }
+        };
+        if let Err(e) = checkpoint::write_bytes(&self.dir, &shard.topic, shard.partition, &bytes) {
+            error!(error = %e, "checkpoint failed; offsets stay uncommitted");
+            metrics.checkpoint_failed(Store::Local);
+            return None;
         }
+        metrics.checkpoint_written(Store::Local, bytes.len());
+        if let Some(changelog) = self.changelog.as_mut() {
+            if let Err(e) = changelog.save(shard, next, &bytes) {
+                error!(error = %e, topic = %shard.topic, partition = shard.partition,
+                       "changelog write failed; offsets stay uncommitted, retried at the next checkpoint");
+                metrics.checkpoint_failed(Store::Changelog);
+                return None;
+            }
+            metrics.checkpoint_written(Store::Changelog, bytes.len());
+        }
+        o.checkpointed = Some(next);
+        Some(next)
     }
 
     /// Gives a partition up: checkpoints it and drops its state. Returns the offset to commit: the
@@ -193,9 +301,43 @@ impl Partitions {
         }
     }
 
+    /// Drops a partition whose assignment was lost (the group gave it to another member while this
+    /// one was out): no checkpoint, no commit, because the new owner may already be ahead of it.
+    pub fn lose(&mut self, shard: &Shard) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.pipeline.remove_shard(shard);
+        self.offsets.remove(shard);
+    }
+
+    /// Drops every partition unsaved: their engines may hold messages beyond their offsets (a batch
+    /// whose deliveries were never acknowledged), so no checkpoint may be taken of them.
+    pub fn abandon(&mut self) {
+        let shards: Vec<Shard> = self.offsets.keys().cloned().collect();
+        for s in &shards {
+            self.lose(s);
+        }
+    }
+
     /// Every owned partition with its checkpointed offset.
     pub fn owned(&self) -> impl Iterator<Item = (&Shard, Option<i64>)> {
         self.offsets.iter().map(|(s, o)| (s, o.checkpointed))
+    }
+
+    /// Every owned partition, sorted.
+    pub fn status(&self) -> Vec<PartitionStatus> {
+        let mut all: Vec<PartitionStatus> = self
+            .offsets
+            .iter()
+            .map(|(s, o)| PartitionStatus {
+                topic: s.topic.to_string(),
+                partition: s.partition,
+                next_offset: o.next,
+                checkpointed_offset: o.checkpointed,
+                restored_from: o.source,
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        all
     }
 }
 
@@ -266,5 +408,75 @@ mod tests {
         p.revoke(&shard, 0);
         p.processed(&shard, 99);
         assert!(p.checkpoint(0).is_empty());
+    }
+
+    /// A changelog shared by instances, in memory; `fail` makes writes fail.
+    #[derive(Clone, Default)]
+    struct SharedStore {
+        snapshots: Arc<std::sync::Mutex<HashMap<Shard, Vec<u8>>>>,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl SnapshotStore for SharedStore {
+        fn save(&mut self, shard: &Shard, _: i64, bytes: &[u8]) -> Result<(), String> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err("broker down".into());
+            }
+            self.snapshots
+                .lock()
+                .unwrap()
+                .insert(shard.clone(), bytes.to_vec());
+            Ok(())
+        }
+        fn load(&mut self, shard: &Shard) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.snapshots.lock().unwrap().get(shard).cloned())
+        }
+    }
+
+    fn seconds(p: &Partitions, shard: &Shard) -> f64 {
+        p.pipeline.shard(shard).unwrap().tenant_reports()[0].accelerator_seconds
+    }
+
+    #[test]
+    fn a_partition_moves_between_instances_through_the_changelog_and_the_newest_snapshot_wins() {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = SharedStore::default();
+        let shard = Shard::new("gpu-usage", 2);
+        let mut a = partitions(dir_a.path()).with_changelog(Box::new(store.clone()));
+        let mut b = partitions(dir_b.path()).with_changelog(Box::new(store.clone()));
+
+        assert_eq!(a.assign(&shard), StartAt::Beginning);
+        feed(&mut a, &shard, 0..10);
+        a.processed(&shard, 10);
+        assert_eq!(a.revoke(&shard, 0), Some(10));
+
+        // B has no local file: the changelog gives it A's state.
+        assert_eq!(b.assign(&shard), StartAt::Offset(10));
+        assert_eq!(b.status()[0].restored_from, Source::Changelog);
+        assert_eq!(seconds(&b, &shard), 10.0 * 8.0 * 60.0);
+        feed(&mut b, &shard, 10..25);
+        b.processed(&shard, 25);
+        assert_eq!(b.revoke(&shard, 0), Some(25));
+
+        // Back to A: its own file covers 10 messages, the changelog 25; the changelog wins.
+        assert_eq!(a.assign(&shard), StartAt::Offset(25));
+        assert_eq!(a.status()[0].restored_from, Source::Changelog);
+        assert_eq!(seconds(&a, &shard), 25.0 * 8.0 * 60.0);
+
+        // With the changelog failing, a checkpoint is not durable: nothing to commit, retried later.
+        store.fail.store(true, Ordering::SeqCst);
+        feed(&mut a, &shard, 25..30);
+        a.processed(&shard, 30);
+        assert!(a.checkpoint(0).is_empty());
+        assert_eq!(a.status()[0].checkpointed_offset, Some(25));
+        store.fail.store(false, Ordering::SeqCst);
+        assert_eq!(a.checkpoint(0), vec![(shard.clone(), 30)]);
+
+        // A lost assignment drops the state without writing anything.
+        feed(&mut a, &shard, 30..31);
+        a.processed(&shard, 31);
+        a.lose(&shard);
+        assert!(a.status().is_empty());
+        assert_eq!(b.assign(&shard), StartAt::Offset(30));
     }
 }
