@@ -23,20 +23,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::pipeline::Shard;
+use crate::topics::{self, left};
 
 /// Largest chunk of a snapshot in one record: half of Kafka's default `message.max.bytes`.
 pub const CHUNK: usize = 512 * 1024;
@@ -64,7 +62,7 @@ pub struct Changelog {
     topic: String,
     producer: FutureProducer,
     reader: BaseConsumer,
-    admin: AdminClient<DefaultClientContext>,
+    base: ClientConfig,
     /// Input topics: a missing changelog is created with as many partitions as the largest.
     inputs: Vec<String>,
     partitions: Option<i32>,
@@ -102,7 +100,7 @@ impl Changelog {
             topic: topic.to_string(),
             producer: p.create()?,
             reader: r.create()?,
-            admin: base.create()?,
+            base: base.clone(),
             inputs: inputs.to_vec(),
             partitions: None,
             timeout,
@@ -115,52 +113,13 @@ impl Changelog {
         if let Some(n) = self.partitions {
             return Ok(n);
         }
-        let count = |md: &rdkafka::metadata::Metadata, topic: &str| {
-            md.topics()
-                .iter()
-                .find(|t| t.name() == topic && t.error().is_none())
-                .map(|t| t.partitions().len() as i32)
-                .filter(|&n| n > 0)
-        };
-        let md = self
-            .reader
-            .fetch_metadata(Some(&self.topic), left(deadline))
-            .map_err(|e| format!("changelog metadata: {e}"))?;
-        if let Some(n) = count(&md, &self.topic) {
-            self.partitions = Some(n);
-            return Ok(n);
-        }
-        let mut want = 1;
-        for input in &self.inputs {
-            if let Ok(md) = self.reader.fetch_metadata(Some(input), left(deadline)) {
-                want = want.max(count(&md, input).unwrap_or(1));
-            }
-        }
-        let topic = NewTopic::new(&self.topic, want, TopicReplication::Fixed(-1))
-            .set("cleanup.policy", "compact");
-        let opts = AdminOptions::new().operation_timeout(Some(left(deadline)));
-        let results = futures::executor::block_on(self.admin.create_topics([&topic], &opts))
-            .map_err(|e| format!("cannot create changelog topic {}: {e}", self.topic))?;
-        for r in results {
-            match r {
-                Ok(_) => {
-                    info!(topic = %self.topic, partitions = want, "changelog topic created (cleanup.policy=compact)")
-                }
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => {
-                    return Err(format!(
-                        "cannot create changelog topic {}: {code}",
-                        self.topic
-                    ))
-                }
-            }
-        }
-        let md = self
-            .reader
-            .fetch_metadata(Some(&self.topic), left(deadline))
-            .map_err(|e| format!("changelog metadata: {e}"))?;
-        let n = count(&md, &self.topic)
-            .ok_or_else(|| format!("changelog topic {} has no partitions", self.topic))?;
+        let n = topics::ensure(
+            &self.base,
+            &self.topic,
+            &self.inputs,
+            &[("cleanup.policy", "compact")],
+            left(deadline),
+        )?;
         self.partitions = Some(n);
         Ok(n)
     }
@@ -353,12 +312,6 @@ fn manifest_key(shard: &Shard) -> String {
 
 fn chunk_key(shard: &Shard, snapshot: &str, index: u32) -> String {
     format!("{}/{}/{snapshot}/{index}", shard.topic, shard.partition)
-}
-
-fn left(deadline: Instant) -> Duration {
-    deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1))
 }
 
 #[cfg(test)]

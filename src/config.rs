@@ -251,12 +251,18 @@ pub struct InputConfig {
     /// Events further than this ahead of the wall clock are rejected (`bad_timestamp`) by `run`,
     /// so a bogus future timestamp cannot advance the watermark. `replay` does not apply it.
     pub max_future_skew: HumanDuration,
+    /// Repartition step for producers that do not key by tenant: events of `kafka.topics` are
+    /// decoded and forwarded to this topic keyed by tenant (created when missing), and the windows
+    /// are fed from it, so each tenant's events meet in one partition. Empty: the input topics are
+    /// keyed by tenant already and are consumed directly.
+    pub repartition_topic: String,
 }
 
 impl Default for InputConfig {
     fn default() -> Self {
         InputConfig {
             max_future_skew: HumanDuration::secs(3600),
+            repartition_topic: String::new(),
         }
     }
 }
@@ -587,24 +593,38 @@ impl Config {
                 "must be below kafka.session_timeout, or a slow revocation costs the group membership",
             ));
         }
-        if !self.state.changelog_topic.is_empty() {
-            let t = &self.state.changelog_topic;
+        let owned = [
+            ("state.changelog_topic", &self.state.changelog_topic),
+            ("input.repartition_topic", &self.input.repartition_topic),
+        ];
+        for (key, t) in owned {
+            if t.is_empty() {
+                continue;
+            }
             if t.len() > 249
                 || !t
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
             {
                 return Err(invalid(
-                    "state.changelog_topic",
+                    key,
                     "not a Kafka topic name ([a-zA-Z0-9._-], at most 249 characters)",
                 ));
             }
-            if k.topics.contains(t) {
+            if k.topics.contains(t) || [&k.alert_topic, &k.dead_letter_topic].contains(&t) {
                 return Err(invalid(
-                    "state.changelog_topic",
-                    "must not be an input topic",
+                    key,
+                    "must differ from the input, alert and dead-letter topics",
                 ));
             }
+        }
+        if !self.input.repartition_topic.is_empty()
+            && self.input.repartition_topic == self.state.changelog_topic
+        {
+            return Err(invalid(
+                "input.repartition_topic",
+                "must differ from state.changelog_topic",
+            ));
         }
         let w = &self.windows;
         if w.sliding.is_empty() {
@@ -874,6 +894,9 @@ mod tests {
         assert_eq!(key_of(e), "state.changelog_topic");
         let e = Config::from_toml("[state]\nchangelog_topic = \"gpu-usage\"\n").unwrap_err();
         assert_eq!(key_of(e), "state.changelog_topic");
+        let e = Config::from_toml("[input]\nrepartition_topic = \"trainspotter-alerts\"\n")
+            .unwrap_err();
+        assert_eq!(key_of(e), "input.repartition_topic");
         let e = Config::from_toml("[kafka]\nassignment_strategy = \"sticky\"\n").unwrap_err();
         assert_eq!(key_of(e), "kafka.assignment_strategy");
     }

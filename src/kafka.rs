@@ -38,7 +38,7 @@ use tracing::{debug, error, info, warn};
 use crate::alert::AlertRecord;
 use crate::changelog::Changelog;
 use crate::config::{Config, ConfigError};
-use crate::decode::DecodeLimits;
+use crate::decode::{DecodeLimits, UsageSample};
 use crate::health::Health;
 use crate::http::{self, HttpState, Query};
 use crate::metrics::Metrics;
@@ -274,7 +274,10 @@ fn consumer(cfg: &Config, ctx: Context) -> Result<StreamConsumer<Context>, Kafka
         c.set(k, v);
     }
     let consumer: StreamConsumer<Context> = c.create_with_context(ctx)?;
-    let topics: Vec<&str> = cfg.kafka.topics.iter().map(String::as_str).collect();
+    let mut topics: Vec<&str> = cfg.kafka.topics.iter().map(String::as_str).collect();
+    if !cfg.input.repartition_topic.is_empty() {
+        topics.push(&cfg.input.repartition_topic);
+    }
     consumer.subscribe(&topics)?;
     Ok(consumer)
 }
@@ -351,6 +354,22 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
         partitions = partitions.with_changelog(Box::new(changelog));
     }
     let partitions = Arc::new(Mutex::new(partitions));
+    if !cfg.input.repartition_topic.is_empty() {
+        let (base, topic, inputs) = (
+            client_config(&cfg),
+            cfg.input.repartition_topic.clone(),
+            cfg.kafka.topics.clone(),
+        );
+        let ensured = tokio::task::spawn_blocking(move || {
+            crate::topics::ensure(&base, &topic, &inputs, &[], Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| DaemonError::Task(e.to_string()))?;
+        if let Err(e) = ensured {
+            // Forwarding retries until the topic exists; say why it will not progress.
+            error!(error = %e, topic = %cfg.input.repartition_topic, "repartition topic not available yet");
+        }
+    }
     let ctx = Context {
         metrics: metrics.clone(),
         health: health.clone(),
@@ -417,6 +436,18 @@ struct Worker {
     producer: FutureProducer,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+}
+
+/// What applying a batch leaves to deliver before its offsets count as processed.
+#[derive(Default)]
+struct Applied {
+    /// Rejected messages (positions in the batch), for the dead-letter topic.
+    rejected: Vec<Rejected>,
+    /// Samples for the repartition topic, with the position of the message they came from.
+    forward: Vec<(usize, UsageSample)>,
+    alerts: Vec<AlertRecord>,
+    /// Each partition's next offset once all of the above is acknowledged.
+    next_offsets: Vec<(Shard, i64)>,
 }
 
 /// How a run of the worker loop ended.
@@ -567,7 +598,12 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let (rejected, alerts, next_offsets) = self.apply(&batch, &received_at);
+            let Applied {
+                rejected,
+                forward,
+                alerts,
+                next_offsets,
+            } = self.apply(&batch, &received_at);
             // Dead letters and alerts must be acknowledged before the offsets move on.
             // A shutdown request waits for them, within the grace period, so the batch can be
             // checkpointed.
@@ -578,6 +614,7 @@ impl Worker {
                         .map(|r| self.dead_letter(&batch[r.index], r)),
                 )
                 .await;
+                join_all(forward.iter().map(|(i, s)| self.forward(&batch[*i], s))).await;
                 self.publish_alerts(&alerts).await;
             };
             tokio::pin!(deliveries);
@@ -595,6 +632,7 @@ impl Worker {
                 }
             }
             self.metrics.dead_letter_produced(rejected.len() as u64);
+            self.metrics.events_forwarded(forward.len() as u64);
             let mut parts = self.partitions();
             for (shard, next) in next_offsets {
                 parts.processed(&shard, next);
@@ -605,15 +643,11 @@ impl Worker {
         }
     }
 
-    /// Decodes and applies a batch, partition by partition in offset order. Returns the rejected
-    /// messages (positions in `batch`), the alert records, and each partition's next offset.
-    /// Messages whose partition was revoked or re-assigned after they were received are skipped:
-    /// the partition's owner fetches them again from its checkpoint's offset.
-    fn apply(
-        &self,
-        batch: &[BorrowedMessage<'_>],
-        received_at: &[u64],
-    ) -> (Vec<Rejected>, Vec<AlertRecord>, Vec<(Shard, i64)>) {
+    /// Decodes and applies a batch, partition by partition in offset order. Messages whose
+    /// partition was revoked or re-assigned after they were received are skipped: the partition's
+    /// owner fetches them again from its checkpoint's offset. With the repartition step, messages
+    /// of the input topics are decoded into samples to forward instead of being applied.
+    fn apply(&self, batch: &[BorrowedMessage<'_>], received_at: &[u64]) -> Applied {
         let limits = DecodeLimits {
             max_ts_ms: now_ms().saturating_add(self.cfg.input.max_future_skew.ms()),
         };
@@ -638,21 +672,64 @@ impl Worker {
         if skipped > 0 {
             info!(skipped, "messages fetched before a rebalance skipped; the partition's owner reads them again");
         }
-        let mut rejected = Vec::new();
-        let mut next_offsets = Vec::with_capacity(by_shard.len());
+        let mut out = Applied::default();
+        let repartition = &self.cfg.input.repartition_topic;
         for (shard, idx) in by_shard {
-            let r = parts
-                .pipeline
-                .process(&shard, idx.iter().map(|&i| batch[i].payload()), limits);
-            rejected.extend(r.into_iter().map(|mut r| {
+            let payloads = idx.iter().map(|&i| batch[i].payload());
+            let r = if !repartition.is_empty() && *shard.topic != **repartition {
+                let (r, samples) = parts.pipeline.route(&shard, payloads, limits);
+                out.forward
+                    .extend(samples.into_iter().map(|(i, s)| (idx[i], s)));
+                r
+            } else {
+                parts.pipeline.process(&shard, payloads, limits)
+            };
+            out.rejected.extend(r.into_iter().map(|mut r| {
                 r.index = idx[r.index];
                 r
             }));
             let last = idx.last().expect("a group has at least one message");
-            next_offsets.push((shard, batch[*last].offset() + 1));
+            out.next_offsets.push((shard, batch[*last].offset() + 1));
         }
-        let alerts = parts.pipeline.drain_alerts();
-        (rejected, alerts, next_offsets)
+        out.alerts = parts.pipeline.drain_alerts();
+        out
+    }
+
+    /// Forwards one sample to the repartition topic keyed by its tenant, retrying until
+    /// acknowledged. The headers say where it came from.
+    async fn forward(&self, m: &BorrowedMessage<'_>, sample: &UsageSample) {
+        let topic = &self.cfg.input.repartition_topic;
+        let offset = m.offset().to_string();
+        let partition = m.partition().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "trainspotter.source.topic",
+                value: Some(m.topic()),
+            })
+            .insert(Header {
+                key: "trainspotter.source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "trainspotter.source.offset",
+                value: Some(offset.as_str()),
+            });
+        let payload = sample.to_json();
+        let mut backoff = RETRY_BACKOFF;
+        loop {
+            let record = FutureRecord::to(topic)
+                .key(sample.tenant.as_str())
+                .payload(payload.as_str())
+                .headers(headers.clone());
+            match self.producer.send(record, Timeout::Never).await {
+                Ok(_) => return,
+                Err((e, _)) => {
+                    error!(error = %e, topic = %topic, "repartition produce failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                }
+            }
+        }
     }
 
     /// Produces one rejected message to the dead-letter topic, retrying until acknowledged.

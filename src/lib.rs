@@ -42,4 +42,5 @@ pub mod partitions;
 pub mod pipeline;
 pub mod replay;
 pub mod sim;
+pub mod topics;
 pub mod window;

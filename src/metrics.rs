@@ -29,6 +29,7 @@ pub struct Metrics {
     events_unverified: IntCounter,
     catalog_fallback: IntCounterVec,
     dead_letter_produced: IntCounter,
+    events_forwarded: IntCounter,
     alert_records: IntCounterVec,
     alerts_active: IntGaugeVec,
     alert_produce_errors: IntCounter,
@@ -145,6 +146,11 @@ impl Metrics {
                 &r,
                 "trainspotter_ingest_dead_letter_produced_total",
                 "Rejected messages written to the dead-letter path.",
+            ),
+            events_forwarded: counter(
+                &r,
+                "trainspotter_ingest_events_forwarded_total",
+                "Samples forwarded to the repartition topic, keyed by tenant (input.repartition_topic).",
             ),
             alert_records: counter_vec(
                 &r,
@@ -316,6 +322,10 @@ impl Metrics {
 
     pub fn dead_letter_produced(&self, n: u64) {
         self.dead_letter_produced.inc_by(n);
+    }
+
+    pub fn events_forwarded(&self, n: u64) {
+        self.events_forwarded.inc_by(n);
     }
 
     pub fn alert_produce_error(&self) {

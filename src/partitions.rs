@@ -78,6 +78,9 @@ pub struct PartitionStatus {
     /// The offset the newest durable checkpoint covers (what the group may commit).
     pub checkpointed_offset: Option<i64>,
     pub restored_from: Source,
+    /// Tenants and jobs in this partition's state.
+    pub tenants: usize,
+    pub jobs: usize,
 }
 
 /// The pipeline and the offsets of the partitions this instance owns.
@@ -334,6 +337,8 @@ impl Partitions {
                 next_offset: o.next,
                 checkpointed_offset: o.checkpointed,
                 restored_from: o.source,
+                tenants: self.pipeline.shard(s).map_or(0, Engine::tenant_count),
+                jobs: self.pipeline.shard(s).map_or(0, Engine::job_count),
             })
             .collect();
         all.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));

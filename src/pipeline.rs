@@ -176,6 +176,49 @@ impl Pipeline {
         rejected
     }
 
+    /// Decodes one batch of `shard`'s input for the repartition step: the samples come back (to be
+    /// forwarded, keyed by tenant) instead of being applied; rejections are counted in `shard`'s
+    /// engine, which otherwise stays empty, and come back by position in the batch.
+    pub fn route<'a, I>(
+        &mut self,
+        shard: &Shard,
+        payloads: I,
+        limits: DecodeLimits,
+    ) -> (Vec<Rejected>, Vec<(usize, UsageSample)>)
+    where
+        I: IntoIterator<Item = Option<&'a [u8]>>,
+    {
+        if !self.shards.contains_key(shard) {
+            let engine = self.new_engine();
+            self.shards.insert(shard.clone(), engine);
+        }
+        let mut rejected = Vec::new();
+        let mut samples = Vec::new();
+        let mut consumed = 0u64;
+        for (index, payload) in payloads.into_iter().enumerate() {
+            consumed += 1;
+            let result = match payload {
+                Some(p) => self.decoder.decode(p, limits, &mut self.scratch),
+                None => Err(Rejection {
+                    reason: RejectReason::MalformedJson,
+                    detail: "message has no payload".into(),
+                }),
+            };
+            match result {
+                Ok(()) => samples.extend(self.scratch.drain(..).map(|s| (index, s))),
+                Err(rejection) => {
+                    self.scratch.clear();
+                    self.metrics.event_rejected(rejection.reason);
+                    rejected.push(Rejected { index, rejection });
+                }
+            }
+        }
+        let engine = self.shards.get_mut(shard).expect("inserted above");
+        engine.count_rejected(rejected.len() as u64);
+        self.metrics.events_consumed(consumed);
+        (rejected, samples)
+    }
+
     /// Alert records of every shard since the last call (counted in metrics).
     pub fn drain_alerts(&mut self) -> Vec<AlertRecord> {
         let mut alerts = Vec::new();

@@ -458,3 +458,139 @@ fn broker_restart_on_file_storage_is_ridden_out_with_exact_totals() {
     );
     d.terminate();
 }
+
+#[test]
+fn unkeyed_events_are_repartitioned_by_tenant_and_counted_exactly_across_a_crash() {
+    const REPARTITION: &str = "trainspotter-repartition";
+    let broker = Broker::start(&[
+        &format!("{USAGE}:3"),
+        &format!("{ALERTS}:1"),
+        &format!("{DLQ}:1"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let stream = Stream::generate(&StreamSpec {
+        tenants: 5,
+        jobs: 2,
+        gpus_per_job: 8,
+        minutes: 240,
+        end_ms: chrono::Utc::now().timestamp_millis().div_euclid(MIN) * MIN,
+        poison_every: 40,
+        producers: 2,
+        seed: 5,
+    });
+    // The repartition topic is not created here: the daemon creates it (3 partitions, like the
+    // input). Re-forwarded copies are recognised as duplicates within windows.dedup_horizon of
+    // event time; this stream runs 240 event-minutes in a few wall-clock seconds, so the horizon
+    // is raised to cover the event time between a checkpoint and a crash. The daemon's own
+    // producer writes one record per batch here for the same tansu limitation produce.py works
+    // around (a fetch that starts inside a record batch returns nothing).
+    let mut d = Instance::new(dir.path(), "r", &broker.bootstrap, "roundrobin", "");
+    let config = std::fs::read_to_string(&d.config).unwrap().replace(
+        "[input]\n",
+        &format!("[input]\nrepartition_topic = \"{REPARTITION}\"\n"),
+    )
+    .replace("checkpoint_interval = \"1s\"", "checkpoint_interval = \"3s\"")
+        + "[windows]\ndedup_horizon = \"6h\"\n[kafka.producer_properties]\n\"batch.num.messages\" = \"1\"\n";
+    write_file(&d.config, &config);
+    d.start();
+    d.wait_ready(Duration::from_secs(60));
+    // Every message without a key: the client spreads each tenant over all three partitions.
+    let producers = common::spawn_producers_with(
+        &broker.bootstrap,
+        USAGE,
+        &stream.texts,
+        dir.path(),
+        &["--unkeyed"],
+    );
+    // A crash while forwarding: what was forwarded after the last checkpoint is forwarded again
+    // on restart, and the windows recognise the copies as duplicates.
+    let consumed = |base: &str| {
+        ureq::get(&format!("{base}/metrics"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .and_then(|t| metric(&t, "trainspotter_ingest_events_forwarded_total"))
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumed(&d.base) < 2000.0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing forwarded:\n{}",
+            d.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.proc.take().unwrap().0.kill().unwrap();
+    // tansu 0.6 sometimes answers a member that rejoins right after the old one was killed with
+    // an empty assignment, and keeps it so until the group changes again (seen in 1 of 3 runs);
+    // the restart therefore waits until the killed member's 10 s session has expired.
+    std::thread::sleep(Duration::from_secs(11));
+    d.start();
+    d.wait_ready(Duration::from_secs(60));
+    assert_eq!(wait_producers(producers), stream.messages());
+    wait_exact(
+        &[d.base.clone()],
+        &expected(&stream.events),
+        Duration::from_secs(120),
+        || d.logs(),
+    );
+
+    // The input partitions hold no tenant; each tenant lives in exactly one partition of the
+    // repartition topic.
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(&format!("{}/api/v1/partitions", d.base))).unwrap();
+    let parts = status["partitions"].as_array().unwrap();
+    let tenants_in = |topic: &str| -> u64 {
+        parts
+            .iter()
+            .filter(|p| p["topic"] == topic)
+            .map(|p| p["tenants"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(tenants_in(USAGE), 0);
+    assert_eq!(
+        tenants_in(REPARTITION),
+        5,
+        "a tenant is split over partitions: {status}"
+    );
+    assert_eq!(
+        parts.iter().filter(|p| p["topic"] == REPARTITION).count(),
+        3,
+        "the repartition topic was created with the input's partition count"
+    );
+    let metrics = http_get(&format!("{}/metrics", d.base));
+    eprintln!(
+        "repartition: {} events over 3 unkeyed partitions, exact after a SIGKILL; the restarted \
+         instance forwarded {} samples and dropped {} as duplicates",
+        stream.events.len(),
+        metric(&metrics, "trainspotter_ingest_events_forwarded_total").unwrap_or(0.0),
+        metric(&metrics, "trainspotter_window_events_duplicate_total").unwrap_or(0.0),
+    );
+    let dlq = run_python(
+        "consume.py",
+        &[
+            "--bootstrap",
+            &broker.bootstrap,
+            "--topic",
+            DLQ,
+            "--group",
+            "repartition-dlq",
+            "--expect",
+            &stream.poison.len().to_string(),
+        ],
+    );
+    let dead: BTreeSet<String> = dlq
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for p in &stream.poison {
+        assert!(dead.contains(p), "missing dead letter {p}");
+    }
+    d.terminate();
+}

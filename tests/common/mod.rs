@@ -344,8 +344,20 @@ pub fn expected(events: &[Event]) -> (Totals, Totals) {
     )
 }
 
-/// Starts one kafka-python producer per text (one message per record batch, see produce.py).
+/// Starts one kafka-python producer per text (one message per record batch, see produce.py),
+/// keyed by tenant.
 pub fn spawn_producers(bootstrap: &str, topic: &str, texts: &[String], dir: &Path) -> Vec<Child> {
+    spawn_producers_with(bootstrap, topic, texts, dir, &[])
+}
+
+/// `spawn_producers` with extra produce.py flags (e.g. `--unkeyed`).
+pub fn spawn_producers_with(
+    bootstrap: &str,
+    topic: &str,
+    texts: &[String],
+    dir: &Path,
+    flags: &[&str],
+) -> Vec<Child> {
     texts
         .iter()
         .enumerate()
@@ -360,8 +372,9 @@ pub fn spawn_producers(bootstrap: &str, topic: &str, texts: &[String], dir: &Pat
                     "--topic",
                     topic,
                     "--one-per-batch",
-                    "--file",
                 ])
+                .args(flags)
+                .arg("--file")
                 .arg(&file)
                 .stdout(Stdio::piped())
                 .spawn()

@@ -2,6 +2,7 @@
 
 Each line is one message. Valid JSON objects with a "tenant" field are keyed by tenant (all events
 of a tenant land in one partition, as the daemon requires); other lines are keyed "unkeyed".
+With --unkeyed no message has a key (for the daemon's repartition step).
 Prints the number of messages acknowledged.
 """
 import argparse
@@ -20,6 +21,9 @@ def main() -> int:
                     help="one message per record batch (tansu 0.6 returns nothing for a fetch that "
                          "starts inside a record batch, so a consumer resuming mid-batch would skip "
                          "the rest of it)")
+    ap.add_argument("--unkeyed", action="store_true",
+                    help="send every message without a key, so the client spreads a tenant's "
+                         "messages over all partitions")
     args = ap.parse_args()
 
     producer = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all", linger_ms=20,
@@ -38,7 +42,7 @@ def main() -> int:
                     key = obj["tenant"].encode()
             except ValueError:
                 pass
-            futures.append(producer.send(args.topic, key=key, value=line))
+            futures.append(producer.send(args.topic, key=None if args.unkeyed else key, value=line))
             # Without batching every record is its own request: keep the backlog short so
             # records do not expire in the client's queue.
             if args.one_per_batch and len(futures) % 2000 == 0:
