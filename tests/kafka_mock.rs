@@ -376,3 +376,95 @@ async fn restart_neither_loses_nor_double_counts_nor_refires() {
         "one TrainingSuspected start across the restart: {starts:?}"
     );
 }
+
+/// A damaged newest checkpoint (truncated, wrong checksum, older format version): the daemon says
+/// so, restores the previous checkpoint, reads the partition again from that checkpoint's offset,
+/// and the totals stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_checkpoint_falls_back_to_the_previous_one_and_totals_stay_exact() {
+    let scope = Scope::new();
+    // Eight parts of ten minutes: two lives before the first damage, two after each of three.
+    let events: Vec<String> = training_job(80).iter().map(UsageSample::to_json).collect();
+    let events: &'static [String] = Vec::leak(events);
+    let mut parts = events.chunks(64 * 10);
+    let mut produced = 0usize;
+    // One instance's life: consume one more part of the stream, check the totals, stop (which
+    // writes a checkpoint; the one before becomes `.prev`). Returns the instance's restores.
+    let run = |part: &'static [String], produced_before: usize| {
+        let cfg = scope.cfg.clone();
+        let scope = &scope;
+        async move {
+            let d = kafka::start(cfg).await.unwrap();
+            scope.produce("acme", part).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let want = ((produced_before + part.len()) * 60) as f64;
+            loop {
+                let got = d
+                    .tenants()
+                    .await
+                    .unwrap()
+                    .tenants
+                    .first()
+                    .map_or(0.0, |t| t.accelerator_seconds);
+                assert!(
+                    got <= want,
+                    "counted {got} s, more than the {want} s produced"
+                );
+                if got == want {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{got} of {want} s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let text = d.metrics.render();
+            d.stop().await.unwrap();
+            text
+        }
+    };
+    for part in parts.by_ref().take(2) {
+        run(part, produced).await;
+        produced += part.len();
+    }
+    let checkpoint = std::fs::read_dir(&scope.cfg.state.dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "ckpt"))
+        .expect("a checkpoint file");
+    type Damage = fn(&mut Vec<u8>);
+    let damages: [(&str, Damage); 3] = [
+        ("truncated", |b| b.truncate(b.len() / 2)),
+        ("wrong checksum", |b| {
+            let last = b.len() - 1;
+            b[last] ^= 0x55
+        }),
+        ("older format version", |b| {
+            b[8..12].copy_from_slice(&0u32.to_le_bytes())
+        }),
+    ];
+    for (what, damage) in damages {
+        let mut bytes = std::fs::read(&checkpoint).unwrap();
+        damage(&mut bytes);
+        std::fs::write(&checkpoint, bytes).unwrap();
+        // Restores `.prev` and reads the last part again: exact.
+        let part = parts.next().unwrap();
+        let text = run(part, produced).await;
+        produced += part.len();
+        let from_prev = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "trainspotter_checkpoint_restores_total{source=\"previous_checkpoint\"} ",
+                )
+            })
+            .unwrap_or("0");
+        assert_eq!(
+            from_prev, "1",
+            "{what}: the previous checkpoint was not used"
+        );
+        // One more clean life, so that both files are good again before the next damage.
+        let part = parts.next().unwrap();
+        run(part, produced).await;
+        produced += part.len();
+    }
+    assert_eq!(produced, events.len());
+}
