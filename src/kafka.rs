@@ -618,19 +618,25 @@ impl Worker {
                 self.publish_alerts(&alerts).await;
             };
             tokio::pin!(deliveries);
-            let mut stopping = false;
-            tokio::select! {
-                biased;
-                () = &mut deliveries => {}
-                _ = &mut *shutdown => {
-                    stopping = true;
-                    let grace = self.cfg.shutdown.grace.0;
-                    if tokio::time::timeout(grace, &mut deliveries).await.is_err() {
-                        warn!(?grace, "shutdown: dead letters or alerts still unacknowledged after the grace period");
+            // While waiting, queries are still answered (from the state including this batch); a
+            // shutdown request gives the deliveries until the end of the grace period.
+            let mut stop_by: Option<Instant> = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut deliveries => break,
+                    _ = &mut *shutdown, if stop_by.is_none() => {
+                        stop_by = Some(Instant::now() + self.cfg.shutdown.grace.0);
+                    }
+                    () = tokio::time::sleep_until(stop_by.unwrap_or_else(Instant::now)), if stop_by.is_some() => {
+                        warn!(grace = ?self.cfg.shutdown.grace.0,
+                              "shutdown: dead letters or alerts still unacknowledged after the grace period");
                         return Ended::Interrupted;
                     }
+                    Some(q) = queries.recv() => http::answer(&self.partitions(), q),
                 }
             }
+            let stopping = stop_by.is_some();
             self.metrics.dead_letter_produced(rejected.len() as u64);
             self.metrics.events_forwarded(forward.len() as u64);
             let mut parts = self.partitions();

@@ -62,7 +62,7 @@ fn record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
 }
 
 struct Scope {
-    _cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     _state: tempfile::TempDir,
     brokers: String,
     cfg: Config,
@@ -86,7 +86,7 @@ impl Scope {
             .create_topic(&cfg.kafka.dead_letter_topic, 1, 1)
             .unwrap();
         Scope {
-            _cluster: cluster,
+            cluster,
             _state: state,
             brokers,
             cfg,
@@ -134,6 +134,16 @@ impl Scope {
             .unwrap();
         c.subscribe(&[topic]).unwrap();
         c
+    }
+
+    /// The records of `topic` that arrive within 2 s.
+    async fn read_now(&self, topic: &str) -> Vec<Record> {
+        let c = self.reader(&format!("reader-now-{topic}"), topic);
+        let mut out = Vec::new();
+        while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), c.recv()).await {
+            out.push(record(&m));
+        }
+        out
     }
 
     /// Every record of `topic` (waits until `n` arrived).
@@ -467,4 +477,86 @@ async fn a_damaged_checkpoint_falls_back_to_the_previous_one_and_totals_stay_exa
         produced += part.len();
     }
     assert_eq!(produced, events.len());
+}
+
+/// The broker refuses the daemon's produce requests for a while (an outage of the alert path):
+/// the alert raised meanwhile is retried until the broker takes it, the offsets of its batch do
+/// not move before that, the daemon reports the stall, and nothing is lost or counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_raised_while_the_broker_refuses_them_are_delivered_after() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let scope = Scope::new();
+    let payloads: Vec<String> = training_job(120).iter().map(UsageSample::to_json).collect();
+    scope.produce("acme", &payloads).await;
+    // The next produce requests fail with an error the client does not retry by itself.
+    scope.cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 4],
+    );
+    let running = kafka::start(scope.cfg.clone()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !running
+        .metrics
+        .render()
+        .lines()
+        .any(|l| l.starts_with("trainspotter_alerts_produce_errors_total ") && !l.ends_with(" 0"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no alert delivery failed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // While the alert is refused, the batch that raised it does not count as processed (so no
+    // checkpoint or commit can cover it), and the API still answers.
+    let processed: Vec<Option<i64>> = running
+        .partitions()
+        .await
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|p| p.next_offset)
+        .collect();
+    assert!(
+        processed
+            .iter()
+            .all(|o| o.is_none_or(|o| (o as usize) < payloads.len())),
+        "the batch whose alert is undelivered counts as processed: {processed:?}"
+    );
+    assert!(
+        scope
+            .read_now(&scope.cfg.kafka.alert_topic)
+            .await
+            .is_empty(),
+        "the alert was delivered while the broker refused it"
+    );
+    // The stuck delivery shows as a stall on /readyz once it lasts longer than the session
+    // timeout (6 s here; the four refusals take 1 + 2 + 4 + 8 s of back-off).
+    let readyz = format!("http://{}/readyz", running.http_addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(12);
+    loop {
+        let r = ureq::get(&readyz)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        if r.contains("stalled") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no stall reported: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Once the broker takes records again, the alert arrives, once as a start.
+    let alerts = scope.read(&scope.cfg.kafka.alert_topic, 1).await;
+    let ce: serde_json::Value = serde_json::from_str(&alerts[0].1).unwrap();
+    assert_eq!(ce["data"]["alertname"], "TrainingSuspected");
+    assert_eq!(ce["data"]["status"], "firing");
+    wait_consumed(&running, payloads.len() as u64).await;
+    let tenants = running.tenants().await.unwrap().tenants;
+    assert_eq!(tenants[0].accelerator_seconds, 64.0 * 120.0 * 60.0);
+    running.stop().await.unwrap();
 }
