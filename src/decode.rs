@@ -793,4 +793,23 @@ mod tests {
             .tensor_active(0.42);
         assert_eq!(decode(&s.to_json()).unwrap(), s);
     }
+
+    /// Numbers are parsed correctly rounded, so a sample forwarded as JSON (the repartition step)
+    /// keeps every bit: found by fuzzing, where the default best-effort float parser was one unit
+    /// in the last place off for long mantissas and large exponents.
+    #[test]
+    fn numbers_survive_a_json_round_trip_bit_for_bit() {
+        for text in [
+            r#"{"ts":1714564830000,"tenant":"t","interval_s":1,"power_w":1.93e25}"#,
+            r#"{"ts":1714564830000,"tenant":"t","interval_s":1,"nvlink_tx_bytes":19299999999999999999999900}"#,
+            r#"{"ts":1714564830000,"tenant":"t","gpus":0.30000000000000001665,"interval_s":59.999999999999996447}"#,
+        ] {
+            let s = decode(text).unwrap();
+            let again = decode(&s.to_json()).unwrap();
+            assert_eq!(again, s, "{text}");
+            for (a, b) in [(s.gpus, again.gpus), (s.interval_s, again.interval_s)] {
+                assert_eq!(a.to_bits(), b.to_bits());
+            }
+        }
+    }
 }
