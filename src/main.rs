@@ -68,6 +68,19 @@ enum Command {
         /// Input file, or - for standard input.
         input: String,
     },
+    /// Write simulated telemetry of the demo fleet (the workloads `demo` runs) as native events,
+    /// one JSON object per line, ending now; feed it to a broker or to `replay`.
+    Simulate {
+        /// Simulated cluster hours.
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
+        /// Random seed (the same seed and hours give the same events, shifted to end now).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Output file, or - for standard output.
+        #[arg(long, short, default_value = "-")]
+        output: String,
+    },
     /// Load and validate a configuration; print the effective settings with secrets redacted.
     CheckConfig {
         /// Configuration file (TOML).
@@ -129,6 +142,37 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Simulate {
+            hours,
+            seed,
+            output,
+        } => {
+            let now = chrono::Utc::now().timestamp_millis();
+            let written = if output == "-" {
+                let mut w = BufWriter::new(io::stdout().lock());
+                trainspotter::sim::write_demo_ndjson(&mut w, hours, seed, now).and_then(|n| {
+                    w.flush()?;
+                    Ok(n)
+                })
+            } else {
+                File::create(&output).and_then(|f| {
+                    let mut w = BufWriter::new(f);
+                    let n = trainspotter::sim::write_demo_ndjson(&mut w, hours, seed, now)?;
+                    w.flush()?;
+                    Ok(n)
+                })
+            };
+            match written {
+                Ok(n) => {
+                    eprintln!("trainspotter: {n} events written");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("trainspotter: cannot write {output}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,

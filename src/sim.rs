@@ -250,6 +250,33 @@ impl Fleet {
     }
 }
 
+/// Writes `hours` of the demo fleet, ending at `end_ms` (rounded down to the minute), as native
+/// events, one JSON object per line, in time order; returns how many were written.
+pub fn write_demo_ndjson(
+    out: &mut impl std::io::Write,
+    hours: u32,
+    seed: u64,
+    end_ms: i64,
+) -> std::io::Result<u64> {
+    const MINUTE_MS: i64 = 60_000;
+    let end_ms = end_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
+    let start_ms = end_ms - hours as i64 * HOUR_MS;
+    let mut fleet = Fleet::demo(start_ms, hours, seed);
+    let mut samples = Vec::new();
+    let mut written = 0;
+    let mut t = start_ms;
+    while t <= end_ms {
+        samples.clear();
+        fleet.samples_at(t, &mut samples);
+        for s in &samples {
+            writeln!(out, "{}", s.to_json())?;
+        }
+        written += samples.len() as u64;
+        t += MINUTE_MS;
+    }
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

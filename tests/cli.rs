@@ -250,3 +250,36 @@ fn environment_overrides_the_file_including_lists() {
     assert_eq!(topics, ["dcgm-a", "dcgm-b"]);
     assert_eq!(cfg["windows"]["allowed_lateness"].as_str(), Some("2m"));
 }
+
+#[test]
+fn simulate_writes_events_that_replay_accepts_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.ndjson");
+    let out = trainspotter()
+        .args(["simulate", "--hours", "2", "--output"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said: u64 = String::from_utf8_lossy(&out.stderr)
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .expect("simulate says how many events it wrote");
+    let lines = std::fs::read_to_string(&file).unwrap().lines().count() as u64;
+    assert_eq!(said, lines);
+    assert!(lines > 0);
+    let report = dir.path().join("report.json");
+    let out = trainspotter()
+        .arg("replay")
+        .arg("--report")
+        .arg(&report)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["events"]["accepted"], lines);
+    assert_eq!(r["events"]["rejected"], 0);
+    assert_eq!(r["events"]["duplicate"], 0);
+}
