@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::engine::State;
 
 const MAGIC: &[u8; 8] = b"TSCKPT\0\0";
-/// Format version written by this build; older or newer versions are refused.
-pub const VERSION: u32 = 1;
+/// Format version written by this build; older or newer versions are refused. Version 2 added
+/// the join buffer of metric-per-message formats to the engine state.
+pub const VERSION: u32 = 2;
 const PREFIX_LEN: usize = 8 + 4 + 8 + 4;
 /// Refuse payloads larger than this rather than allocate on a corrupt length field.
 const MAX_PAYLOAD: u64 = 64 << 30;

@@ -256,6 +256,58 @@ pub struct InputConfig {
     /// are fed from it, so each tenant's events meet in one partition. Empty: the input topics are
     /// keyed by tenant already and are consumed directly.
     pub repartition_topic: String,
+    /// Format of each input topic, by topic name: `native` (the default for topics not listed)
+    /// or `prometheus_adapter` (prometheus-kafka-adapter JSON, one metric per message).
+    pub formats: BTreeMap<String, InputFormat>,
+    /// Metric-per-message formats: the exporter's scrape interval, the time one joined sample
+    /// covers (dcgm-exporter collects every 30 s by default).
+    pub scrape_interval: HumanDuration,
+    /// Metric-per-message formats: a scrape's readings are joined into one sample once event time
+    /// is this far past it.
+    pub join_timeout: HumanDuration,
+    /// Metric-per-message formats: most scrapes waiting to be joined, per partition; past it the
+    /// oldest are joined early.
+    pub join_max_pending: usize,
+    /// Metric-per-message formats: which labels name tenant, job, node, GPU and model.
+    pub labels: LabelsConfig,
+}
+
+/// The format of an input topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    Native,
+    PrometheusAdapter,
+}
+
+/// Label mapping of metric-per-message formats: for each role, label names tried in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelsConfig {
+    pub tenant: Vec<String>,
+    pub job: Vec<String>,
+    pub node: Vec<String>,
+    pub gpu: Vec<String>,
+    pub accelerator: Vec<String>,
+    /// Regular expression whose `job` group names the job of a pod (or Slurm job) label value,
+    /// so that the pods of one job count as one job. Empty: the label value as it is.
+    pub job_pattern: String,
+}
+
+impl Default for LabelsConfig {
+    fn default() -> Self {
+        let v = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        LabelsConfig {
+            tenant: v(&["namespace"]),
+            job: v(&["hpc_job", "pod"]),
+            node: v(&["Hostname", "hostname"]),
+            gpu: v(&["UUID", "gpu"]),
+            accelerator: v(&["modelName"]),
+            // `trainer-0` and `pretrain-workers-0-7` (StatefulSet and JobSet ordinals) are jobs
+            // `trainer` and `pretrain-workers`.
+            job_pattern: r"^(?P<job>.+?)(?:-\d+)+$".into(),
+        }
+    }
 }
 
 impl Default for InputConfig {
@@ -263,6 +315,11 @@ impl Default for InputConfig {
         InputConfig {
             max_future_skew: HumanDuration::secs(3600),
             repartition_topic: String::new(),
+            formats: BTreeMap::new(),
+            scrape_interval: HumanDuration::secs(30),
+            join_timeout: HumanDuration::secs(60),
+            join_max_pending: 1_000_000,
+            labels: LabelsConfig::default(),
         }
     }
 }
@@ -530,6 +587,7 @@ pub struct Settings {
     pub projection_min_duration_ms: i64,
     pub resend_ms: i64,
     pub thresholds: Vec<f64>,
+    pub join: crate::join::JoinSettings,
 }
 
 impl Config {
@@ -550,7 +608,12 @@ impl Config {
                 // Lists from the environment are comma separated.
                 .list_separator(",")
                 .with_list_parse_key("kafka.topics")
-                .with_list_parse_key("alerts.thresholds_flop"),
+                .with_list_parse_key("alerts.thresholds_flop")
+                .with_list_parse_key("input.labels.tenant")
+                .with_list_parse_key("input.labels.job")
+                .with_list_parse_key("input.labels.node")
+                .with_list_parse_key("input.labels.gpu")
+                .with_list_parse_key("input.labels.accelerator"),
         );
         let raw = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;
         Self::from_source(raw)
@@ -593,6 +656,31 @@ impl Config {
                 "must be below kafka.session_timeout, or a slow revocation costs the group membership",
             ));
         }
+        let i = &self.input;
+        if i.scrape_interval.ms() <= 0 {
+            return Err(invalid("input.scrape_interval", "must be positive"));
+        }
+        if i.join_max_pending == 0 {
+            return Err(invalid("input.join_max_pending", "must be at least 1"));
+        }
+        if i.labels.tenant.is_empty() {
+            return Err(invalid(
+                "input.labels.tenant",
+                "needs at least one label name",
+            ));
+        }
+        if !i.labels.job_pattern.is_empty() {
+            match regex::Regex::new(&i.labels.job_pattern) {
+                Err(e) => return Err(invalid("input.labels.job_pattern", e.to_string())),
+                Ok(r) if !r.capture_names().any(|n| n == Some("job")) => {
+                    return Err(invalid(
+                        "input.labels.job_pattern",
+                        "needs a capture group named `job`",
+                    ))
+                }
+                Ok(_) => {}
+            }
+        }
         let owned = [
             ("state.changelog_topic", &self.state.changelog_topic),
             ("input.repartition_topic", &self.input.repartition_topic),
@@ -615,6 +703,16 @@ impl Config {
                 return Err(invalid(
                     key,
                     "must differ from the input, alert and dead-letter topics",
+                ));
+            }
+        }
+        if !i.repartition_topic.is_empty() {
+            if let Some((topic, _)) = i.formats.iter().find(|(_, f)| **f != InputFormat::Native) {
+                return Err(invalid(
+                    "input.repartition_topic",
+                    format!(
+                        "the repartition step forwards native events only; topic {topic:?} is not native"
+                    ),
                 ));
             }
         }
@@ -800,6 +898,11 @@ impl Config {
             projection_min_duration_ms: a.projection_min_duration.ms(),
             resend_ms: a.resend_interval.ms(),
             thresholds,
+            join: crate::join::JoinSettings {
+                interval_ms: i.scrape_interval.ms(),
+                timeout_ms: i.join_timeout.ms(),
+                max_pending: i.join_max_pending,
+            },
         })
     }
 
@@ -896,6 +999,15 @@ mod tests {
         assert_eq!(key_of(e), "state.changelog_topic");
         let e = Config::from_toml("[input]\nrepartition_topic = \"trainspotter-alerts\"\n")
             .unwrap_err();
+        assert_eq!(key_of(e), "input.repartition_topic");
+        let e = Config::from_toml("[input.labels]\njob_pattern = \"^(.+)-\\\\d+$\"\n").unwrap_err();
+        assert_eq!(key_of(e), "input.labels.job_pattern");
+        let e = Config::from_toml("[input.formats]\nx = \"otlp\"\n").unwrap_err();
+        assert!(key_of(e).starts_with("input.formats"));
+        let e = Config::from_toml(
+            "[input]\nrepartition_topic = \"r\"\n[input.formats]\ngpu-usage = \"prometheus_adapter\"\n",
+        )
+        .unwrap_err();
         assert_eq!(key_of(e), "input.repartition_topic");
         let e = Config::from_toml("[kafka]\nassignment_strategy = \"sticky\"\n").unwrap_err();
         assert_eq!(key_of(e), "kafka.assignment_strategy");

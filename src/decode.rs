@@ -208,7 +208,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+    pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
         Rejection {
             reason,
             detail: detail.into(),
@@ -235,16 +235,62 @@ impl DecodeLimits {
     pub const OPEN: DecodeLimits = DecodeLimits {
         max_ts_ms: i64::MAX,
     };
+
+    /// Checks an event time against the fixed bounds (2000-01-01 to the year 9999) and this
+    /// limit; every format applies it.
+    pub fn check_ts(self, ms: i64) -> Result<i64, Rejection> {
+        if ms < MIN_EVENT_TIME_MS {
+            return Err(Rejection::new(
+                RejectReason::BadTimestamp,
+                format!(
+                    "timestamp {ms} is before 2000-01-01 (epoch seconds sent as milliseconds?)"
+                ),
+            ));
+        }
+        if ms > MAX_EVENT_TIME_MS {
+            return Err(Rejection::new(
+                RejectReason::BadTimestamp,
+                format!("timestamp {ms} is after the year 9999"),
+            ));
+        }
+        if ms > self.max_ts_ms {
+            return Err(Rejection::new(
+                RejectReason::BadTimestamp,
+                format!("timestamp {ms} is further in the future than the configured skew allows"),
+            ));
+        }
+        Ok(ms)
+    }
 }
 
-/// One input format. Decoders are pure: bytes and limits in, samples or a rejection out.
+/// What a message decodes to: whole usage samples (native events), or readings of single
+/// metrics that the join buffer assembles into samples (metric-per-message formats).
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub samples: Vec<UsageSample>,
+    pub readings: Vec<crate::join::Reading>,
+}
+
+impl Decoded {
+    pub fn clear(&mut self) {
+        self.samples.clear();
+        self.readings.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty() && self.readings.is_empty()
+    }
+}
+
+/// One input format. Decoders are pure: bytes and limits in, samples and readings or a rejection
+/// out.
 pub trait Decoder: Send + Sync {
-    /// Decodes one message payload. Formats that carry several samples per message append them all.
+    /// Decodes one message payload and appends what it carries to `out` (nothing on rejection).
     fn decode(
         &self,
         payload: &[u8],
         limits: DecodeLimits,
-        out: &mut Vec<UsageSample>,
+        out: &mut Decoded,
     ) -> Result<(), Rejection>;
 }
 
@@ -257,9 +303,9 @@ impl Decoder for NativeJson {
         &self,
         payload: &[u8],
         limits: DecodeLimits,
-        out: &mut Vec<UsageSample>,
+        out: &mut Decoded,
     ) -> Result<(), Rejection> {
-        out.push(decode_native(payload, limits)?);
+        out.samples.push(decode_native(payload, limits)?);
         Ok(())
     }
 }
@@ -541,25 +587,10 @@ fn timestamp(v: &Option<Scalar<'_>>, limits: DecodeLimits) -> Result<i64, Reject
             ))
         }
     };
-    if ms < MIN_EVENT_TIME_MS {
-        return Err(Rejection::new(
-            RejectReason::BadTimestamp,
-            format!("field `ts` {ms} is before 2000-01-01 (epoch seconds sent as milliseconds?)"),
-        ));
-    }
-    if ms > MAX_EVENT_TIME_MS {
-        return Err(Rejection::new(
-            RejectReason::BadTimestamp,
-            format!("field `ts` {ms} is after the year 9999"),
-        ));
-    }
-    if ms > limits.max_ts_ms {
-        return Err(Rejection::new(
-            RejectReason::BadTimestamp,
-            format!("field `ts` {ms} is further in the future than the configured skew allows"),
-        ));
-    }
-    Ok(ms)
+    limits.check_ts(ms).map_err(|e| Rejection {
+        detail: format!("field `ts`: {}", e.detail),
+        ..e
+    })
 }
 
 /// Parses an RFC 3339 timestamp to epoch milliseconds (sub-millisecond digits are truncated).

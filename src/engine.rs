@@ -23,6 +23,7 @@ use crate::config::{Config, ConfigError, DetectionConfig, Settings};
 use crate::decode::{format_rfc3339_ms, UsageSample};
 use crate::detect::{self, DetectPane, Moments, Signal, Verdict};
 use crate::estimate::{Estimator, FlopEstimate, Usage};
+use crate::join::{JoinBuffer, Reading};
 use crate::window::{PaneRing, Windows};
 
 /// Smoothing of per-device activity (per sample) used for the rank-spread feature.
@@ -262,6 +263,8 @@ pub struct State {
     touched_tenants: AHashSet<Arc<str>>,
     alerts: AlertBook,
     stats: EngineStats,
+    /// Readings of metric-per-message formats not yet joined into samples.
+    join: JoinBuffer,
 }
 
 impl JobReport {
@@ -551,8 +554,31 @@ impl Engine {
         }
     }
 
-    /// End of input: the watermark moves to the latest event time and everything is evaluated there.
+    /// Adds readings of metric-per-message formats and applies every scrape they complete.
+    pub fn apply_readings(&mut self, readings: impl IntoIterator<Item = Reading>) {
+        for r in readings {
+            self.st.join.add(r);
+        }
+        let mut joined = Vec::new();
+        self.st.join.emit_ready(self.s.join, &mut joined);
+        for s in &joined {
+            self.apply(s);
+        }
+    }
+
+    /// Scrapes waiting in the join buffer.
+    pub fn join_pending(&self) -> usize {
+        self.st.join.pending()
+    }
+
+    /// End of input: pending scrapes are joined, the watermark moves to the latest event time and
+    /// everything is evaluated there.
     pub fn finish(&mut self) {
+        let mut joined = Vec::new();
+        self.st.join.emit_all(self.s.join, &mut joined);
+        for s in &joined {
+            self.apply(s);
+        }
         if let Some(m) = self.st.max_event_ms {
             self.evaluate(m);
         }

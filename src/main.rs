@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use trainspotter::config::{Config, ConfigError, LogFormat};
+use trainspotter::config::{Config, ConfigError, InputFormat, LogFormat};
 
 /// Exit code for a configuration error (EX_USAGE-style, as linkerd does).
 const EXIT_CONFIG: u8 = 64;
@@ -65,6 +65,10 @@ enum Command {
         /// Write rejected lines (line number, reason, payload) as JSON lines to this file.
         #[arg(long)]
         dead_letter: Option<PathBuf>,
+        /// Format of the lines: native events, or prometheus-kafka-adapter JSON (one metric per
+        /// line, joined into samples per GPU and scrape as the daemon does).
+        #[arg(long, value_enum, default_value = "native")]
+        format: ReplayFormat,
         /// Input file, or - for standard input.
         input: String,
     },
@@ -86,6 +90,12 @@ enum Command {
         /// Configuration file (TOML).
         file: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReplayFormat {
+    Native,
+    PrometheusAdapter,
 }
 
 fn init_logging(cfg: &Config) {
@@ -205,12 +215,20 @@ fn main() -> ExitCode {
             config,
             report,
             dead_letter,
+            format,
             input,
         } => {
-            let cfg = match load(config.as_ref()) {
+            let mut cfg = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            cfg.input.formats.insert(
+                trainspotter::pipeline::Shard::LOCAL_TOPIC.into(),
+                match format {
+                    ReplayFormat::Native => InputFormat::Native,
+                    ReplayFormat::PrometheusAdapter => InputFormat::PrometheusAdapter,
+                },
+            );
             init_logging(&cfg);
             report_exit(replay(&cfg, &input, report, dead_letter))
         }

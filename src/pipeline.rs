@@ -11,12 +11,16 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::alert::{AlertName, AlertRecord};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, InputFormat};
 use crate::decode::{
-    format_rfc3339_ms, DecodeLimits, Decoder, NativeJson, RejectReason, Rejection, UsageSample,
+    format_rfc3339_ms, DecodeLimits, Decoded, Decoder, NativeJson, RejectReason, Rejection,
+    UsageSample,
 };
 use crate::engine::{Engine, EngineStats, JobReport, TenantReport};
+use crate::join::Reading;
+use crate::labels::LabelMap;
 use crate::metrics::{Metrics, StateGauges};
+use crate::prom_adapter::PromAdapterJson;
 
 /// How often per-tenant gauges (which walk every tenant) are refreshed at most.
 const GAUGE_REFRESH: Duration = Duration::from_secs(1);
@@ -66,34 +70,70 @@ impl Shard {
         }
     }
 
+    /// The topic name of a file replay's single shard (`input.formats` applies to it as well).
+    pub const LOCAL_TOPIC: &'static str = "local";
+
     /// The single shard of a file replay.
     pub fn local() -> Shard {
-        Shard::new("local", 0)
+        Shard::new(Self::LOCAL_TOPIC, 0)
     }
 }
 
 pub struct Pipeline {
     cfg: Config,
     shards: BTreeMap<Shard, Engine>,
-    decoder: Box<dyn Decoder>,
+    /// Decoder of each topic whose format is not native.
+    decoders: HashMap<String, Arc<dyn Decoder>>,
+    native: Arc<dyn Decoder>,
     metrics: Arc<Metrics>,
     samples: Vec<(usize, UsageSample)>,
-    scratch: Vec<UsageSample>,
+    readings: Vec<Reading>,
+    scratch: Decoded,
     last_refresh: Option<Instant>,
+}
+
+/// The decoder of one input format.
+pub fn decoder(cfg: &Config, format: InputFormat) -> Result<Arc<dyn Decoder>, ConfigError> {
+    Ok(match format {
+        InputFormat::Native => Arc::new(NativeJson),
+        InputFormat::PrometheusAdapter => Arc::new(PromAdapterJson {
+            labels: LabelMap::new(&cfg.input.labels).map_err(|e| ConfigError::Invalid {
+                key: "input.labels.job_pattern".into(),
+                message: e.to_string(),
+            })?,
+        }),
+    })
 }
 
 impl Pipeline {
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Pipeline, ConfigError> {
         cfg.validate()?;
+        let mut decoders = HashMap::new();
+        for (topic, format) in &cfg.input.formats {
+            decoders.insert(topic.clone(), decoder(cfg, *format)?);
+        }
         Ok(Pipeline {
             cfg: cfg.clone(),
             shards: BTreeMap::new(),
-            decoder: Box::new(NativeJson),
+            decoders,
+            native: Arc::new(NativeJson),
             metrics,
             samples: Vec::new(),
-            scratch: Vec::new(),
+            readings: Vec::new(),
+            scratch: Decoded::default(),
             last_refresh: None,
         })
+    }
+
+    /// Reads `topic` in `format` from now on (replay's `--format`).
+    pub fn set_format(&mut self, topic: &str, format: InputFormat) -> Result<(), ConfigError> {
+        self.decoders
+            .insert(topic.to_string(), decoder(&self.cfg, format)?);
+        Ok(())
+    }
+
+    fn decoder_of(&self, topic: &str) -> Arc<dyn Decoder> {
+        self.decoders.get(topic).unwrap_or(&self.native).clone()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -139,25 +179,29 @@ impl Pipeline {
             let engine = self.new_engine();
             self.shards.insert(shard.clone(), engine);
         }
+        let decoder = self.decoder_of(&shard.topic);
         let engine = self.shards.get_mut(shard).expect("inserted above");
         let mut rejected = Vec::new();
         let mut consumed = 0u64;
         self.samples.clear();
+        self.readings.clear();
         for (index, payload) in payloads.into_iter().enumerate() {
             consumed += 1;
+            self.scratch.clear();
             let result = match payload {
-                Some(p) => self.decoder.decode(p, limits, &mut self.scratch),
+                Some(p) => decoder.decode(p, limits, &mut self.scratch),
                 None => Err(Rejection {
                     reason: RejectReason::MalformedJson,
                     detail: "message has no payload".into(),
                 }),
             };
             match result {
-                Ok(()) => self
-                    .samples
-                    .extend(self.scratch.drain(..).map(|s| (index, s))),
+                Ok(()) => {
+                    self.samples
+                        .extend(self.scratch.samples.drain(..).map(|s| (index, s)));
+                    self.readings.append(&mut self.scratch.readings);
+                }
                 Err(rejection) => {
-                    self.scratch.clear();
                     self.metrics.event_rejected(rejection.reason);
                     rejected.push(Rejected { index, rejection });
                 }
@@ -166,6 +210,9 @@ impl Pipeline {
         let before = engine.stats();
         for (_, s) in &self.samples {
             engine.apply(s);
+        }
+        if !self.readings.is_empty() {
+            engine.apply_readings(self.readings.drain(..));
         }
         engine.count_rejected(rejected.len() as u64);
         self.metrics.events_consumed(consumed);
@@ -192,22 +239,23 @@ impl Pipeline {
             let engine = self.new_engine();
             self.shards.insert(shard.clone(), engine);
         }
+        let decoder = self.decoder_of(&shard.topic);
         let mut rejected = Vec::new();
         let mut samples = Vec::new();
         let mut consumed = 0u64;
         for (index, payload) in payloads.into_iter().enumerate() {
             consumed += 1;
+            self.scratch.clear();
             let result = match payload {
-                Some(p) => self.decoder.decode(p, limits, &mut self.scratch),
+                Some(p) => decoder.decode(p, limits, &mut self.scratch),
                 None => Err(Rejection {
                     reason: RejectReason::MalformedJson,
                     detail: "message has no payload".into(),
                 }),
             };
             match result {
-                Ok(()) => samples.extend(self.scratch.drain(..).map(|s| (index, s))),
+                Ok(()) => samples.extend(self.scratch.samples.drain(..).map(|s| (index, s))),
                 Err(rejection) => {
-                    self.scratch.clear();
                     self.metrics.event_rejected(rejection.reason);
                     rejected.push(Rejected { index, rejection });
                 }
