@@ -260,7 +260,11 @@ fn simulate_writes_events_that_replay_accepts_in_full() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said: u64 = String::from_utf8_lossy(&out.stderr)
         .split_whitespace()
         .find_map(|w| w.parse().ok())

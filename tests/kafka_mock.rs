@@ -547,7 +547,10 @@ async fn alerts_raised_while_the_broker_refuses_them_are_delivered_after() {
         if r.contains("stalled") {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no stall reported: {r}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no stall reported: {r}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Once the broker takes records again, the alert arrives, once as a start.
