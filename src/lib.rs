@@ -46,4 +46,5 @@ pub mod prom_adapter;
 pub mod replay;
 pub mod sim;
 pub mod topics;
+pub mod vector;
 pub mod window;

@@ -65,8 +65,8 @@ enum Command {
         /// Write rejected lines (line number, reason, payload) as JSON lines to this file.
         #[arg(long)]
         dead_letter: Option<PathBuf>,
-        /// Format of the lines: native events, or prometheus-kafka-adapter JSON (one metric per
-        /// line, joined into samples per GPU and scrape as the daemon does).
+        /// Format of the lines: native events, prometheus-kafka-adapter JSON or Vector metric JSON
+        /// (one metric per line, joined into samples per GPU and scrape as the daemon does).
         #[arg(long, value_enum, default_value = "native")]
         format: ReplayFormat,
         /// Input file, or - for standard input.
@@ -96,6 +96,7 @@ enum Command {
 enum ReplayFormat {
     Native,
     PrometheusAdapter,
+    Vector,
 }
 
 fn init_logging(cfg: &Config) {
@@ -227,6 +228,7 @@ fn main() -> ExitCode {
                 match format {
                     ReplayFormat::Native => InputFormat::Native,
                     ReplayFormat::PrometheusAdapter => InputFormat::PrometheusAdapter,
+                    ReplayFormat::Vector => InputFormat::Vector,
                 },
             );
             init_logging(&cfg);

@@ -21,6 +21,7 @@ use crate::join::Reading;
 use crate::labels::LabelMap;
 use crate::metrics::{Metrics, StateGauges};
 use crate::prom_adapter::PromAdapterJson;
+use crate::vector::VectorJson;
 
 /// How often per-tenant gauges (which walk every tenant) are refreshed at most.
 const GAUGE_REFRESH: Duration = Duration::from_secs(1);
@@ -97,11 +98,18 @@ pub fn decoder(cfg: &Config, format: InputFormat) -> Result<Arc<dyn Decoder>, Co
     Ok(match format {
         InputFormat::Native => Arc::new(NativeJson),
         InputFormat::PrometheusAdapter => Arc::new(PromAdapterJson {
-            labels: LabelMap::new(&cfg.input.labels).map_err(|e| ConfigError::Invalid {
-                key: "input.labels.job_pattern".into(),
-                message: e.to_string(),
-            })?,
+            labels: labels(cfg)?,
         }),
+        InputFormat::Vector => Arc::new(VectorJson {
+            labels: labels(cfg)?,
+        }),
+    })
+}
+
+fn labels(cfg: &Config) -> Result<LabelMap, ConfigError> {
+    LabelMap::new(&cfg.input.labels).map_err(|e| ConfigError::Invalid {
+        key: "input.labels.job_pattern".into(),
+        message: e.to_string(),
     })
 }
 

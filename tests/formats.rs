@@ -112,6 +112,39 @@ fn prometheus_adapter(scrapes: &[Scrape]) -> String {
     text
 }
 
+/// Vector's kafka sink with the json codec (every other line wrapped as its native_json codec
+/// writes it).
+fn vector(scrapes: &[Scrape]) -> String {
+    let mut text = String::new();
+    let mut wrap = false;
+    for s in scrapes {
+        let ts = chrono::DateTime::from_timestamp_millis(s.ts_ms)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        for (name, value) in [
+            ("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", s.tensor),
+            ("DCGM_FI_PROF_SM_ACTIVE", s.sm),
+            ("DCGM_FI_DEV_GPU_UTIL", s.util_percent),
+            ("DCGM_FI_DEV_POWER_USAGE", s.power_w),
+        ] {
+            let metric = format!(
+                "{{\"name\":\"{name}\",\"namespace\":\"dcgm\",\"tags\":{{\"UUID\":\"{}\",\
+                 \"modelName\":\"NVIDIA H100 80GB HBM3\",\"hostname\":\"{}\",\"namespace\":\"{}\",\
+                 \"pod\":\"{}\"}},\"timestamp\":\"{ts}\",\"kind\":\"absolute\",\"gauge\":{{\"value\":{value}}}}}",
+                s.uuid, s.node, s.tenant, s.pod
+            );
+            wrap = !wrap;
+            if wrap {
+                text.push_str(&format!("{{\"metric\":{metric}}}\n"));
+            } else {
+                text.push_str(&metric);
+                text.push('\n');
+            }
+        }
+    }
+    text
+}
+
 fn replay(dir: &std::path::Path, name: &str, format: &str, text: &str) -> serde_json::Value {
     let input = dir.join(format!("{name}.ndjson"));
     let report = dir.join(format!("{name}.report.json"));
@@ -141,17 +174,20 @@ fn one_workload_gives_the_same_totals_in_every_format() {
         "prometheus-adapter",
         &prometheus_adapter(&scrapes),
     );
+    let vector = replay(dir.path(), "vector", "vector", &vector(&scrapes));
     assert_eq!(native["events"]["accepted"], scrapes.len());
-    assert_eq!(
-        adapter["events"]["accepted"], native["events"]["accepted"],
-        "one sample per GPU and scrape"
-    );
-    assert_eq!(adapter["events"]["rejected"], 0);
-    for list in ["tenants", "jobs"] {
+    for (name, other) in [("prometheus-adapter", &adapter), ("vector", &vector)] {
         assert_eq!(
-            adapter[list], native[list],
-            "{list} differ between prometheus-adapter and native input"
+            other["events"]["accepted"], native["events"]["accepted"],
+            "{name}: one sample per GPU and scrape"
         );
+        assert_eq!(other["events"]["rejected"], 0, "{name}");
+        for list in ["tenants", "jobs"] {
+            assert_eq!(
+                other[list], native[list],
+                "{list} differ between {name} and native input"
+            );
+        }
     }
     // 16 GPUs for three hours, and the pods of the training job are one job.
     let jobs = native["jobs"].as_array().unwrap();
