@@ -2,7 +2,8 @@
 # Installs what the test suite needs and is not a Cargo dependency:
 #   - the tansu Kafka-protocol broker (crates.io), for the end-to-end tests;
 #   - promtool (Debian's prometheus package), to check the exported metrics;
-#   - a Python virtualenv with kafka-python, the foreign Kafka client of the end-to-end tests.
+#   - a Python virtualenv with kafka-python, the foreign Kafka client of the end-to-end tests, and
+#     opentelemetry-proto, the official OTLP classes the protobuf decoder is checked against.
 # Each step is skipped when its result is already present, so repeated runs are cheap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,10 +34,10 @@ else
 fi
 
 VENV=.venv
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import kafka' 2>/dev/null; then
-  log "python venv with kafka-python present"
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import kafka, opentelemetry.proto' 2>/dev/null; then
+  log "python venv with kafka-python and opentelemetry-proto present"
 else
-  log "creating $VENV with kafka-python"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'kafka-python==2.2.*'
+  log "creating $VENV with kafka-python and opentelemetry-proto"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'kafka-python==2.2.*' 'opentelemetry-proto==1.*'
 fi

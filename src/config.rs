@@ -257,8 +257,10 @@ pub struct InputConfig {
     /// keyed by tenant already and are consumed directly.
     pub repartition_topic: String,
     /// Format of each input topic, by topic name: `native` (the default for topics not listed)
-    /// `prometheus_adapter` (prometheus-kafka-adapter JSON, one metric per message) or `vector`
-    /// (Vector's kafka sink with the json or native_json codec, one metric per message).
+    /// `prometheus_adapter` (prometheus-kafka-adapter JSON, one metric per message), `vector`
+    /// (Vector's kafka sink with the json or native_json codec, one metric per message),
+    /// `otlp_proto` or `otlp_json` (the OpenTelemetry Collector's kafka exporter: one
+    /// ExportMetricsServiceRequest per message).
     pub formats: BTreeMap<String, InputFormat>,
     /// Metric-per-message formats: the exporter's scrape interval, the time one joined sample
     /// covers (dcgm-exporter collects every 30 s by default).
@@ -280,6 +282,8 @@ pub enum InputFormat {
     Native,
     PrometheusAdapter,
     Vector,
+    OtlpJson,
+    OtlpProto,
 }
 
 /// Label mapping of metric-per-message formats: for each role, label names tried in order.

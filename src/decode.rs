@@ -165,10 +165,12 @@ pub enum RejectReason {
     NonPositive,
     /// Unparseable timestamp, or one outside the plausible range.
     BadTimestamp,
+    /// Not a valid protobuf message of the expected type (binary formats).
+    MalformedProtobuf,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::MalformedJson,
         RejectReason::NotAnObject,
         RejectReason::MissingField,
@@ -177,6 +179,7 @@ impl RejectReason {
         RejectReason::OutOfRange,
         RejectReason::NonPositive,
         RejectReason::BadTimestamp,
+        RejectReason::MalformedProtobuf,
     ];
 
     /// The stable code used in metrics labels and dead-letter headers.
@@ -190,6 +193,7 @@ impl RejectReason {
             RejectReason::OutOfRange => "out_of_range",
             RejectReason::NonPositive => "non_positive",
             RejectReason::BadTimestamp => "bad_timestamp",
+            RejectReason::MalformedProtobuf => "malformed_protobuf",
         }
     }
 }

@@ -40,6 +40,7 @@ pub mod join;
 pub mod kafka;
 pub mod labels;
 pub mod metrics;
+pub mod otlp;
 pub mod partitions;
 pub mod pipeline;
 pub mod prom_adapter;

@@ -65,8 +65,9 @@ enum Command {
         /// Write rejected lines (line number, reason, payload) as JSON lines to this file.
         #[arg(long)]
         dead_letter: Option<PathBuf>,
-        /// Format of the lines: native events, prometheus-kafka-adapter JSON or Vector metric JSON
-        /// (one metric per line, joined into samples per GPU and scrape as the daemon does).
+        /// Format of the lines: native events, prometheus-kafka-adapter JSON, Vector metric JSON or
+        /// OTLP/JSON (one ExportMetricsServiceRequest per line); metrics are joined into samples
+        /// per GPU and scrape as the daemon does.
         #[arg(long, value_enum, default_value = "native")]
         format: ReplayFormat,
         /// Input file, or - for standard input.
@@ -97,6 +98,7 @@ enum ReplayFormat {
     Native,
     PrometheusAdapter,
     Vector,
+    OtlpJson,
 }
 
 fn init_logging(cfg: &Config) {
@@ -229,6 +231,7 @@ fn main() -> ExitCode {
                     ReplayFormat::Native => InputFormat::Native,
                     ReplayFormat::PrometheusAdapter => InputFormat::PrometheusAdapter,
                     ReplayFormat::Vector => InputFormat::Vector,
+                    ReplayFormat::OtlpJson => InputFormat::OtlpJson,
                 },
             );
             init_logging(&cfg);

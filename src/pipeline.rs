@@ -20,6 +20,7 @@ use crate::engine::{Engine, EngineStats, JobReport, TenantReport};
 use crate::join::Reading;
 use crate::labels::LabelMap;
 use crate::metrics::{Metrics, StateGauges};
+use crate::otlp::{OtlpJson, OtlpProto};
 use crate::prom_adapter::PromAdapterJson;
 use crate::vector::VectorJson;
 
@@ -101,6 +102,12 @@ pub fn decoder(cfg: &Config, format: InputFormat) -> Result<Arc<dyn Decoder>, Co
             labels: labels(cfg)?,
         }),
         InputFormat::Vector => Arc::new(VectorJson {
+            labels: labels(cfg)?,
+        }),
+        InputFormat::OtlpJson => Arc::new(OtlpJson {
+            labels: labels(cfg)?,
+        }),
+        InputFormat::OtlpProto => Arc::new(OtlpProto {
             labels: labels(cfg)?,
         }),
     })

@@ -145,6 +145,108 @@ fn vector(scrapes: &[Scrape]) -> String {
     text
 }
 
+/// The OpenTelemetry Collector's kafka exporter with the otlp_json encoding: one
+/// ExportMetricsServiceRequest per scrape, with every GPU and metric as data points, the node in
+/// the resource attributes and 64-bit integers as strings.
+fn otlp_json(scrapes: &[Scrape]) -> String {
+    let kv =
+        |k: &str, v: &str| format!("{{\"key\":\"{k}\",\"value\":{{\"stringValue\":\"{v}\"}}}}");
+    let mut text = String::new();
+    for group in scrapes.chunk_by(|a, b| a.ts_ms == b.ts_ms) {
+        let ns = (group[0].ts_ms as i128 * 1_000_000).to_string();
+        let mut resources = Vec::new();
+        for node in group.chunk_by(|a, b| a.node == b.node) {
+            let metrics: Vec<String> = [
+                ("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", 0),
+                ("DCGM_FI_PROF_SM_ACTIVE", 1),
+                ("DCGM_FI_DEV_GPU_UTIL", 2),
+                ("DCGM_FI_DEV_POWER_USAGE", 3),
+            ]
+            .iter()
+            .map(|(name, i)| {
+                let points: Vec<String> = node
+                    .iter()
+                    .map(|s| {
+                        let v = [s.tensor, s.sm, s.util_percent, s.power_w][*i];
+                        format!(
+                            "{{\"asDouble\":{v},\"timeUnixNano\":\"{ns}\",\"attributes\":[{},{},{},{}]}}",
+                            kv("UUID", &s.uuid),
+                            kv("modelName", "NVIDIA H100 80GB HBM3"),
+                            kv("namespace", &s.tenant),
+                            kv("pod", &s.pod)
+                        )
+                    })
+                    .collect();
+                format!("{{\"name\":\"{name}\",\"gauge\":{{\"dataPoints\":[{}]}}}}", points.join(","))
+            })
+            .collect();
+            resources.push(format!(
+                "{{\"resource\":{{\"attributes\":[{},{}]}},\"scopeMetrics\":[{{\"scope\":{{\"name\":\"otelcol/prometheusreceiver\"}},\"metrics\":[{}]}}]}}",
+                kv("service.name", "dcgm-exporter"),
+                kv("Hostname", &node[0].node),
+                metrics.join(",")
+            ));
+        }
+        text.push_str(&format!(
+            "{{\"resourceMetrics\":[{}]}}\n",
+            resources.join(",")
+        ));
+    }
+    text
+}
+
+/// The same requests as OTLP protobuf, encoded by the official Python classes, fed to the
+/// pipeline as Kafka message payloads would be.
+fn otlp_proto_report(dir: &std::path::Path, json: &str) -> serde_json::Value {
+    use std::sync::Arc;
+    use trainspotter::config::{Config, InputFormat};
+    use trainspotter::decode::DecodeLimits;
+    use trainspotter::metrics::Metrics;
+    use trainspotter::pipeline::{Pipeline, Shard};
+
+    let input = dir.join("otlp.ndjson");
+    let encoded = dir.join("otlp.bin");
+    std::fs::write(&input, json).unwrap();
+    let python = std::env::var("TRAINSPOTTER_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+        });
+    let out = Command::new(&python)
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/otlp_encode.py"))
+        .arg(&input)
+        .arg(&encoded)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/deps.sh)", python.display()));
+    assert!(
+        out.status.success(),
+        "otlp_encode.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&encoded).unwrap();
+    let mut payloads = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        payloads.push(&bytes[at + 4..at + 4 + len]);
+        at += 4 + len;
+    }
+    let mut cfg = Config::default();
+    cfg.input
+        .formats
+        .insert("otlp_metrics".into(), InputFormat::OtlpProto);
+    let mut p = Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap();
+    let shard = Shard::new("otlp_metrics", 0);
+    let rejected = p.process(
+        &shard,
+        payloads.iter().map(|b| Some(*b)),
+        DecodeLimits::OPEN,
+    );
+    assert!(rejected.is_empty(), "{rejected:?}");
+    p.finish();
+    serde_json::to_value(p.report()).unwrap()
+}
+
 fn replay(dir: &std::path::Path, name: &str, format: &str, text: &str) -> serde_json::Value {
     let input = dir.join(format!("{name}.ndjson"));
     let report = dir.join(format!("{name}.report.json"));
@@ -175,8 +277,16 @@ fn one_workload_gives_the_same_totals_in_every_format() {
         &prometheus_adapter(&scrapes),
     );
     let vector = replay(dir.path(), "vector", "vector", &vector(&scrapes));
+    let otlp = otlp_json(&scrapes);
+    let otlp_json = replay(dir.path(), "otlp-json", "otlp-json", &otlp);
+    let otlp_proto = otlp_proto_report(dir.path(), &otlp);
     assert_eq!(native["events"]["accepted"], scrapes.len());
-    for (name, other) in [("prometheus-adapter", &adapter), ("vector", &vector)] {
+    for (name, other) in [
+        ("prometheus-adapter", &adapter),
+        ("vector", &vector),
+        ("otlp-json", &otlp_json),
+        ("otlp-proto", &otlp_proto),
+    ] {
         assert_eq!(
             other["events"]["accepted"], native["events"]["accepted"],
             "{name}: one sample per GPU and scrape"
