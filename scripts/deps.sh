@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and is not a Cargo dependency:
 #   - the tansu Kafka-protocol broker (crates.io), for the end-to-end tests;
-#   - promtool (Debian's prometheus package), to check the exported metrics;
+#   - the Prometheus server and promtool (Debian's prometheus package), to check the exported
+#     metrics, the alert rules and the dashboards' queries;
 #   - a Python virtualenv with kafka-python, the foreign Kafka client of the end-to-end tests, and
 #     opentelemetry-proto, the official OTLP classes the protobuf decoder is checked against.
 # Each step is skipped when its result is already present, so repeated runs are cheap.
@@ -23,10 +24,10 @@ else
   cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
 fi
 
-if command -v promtool >/dev/null; then
-  log "promtool present"
+if command -v promtool >/dev/null && command -v prometheus >/dev/null; then
+  log "prometheus and promtool present"
 else
-  log "installing promtool (Debian package prometheus)"
+  log "installing prometheus and promtool (Debian package prometheus)"
   export DEBIAN_FRONTEND=noninteractive
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq

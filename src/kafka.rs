@@ -553,6 +553,8 @@ impl Worker {
                 }
                 _ = heartbeat.tick() => {
                     self.metrics.set_ready(self.health.check().is_ok());
+                    // Gauges follow the state also when no batch arrives (the watermark lag grows).
+                    self.partitions().pipeline.refresh_gauges(false);
                     continue;
                 }
                 m = self.consumer.recv() => m,

@@ -50,6 +50,8 @@ pub struct Metrics {
     checkpoint_last: Gauge,
     checkpoint_bytes: IntGauge,
     restores: IntCounterVec,
+    /// Tenants with their own series now.
+    tenants_exported: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Where a checkpoint goes.
@@ -240,6 +242,7 @@ impl Metrics {
                 "Partition assignments, by where the state came from (checkpoint, previous_checkpoint, changelog, beginning).",
                 &["source"],
             ),
+            tenants_exported: Default::default(),
             registry: r,
         };
         // Pre-create the bounded label sets so dashboards see zeros rather than absent series.
@@ -340,6 +343,13 @@ impl Metrics {
         self.ready.set(ready as i64);
     }
 
+    /// A partition is no longer this instance's: its lag series goes.
+    pub fn partition_released(&self, topic: &str, partition: i32) {
+        let _ = self
+            .consumer_lag
+            .remove_label_values(&[topic, &partition.to_string()]);
+    }
+
     pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
         self.consumer_lag
             .with_label_values(&[topic, &partition.to_string()])
@@ -392,9 +402,8 @@ impl Metrics {
     pub fn tenants(&self, totals: &HashMap<String, (f64, f64)>, n: usize) {
         let mut v: Vec<(&String, &(f64, f64))> = totals.iter().collect();
         v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then_with(|| a.0.cmp(b.0)));
-        self.tenant_accelerator_seconds.reset();
-        self.tenant_estimated_flop.reset();
         let (mut other_s, mut other_f) = (0.0, 0.0);
+        let mut shown = std::collections::BTreeSet::new();
         for (i, (tenant, (secs, flop))) in v.into_iter().enumerate() {
             if i < n && tenant != OTHER_TENANT {
                 self.tenant_accelerator_seconds
@@ -403,11 +412,23 @@ impl Metrics {
                 self.tenant_estimated_flop
                     .with_label_values(&[tenant])
                     .set(*flop);
+                shown.insert(tenant.clone());
             } else {
                 other_s += secs;
                 other_f += flop;
             }
         }
+        // Series of tenants no longer in the top N go only after the new values are set, so a
+        // scrape never sees a partial set.
+        let mut exported = self
+            .tenants_exported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for gone in exported.difference(&shown) {
+            let _ = self.tenant_accelerator_seconds.remove_label_values(&[gone]);
+            let _ = self.tenant_estimated_flop.remove_label_values(&[gone]);
+        }
+        *exported = shown;
         self.tenant_accelerator_seconds
             .with_label_values(&[OTHER_TENANT])
             .set(other_s);

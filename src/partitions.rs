@@ -296,6 +296,9 @@ impl Partitions {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.checkpoint_one(shard, now_ms);
         self.pipeline.remove_shard(shard);
+        self.pipeline
+            .metrics()
+            .partition_released(&shard.topic, shard.partition);
         let o = self.offsets.remove(shard)?;
         if o.checkpointed == o.next {
             o.checkpointed
@@ -309,6 +312,9 @@ impl Partitions {
     pub fn lose(&mut self, shard: &Shard) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.pipeline.remove_shard(shard);
+        self.pipeline
+            .metrics()
+            .partition_released(&shard.topic, shard.partition);
         self.offsets.remove(shard);
     }
 
