@@ -3,8 +3,10 @@
 #   - the tansu Kafka-protocol broker (crates.io), for the end-to-end tests;
 #   - the Prometheus server and promtool (Debian's prometheus package), to check the exported
 #     metrics, the alert rules and the dashboards' queries;
+#   - Alertmanager (Debian's prometheus-alertmanager package), the target of the alert push test;
 #   - a Python virtualenv with kafka-python, the foreign Kafka client of the end-to-end tests, and
-#     opentelemetry-proto, the official OTLP classes the protobuf decoder is checked against.
+#     opentelemetry-proto, the official OTLP classes the protobuf decoder is checked against, and
+#     kubernetes-validate, which checks the Kubernetes manifests against the API schemas.
 # Each step is skipped when its result is already present, so repeated runs are cheap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +36,16 @@ else
   $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+if command -v prometheus-alertmanager >/dev/null; then
+  log "prometheus-alertmanager present"
+else
+  log "installing Alertmanager (Debian package prometheus-alertmanager)"
+  export DEBIAN_FRONTEND=noninteractive
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null
+fi
+
 VENV=.venv
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import kafka, opentelemetry.proto' 2>/dev/null; then
   log "python venv with kafka-python and opentelemetry-proto present"
@@ -41,4 +53,11 @@ else
   log "creating $VENV with kafka-python and opentelemetry-proto"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check 'kafka-python==2.2.*' 'opentelemetry-proto==1.*'
+fi
+
+if "$VENV/bin/python" -c 'import kubernetes_validate' 2>/dev/null; then
+  log "kubernetes-validate present"
+else
+  log "installing kubernetes-validate into $VENV (Kubernetes schemas for the manifest test)"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.*'
 fi

@@ -259,6 +259,21 @@ impl AlertBook {
         out.extend(due);
     }
 
+    /// Every active alert as a `firing` record at `now_ms` (for sinks that are told the whole
+    /// active set, such as Alertmanager), in dedup-key order. Nothing is marked as sent.
+    pub fn active_records(&self, now_ms: i64) -> Vec<AlertRecord> {
+        let mut all: Vec<AlertRecord> = self
+            .active
+            .iter()
+            .flat_map(|(e, list)| {
+                list.iter()
+                    .map(move |a| Self::record(e, a, Status::Firing, now_ms))
+            })
+            .collect();
+        all.sort_by(|a, b| a.dedup_key.cmp(&b.dedup_key));
+        all
+    }
+
     pub fn entities(&self) -> Vec<Entity> {
         self.active.keys().cloned().collect()
     }

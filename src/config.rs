@@ -99,11 +99,39 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub detection: DetectionConfig,
     pub alerts: AlertsConfig,
+    pub alertmanager: AlertmanagerConfig,
     pub state: StateConfig,
     pub shutdown: ShutdownConfig,
     pub http: HttpConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+}
+
+/// Optional push of active alerts to Alertmanager (`run`), besides the alert topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertmanagerConfig {
+    /// Alertmanager base URLs (e.g. `http://alertmanager:9093`); every one gets every alert, as
+    /// Prometheus does. Empty: no push.
+    pub urls: Vec<String>,
+    /// Active alerts are pushed again this often (wall clock), and at once when one fires or
+    /// resolves. Each push says the alert is valid for four intervals.
+    pub resend_interval: HumanDuration,
+    /// Longest wait for one push.
+    pub timeout: HumanDuration,
+    /// `generatorURL` of every alert (e.g. the daemon's `/api/v1/jobs` behind your ingress).
+    pub generator_url: String,
+}
+
+impl Default for AlertmanagerConfig {
+    fn default() -> Self {
+        AlertmanagerConfig {
+            urls: Vec::new(),
+            resend_interval: HumanDuration::secs(60),
+            timeout: HumanDuration::secs(10),
+            generator_url: String::new(),
+        }
+    }
 }
 
 /// Checkpointed state (`run`).
@@ -619,7 +647,8 @@ impl Config {
                 .with_list_parse_key("input.labels.job")
                 .with_list_parse_key("input.labels.node")
                 .with_list_parse_key("input.labels.gpu")
-                .with_list_parse_key("input.labels.accelerator"),
+                .with_list_parse_key("input.labels.accelerator")
+                .with_list_parse_key("alertmanager.urls"),
         );
         let raw = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;
         Self::from_source(raw)
@@ -661,6 +690,17 @@ impl Config {
                 "kafka.drain_timeout",
                 "must be below kafka.session_timeout, or a slow revocation costs the group membership",
             ));
+        }
+        for (n, url) in self.alertmanager.urls.iter().enumerate() {
+            if !url.starts_with("http://") {
+                return Err(invalid(
+                    &format!("alertmanager.urls[{n}]"),
+                    "must be an http:// URL (TLS is not built in; use a local proxy or sidecar)",
+                ));
+            }
+        }
+        if self.alertmanager.resend_interval.ms() <= 0 {
+            return Err(invalid("alertmanager.resend_interval", "must be positive"));
         }
         let i = &self.input;
         if i.scrape_interval.ms() <= 0 {

@@ -566,6 +566,13 @@ impl Engine {
         }
     }
 
+    /// Every active alert, as a `firing` record as of the latest event time.
+    pub fn active_alert_records(&self) -> Vec<AlertRecord> {
+        self.st
+            .alerts
+            .active_records(self.st.max_event_ms.unwrap_or(0))
+    }
+
     /// Scrapes waiting in the join buffer.
     pub fn join_pending(&self) -> usize {
         self.st.join.pending()

@@ -397,6 +397,7 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
           state = %cfg.state.dir, "trainspotter started");
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let worker = Worker {
+        alertmanager: crate::alertmanager::start(&cfg.alertmanager),
         cfg,
         partitions,
         consumer,
@@ -431,6 +432,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 /// The state-owning task.
 struct Worker {
     cfg: Config,
+    alertmanager: Option<crate::alertmanager::Pusher>,
     partitions: Arc<Mutex<Partitions>>,
     consumer: StreamConsumer<Context>,
     producer: FutureProducer,
@@ -536,6 +538,7 @@ impl Worker {
         let mut checkpoints = tokio::time::interval(self.cfg.state.checkpoint_interval.0);
         checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+        let mut last_push = Instant::now();
         let generation = self.partitions().generation();
         loop {
             self.health.beat();
@@ -555,6 +558,10 @@ impl Worker {
                     self.metrics.set_ready(self.health.check().is_ok());
                     // Gauges follow the state also when no batch arrives (the watermark lag grows).
                     self.partitions().pipeline.refresh_gauges(false);
+                    if last_push.elapsed() >= self.cfg.alertmanager.resend_interval.0 {
+                        self.push_to_alertmanager(Vec::new()).await;
+                        last_push = Instant::now();
+                    }
                     continue;
                 }
                 m = self.consumer.recv() => m,
@@ -641,6 +648,15 @@ impl Worker {
             let stopping = stop_by.is_some();
             self.metrics.dead_letter_produced(rejected.len() as u64);
             self.metrics.events_forwarded(forward.len() as u64);
+            if !alerts.is_empty() {
+                let resolved = alerts
+                    .iter()
+                    .filter(|a| a.status == crate::alert::Status::Resolved)
+                    .cloned()
+                    .collect();
+                self.push_to_alertmanager(resolved).await;
+                last_push = Instant::now();
+            }
             let mut parts = self.partitions();
             for (shard, next) in next_offsets {
                 parts.processed(&shard, next);
@@ -701,6 +717,17 @@ impl Worker {
         }
         out.alerts = parts.pipeline.drain_alerts();
         out
+    }
+
+    /// Tells Alertmanager (when configured) the active alerts and the ones just resolved.
+    async fn push_to_alertmanager(&self, resolved: Vec<AlertRecord>) {
+        let Some(pusher) = &self.alertmanager else {
+            return;
+        };
+        let active = self.partitions().pipeline.active_alert_records();
+        pusher
+            .send(crate::alertmanager::Update { active, resolved })
+            .await;
     }
 
     /// Forwards one sample to the repartition topic keyed by its tenant, retrying until

@@ -25,6 +25,7 @@
 //! - [`demo`]: the zero-setup demonstration (embedded broker + simulator + daemon).
 
 pub mod alert;
+pub mod alertmanager;
 pub mod catalog;
 pub mod changelog;
 pub mod checkpoint;

@@ -294,6 +294,14 @@ impl Pipeline {
         alerts
     }
 
+    /// Every active alert of every shard.
+    pub fn active_alert_records(&self) -> Vec<AlertRecord> {
+        self.shards
+            .values()
+            .flat_map(Engine::active_alert_records)
+            .collect()
+    }
+
     /// End of a finite input: the watermark moves to the latest event time and detection runs there.
     pub fn finish(&mut self) {
         for engine in self.shards.values_mut() {

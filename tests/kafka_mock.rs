@@ -563,3 +563,150 @@ async fn alerts_raised_while_the_broker_refuses_them_are_delivered_after() {
     assert_eq!(tenants[0].accelerator_seconds, 64.0 * 120.0 * 60.0);
     running.stop().await.unwrap();
 }
+
+/// A real Alertmanager (Debian's `prometheus-alertmanager`) on loopback, stopped on drop.
+struct Alertmanager {
+    child: std::process::Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Alertmanager {
+    fn start() -> Alertmanager {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            "route:\n  receiver: none\n  group_by: [alertname, tenant]\n  group_wait: 1s\n  group_interval: 1s\n\
+             receivers:\n  - name: none\n",
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus-alertmanager (Debian package prometheus-alertmanager; run scripts/deps.sh)");
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while ureq::get(&format!("{base}/-/ready")).call().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "alertmanager did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Alertmanager {
+            child,
+            base,
+            _dir: dir,
+        }
+    }
+
+    fn get(&self, path: &str) -> serde_json::Value {
+        ureq::get(&format!("{}{path}", self.base))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    }
+
+    /// The active TrainingSuspected alerts of tenant acme.
+    fn training_alerts(&self) -> Vec<serde_json::Value> {
+        self.get("/api/v2/alerts")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| {
+                a["labels"]["alertname"] == "TrainingSuspected" && a["labels"]["tenant"] == "acme"
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Alerts reach a real Alertmanager through its API: the training alert arrives with its identity
+/// as labels, is grouped by alert name and tenant, stays while re-sent, and resolves when the job
+/// ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_arrive_group_and_resolve_in_a_real_alertmanager() {
+    let am = Alertmanager::start();
+    let mut scope = Scope::new();
+    scope.cfg.alertmanager.urls = vec![am.base.clone()];
+    // Each push is valid for four re-send intervals (80 s): longer than the test waits for the
+    // resolution, so the alert can only go by being resolved explicitly.
+    scope.cfg.alertmanager.resend_interval =
+        trainspotter::config::HumanDuration(Duration::from_secs(20));
+    let running = kafka::start(scope.cfg.clone()).await.unwrap();
+    // Two hours of a 64-GPU job that ended an hour ago.
+    let hour_ago = now_minute() - 60 * MIN;
+    let events: Vec<String> = training_job(120)
+        .into_iter()
+        .map(|mut s| {
+            s.ts_ms -= 60 * MIN;
+            s.to_json()
+        })
+        .collect();
+    scope.produce("acme", &events).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let alert = loop {
+        if let Some(a) = am.training_alerts().into_iter().next() {
+            break a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no alert in alertmanager"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(alert["labels"]["job"], "pretrain");
+    assert_eq!(alert["labels"]["source"], "trainspotter");
+    assert!(alert["annotations"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("pretrain"));
+    assert_eq!(alert["status"]["state"], "active");
+    let groups = am.get("/api/v2/alerts/groups");
+    assert!(
+        groups.as_array().unwrap().iter().any(|g| g["labels"]
+            == serde_json::json!({"alertname": "TrainingSuspected", "tenant": "acme"})
+            && !g["alerts"].as_array().unwrap().is_empty()),
+        "not grouped by alertname and tenant: {groups}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        am.training_alerts().len(),
+        1,
+        "one alert, however often pushed"
+    );
+
+    // Another tenant's sample an hour later moves event time past the job's end: resolved.
+    let later = UsageSample::new(hour_ago + 60 * MIN, "other", 1.0, 60.0).to_json();
+    scope.produce("other", &[later]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !am.training_alerts().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the alert did not resolve in alertmanager"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    running.stop().await.unwrap();
+}
