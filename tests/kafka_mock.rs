@@ -710,3 +710,73 @@ async fn alerts_arrive_group_and_resolve_in_a_real_alertmanager() {
     }
     running.stop().await.unwrap();
 }
+
+/// A topic in an exporter format, through the daemon: prometheus-kafka-adapter messages (one
+/// metric each) are joined per GPU and scrape and counted exactly like native events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_adapter_topic_is_joined_per_gpu_and_scrape() {
+    let mut scope = Scope::new();
+    let topic = scope.cfg.kafka.topics[0].clone();
+    scope
+        .cfg
+        .input
+        .formats
+        .insert(topic, trainspotter::config::InputFormat::PrometheusAdapter);
+    let running = kafka::start(scope.cfg.clone()).await.unwrap();
+    // 16 GPUs of pods trainer-0 and trainer-1 scraped every 30 s for an hour, three metrics each.
+    let start = now_minute() - 60 * MIN;
+    let mut messages = Vec::new();
+    for k in 0..120 {
+        let ts = chrono::DateTime::from_timestamp_millis(start + k * 30_000)
+            .unwrap()
+            .to_rfc3339();
+        for g in 0..16 {
+            for (name, value) in [
+                ("DCGM_FI_DEV_GPU_UTIL", "98"),
+                ("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "0.45"),
+                ("DCGM_FI_DEV_POWER_USAGE", "650.5"),
+            ] {
+                messages.push(format!(
+                    "{{\"timestamp\":\"{ts}\",\"value\":\"{value}\",\"name\":\"{name}\",\"labels\":{{\"__name__\":\"{name}\",\
+                     \"UUID\":\"GPU-{g}\",\"modelName\":\"NVIDIA H100 80GB HBM3\",\"Hostname\":\"node-{}\",\
+                     \"namespace\":\"acme\",\"pod\":\"trainer-{}\"}}}}",
+                    g / 8,
+                    g / 8
+                ));
+            }
+        }
+    }
+    // The adapter does not key its messages; all go to one partition here, in order.
+    scope.produce("unkeyed", &messages).await;
+    wait_consumed(&running, messages.len() as u64).await;
+    // The last scrapes are joined once event time moves past them: a later scrape of one GPU.
+    let later = chrono::DateTime::from_timestamp_millis(start + 120 * 30_000 + 90_000)
+        .unwrap()
+        .to_rfc3339();
+    scope
+        .produce(
+            "unkeyed",
+            &[format!(
+                "{{\"timestamp\":\"{later}\",\"value\":\"1\",\"name\":\"DCGM_FI_DEV_GPU_UTIL\",\"labels\":{{\"UUID\":\"GPU-x\",\"namespace\":\"other\",\"pod\":\"x-0\"}}}}"
+            )],
+        )
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs = running.jobs().await.unwrap().jobs;
+        if let Some(j) = jobs.iter().find(|j| j.job == "trainer") {
+            if j.accelerator_seconds == 16.0 * 3600.0 {
+                assert_eq!(j.max_concurrent_accelerators, 16.0);
+                assert_eq!(j.tenant, "acme");
+                break;
+            }
+            assert!(j.accelerator_seconds < 16.0 * 3600.0, "{j:?}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not joined and counted: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.stop().await.unwrap();
+}
