@@ -578,6 +578,11 @@ impl Engine {
         self.st.join.pending()
     }
 
+    /// Scrapes joined early because the join buffer was full.
+    pub fn join_forced(&self) -> u64 {
+        self.st.join.forced()
+    }
+
     /// End of input: pending scrapes are joined, the watermark moves to the latest event time and
     /// everything is evaluated there.
     pub fn finish(&mut self) {

@@ -37,6 +37,8 @@ pub struct Metrics {
     state_tenants: IntGauge,
     state_jobs: IntGauge,
     state_series: IntGauge,
+    join_pending: IntGauge,
+    join_forced: IntGauge,
     watermark: Gauge,
     watermark_lag: Gauge,
     max_event_time: Gauge,
@@ -170,6 +172,16 @@ impl Metrics {
             state_tenants: int_gauge(&r, "trainspotter_state_tenants", "Tenants held in state."),
             state_jobs: int_gauge(&r, "trainspotter_state_jobs", "Jobs held in state."),
             state_series: int_gauge(&r, "trainspotter_state_series", "Device series held in state."),
+            join_pending: int_gauge(
+                &r,
+                "trainspotter_join_pending_scrapes",
+                "Scrapes of exporter formats waiting to be joined into samples.",
+            ),
+            join_forced: int_gauge(
+                &r,
+                "trainspotter_join_forced_scrapes",
+                "Scrapes joined early because the join buffer was full, in the state's lifetime (input.join_max_pending).",
+            ),
             watermark: gauge(&r, "trainspotter_window_watermark_timestamp_seconds", "Current watermark, Unix time."),
             watermark_lag: gauge(
                 &r,
@@ -383,6 +395,8 @@ impl Metrics {
         self.state_tenants.set(s.tenants as i64);
         self.state_jobs.set(s.jobs as i64);
         self.state_series.set(s.series as i64);
+        self.join_pending.set(s.join_pending as i64);
+        self.join_forced.set(s.join_forced as i64);
         self.jobs_suspected.set(s.suspected as i64);
         if let Some(w) = s.watermark_ms {
             self.watermark.set(w as f64 / 1000.0);
@@ -444,6 +458,8 @@ pub struct StateGauges {
     pub tenants: usize,
     pub jobs: usize,
     pub series: usize,
+    pub join_pending: usize,
+    pub join_forced: u64,
     pub suspected: usize,
     pub watermark_ms: Option<i64>,
     pub max_event_ms: Option<i64>,

@@ -336,6 +336,8 @@ impl Pipeline {
             tenants: engines().map(Engine::tenant_count).sum(),
             jobs: engines().map(Engine::job_count).sum(),
             series: engines().map(Engine::series_count).sum(),
+            join_pending: engines().map(Engine::join_pending).sum(),
+            join_forced: engines().map(Engine::join_forced).sum(),
             suspected: engines().map(Engine::suspected_jobs).sum(),
             // The slowest shard's watermark: how far behind the daemon is.
             watermark_ms: engines().filter_map(Engine::watermark_ms).min(),
