@@ -566,7 +566,18 @@ fn string(field: &str, v: &Option<Scalar<'_>>) -> Result<Option<String>, Rejecti
     }
 }
 
-fn missing(field: &str) -> Rejection {
+/// The rejection of a payload serde_json could not read: `wrong_type` when it is JSON of another
+/// shape, `malformed_json` when it is not JSON.
+pub fn json_rejection(e: serde_json::Error) -> Rejection {
+    let reason = if e.is_data() {
+        RejectReason::WrongType
+    } else {
+        RejectReason::MalformedJson
+    };
+    Rejection::new(reason, e.to_string())
+}
+
+pub(crate) fn missing(field: &str) -> Rejection {
     Rejection::new(
         RejectReason::MissingField,
         format!("required field `{field}` is missing"),

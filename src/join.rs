@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{Activity, UsageSample};
+use crate::decode::{Activity, RejectReason, Rejection, UsageSample};
+use crate::labels::LabelMap;
 
 /// The DCGM fields trainspotter reads, by their exporter names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +65,37 @@ impl Field {
         let ok = v.is_finite() && v >= 0.0 && (!fraction || v <= 1.0);
         ok.then_some(v)
     }
+}
+
+/// The reading one exported value of `metric` makes, for the exporter formats: `Ok(None)` when
+/// trainspotter does not use the metric, the value is NaN (no data at this scrape) or no tenant
+/// label names the GPU's holder; a rejection when the value is outside the field's range.
+pub fn reading<'a>(
+    labels: &LabelMap,
+    metric: &str,
+    ts_ms: i64,
+    exported: f64,
+    label: impl Fn(&str) -> Option<&'a str>,
+) -> Result<Option<Reading>, Rejection> {
+    let Some(field) = Field::from_metric(metric) else {
+        return Ok(None);
+    };
+    if exported.is_nan() {
+        return Ok(None);
+    }
+    let Some(value) = field.normalise(exported) else {
+        return Err(Rejection::new(
+            RejectReason::OutOfRange,
+            format!("{metric} = {exported} is outside its range"),
+        ));
+    };
+    Ok(labels.device(label).map(|(device, accelerator)| Reading {
+        device,
+        accelerator,
+        ts_ms,
+        field,
+        value,
+    }))
 }
 
 /// Which device a reading is about, as the label mapping resolved it.

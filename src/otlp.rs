@@ -4,7 +4,7 @@
 //! too).
 //!
 //! One message carries many metrics and data points. Gauges and cumulative sums of the DCGM
-//! fields trainspotter reads become [`Reading`]s; a data point's labels are its attributes over
+//! fields trainspotter reads become [`join::Reading`]s; a data point's labels are its attributes over
 //! its resource's attributes (dcgm-exporter's labels arrive as data point attributes through the
 //! Collector's Prometheus receiver). Data points flagged as having no recorded value, NaN values,
 //! other metric types and GPUs without a tenant label are skipped; a message whose structure or
@@ -19,8 +19,8 @@ use std::borrow::Cow;
 use prost::Message as _;
 use serde::Deserialize;
 
-use crate::decode::{DecodeLimits, Decoded, Decoder, RejectReason, Rejection};
-use crate::join::{Field, Reading};
+use crate::decode::{json_rejection, DecodeLimits, Decoded, Decoder, RejectReason, Rejection};
+use crate::join::{self, Field};
 use crate::labels::LabelMap;
 
 /// `AggregationTemporality` values.
@@ -132,42 +132,35 @@ struct Point<'a> {
     attributes: Vec<(&'a str, Cow<'a, str>)>,
 }
 
-/// Turns data points into readings (shared by both encodings).
+/// Turns data points into readings (shared by both encodings); nothing is appended when the
+/// message is rejected.
 fn readings(
     labels: &LabelMap,
     points: Vec<Point<'_>>,
     limits: DecodeLimits,
     out: &mut Decoded,
 ) -> Result<(), Rejection> {
-    let start = out.readings.len();
+    let mut found = Vec::new();
     for p in points {
-        let Some(field) = Field::from_metric(p.metric) else {
+        if Field::from_metric(p.metric).is_none() {
             continue;
-        };
+        }
         let ts_ms = i64::try_from(p.time_unix_nano / 1_000_000).unwrap_or(i64::MAX);
-        if let Err(e) = limits.check_ts(ts_ms) {
-            out.readings.truncate(start);
-            return Err(Rejection::new(
+        limits.check_ts(ts_ms).map_err(|e| {
+            Rejection::new(
                 e.reason,
                 format!(
                     "{}: timeUnixNano {}: {}",
                     p.metric, p.time_unix_nano, e.detail
                 ),
-            ));
-        }
-        let Some(value) = p.value.filter(|v| !v.is_nan()) else {
+            )
+        })?;
+        let Some(value) = p.value else {
             continue;
         };
         if p.flags & NO_RECORDED_VALUE != 0 {
             continue;
         }
-        let Some(value) = field.normalise(value) else {
-            out.readings.truncate(start);
-            return Err(Rejection::new(
-                RejectReason::OutOfRange,
-                format!("{} = {value} is outside its range", p.metric),
-            ));
-        };
         let attribute = |k: &str| {
             p.attributes
                 .iter()
@@ -175,17 +168,9 @@ fn readings(
                 .find(|(key, _)| *key == k)
                 .map(|(_, v)| v.as_ref())
         };
-        let Some((device, accelerator)) = labels.device(attribute) else {
-            continue;
-        };
-        out.readings.push(Reading {
-            device,
-            accelerator,
-            ts_ms,
-            field,
-            value,
-        });
+        found.extend(join::reading(labels, p.metric, ts_ms, value, attribute)?);
     }
+    out.readings.append(&mut found);
     Ok(())
 }
 
@@ -389,14 +374,7 @@ impl Decoder for OtlpJson {
         limits: DecodeLimits,
         out: &mut Decoded,
     ) -> Result<(), Rejection> {
-        let req: JRequest<'_> = serde_json::from_slice(payload).map_err(|e| {
-            let reason = if e.is_data() {
-                RejectReason::WrongType
-            } else {
-                RejectReason::MalformedJson
-            };
-            Rejection::new(reason, e.to_string())
-        })?;
+        let req: JRequest<'_> = serde_json::from_slice(payload).map_err(json_rejection)?;
         let mut points = Vec::new();
         for rm in &req.resource_metrics {
             let resource: Vec<(&str, Cow<'_, str>)> = rm

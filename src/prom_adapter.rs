@@ -8,7 +8,7 @@
 //!            "pod":"trainer-0"}}
 //! ```
 //!
-//! Each message becomes at most one [`Reading`]; the join buffer makes samples of them. Metrics
+//! Each message becomes at most one [`join::Reading`]; the join buffer makes samples of them. Metrics
 //! trainspotter does not use, `NaN` values and GPUs without a tenant label are skipped without
 //! error; malformed messages are rejected like native events.
 
@@ -17,8 +17,11 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::decode::{parse_rfc3339_ms, DecodeLimits, Decoded, Decoder, RejectReason, Rejection};
-use crate::join::{Field, Reading};
+use crate::decode::{
+    json_rejection, missing, parse_rfc3339_ms, DecodeLimits, Decoded, Decoder, RejectReason,
+    Rejection,
+};
+use crate::join;
 use crate::labels::LabelMap;
 
 pub struct PromAdapterJson {
@@ -37,10 +40,6 @@ struct Message<'a> {
     labels: Option<HashMap<Cow<'a, str>, Cow<'a, str>>>,
 }
 
-fn missing(field: &str) -> Rejection {
-    Rejection::new(RejectReason::MissingField, format!("no {field:?} field"))
-}
-
 impl Decoder for PromAdapterJson {
     fn decode(
         &self,
@@ -48,14 +47,7 @@ impl Decoder for PromAdapterJson {
         limits: DecodeLimits,
         out: &mut Decoded,
     ) -> Result<(), Rejection> {
-        let m: Message<'_> = serde_json::from_slice(payload).map_err(|e| {
-            let reason = if e.is_data() {
-                RejectReason::WrongType
-            } else {
-                RejectReason::MalformedJson
-            };
-            Rejection::new(reason, e.to_string())
-        })?;
+        let m: Message<'_> = serde_json::from_slice(payload).map_err(json_rejection)?;
         let name = m.name.ok_or_else(|| missing("name"))?;
         let value = m.value.ok_or_else(|| missing("value"))?;
         let timestamp = m.timestamp.ok_or_else(|| missing("timestamp"))?;
@@ -73,30 +65,9 @@ impl Decoder for PromAdapterJson {
                 format!("value {value:?} is not a number"),
             )
         })?;
-        let Some(field) = Field::from_metric(&name) else {
-            return Ok(());
-        };
-        if value.is_nan() {
-            // A gauge without data at this scrape.
-            return Ok(());
-        }
-        let Some(value) = field.normalise(value) else {
-            return Err(Rejection::new(
-                RejectReason::OutOfRange,
-                format!("{name} = {value} is outside its range"),
-            ));
-        };
-        let Some((device, accelerator)) = self.labels.device(|k| labels.get(k).map(|v| v.as_ref()))
-        else {
-            return Ok(());
-        };
-        out.readings.push(Reading {
-            device,
-            accelerator,
-            ts_ms,
-            field,
-            value,
-        });
+        let label = |k: &str| labels.get(k).map(|v| v.as_ref());
+        out.readings
+            .extend(join::reading(&self.labels, &name, ts_ms, value, label)?);
         Ok(())
     }
 }
@@ -105,6 +76,7 @@ impl Decoder for PromAdapterJson {
 mod tests {
     use super::*;
     use crate::config::LabelsConfig;
+    use crate::join::Field;
 
     fn decoder() -> PromAdapterJson {
         PromAdapterJson {

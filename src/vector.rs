@@ -8,15 +8,18 @@
 //!
 //! and with the `native_json` codec, the same object wrapped as `{"metric": {...}}`. Gauges and
 //! absolute counters are read; the metric's `namespace` is Vector's, not the Kubernetes one (that
-//! one is a tag). Each message becomes at most one [`Reading`], like the Prometheus adapter's.
+//! one is a tag). Each message becomes at most one [`join::Reading`], like the Prometheus adapter's.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::decode::{parse_rfc3339_ms, DecodeLimits, Decoded, Decoder, RejectReason, Rejection};
-use crate::join::{Field, Reading};
+use crate::decode::{
+    json_rejection, missing, parse_rfc3339_ms, DecodeLimits, Decoded, Decoder, RejectReason,
+    Rejection,
+};
+use crate::join;
 use crate::labels::LabelMap;
 
 pub struct VectorJson {
@@ -53,10 +56,6 @@ enum Message<'a> {
     Bare(Metric<'a>),
 }
 
-fn missing(field: &str) -> Rejection {
-    Rejection::new(RejectReason::MissingField, format!("no {field:?} field"))
-}
-
 impl Decoder for VectorJson {
     fn decode(
         &self,
@@ -64,16 +63,8 @@ impl Decoder for VectorJson {
         limits: DecodeLimits,
         out: &mut Decoded,
     ) -> Result<(), Rejection> {
-        let m = match serde_json::from_slice::<Message<'_>>(payload) {
-            Ok(Message::Wrapped { metric }) | Ok(Message::Bare(metric)) => metric,
-            Err(e) => {
-                let reason = if serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok() {
-                    RejectReason::WrongType
-                } else {
-                    RejectReason::MalformedJson
-                };
-                return Err(Rejection::new(reason, e.to_string()));
-            }
+        let m = match serde_json::from_slice::<Message<'_>>(payload).map_err(json_rejection)? {
+            Message::Wrapped { metric } | Message::Bare(metric) => metric,
         };
         let name = m.name.ok_or_else(|| missing("name"))?;
         let timestamp = m.timestamp.ok_or_else(|| missing("timestamp"))?;
@@ -90,29 +81,9 @@ impl Decoder for VectorJson {
             // Incremental counters, histograms, sets, distributions: not telemetry we read.
             _ => return Ok(()),
         };
-        let Some(field) = Field::from_metric(&name) else {
-            return Ok(());
-        };
-        if value.is_nan() {
-            return Ok(());
-        }
-        let Some(value) = field.normalise(value) else {
-            return Err(Rejection::new(
-                RejectReason::OutOfRange,
-                format!("{name} = {value} is outside its range"),
-            ));
-        };
-        let Some((device, accelerator)) = self.labels.device(|k| m.tags.get(k).map(|v| v.as_ref()))
-        else {
-            return Ok(());
-        };
-        out.readings.push(Reading {
-            device,
-            accelerator,
-            ts_ms,
-            field,
-            value,
-        });
+        let label = |k: &str| m.tags.get(k).map(|v| v.as_ref());
+        out.readings
+            .extend(join::reading(&self.labels, &name, ts_ms, value, label)?);
         Ok(())
     }
 }
@@ -121,6 +92,7 @@ impl Decoder for VectorJson {
 mod tests {
     use super::*;
     use crate::config::LabelsConfig;
+    use crate::join::Field;
 
     fn decode(text: &str) -> Result<Decoded, Rejection> {
         let d = VectorJson {

@@ -9,12 +9,11 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{
-    api_totals, expected, run_python, spawn_producers, wait_producers, write_file, Broker, Proc,
-    Stream, StreamSpec, MIN,
+    api_totals, expected, spawn_producers, wait_producers, write_file, Broker, Proc, Stream,
+    StreamSpec, MIN,
 };
 use trainspotter::sim::SplitMix64;
 
@@ -158,34 +157,7 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
 
     // Every poison message reached the dead-letter topic (at least once: a crash between the
     // dead-letter write and the next checkpoint writes it again).
-    let dlq = run_python(
-        "consume.py",
-        &[
-            "--bootstrap",
-            &broker.bootstrap,
-            "--topic",
-            DLQ,
-            "--group",
-            "crash-dlq",
-            "--expect",
-            &stream.poison.len().to_string(),
-        ],
-    );
-    let dead: BTreeSet<String> = dlq
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    let wanted: BTreeSet<String> = stream.poison.iter().cloned().collect();
-    assert!(
-        wanted.is_subset(&dead),
-        "missing dead letters: {:?}",
-        wanted.difference(&dead).collect::<Vec<_>>()
-    );
+    common::assert_dead_lettered(&broker.bootstrap, DLQ, "crash-dlq", &stream.poison);
 
     let status = daemon.terminate(Duration::from_secs(60));
     assert!(status.success(), "{status:?}");

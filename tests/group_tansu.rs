@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    api_totals, expected, http_get, metric, run_python, spawn_producers, wait_producers,
-    write_file, Broker, Proc, Stream, StreamSpec, Totals, MIN,
+    api_totals, expected, http_get, metric, spawn_producers, wait_producers, write_file, Broker,
+    Proc, Stream, StreamSpec, Totals, MIN,
 };
 
 const USAGE: &str = "gpu-usage";
@@ -301,31 +301,7 @@ fn rolling_restart_of_two_instances_hands_partitions_over_with_their_state_and_k
     );
 
     // Every poison message reached the dead-letter topic.
-    let dlq = run_python(
-        "consume.py",
-        &[
-            "--bootstrap",
-            &broker.bootstrap,
-            "--topic",
-            DLQ,
-            "--group",
-            "rolling-dlq",
-            "--expect",
-            &stream.poison.len().to_string(),
-        ],
-    );
-    let dead: BTreeSet<String> = dlq
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    for p in &stream.poison {
-        assert!(dead.contains(p), "missing dead letter {p}");
-    }
+    common::assert_dead_lettered(&broker.bootstrap, DLQ, "rolling-dlq", &stream.poison);
     a.terminate();
     b.terminate();
 }
@@ -426,31 +402,7 @@ fn broker_restart_on_file_storage_is_ridden_out_with_exact_totals() {
     });
 
     let poison: Vec<&String> = first.poison.iter().chain(&second.poison).collect();
-    let dlq = run_python(
-        "consume.py",
-        &[
-            "--bootstrap",
-            &broker.bootstrap,
-            "--topic",
-            DLQ,
-            "--group",
-            "outage-dlq",
-            "--expect",
-            &poison.len().to_string(),
-        ],
-    );
-    let dead: BTreeSet<String> = dlq
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    for p in poison {
-        assert!(dead.contains(p), "missing dead letter {p}");
-    }
+    common::assert_dead_lettered(&broker.bootstrap, DLQ, "outage-dlq", &poison);
     eprintln!(
         "broker restart: {} events before and {} after the outage, exact",
         first.events.len(),
@@ -567,30 +519,6 @@ fn unkeyed_events_are_repartitioned_by_tenant_and_counted_exactly_across_a_crash
         metric(&metrics, "trainspotter_ingest_events_forwarded_total").unwrap_or(0.0),
         metric(&metrics, "trainspotter_window_events_duplicate_total").unwrap_or(0.0),
     );
-    let dlq = run_python(
-        "consume.py",
-        &[
-            "--bootstrap",
-            &broker.bootstrap,
-            "--topic",
-            DLQ,
-            "--group",
-            "repartition-dlq",
-            "--expect",
-            &stream.poison.len().to_string(),
-        ],
-    );
-    let dead: BTreeSet<String> = dlq
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    for p in &stream.poison {
-        assert!(dead.contains(p), "missing dead letter {p}");
-    }
+    common::assert_dead_lettered(&broker.bootstrap, DLQ, "repartition-dlq", &stream.poison);
     d.terminate();
 }

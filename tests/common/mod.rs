@@ -439,3 +439,43 @@ pub fn ready(base: &str) -> bool {
         .call()
         .is_ok_and(|r| r.status() == 200)
 }
+
+/// Asserts that every message of `poison` is on the dead-letter topic `topic` (read with the
+/// foreign client, as consumer group `group`). At least once: a copy written again after a crash
+/// is allowed.
+pub fn assert_dead_lettered<S: AsRef<str>>(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    poison: &[S],
+) {
+    let out = run_python(
+        "consume.py",
+        &[
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--group",
+            group,
+            "--expect",
+            &poison.len().to_string(),
+        ],
+    );
+    let dead: std::collections::BTreeSet<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for p in poison {
+        assert!(
+            dead.contains(p.as_ref()),
+            "missing dead letter {}",
+            p.as_ref()
+        );
+    }
+}
