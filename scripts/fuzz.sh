@@ -33,7 +33,7 @@ if ! [[ $SECONDS_PER_TARGET =~ ^[0-9]+$ ]] || [ "$SECONDS_PER_TARGET" -lt 1 ]; t
 fi
 shift $(($# > 0 ? 1 : 0))
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(decode_event checkpoint_read)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(decode_event decode_exporter checkpoint_read)
 
 CARGO_FUZZ_VERSION=0.13.2
 log() { printf 'fuzz: %s\n' "$*" >&2; }

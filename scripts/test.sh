@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 export TRAINSPOTTER_PYTHON="$PWD/.venv/bin/python"
-# A bounded fuzzing run of the decoder and the checkpoint reader (docs/fuzzing.md), on full runs
+# A bounded fuzzing run of the decoders and the checkpoint reader (docs/fuzzing.md), on full runs
 # only (not when a test filter is given).
 [ "$#" -gt 0 ] || scripts/fuzz.sh 60
 cargo test --locked "$@"
