@@ -730,36 +730,29 @@ impl Worker {
             .await;
     }
 
-    /// Forwards one sample to the repartition topic keyed by its tenant, retrying until
-    /// acknowledged. The headers say where it came from.
-    async fn forward(&self, m: &BorrowedMessage<'_>, sample: &UsageSample) {
-        let topic = &self.cfg.input.repartition_topic;
-        let offset = m.offset().to_string();
-        let partition = m.partition().to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "trainspotter.source.topic",
-                value: Some(m.topic()),
-            })
-            .insert(Header {
-                key: "trainspotter.source.partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "trainspotter.source.offset",
-                value: Some(offset.as_str()),
-            });
-        let payload = sample.to_json();
+    /// Produces one record, retrying with backoff until the broker acknowledges it; `on_failure`
+    /// runs for every failed attempt.
+    async fn produce_until_acked(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &OwnedHeaders,
+        on_failure: impl Fn(),
+    ) {
         let mut backoff = RETRY_BACKOFF;
         loop {
-            let record = FutureRecord::to(topic)
-                .key(sample.tenant.as_str())
-                .payload(payload.as_str())
+            let mut record = FutureRecord::to(topic)
+                .payload(payload)
                 .headers(headers.clone());
+            if let Some(k) = key {
+                record = record.key(k);
+            }
             match self.producer.send(record, Timeout::Never).await {
                 Ok(_) => return,
                 Err((e, _)) => {
-                    error!(error = %e, topic = %topic, "repartition produce failed; retrying");
+                    on_failure();
+                    error!(error = %e, topic, "produce failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 }
@@ -767,10 +760,22 @@ impl Worker {
         }
     }
 
+    /// Forwards one sample to the repartition topic keyed by its tenant, retrying until
+    /// acknowledged. The headers say where it came from.
+    async fn forward(&self, m: &BorrowedMessage<'_>, sample: &UsageSample) {
+        let headers = source_headers(OwnedHeaders::new(), m);
+        self.produce_until_acked(
+            &self.cfg.input.repartition_topic,
+            Some(sample.tenant.as_bytes()),
+            sample.to_json().as_bytes(),
+            &headers,
+            || {},
+        )
+        .await;
+    }
+
     /// Produces one rejected message to the dead-letter topic, retrying until acknowledged.
     async fn dead_letter(&self, m: &BorrowedMessage<'_>, r: &Rejected) {
-        let offset = m.offset().to_string();
-        let partition = m.partition().to_string();
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "trainspotter.reason",
@@ -779,70 +784,61 @@ impl Worker {
             .insert(Header {
                 key: "trainspotter.detail",
                 value: Some(r.rejection.detail.as_str()),
-            })
-            .insert(Header {
-                key: "trainspotter.source.topic",
-                value: Some(m.topic()),
-            })
-            .insert(Header {
-                key: "trainspotter.source.partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "trainspotter.source.offset",
-                value: Some(offset.as_str()),
             });
-        let payload: &[u8] = m.payload().unwrap_or_default();
-        let mut backoff = RETRY_BACKOFF;
-        loop {
-            let mut record = FutureRecord::to(&self.cfg.kafka.dead_letter_topic)
-                .payload(payload)
-                .headers(headers.clone());
-            if let Some(k) = m.key() {
-                record = record.key(k);
-            }
-            match self.producer.send(record, Timeout::Never).await {
-                Ok(_) => return,
-                Err((e, _)) => {
-                    error!(error = %e, topic = %self.cfg.kafka.dead_letter_topic, "dead-letter produce failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-                }
-            }
-        }
+        let headers = source_headers(headers, m);
+        self.produce_until_acked(
+            &self.cfg.kafka.dead_letter_topic,
+            m.key(),
+            m.payload().unwrap_or_default(),
+            &headers,
+            || {},
+        )
+        .await;
     }
 
     /// Produces alert records in order, each retried until acknowledged.
     async fn publish_alerts(&self, alerts: &[AlertRecord]) {
         let source = &self.cfg.alerts.source;
-        let sends = alerts.iter().map(|a| async move {
-            let body = a.to_cloudevent(source).to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "content-type", value: Some("application/cloudevents+json") });
-            let mut backoff = RETRY_BACKOFF;
-            loop {
-                let record = FutureRecord::to(&self.cfg.kafka.alert_topic)
-                    .key(a.dedup_key.as_str())
-                    .payload(body.as_str())
-                    .headers(headers.clone());
-                match self.producer.send(record, Timeout::Never).await {
-                    Ok(_) => {
-                        debug!(alertname = a.alertname.as_str(), status = a.status.as_str(), tenant = %a.tenant,
-                              job = a.job.as_deref().unwrap_or(""), "alert delivered");
-                        return;
-                    }
-                    Err((e, _)) => {
-                        self.metrics.alert_produce_error();
-                        error!(error = %e, topic = %self.cfg.kafka.alert_topic, "alert produce failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-                    }
-                }
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "content-type",
+            value: Some("application/cloudevents+json"),
+        });
+        let sends = alerts.iter().map(|a| {
+            let headers = &headers;
+            async move {
+                let body = a.to_cloudevent(source).to_string();
+                self.produce_until_acked(
+                    &self.cfg.kafka.alert_topic,
+                    Some(a.dedup_key.as_bytes()),
+                    body.as_bytes(),
+                    headers,
+                    || self.metrics.alert_produce_error(),
+                )
+                .await;
+                debug!(alertname = a.alertname.as_str(), status = a.status.as_str(), tenant = %a.tenant,
+                       job = a.job.as_deref().unwrap_or(""), "alert delivered");
             }
         });
         // The idempotent producer keeps per-partition order of records sent concurrently.
         join_all(sends).await;
     }
+}
+
+/// Adds where a message came from: `trainspotter.source.{topic,partition,offset}`.
+fn source_headers(headers: OwnedHeaders, m: &BorrowedMessage<'_>) -> OwnedHeaders {
+    headers
+        .insert(Header {
+            key: "trainspotter.source.topic",
+            value: Some(m.topic()),
+        })
+        .insert(Header {
+            key: "trainspotter.source.partition",
+            value: Some(&m.partition().to_string()),
+        })
+        .insert(Header {
+            key: "trainspotter.source.offset",
+            value: Some(&m.offset().to_string()),
+        })
 }
 
 fn now_ms() -> i64 {

@@ -194,8 +194,37 @@ impl Pipeline {
             let engine = self.new_engine();
             self.shards.insert(shard.clone(), engine);
         }
-        let decoder = self.decoder_of(&shard.topic);
+        let (rejected, consumed) = self.decode(shard, payloads, limits);
         let engine = self.shards.get_mut(shard).expect("inserted above");
+        let before = engine.stats();
+        for (_, s) in &self.samples {
+            engine.apply(s);
+        }
+        if !self.readings.is_empty() {
+            engine.apply_readings(self.readings.drain(..));
+        }
+        engine.count_rejected(rejected.len() as u64);
+        self.metrics.events_consumed(consumed);
+        self.metrics.engine_progress(&before, &engine.stats());
+        self.metrics
+            .batch_processed(started.elapsed().as_secs_f64());
+        self.refresh_gauges(false);
+        rejected
+    }
+
+    /// Decodes a batch of `shard`'s input with its topic's decoder into `self.samples` (with the
+    /// position of their message) and `self.readings`; returns the rejections by position and the
+    /// number of messages.
+    fn decode<'a, I>(
+        &mut self,
+        shard: &Shard,
+        payloads: I,
+        limits: DecodeLimits,
+    ) -> (Vec<Rejected>, u64)
+    where
+        I: IntoIterator<Item = Option<&'a [u8]>>,
+    {
+        let decoder = self.decoder_of(&shard.topic);
         let mut rejected = Vec::new();
         let mut consumed = 0u64;
         self.samples.clear();
@@ -222,20 +251,7 @@ impl Pipeline {
                 }
             }
         }
-        let before = engine.stats();
-        for (_, s) in &self.samples {
-            engine.apply(s);
-        }
-        if !self.readings.is_empty() {
-            engine.apply_readings(self.readings.drain(..));
-        }
-        engine.count_rejected(rejected.len() as u64);
-        self.metrics.events_consumed(consumed);
-        self.metrics.engine_progress(&before, &engine.stats());
-        self.metrics
-            .batch_processed(started.elapsed().as_secs_f64());
-        self.refresh_gauges(false);
-        rejected
+        (rejected, consumed)
     }
 
     /// Decodes one batch of `shard`'s input for the repartition step: the samples come back (to be
@@ -254,28 +270,8 @@ impl Pipeline {
             let engine = self.new_engine();
             self.shards.insert(shard.clone(), engine);
         }
-        let decoder = self.decoder_of(&shard.topic);
-        let mut rejected = Vec::new();
-        let mut samples = Vec::new();
-        let mut consumed = 0u64;
-        for (index, payload) in payloads.into_iter().enumerate() {
-            consumed += 1;
-            self.scratch.clear();
-            let result = match payload {
-                Some(p) => decoder.decode(p, limits, &mut self.scratch),
-                None => Err(Rejection {
-                    reason: RejectReason::MalformedJson,
-                    detail: "message has no payload".into(),
-                }),
-            };
-            match result {
-                Ok(()) => samples.extend(self.scratch.samples.drain(..).map(|s| (index, s))),
-                Err(rejection) => {
-                    self.metrics.event_rejected(rejection.reason);
-                    rejected.push(Rejected { index, rejection });
-                }
-            }
-        }
+        let (rejected, consumed) = self.decode(shard, payloads, limits);
+        let samples = std::mem::take(&mut self.samples);
         let engine = self.shards.get_mut(shard).expect("inserted above");
         engine.count_rejected(rejected.len() as u64);
         self.metrics.events_consumed(consumed);

@@ -18,8 +18,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::decode::{
-    json_rejection, missing, parse_rfc3339_ms, DecodeLimits, Decoded, Decoder, RejectReason,
-    Rejection,
+    json_rejection, missing, DecodeLimits, Decoded, Decoder, RejectReason, Rejection,
 };
 use crate::join;
 use crate::labels::LabelMap;
@@ -52,13 +51,7 @@ impl Decoder for PromAdapterJson {
         let value = m.value.ok_or_else(|| missing("value"))?;
         let timestamp = m.timestamp.ok_or_else(|| missing("timestamp"))?;
         let labels = m.labels.ok_or_else(|| missing("labels"))?;
-        let ts_ms = parse_rfc3339_ms(&timestamp).ok_or_else(|| {
-            Rejection::new(
-                RejectReason::BadTimestamp,
-                format!("timestamp {timestamp:?} is not RFC 3339"),
-            )
-        })?;
-        limits.check_ts(ts_ms)?;
+        let ts_ms = limits.rfc3339_ts(&timestamp)?;
         let value: f64 = value.trim().parse().map_err(|_| {
             Rejection::new(
                 RejectReason::WrongType,

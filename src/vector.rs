@@ -15,10 +15,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::decode::{
-    json_rejection, missing, parse_rfc3339_ms, DecodeLimits, Decoded, Decoder, RejectReason,
-    Rejection,
-};
+use crate::decode::{json_rejection, missing, DecodeLimits, Decoded, Decoder, Rejection};
 use crate::join;
 use crate::labels::LabelMap;
 
@@ -68,13 +65,7 @@ impl Decoder for VectorJson {
         };
         let name = m.name.ok_or_else(|| missing("name"))?;
         let timestamp = m.timestamp.ok_or_else(|| missing("timestamp"))?;
-        let ts_ms = parse_rfc3339_ms(&timestamp).ok_or_else(|| {
-            Rejection::new(
-                RejectReason::BadTimestamp,
-                format!("timestamp {timestamp:?} is not RFC 3339"),
-            )
-        })?;
-        limits.check_ts(ts_ms)?;
+        let ts_ms = limits.rfc3339_ts(&timestamp)?;
         let value = match (m.gauge, m.counter) {
             (Some(g), _) => g.value,
             (None, Some(c)) if m.kind.as_deref() != Some("incremental") => c.value,
@@ -92,6 +83,7 @@ impl Decoder for VectorJson {
 mod tests {
     use super::*;
     use crate::config::LabelsConfig;
+    use crate::decode::RejectReason;
     use crate::join::Field;
 
     fn decode(text: &str) -> Result<Decoded, Rejection> {
