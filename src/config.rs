@@ -454,6 +454,31 @@ pub struct Ramp {
     pub high: f64,
 }
 
+/// Weights of the features in the training score.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureWeights {
+    pub accelerators: f64,
+    pub duration: f64,
+    pub activity: f64,
+    pub temporal_variation: f64,
+    pub rank_spread: f64,
+    pub gang_synchrony: f64,
+}
+
+impl Default for FeatureWeights {
+    fn default() -> Self {
+        FeatureWeights {
+            accelerators: 1.0,
+            duration: 1.0,
+            activity: 1.0,
+            temporal_variation: 1.0,
+            rank_spread: 1.0,
+            gang_synchrony: 1.0,
+        }
+    }
+}
+
 /// Training-likeness scoring.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -474,6 +499,14 @@ pub struct DetectionConfig {
     pub temporal_variation: Ramp,
     /// Robust spread across accelerators (MAD / median of per-device activity): low is training-like.
     pub rank_spread: Ramp,
+    /// Share of the devices' variation over time that the gang has in common: high is
+    /// training-like (ranks stall and dip together; independent replicas do not).
+    pub gang_synchrony: Ramp,
+    /// Gang synchrony is only computed when the devices' relative standard deviation over time
+    /// reaches this; steadier gangs leave the feature out.
+    pub synchrony_min_variation: f64,
+    /// Weight of each feature's score in the training score (a weighted mean).
+    pub weights: FeatureWeights,
     /// Score at or above which a job is suspected of training.
     pub score_threshold: f64,
     /// A suspected job stays suspected until its score falls below this.
@@ -515,6 +548,12 @@ impl Default for DetectionConfig {
                 low: 0.30,
                 high: 0.10,
             },
+            gang_synchrony: Ramp {
+                low: 0.15,
+                high: 0.50,
+            },
+            synchrony_min_variation: 0.05,
+            weights: FeatureWeights::default(),
             score_threshold: 0.75,
             resolve_below: 0.5,
             job_end_after: HumanDuration::secs(900),
@@ -863,10 +902,43 @@ impl Config {
             ("detection.gpu_util", d.gpu_util),
             ("detection.temporal_variation", d.temporal_variation),
             ("detection.rank_spread", d.rank_spread),
+            ("detection.gang_synchrony", d.gang_synchrony),
         ] {
             if !(r.low.is_finite() && r.high.is_finite()) || r.low == r.high {
                 return Err(invalid(key, "low and high must be finite and different"));
             }
+        }
+        if !(d.synchrony_min_variation.is_finite() && d.synchrony_min_variation >= 0.0) {
+            return Err(invalid(
+                "detection.synchrony_min_variation",
+                "must be a finite number >= 0",
+            ));
+        }
+        let fw = &d.weights;
+        for (key, x) in [
+            ("detection.weights.accelerators", fw.accelerators),
+            ("detection.weights.duration", fw.duration),
+            ("detection.weights.activity", fw.activity),
+            ("detection.weights.temporal_variation", fw.temporal_variation),
+            ("detection.weights.rank_spread", fw.rank_spread),
+            ("detection.weights.gang_synchrony", fw.gang_synchrony),
+        ] {
+            if !(x.is_finite() && x >= 0.0) {
+                return Err(invalid(key, "must be a finite number >= 0"));
+            }
+        }
+        if fw.accelerators
+            + fw.duration
+            + fw.activity
+            + fw.temporal_variation
+            + fw.rank_spread
+            + fw.gang_synchrony
+            == 0.0
+        {
+            return Err(invalid(
+                "detection.weights",
+                "at least one weight must be positive",
+            ));
         }
         if !(0.0 < d.score_threshold && d.score_threshold <= 1.0) {
             return Err(invalid("detection.score_threshold", "must be in (0, 1]"));

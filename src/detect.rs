@@ -1,10 +1,26 @@
 //! Detection: activity features of one job over recent event time, and its training-likeness score.
 //!
-//! Features come from compact per-job panes ([`DetectPane`], one per detection slide) and from the
-//! recent activity of each device of the job. Each feature scores 0..1 on a configured ramp; the
-//! score is the mean of the features available. A job can only be suspected when it is a large gang
-//! (`accelerators`), has run long enough (`duration`) and reports some activity signal: a score alone
+//! Features come from compact per-job panes ([`DetectPane`], one per detection slide) and from
+//! per-device statistics ([`DeviceStat`]). Each feature scores 0..1 on a configured ramp; the score
+//! is the weighted mean of the features available. A job can only be suspected when it is a large
+//! gang (`accelerators`), has run long enough (`duration`) and reports enough activity: a score alone
 //! never accuses a customer. Pure code: no I/O, no clock.
+//!
+//! The features and what they separate:
+//! - `activity`: mean activity of the best signal (tensor > SM > GPU_UTIL). Training keeps the
+//!   tensor pipes busy; serving, notebooks and idle capacity do not; FP64 simulation and mining
+//!   keep SMs busy without tensor work.
+//! - `temporal_variation`: robust variation of the gang's activity over the window. Training is
+//!   flat apart from short checkpoint dips, which the median ignores; serving follows requests.
+//! - `rank_spread`: robust spread of activity across the devices. Ranks of a synchronous job wait
+//!   for each other, so they read alike.
+//! - `gang_synchrony`: how much of the devices' variation over time they share. Ranks of one
+//!   training job stall and dip together (collectives, checkpoints); independent replicas of an
+//!   inference fleet vary on their own, so the gang average is much smoother than each device.
+//!   Computed as variance over time of the gang mean / mean variance over time of each device:
+//!   near 1 for a gang in lockstep, near 1/N for N independent devices. A gang too steady for the
+//!   ratio to mean anything (relative standard deviation below `synchrony_min_variation`) has no
+//!   value, and the feature is left out rather than guessed.
 
 use serde::{Deserialize, Serialize};
 use statrs::statistics::{Data, Median};
@@ -75,15 +91,34 @@ pub struct Features {
     pub temporal_variation: Option<f64>,
     /// MAD / median of per-device activity (needs 3 devices).
     pub rank_spread: Option<f64>,
+    /// Variance over time of the gang mean / mean per-device variance (needs 3 slides, 2 devices
+    /// and variation above the configured minimum).
+    pub gang_synchrony: Option<f64>,
+    /// Mean per-device standard deviation over time, relative to the mean activity.
+    pub device_variation: Option<f64>,
     /// Devices that reported recently.
     pub devices: usize,
 }
 
-/// Computes features from the panes of the observed span, oldest first, and recent device activity.
-pub fn features(panes: &[DetectPane], device_activity: &[f64], duration_s: f64) -> Features {
+/// What detection keeps per device: smoothed activity of the job's best signal and its variance
+/// over time (exponentially weighted over about one detection window).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceStat {
+    pub activity: f64,
+    pub variance: f64,
+}
+
+/// Computes features from the panes of the observed span, oldest first, and the devices that
+/// reported recently. `min_variation`: see [`Features::gang_synchrony`].
+pub fn features(
+    panes: &[DetectPane],
+    devices: &[DeviceStat],
+    duration_s: f64,
+    min_variation: f64,
+) -> Features {
     let mut f = Features {
         duration_s,
-        devices: device_activity.len(),
+        devices: devices.len(),
         ..Features::default()
     };
     if panes.is_empty() {
@@ -108,10 +143,26 @@ pub fn features(panes: &[DetectPane], device_activity: &[f64], duration_s: f64) 
             .filter(|p| p.activity[i].weight > 0.0)
             .map(|p| (p.activity[i].sum / p.activity[i].weight) as f64)
             .collect();
-        f.temporal_variation = relative_mad(per_pane);
+        f.temporal_variation = relative_mad(per_pane.clone());
+        let mean = s / w;
+        if !devices.is_empty() && mean > 0.0 {
+            let device_var = devices.iter().map(|d| d.variance.max(0.0)).sum::<f64>()
+                / devices.len() as f64;
+            let variation = device_var.sqrt() / mean;
+            f.device_variation = Some(variation);
+            if per_pane.len() >= 3 && devices.len() >= 2 && variation >= min_variation {
+                f.gang_synchrony = Some((population_variance(&per_pane) / device_var).min(1.0));
+            }
+        }
     }
-    f.rank_spread = relative_mad(device_activity.to_vec());
+    f.rank_spread = relative_mad(devices.iter().map(|d| d.activity).collect());
     f
+}
+
+fn population_variance(v: &[f64]) -> f64 {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n
 }
 
 fn median(v: Vec<f64>) -> f64 {
@@ -133,11 +184,15 @@ fn relative_mad(v: Vec<f64>) -> Option<f64> {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FeatureScore {
     pub name: &'static str,
+    /// What the value measures, for the analyst reading the evidence.
+    pub meaning: &'static str,
     pub value: Option<f64>,
     /// Value scoring 0 and value scoring 1.
     pub low: f64,
     pub high: f64,
     pub score: Option<f64>,
+    /// Weight of the score in the weighted mean.
+    pub weight: f64,
     /// The value reached `high`.
     pub fired: bool,
     /// The job cannot be suspected unless this feature fired.
@@ -155,16 +210,95 @@ pub struct Verdict {
     pub gates_passed: bool,
 }
 
-fn ramp(name: &'static str, value: Option<f64>, r: Ramp, required: bool) -> FeatureScore {
+fn ramp(
+    (name, meaning): (&'static str, &'static str),
+    value: Option<f64>,
+    r: Ramp,
+    weight: f64,
+    required: bool,
+) -> FeatureScore {
     let score = value.map(|v| ((v - r.low) / (r.high - r.low)).clamp(0.0, 1.0));
     FeatureScore {
         name,
+        meaning,
         value,
         low: r.low,
         high: r.high,
         score,
+        weight,
         fired: score == Some(1.0),
         required,
+    }
+}
+
+/// Feature names and meanings, in evidence order.
+pub const FEATURES: [(&str, &str); 6] = [
+    (
+        "accelerators",
+        "median concurrent accelerators over the window",
+    ),
+    ("duration_seconds", "event time since the job's first sample"),
+    (
+        "activity",
+        "accelerator-time-weighted mean of the best activity signal over the window",
+    ),
+    (
+        "temporal_variation",
+        "median absolute deviation / median of the gang's per-slide activity",
+    ),
+    (
+        "rank_spread",
+        "median absolute deviation / median of the devices' smoothed activity",
+    ),
+    (
+        "gang_synchrony",
+        "variance over time of the gang mean / mean per-device variance over time (1 = lockstep)",
+    ),
+];
+
+impl Verdict {
+    /// One sentence per feature: its value, the threshold it is measured against and whether it
+    /// fired, so an analyst can check the decision by hand.
+    pub fn reasons(&self) -> Vec<String> {
+        self.features
+            .iter()
+            .map(|f| {
+                let role = if f.required {
+                    "required gate"
+                } else {
+                    "score only"
+                };
+                match (f.value, f.score) {
+                    (Some(v), Some(s)) => format!(
+                        "{} = {} ({}): scores {:.2} on the ramp {} -> {} ({role}, weight {}){}",
+                        f.name,
+                        fmt_value(v),
+                        f.meaning,
+                        s,
+                        fmt_value(f.low),
+                        fmt_value(f.high),
+                        f.weight,
+                        if f.fired {
+                            "; reached"
+                        } else {
+                            "; not reached"
+                        }
+                    ),
+                    _ => format!(
+                        "{}: no value ({}), left out of the score ({role})",
+                        f.name, f.meaning
+                    ),
+                }
+            })
+            .collect()
+    }
+}
+
+fn fmt_value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
     }
 }
 
@@ -175,20 +309,50 @@ pub fn score(f: &Features, cfg: &DetectionConfig) -> Verdict {
         Some(Signal::SmActive) => cfg.sm_active,
         Some(Signal::GpuUtil) => cfg.gpu_util,
     };
+    let w = &cfg.weights;
     let features = vec![
-        ramp("accelerators", Some(f.accelerators), cfg.accelerators, true),
-        ramp("duration_seconds", Some(f.duration_s), cfg.duration, true),
-        ramp("activity", f.activity, activity_ramp, true),
         ramp(
-            "temporal_variation",
+            FEATURES[0],
+            Some(f.accelerators),
+            cfg.accelerators,
+            w.accelerators,
+            true,
+        ),
+        ramp(
+            FEATURES[1],
+            Some(f.duration_s),
+            cfg.duration,
+            w.duration,
+            true,
+        ),
+        ramp(FEATURES[2], f.activity, activity_ramp, w.activity, true),
+        ramp(
+            FEATURES[3],
             f.temporal_variation,
             cfg.temporal_variation,
+            w.temporal_variation,
             false,
         ),
-        ramp("rank_spread", f.rank_spread, cfg.rank_spread, false),
+        ramp(
+            FEATURES[4],
+            f.rank_spread,
+            cfg.rank_spread,
+            w.rank_spread,
+            false,
+        ),
+        ramp(
+            FEATURES[5],
+            f.gang_synchrony,
+            cfg.gang_synchrony,
+            w.gang_synchrony,
+            false,
+        ),
     ];
-    let scored: Vec<f64> = features.iter().filter_map(|x| x.score).collect();
-    let score = scored.iter().sum::<f64>() / scored.len() as f64;
+    let (weighted, weights) = features
+        .iter()
+        .filter_map(|x| x.score.map(|s| (s * x.weight, x.weight)))
+        .fold((0.0, 0.0), |(a, b), (s, w)| (a + s, b + w));
+    let score = if weights > 0.0 { weighted / weights } else { 0.0 };
     let gates_passed = features.iter().all(|x| !x.required || x.fired);
     Verdict {
         score,
@@ -214,13 +378,25 @@ mod tests {
         p
     }
 
+    fn devs(activity: &[f64]) -> Vec<DeviceStat> {
+        activity
+            .iter()
+            .map(|&a| DeviceStat {
+                activity: a,
+                variance: 0.0,
+            })
+            .collect()
+    }
+
+    const MIN_VARIATION: f64 = 0.05;
+
     #[test]
     fn steady_large_gang_scores_as_training() {
         let panes: Vec<_> = (0..60)
             .map(|i| pane(512.0, 0, if i % 20 == 0 { 0.1 } else { 0.45 }))
             .collect();
-        let devices = vec![0.45; 512];
-        let f = features(&panes, &devices, 7200.0);
+        let devices = devs(&[0.45; 512]);
+        let f = features(&panes, &devices, 7200.0, MIN_VARIATION);
         assert_eq!(f.accelerators, 512.0);
         assert_eq!(f.signal, Some(Signal::TensorActive));
         assert!(
@@ -237,9 +413,9 @@ mod tests {
         let panes: Vec<_> = (0..60)
             .map(|i| pane(256.0, 0, 0.02 + 0.3 * ((i % 7) as f32 / 7.0)))
             .collect();
-        let devices: Vec<f64> = (0..256).map(|i| (i % 10) as f64 / 20.0).collect();
+        let activity: Vec<f64> = (0..256).map(|i| (i % 10) as f64 / 20.0).collect();
         let v = score(
-            &features(&panes, &devices, 86_400.0),
+            &features(&panes, &devs(&activity), 86_400.0, MIN_VARIATION),
             &DetectionConfig::default(),
         );
         assert!(v.score < 0.75, "{v:?}");
@@ -249,7 +425,7 @@ mod tests {
     fn small_jobs_never_pass_the_gates() {
         let panes: Vec<_> = (0..60).map(|_| pane(8.0, 0, 0.6)).collect();
         let v = score(
-            &features(&panes, &[0.6; 8], 86_400.0),
+            &features(&panes, &devs(&[0.6; 8]), 86_400.0, MIN_VARIATION),
             &DetectionConfig::default(),
         );
         assert!(!v.gates_passed);
@@ -264,7 +440,7 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let f = features(&panes, &[], 86_400.0);
+        let f = features(&panes, &[], 86_400.0, MIN_VARIATION);
         assert_eq!(f.signal, None);
         let v = score(&f, &DetectionConfig::default());
         assert!(!v.gates_passed);
@@ -273,9 +449,80 @@ mod tests {
     #[test]
     fn weaker_signals_use_their_own_ramps() {
         let panes: Vec<_> = (0..60).map(|_| pane(128.0, 2, 0.97)).collect();
-        let f = features(&panes, &[0.97; 16], 7200.0);
+        let f = features(&panes, &devs(&[0.97; 16]), 7200.0, MIN_VARIATION);
         assert_eq!(f.signal, Some(Signal::GpuUtil));
         let v = score(&f, &DetectionConfig::default());
         assert!(v.features[2].fired);
+    }
+
+    /// Per-slide gang means alternating between `hi` and `lo` (a dip every other slide), and
+    /// devices whose own variance over time is `device_var`.
+    fn dipping_gang(device_var: f64) -> (Vec<DetectPane>, Vec<DeviceStat>) {
+        let panes: Vec<_> = (0..60)
+            .map(|i| pane(256.0, 0, if i % 2 == 0 { 0.5 } else { 0.3 }))
+            .collect();
+        let devices = (0..256)
+            .map(|_| DeviceStat {
+                activity: 0.4,
+                variance: device_var,
+            })
+            .collect();
+        (panes, devices)
+    }
+
+    #[test]
+    fn devices_that_move_together_are_in_lockstep() {
+        // The gang mean varies by +-0.1 (variance 0.01), as much as each device does.
+        let (panes, devices) = dipping_gang(0.01);
+        let f = features(&panes, &devices, 7200.0, MIN_VARIATION);
+        let s = f.gang_synchrony.unwrap();
+        assert!((s - 1.0).abs() < 1e-3, "{s}");
+        let v = score(&f, &DetectionConfig::default());
+        assert!(v.features[5].fired, "{v:?}");
+    }
+
+    #[test]
+    fn independent_replicas_are_not_in_lockstep() {
+        // Each device varies 25 times more than the gang mean does: they average each other out.
+        let (panes, devices) = dipping_gang(0.25);
+        let f = features(&panes, &devices, 7200.0, MIN_VARIATION);
+        let s = f.gang_synchrony.unwrap();
+        assert!((s - 0.04).abs() < 1e-3, "{s}");
+        let v = score(&f, &DetectionConfig::default());
+        assert_eq!(v.features[5].score, Some(0.0), "{v:?}");
+    }
+
+    #[test]
+    fn a_gang_too_steady_to_tell_has_no_synchrony_value() {
+        let (panes, devices) = dipping_gang(1e-6);
+        let f = features(&panes, &devices, 7200.0, MIN_VARIATION);
+        assert!(f.device_variation.unwrap() < MIN_VARIATION);
+        assert_eq!(f.gang_synchrony, None);
+        let v = score(&f, &DetectionConfig::default());
+        assert_eq!(v.features[5].score, None, "left out of the mean");
+    }
+
+    #[test]
+    fn score_is_the_weighted_mean_of_the_available_features() {
+        let (panes, devices) = dipping_gang(0.25);
+        let f = features(&panes, &devices, 7200.0, MIN_VARIATION);
+        let mut cfg = DetectionConfig::default();
+        let v = score(&f, &cfg);
+        let (ws, w) = v
+            .features
+            .iter()
+            .filter_map(|x| x.score.map(|s| (s * x.weight, x.weight)))
+            .fold((0.0, 0.0), |(a, b), (s, w)| (a + s, b + w));
+        assert!((v.score - ws / w).abs() < 1e-12);
+        // Weighting synchrony (which scores 0 here) alone gives a score of 0.
+        cfg.weights = crate::config::FeatureWeights {
+            accelerators: 0.0,
+            duration: 0.0,
+            activity: 0.0,
+            temporal_variation: 0.0,
+            rank_spread: 0.0,
+            gang_synchrony: 1.0,
+        };
+        assert_eq!(score(&f, &cfg).score, 0.0);
     }
 }

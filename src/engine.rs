@@ -88,6 +88,9 @@ struct SeriesState {
     covered_pane: i64,
     /// Smoothed activity of the best signal; NaN until one is reported.
     activity: f32,
+    /// Exponentially weighted moments of the best signal's activity over about one detection
+    /// window: total weight, weighted sum, weighted sum of squares.
+    moments: [f32; 3],
 }
 
 impl Default for SeriesState {
@@ -97,7 +100,40 @@ impl Default for SeriesState {
             last_ts: i64::MIN,
             covered_pane: i64::MIN,
             activity: f32::NAN,
+            moments: [0.0; 3],
         }
+    }
+}
+
+impl SeriesState {
+    /// Adds one activity reading; `alpha` is the weight of the new reading.
+    fn observe_activity(&mut self, v: f32, alpha: f32) {
+        let a = &mut self.activity;
+        *a = if a.is_nan() {
+            v
+        } else {
+            *a + DEVICE_EWMA_ALPHA * (v - *a)
+        };
+        let m = &mut self.moments;
+        let keep = 1.0 - alpha;
+        *m = [
+            keep * m[0] + alpha,
+            keep * m[1] + alpha * v,
+            keep * m[2] + alpha * v * v,
+        ];
+    }
+
+    /// Smoothed activity and variance over time, once any activity was reported.
+    fn device_stat(&self) -> Option<detect::DeviceStat> {
+        let [w, s1, s2] = self.moments;
+        if self.activity.is_nan() || w <= 0.0 {
+            return None;
+        }
+        let mean = (s1 / w) as f64;
+        Some(detect::DeviceStat {
+            activity: self.activity as f64,
+            variance: ((s2 / w) as f64 - mean * mean).max(0.0),
+        })
     }
 }
 
@@ -248,6 +284,23 @@ pub struct JobReport {
     pub last_seen: String,
 }
 
+/// Why a job is or is not suspected (`explain`, `GET /api/v1/explain`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub tenant: String,
+    pub job: String,
+    /// Event time the features were computed at: the latest evaluation.
+    pub evaluated_at: String,
+    /// The job's current detection state (with hysteresis: a suspected job stays suspected until
+    /// its score falls below `detection.resolve_below`).
+    pub suspected: bool,
+    /// No sample for `detection.job_end_after`: the job is not evaluated any more.
+    pub ended: bool,
+    pub score: f64,
+    pub gates_passed: bool,
+    pub evidence: serde_json::Value,
+}
+
 /// Everything the engine accumulates from its input: what a checkpoint holds. Configuration and
 /// caches are not part of it; they are rebuilt from the configuration on restore.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -265,6 +318,8 @@ pub struct State {
     stats: EngineStats,
     /// Readings of metric-per-message formats not yet joined into samples.
     join: JoinBuffer,
+    /// Event time of the latest evaluation.
+    last_eval_ms: Option<i64>,
 }
 
 impl JobReport {
@@ -465,12 +520,8 @@ impl Engine {
         series.last_ts = series.last_ts.max(ts);
         let best = Signal::best(&sample.activity);
         if let Some((_, v)) = best {
-            let a = &mut series.activity;
-            *a = if a.is_nan() {
-                v as f32
-            } else {
-                *a + DEVICE_EWMA_ALPHA * (v as f32 - *a)
-            };
+            let alpha = (interval_ms as f32 / self.s.detect_window_ms as f32).clamp(0.0, 1.0);
+            series.observe_activity(v as f32, alpha);
         }
 
         let peak = self.catalog.resolve(sample.accelerator.as_deref());
@@ -603,6 +654,7 @@ impl Engine {
 
     /// Evaluates detection and compute conditions at event time `now`.
     fn evaluate(&mut self, now: i64) {
+        self.st.last_eval_ms = Some(now);
         let mut jobs: Vec<JobKey> = self.st.touched_jobs.drain().collect();
         let mut tenants: Vec<Arc<str>> = self.st.touched_tenants.drain().collect();
         for e in self.st.alerts.entities() {
@@ -697,48 +749,27 @@ impl Engine {
             expected += 1;
         }
         let recent = now - 2 * slide;
-        let devices: Vec<f64> = job
+        let devices: Vec<detect::DeviceStat> = job
             .series
             .values()
-            .filter(|s| s.last_ts >= recent && !s.activity.is_nan())
-            .map(|s| s.activity as f64)
+            .filter(|s| s.last_ts >= recent)
+            .filter_map(SeriesState::device_stat)
             .collect();
         let duration_s =
             ((job.account.last_ts.min(now) - job.account.first_ts).max(0)) as f64 / 1000.0;
         detect::score(
-            &detect::features(&panes, &devices, duration_s),
+            &detect::features(
+                &panes,
+                &devices,
+                duration_s,
+                self.detection.synchrony_min_variation,
+            ),
             &self.detection,
         )
     }
 
     fn training_condition(&self, k: &JobKey, job: &JobState, v: &Verdict, now: i64) -> Condition {
-        let slide = self.s.detect_slide_ms;
-        let window_start =
-            (now - self.s.detect_window_ms).max(job.account.first_ts.div_euclid(slide) * slide);
-        let recent = now - 2 * slide;
-        let mut nodes: Vec<&str> = job
-            .series
-            .values()
-            .zip(job.series.keys())
-            .filter(|(s, _)| s.last_ts >= recent)
-            .filter_map(|(_, key)| key.node.as_deref())
-            .collect();
-        nodes.sort_unstable();
-        nodes.dedup();
         let accelerators = v.features[0].value.unwrap_or(0.0);
-        let evidence = serde_json::json!({
-            "score": v.score,
-            "score_threshold": self.detection.score_threshold,
-            "window": {"start": format_rfc3339_ms(window_start), "end": format_rfc3339_ms(now)},
-            "features": v.features,
-            "activity_signal": v.signal.map(Signal::name),
-            "signals_available": self.signals_available(job, now),
-            "nodes": nodes.len(),
-            "node_sample": nodes.iter().take(16).collect::<Vec<_>>(),
-            "devices_reporting": job.series.values().filter(|s| s.last_ts >= recent).count(),
-            "accelerator_models": self.model_names(job),
-            "first_seen": format_rfc3339_ms(job.account.first_ts),
-        });
         Condition {
             name: AlertName::TrainingSuspected,
             threshold: None,
@@ -747,10 +778,78 @@ impl Engine {
                 "job {} of tenant {} looks like large-model training: score {:.2}, {:.0} accelerators",
                 k.job, k.tenant, v.score, accelerators
             ),
-            evidence,
+            evidence: self.training_evidence(job, v, now),
             estimated_flop: self.estimator.flop(&job.account.lifetime),
             eta_ms: None,
         }
+    }
+
+    /// What a training verdict rests on: the score and every feature against its thresholds, the
+    /// window, and the devices, nodes and time span involved. The same in alerts and `explain`.
+    fn training_evidence(&self, job: &JobState, v: &Verdict, now: i64) -> serde_json::Value {
+        let slide = self.s.detect_slide_ms;
+        let window_start =
+            (now - self.s.detect_window_ms).max(job.account.first_ts.div_euclid(slide) * slide);
+        let recent = now - 2 * slide;
+        let mut nodes: Vec<&str> = job
+            .series
+            .iter()
+            .filter(|(_, s)| s.last_ts >= recent)
+            .filter_map(|(key, _)| key.node.as_deref())
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        serde_json::json!({
+            "score": v.score,
+            "score_threshold": self.detection.score_threshold,
+            "gates_passed": v.gates_passed,
+            "window": {"start": format_rfc3339_ms(window_start), "end": format_rfc3339_ms(now)},
+            "features": v.features,
+            "reasons": v.reasons(),
+            "activity_signal": v.signal.map(Signal::name),
+            "signals_available": self.signals_available(job, now),
+            "nodes": nodes.len(),
+            "node_sample": nodes.iter().take(16).collect::<Vec<_>>(),
+            "devices_reporting": job.series.values().filter(|s| s.last_ts >= recent).count(),
+            "accelerator_models": self.model_names(job),
+            "first_seen": format_rfc3339_ms(job.account.first_ts),
+            "last_seen": format_rfc3339_ms(job.account.last_ts),
+        })
+    }
+
+    /// Why job `job` of `tenant` is or is not suspected of training, evaluated at the engine's
+    /// latest evaluation time, or for a job that has ended at the end of its last slide (the same
+    /// features and thresholds an alert would show).
+    pub fn explain(&self, tenant: &str, job: &str) -> Option<Explanation> {
+        let key = JobKey {
+            tenant: Arc::from(tenant),
+            job: Arc::from(job),
+        };
+        let state = self.st.jobs.get(&key)?;
+        let latest = self
+            .st
+            .last_eval_ms
+            .or(self.st.max_event_ms)
+            .unwrap_or(state.account.last_ts);
+        let ended = state.account.last_ts < latest - self.s.job_end_after_ms;
+        // An ended job is explained as it was when last seen: at the end of its last slide.
+        let slide = self.s.detect_slide_ms;
+        let now = if ended {
+            (state.account.last_ts.div_euclid(slide) + 1) * slide
+        } else {
+            latest
+        };
+        let v = self.verdict(state, now);
+        Some(Explanation {
+            tenant: tenant.to_string(),
+            job: job.to_string(),
+            evaluated_at: format_rfc3339_ms(now),
+            suspected: state.suspected,
+            ended,
+            score: v.score,
+            gates_passed: v.gates_passed,
+            evidence: self.training_evidence(state, &v, now),
+        })
     }
 
     fn signals_available(&self, job: &JobState, now: i64) -> Vec<&'static str> {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{JobReport, TenantReport};
+use crate::engine::{Explanation, JobReport, TenantReport};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::partitions::{PartitionStatus, Partitions};
@@ -26,6 +26,11 @@ pub enum Query {
     Tenants(oneshot::Sender<TenantsView>),
     Jobs(Option<String>, oneshot::Sender<JobsView>),
     Partitions(oneshot::Sender<PartitionsView>),
+    Explain {
+        tenant: String,
+        job: String,
+        tx: oneshot::Sender<Option<Explanation>>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +62,12 @@ struct JobFilter {
     tenant: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct JobId {
+    tenant: String,
+    job: String,
+}
+
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -65,6 +76,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/tenants", get(tenants))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/partitions", get(partitions))
+        .route("/api/v1/explain", get(explain))
         .with_state(state)
 }
 
@@ -150,6 +162,29 @@ async fn partitions(State(s): State<HttpState>) -> Response {
     }
 }
 
+async fn explain(State(s): State<HttpState>, UrlQuery(id): UrlQuery<JobId>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let q = Query::Explain {
+        tenant: id.tenant.clone(),
+        job: id.job.clone(),
+        tx,
+    };
+    if s.queries.send(q).await.is_err() {
+        return unavailable();
+    }
+    match rx.await {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({
+                "error": format!("no job {} of tenant {} in the current state", id.job, id.tenant)
+            })),
+        )
+            .into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
 /// Answers a query from the current state (called by the state-owning task).
 pub fn answer(parts: &Partitions, q: Query) {
     let p = &parts.pipeline;
@@ -176,6 +211,9 @@ pub fn answer(parts: &Partitions, q: Query) {
             let _ = tx.send(PartitionsView {
                 partitions: parts.status(),
             });
+        }
+        Query::Explain { tenant, job, tx } => {
+            let _ = tx.send(p.explain(&tenant, &job));
         }
     }
 }

@@ -15,6 +15,7 @@
 //! - [`pipeline`]: a batch of payloads through decode and engine, with metrics; shared by `run`,
 //!   `replay` and `demo`.
 //! - [`config`]: typed, layered, validated configuration.
+//! - [`registry`]: tenant KYC context (organisation, jurisdiction, verification) and the policy it implies.
 //! - [`metrics`]: every Prometheus metric, in one registry per pipeline.
 //! - [`report`]: the replay report and API shapes.
 //! - [`replay`]: the pipeline over an NDJSON file.
@@ -45,6 +46,7 @@ pub mod otlp;
 pub mod partitions;
 pub mod pipeline;
 pub mod prom_adapter;
+pub mod registry;
 pub mod replay;
 pub mod sim;
 pub mod topics;

@@ -86,6 +86,26 @@ enum Command {
         #[arg(long, short, default_value = "-")]
         output: String,
     },
+    /// Explain why a job is or is not suspected of training: replay a file (as `replay` does) and
+    /// print, as JSON, the job's score and every feature against its thresholds, with the window,
+    /// nodes, devices and time span involved. A running daemon answers the same question at
+    /// GET /api/v1/explain?tenant=T&job=J.
+    Explain {
+        /// Job id to explain.
+        #[arg(long)]
+        job: String,
+        /// Tenant of the job; without it, every tenant's job of that id is explained.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Configuration file (TOML); detection settings apply.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Format of the lines (as for `replay`).
+        #[arg(long, value_enum, default_value = "native")]
+        format: ReplayFormat,
+        /// Input file, or - for standard input.
+        input: String,
+    },
     /// Load and validate a configuration; print the effective settings with secrets redacted.
     CheckConfig {
         /// Configuration file (TOML).
@@ -221,23 +241,78 @@ fn main() -> ExitCode {
             format,
             input,
         } => {
-            let mut cfg = match load(config.as_ref()) {
+            let cfg = match replay_config(config.as_ref(), format) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            cfg.input.formats.insert(
-                trainspotter::pipeline::Shard::LOCAL_TOPIC.into(),
-                match format {
-                    ReplayFormat::Native => InputFormat::Native,
-                    ReplayFormat::PrometheusAdapter => InputFormat::PrometheusAdapter,
-                    ReplayFormat::Vector => InputFormat::Vector,
-                    ReplayFormat::OtlpJson => InputFormat::OtlpJson,
-                },
-            );
             init_logging(&cfg);
             report_exit(replay(&cfg, &input, report, dead_letter))
         }
+        Command::Explain {
+            job,
+            tenant,
+            config,
+            format,
+            input,
+        } => {
+            let cfg = match replay_config(config.as_ref(), format) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&cfg);
+            report_exit(explain(&cfg, &input, &job, tenant.as_deref()))
+        }
     }
+}
+
+/// The configuration of a file replay: `path` (or defaults) with the file's format.
+fn replay_config(path: Option<&PathBuf>, format: ReplayFormat) -> Result<Config, ExitCode> {
+    let mut cfg = load(path)?;
+    cfg.input.formats.insert(
+        trainspotter::pipeline::Shard::LOCAL_TOPIC.into(),
+        match format {
+            ReplayFormat::Native => InputFormat::Native,
+            ReplayFormat::PrometheusAdapter => InputFormat::PrometheusAdapter,
+            ReplayFormat::Vector => InputFormat::Vector,
+            ReplayFormat::OtlpJson => InputFormat::OtlpJson,
+        },
+    );
+    Ok(cfg)
+}
+
+fn explain(cfg: &Config, input: &str, job: &str, tenant: Option<&str>) -> anyhow::Result<()> {
+    let mut reader = trainspotter::replay::open_input(input)?;
+    let pipeline = trainspotter::replay::replay_into_pipeline(
+        cfg,
+        &mut reader,
+        &mut io::sink(),
+        None,
+        false,
+    )?;
+    let tenants: Vec<String> = match tenant {
+        Some(t) => vec![t.to_string()],
+        None => pipeline
+            .job_reports()
+            .into_iter()
+            .filter(|j| j.job == job)
+            .map(|j| j.tenant)
+            .collect(),
+    };
+    let explained: Vec<_> = tenants
+        .iter()
+        .filter_map(|t| pipeline.explain(t, job))
+        .collect();
+    if explained.is_empty() {
+        anyhow::bail!(
+            "no job {job}{} in {input}",
+            tenant.map(|t| format!(" of tenant {t}")).unwrap_or_default()
+        );
+    }
+    let mut out = BufWriter::new(io::stdout().lock());
+    serde_json::to_writer_pretty(&mut out, &explained)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -16,7 +16,7 @@ use crate::decode::{
     format_rfc3339_ms, DecodeLimits, Decoded, Decoder, NativeJson, RejectReason, Rejection,
     UsageSample,
 };
-use crate::engine::{Engine, EngineStats, JobReport, TenantReport};
+use crate::engine::{Engine, EngineStats, Explanation, JobReport, TenantReport};
 use crate::join::Reading;
 use crate::labels::LabelMap;
 use crate::metrics::{Metrics, StateGauges};
@@ -390,6 +390,11 @@ impl Pipeline {
             same
         });
         all
+    }
+
+    /// Why a job is or is not suspected (see [`Engine::explain`]); `None` if no shard has it.
+    pub fn explain(&self, tenant: &str, job: &str) -> Option<Explanation> {
+        self.shards.values().find_map(|e| e.explain(tenant, job))
     }
 
     pub fn report(&self) -> Report {

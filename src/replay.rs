@@ -55,9 +55,21 @@ pub fn replay(
     cfg: &Config,
     input: &mut dyn BufRead,
     alerts: &mut dyn Write,
-    mut dead_letter: Option<&mut dyn Write>,
+    dead_letter: Option<&mut dyn Write>,
     progress: bool,
 ) -> Result<Report, ReplayError> {
+    Ok(replay_into_pipeline(cfg, input, alerts, dead_letter, progress)?.report())
+}
+
+/// Runs the whole input through a fresh pipeline and returns the pipeline at the end of input,
+/// for questions the report does not answer (`explain`).
+pub fn replay_into_pipeline(
+    cfg: &Config,
+    input: &mut dyn BufRead,
+    alerts: &mut dyn Write,
+    mut dead_letter: Option<&mut dyn Write>,
+    progress: bool,
+) -> Result<Pipeline, ReplayError> {
     let mut pipeline = Pipeline::new(cfg, Arc::new(Metrics::new()))?;
     let shard = Shard::local();
     let source = cfg.alerts.source.clone();
@@ -123,5 +135,5 @@ pub fn replay(
         }
     }
     alerts.flush()?;
-    Ok(pipeline.report())
+    Ok(pipeline)
 }
