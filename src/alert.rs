@@ -62,11 +62,68 @@ impl Status {
     }
 }
 
-/// The entity an alert is about: a tenant, or one job of a tenant.
+/// The entity an alert is about: one job of a tenant, a tenant, or an organisation (a group of
+/// tenants in the tenant registry).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Entity {
+    /// The tenant of a job or tenant entity; empty for an organisation.
     pub tenant: Arc<str>,
     pub job: Option<Arc<str>>,
+    /// The organisation of an organisation entity; `None` otherwise.
+    pub org: Option<Arc<str>>,
+}
+
+/// What kind of entity an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Job,
+    Tenant,
+    Organisation,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Job => "job",
+            Scope::Tenant => "tenant",
+            Scope::Organisation => "organisation",
+        }
+    }
+}
+
+impl Entity {
+    pub fn job(tenant: Arc<str>, job: Arc<str>) -> Entity {
+        Entity {
+            tenant,
+            job: Some(job),
+            org: None,
+        }
+    }
+
+    pub fn tenant(tenant: Arc<str>) -> Entity {
+        Entity {
+            tenant,
+            job: None,
+            org: None,
+        }
+    }
+
+    pub fn organisation(org: Arc<str>) -> Entity {
+        Entity {
+            tenant: Arc::from(""),
+            job: None,
+            org: Some(org),
+        }
+    }
+
+    pub fn scope(&self) -> Scope {
+        match (&self.org, &self.job) {
+            (Some(_), _) => Scope::Organisation,
+            (None, Some(_)) => Scope::Job,
+            (None, None) => Scope::Tenant,
+        }
+    }
 }
 
 /// A condition that holds for an entity at one evaluation.
@@ -80,6 +137,8 @@ pub struct Condition {
     pub evidence: serde_json::Value,
     pub estimated_flop: FlopEstimate,
     pub eta_ms: Option<i64>,
+    /// The organisation the entity belongs to (from the tenant registry), if any.
+    pub organisation: Option<String>,
 }
 
 impl Condition {
@@ -88,18 +147,24 @@ impl Condition {
     }
 }
 
-/// Builds the dedup key: `alertname|tenant|job|threshold`, with `\` and `|` escaped in the parts.
+/// Builds the dedup key: `alertname|tenant|job|threshold`, and `|organisation` appended for an
+/// organisation entity, with `\` and `|` escaped in the parts.
 pub fn dedup_key(name: AlertName, entity: &Entity, threshold: Option<f64>) -> String {
     fn esc(s: &str) -> String {
         s.replace('\\', "\\\\").replace('|', "\\|")
     }
-    format!(
+    let mut key = format!(
         "{}|{}|{}|{}",
         name.as_str(),
         esc(&entity.tenant),
         entity.job.as_deref().map(esc).unwrap_or_default(),
         threshold.map(|t| format!("{t:e}")).unwrap_or_default()
-    )
+    );
+    if let Some(org) = &entity.org {
+        key.push('|');
+        key.push_str(&esc(org));
+    }
+    key
 }
 
 /// One alert transition or re-send: the `data` of the CloudEvent and one line of `replay` output.
@@ -109,8 +174,12 @@ pub struct AlertRecord {
     pub status: Status,
     pub alertname: AlertName,
     pub severity: Severity,
+    pub scope: Scope,
+    /// The tenant (empty for an organisation alert).
     pub tenant: String,
     pub job: Option<String>,
+    /// The organisation alerted on, or the organisation of the tenant.
+    pub organisation: Option<String>,
     pub starts_at: String,
     pub ends_at: Option<String>,
     pub summary: String,
@@ -193,8 +262,14 @@ impl AlertBook {
             status,
             alertname: c.name,
             severity: c.severity,
+            scope: entity.scope(),
             tenant: entity.tenant.to_string(),
             job: entity.job.as_deref().map(str::to_string),
+            organisation: entity
+                .org
+                .as_deref()
+                .map(str::to_string)
+                .or_else(|| c.organisation.clone()),
             starts_at: format_rfc3339_ms(a.starts_ms),
             ends_at: (status == Status::Resolved).then(|| format_rfc3339_ms(now_ms)),
             summary: c.summary.clone(),
@@ -304,10 +379,7 @@ mod tests {
     use super::*;
 
     fn entity() -> Entity {
-        Entity {
-            tenant: "t|1".into(),
-            job: Some("j".into()),
-        }
+        Entity::job("t|1".into(), "j".into())
     }
 
     fn cond(name: AlertName, threshold: Option<f64>) -> Condition {
@@ -319,6 +391,7 @@ mod tests {
             evidence: serde_json::json!({}),
             estimated_flop: FlopEstimate::default(),
             eta_ms: None,
+            organisation: None,
         }
     }
 
@@ -389,6 +462,30 @@ mod tests {
                 (Status::Resolved, "ComputeThresholdProjected|t\\|1|j|1e23"),
             ]
         );
+    }
+
+    #[test]
+    fn organisation_alerts_have_their_own_identity() {
+        let org = Entity::organisation("acme".into());
+        let tenant = Entity::tenant("acme".into());
+        assert_eq!(org.scope(), Scope::Organisation);
+        assert_eq!(tenant.scope(), Scope::Tenant);
+        let a = dedup_key(AlertName::TrainingSuspected, &org, None);
+        let b = dedup_key(AlertName::TrainingSuspected, &tenant, None);
+        assert_eq!(a, "TrainingSuspected||||acme");
+        assert_eq!(b, "TrainingSuspected|acme||");
+        let mut book = AlertBook::new(300_000);
+        let mut out = Vec::new();
+        book.reconcile(
+            &org,
+            vec![cond(AlertName::TrainingSuspected, None)],
+            0,
+            &mut out,
+        );
+        assert_eq!(out[0].scope, Scope::Organisation);
+        assert_eq!(out[0].organisation.as_deref(), Some("acme"));
+        assert_eq!(out[0].tenant, "");
+        assert!(!book.is_active(&tenant, AlertName::TrainingSuspected));
     }
 
     #[test]

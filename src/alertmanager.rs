@@ -6,7 +6,8 @@
 //! and every `alertmanager.resend_interval`; the push runs on its own task, so a slow or absent
 //! Alertmanager never holds up consumption. Resolutions that could not be delivered are kept
 //! (bounded) and sent again with the next push. Labels are the alert's identity (`alertname`,
-//! `tenant`, `job`, `threshold`) plus `severity`; annotations carry the summary and the evidence.
+//! `scope`, `tenant` (absent for an organisation), `job`, `organisation`, `threshold`) plus
+//! `severity`; annotations carry the summary and the evidence.
 
 use std::collections::BTreeMap;
 
@@ -127,10 +128,16 @@ async fn run(cfg: AlertmanagerConfig, mut rx: mpsc::Receiver<Update>) {
 fn alert(a: &AlertRecord, ends_at: &str, generator_url: &str) -> serde_json::Value {
     let mut labels = json!({
         "alertname": a.alertname.as_str(),
-        "tenant": a.tenant,
+        "scope": a.scope.as_str(),
         "severity": a.severity,
         "source": "trainspotter",
     });
+    if !a.tenant.is_empty() {
+        labels["tenant"] = json!(a.tenant);
+    }
+    if let Some(org) = &a.organisation {
+        labels["organisation"] = json!(org);
+    }
     if let Some(job) = &a.job {
         labels["job"] = json!(job);
     }

@@ -100,11 +100,33 @@ pub struct Config {
     pub detection: DetectionConfig,
     pub alerts: AlertsConfig,
     pub alertmanager: AlertmanagerConfig,
+    pub registry: RegistryConfig,
     pub state: StateConfig,
     pub shutdown: ShutdownConfig,
     pub http: HttpConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+}
+
+/// The tenant registry: organisation, jurisdiction, verification and foreign-person status of
+/// tenants, and the alert policy that depends on them (format: the `registry` module).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Registry file (TOML). Empty: no registry (every tenant unknown, no organisations).
+    pub file: String,
+    /// The file is checked for changes this often and reloaded without a restart; a file that no
+    /// longer parses is reported and the previous registry stays in force.
+    pub reload_interval: HumanDuration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            file: String::new(),
+            reload_interval: HumanDuration::secs(30),
+        }
+    }
 }
 
 /// Optional push of active alerts to Alertmanager (`run`), besides the alert topic.
@@ -507,6 +529,10 @@ pub struct DetectionConfig {
     pub synchrony_min_variation: f64,
     /// Weight of each feature's score in the training score (a weighted mean).
     pub weights: FeatureWeights,
+    /// Jobs of one tenant (or of one organisation's tenants) that each pass the duration and
+    /// activity gates and started within this of each other are also scored as one gang, so a
+    /// run split into parts below the accelerator gate is still seen.
+    pub group_start_tolerance: HumanDuration,
     /// Score at or above which a job is suspected of training.
     pub score_threshold: f64,
     /// A suspected job stays suspected until its score falls below this.
@@ -554,6 +580,7 @@ impl Default for DetectionConfig {
             },
             synchrony_min_variation: 0.05,
             weights: FeatureWeights::default(),
+            group_start_tolerance: HumanDuration::secs(900),
             score_threshold: 0.75,
             resolve_below: 0.5,
             job_end_after: HumanDuration::secs(900),
@@ -660,6 +687,7 @@ pub struct Settings {
     pub projection_min_duration_ms: i64,
     pub resend_ms: i64,
     pub thresholds: Vec<f64>,
+    pub group_start_tolerance_ms: i64,
     pub join: crate::join::JoinSettings,
 }
 
@@ -740,6 +768,12 @@ impl Config {
         }
         if self.alertmanager.resend_interval.ms() <= 0 {
             return Err(invalid("alertmanager.resend_interval", "must be positive"));
+        }
+        if self.registry.reload_interval.ms() <= 0 {
+            return Err(invalid("registry.reload_interval", "must be positive"));
+        }
+        if self.detection.group_start_tolerance.ms() < 0 {
+            return Err(invalid("detection.group_start_tolerance", "must not be negative"));
         }
         let i = &self.input;
         if i.scrape_interval.ms() <= 0 {
@@ -1016,6 +1050,7 @@ impl Config {
             projection_min_duration_ms: a.projection_min_duration.ms(),
             resend_ms: a.resend_interval.ms(),
             thresholds,
+            group_start_tolerance_ms: d.group_start_tolerance.ms(),
             join: crate::join::JoinSettings {
                 interval_ms: i.scrape_interval.ms(),
                 timeout_ms: i.join_timeout.ms(),

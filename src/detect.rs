@@ -76,6 +76,17 @@ pub struct DetectPane {
     pub activity: [Moments; 3],
 }
 
+impl DetectPane {
+    /// Adds another job's pane of the same slide (for a group of jobs).
+    pub fn add(&mut self, o: &DetectPane) {
+        self.accelerators += o.accelerators;
+        for (a, b) in self.activity.iter_mut().zip(&o.activity) {
+            a.weight += b.weight;
+            a.sum += b.sum;
+        }
+    }
+}
+
 /// The features of one job at one evaluation time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Features {

@@ -17,13 +17,14 @@ use std::sync::Arc;
 use ahash::{AHashMap, AHashSet};
 use serde::{Deserialize, Serialize};
 
-use crate::alert::{AlertBook, AlertName, AlertRecord, Condition, Entity, Severity};
+use crate::alert::{AlertBook, AlertName, AlertRecord, Condition, Entity, Scope, Severity};
 use crate::catalog::Catalog;
 use crate::config::{Config, ConfigError, DetectionConfig, Settings};
 use crate::decode::{format_rfc3339_ms, UsageSample};
 use crate::detect::{self, DetectPane, Moments, Signal, Verdict};
 use crate::estimate::{Estimator, FlopEstimate, Usage};
 use crate::join::{JoinBuffer, Reading};
+use crate::registry::{Effective, Registry};
 use crate::window::{PaneRing, Windows};
 
 /// Smoothing of per-device activity (per sample) used for the rank-spread feature.
@@ -198,6 +199,14 @@ struct TenantState {
     dormant: bool,
 }
 
+/// An organisation of the tenant registry: the sum of its tenants' samples since the registry
+/// named them.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct OrgState {
+    account: Account,
+    dormant: bool,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct JobState {
     account: Account,
@@ -314,6 +323,8 @@ pub struct State {
     next_sweep_ms: i64,
     touched_jobs: AHashSet<JobKey>,
     touched_tenants: AHashSet<Arc<str>>,
+    orgs: AHashMap<Arc<str>, OrgState>,
+    touched_orgs: AHashSet<Arc<str>>,
     alerts: AlertBook,
     stats: EngineStats,
     /// Readings of metric-per-message formats not yet joined into samples.
@@ -350,8 +361,17 @@ pub struct Engine {
     detection: DetectionConfig,
     estimator: Estimator,
     catalog: Catalog,
+    /// Tenant context and policy (configuration, replaced on reload; not state).
+    registry: Arc<Registry>,
     st: State,
     outbox: Vec<AlertRecord>,
+}
+
+/// A job that may be one part of a larger run: it passed the duration and activity gates.
+struct GroupCandidate {
+    key: JobKey,
+    first_ts: i64,
+    suspected: bool,
 }
 
 impl Engine {
@@ -374,9 +394,17 @@ impl Engine {
             detection: cfg.detection.clone(),
             estimator: Estimator::new(&cfg.estimate),
             catalog: Catalog::new(&cfg.catalog.accelerators, cfg.catalog.fallback_tflops),
+            registry: Arc::new(Registry::default()),
             st,
             outbox: Vec::new(),
         })
+    }
+
+    /// Uses `registry` for tenant context, organisations and policy from the next sample on.
+    /// Organisation totals count samples from the time the registry names the tenant's
+    /// organisation.
+    pub fn set_registry(&mut self, registry: Arc<Registry>) {
+        self.registry = registry;
     }
 
     /// The accumulated state, for checkpoints. Alert records not yet drained are not part of it.
@@ -539,6 +567,20 @@ impl Engine {
             sample.activity.tensor_active,
         );
 
+        if let Some(org) = self.registry.organisation(&tenant) {
+            let key = match self.st.orgs.get_key_value(org) {
+                Some((k, _)) => k.clone(),
+                None => {
+                    let k: Arc<str> = Arc::from(org);
+                    self.st.orgs.insert(k.clone(), OrgState::default());
+                    k
+                }
+            };
+            let o = self.st.orgs.get_mut(&key).expect("inserted above");
+            o.account.add(&self.s, ts, &usage);
+            o.dormant = false;
+            self.st.touched_orgs.insert(key);
+        }
         let tenant_state = self.st.tenants.get_mut(&tenant).expect("inserted above");
         tenant_state.account.add(&self.s, ts, &usage);
         tenant_state.dormant = false;
@@ -657,163 +699,388 @@ impl Engine {
         self.st.last_eval_ms = Some(now);
         let mut jobs: Vec<JobKey> = self.st.touched_jobs.drain().collect();
         let mut tenants: Vec<Arc<str>> = self.st.touched_tenants.drain().collect();
+        let mut orgs: Vec<Arc<str>> = self.st.touched_orgs.drain().collect();
         for e in self.st.alerts.entities() {
-            match e.job {
-                Some(job) => jobs.push(JobKey {
+            match (e.scope(), e.job, e.org) {
+                (Scope::Job, Some(job), _) => jobs.push(JobKey {
                     tenant: e.tenant,
                     job,
                 }),
-                None => tenants.push(e.tenant),
+                (Scope::Organisation, _, Some(org)) => orgs.push(org),
+                _ => tenants.push(e.tenant),
             }
         }
         jobs.sort_by(|a, b| (&a.tenant, &a.job).cmp(&(&b.tenant, &b.job)));
         jobs.dedup();
+        let mut candidates = Vec::new();
+        for k in jobs {
+            candidates.extend(self.evaluate_job(&k, now));
+        }
+        let mut groups = self.group_conditions(candidates, now);
+        for (e, _) in &groups {
+            match &e.org {
+                Some(o) => orgs.push(o.clone()),
+                None => tenants.push(e.tenant.clone()),
+            }
+        }
         tenants.sort();
         tenants.dedup();
-        for k in jobs {
-            self.evaluate_job(&k, now);
-        }
+        orgs.sort();
+        orgs.dedup();
         for t in tenants {
-            let Some(state) = self.st.tenants.get(&t) else {
-                continue;
+            let entity = Entity::tenant(t.clone());
+            let mut conditions = match self.st.tenants.get(&t) {
+                Some(state) if !state.dormant => {
+                    self.compute_conditions(&entity, &state.account, now)
+                }
+                _ => Vec::new(),
             };
-            let entity = Entity {
-                tenant: t.clone(),
-                job: None,
+            conditions.extend(take_group(&mut groups, &entity));
+            self.reconcile(&entity, conditions, now);
+        }
+        for o in orgs {
+            let entity = Entity::organisation(o.clone());
+            let mut conditions = match self.st.orgs.get(&o) {
+                Some(state) if !state.dormant => {
+                    self.compute_conditions(&entity, &state.account, now)
+                }
+                _ => Vec::new(),
             };
-            let conditions = if state.dormant {
-                Vec::new()
-            } else {
-                self.compute_conditions(&entity, &state.account, now)
-            };
-            self.st
-                .alerts
-                .reconcile(&entity, conditions, now, &mut self.outbox);
+            conditions.extend(take_group(&mut groups, &entity));
+            self.reconcile(&entity, conditions, now);
         }
         self.st.alerts.resend_due(now, &mut self.outbox);
     }
 
-    fn evaluate_job(&mut self, k: &JobKey, now: i64) {
-        let entity = Entity {
-            tenant: k.tenant.clone(),
-            job: Some(k.job.clone()),
-        };
+    /// Evaluates one job; returns it as a group candidate when it passed the duration and
+    /// activity gates.
+    fn evaluate_job(&mut self, k: &JobKey, now: i64) -> Option<GroupCandidate> {
+        let entity = Entity::job(k.tenant.clone(), k.job.clone());
         let Some(job) = self.st.jobs.get(k) else {
-            self.st
-                .alerts
-                .reconcile(&entity, Vec::new(), now, &mut self.outbox);
-            return;
+            self.reconcile(&entity, Vec::new(), now);
+            return None;
         };
         let ended = job.account.last_ts < now - self.s.job_end_after_ms;
         let mut conditions = Vec::new();
-        let verdict = (!ended).then(|| self.verdict(job, now));
+        let verdict = (!ended).then(|| self.verdict(&[job], now));
         let score = verdict.as_ref().map_or(0.0, |v| v.score);
+        let threshold = self.score_threshold(&self.policy(&entity));
         let suspected = verdict.as_ref().is_some_and(|v| {
             v.gates_passed
-                && (v.score >= self.detection.score_threshold
+                && (v.score >= threshold
                     || (job.suspected && v.score >= self.detection.resolve_below))
         });
         if let (true, Some(v)) = (suspected, &verdict) {
-            conditions.push(self.training_condition(k, job, v, now));
+            let summary = format!(
+                "job {} of tenant {} looks like large-model training: score {:.2}, {:.0} accelerators",
+                k.job,
+                k.tenant,
+                v.score,
+                v.features[0].value.unwrap_or(0.0)
+            );
+            conditions.push(self.training_condition(&[(k, job)], v, threshold, summary, now));
         }
         if !ended {
             conditions.extend(self.compute_conditions(&entity, &job.account, now));
         }
+        let candidate = verdict
+            .as_ref()
+            .filter(|v| v.features[1].fired && v.features[2].fired)
+            .map(|_| GroupCandidate {
+                key: k.clone(),
+                first_ts: job.account.first_ts,
+                suspected,
+            });
         let job = self.st.jobs.get_mut(k).expect("checked above");
         job.score = score;
         job.suspected = suspected;
-        self.st
-            .alerts
-            .reconcile(&entity, conditions, now, &mut self.outbox);
+        self.reconcile(&entity, conditions, now);
+        candidate
     }
 
-    /// Features over `[now - window, now)` and the score.
-    fn verdict(&self, job: &JobState, now: i64) -> Verdict {
+    /// The training-score threshold under `policy`.
+    fn score_threshold(&self, policy: &Effective) -> f64 {
+        policy
+            .score_threshold
+            .unwrap_or(self.detection.score_threshold)
+    }
+
+    /// `TrainingSuspected` for groups of jobs that look like one run split into parts: jobs of one
+    /// tenant (or of the tenants of one organisation) that each passed the duration and activity
+    /// gates, started within `detection.group_start_tolerance` of each other, and together pass
+    /// every gate and the score threshold. A group is only alerted on when none of its jobs is
+    /// suspected on its own (those alerts already name the run); of several qualifying groups of
+    /// one tenant or organisation, the one with the most accelerators is reported.
+    fn group_conditions(
+        &self,
+        candidates: Vec<GroupCandidate>,
+        now: i64,
+    ) -> Vec<(Entity, Condition)> {
+        let mut by_owner: std::collections::BTreeMap<Entity, Vec<GroupCandidate>> =
+            Default::default();
+        for c in candidates {
+            let owner = match self.registry.organisation(&c.key.tenant) {
+                Some(org) => Entity::organisation(Arc::from(org)),
+                None => Entity::tenant(c.key.tenant.clone()),
+            };
+            by_owner.entry(owner).or_default().push(c);
+        }
+        let tolerance = self.s.group_start_tolerance_ms;
+        let mut out = Vec::new();
+        for (owner, mut members) in by_owner {
+            members.sort_by_key(|c| c.first_ts);
+            let policy = self.policy(&owner);
+            let threshold = self.score_threshold(&policy);
+            let held = self
+                .st
+                .alerts
+                .is_active(&owner, AlertName::TrainingSuspected);
+            let mut best: Option<(f64, Condition)> = None;
+            let mut start = 0;
+            while start < members.len() {
+                let mut end = start + 1;
+                while end < members.len()
+                    && members[end].first_ts - members[end - 1].first_ts <= tolerance
+                {
+                    end += 1;
+                }
+                let cohort = &members[start..end];
+                start = end;
+                if cohort.len() < 2 || cohort.iter().any(|c| c.suspected) {
+                    continue;
+                }
+                let jobs: Vec<(&JobKey, &JobState)> = cohort
+                    .iter()
+                    .filter_map(|c| self.st.jobs.get(&c.key).map(|j| (&c.key, j)))
+                    .collect();
+                let states: Vec<&JobState> = jobs.iter().map(|(_, j)| *j).collect();
+                let v = self.verdict(&states, now);
+                let passes = v.gates_passed
+                    && (v.score >= threshold || (held && v.score >= self.detection.resolve_below));
+                let accelerators = v.features[0].value.unwrap_or(0.0);
+                if !passes || best.as_ref().is_some_and(|(a, _)| *a >= accelerators) {
+                    continue;
+                }
+                let who = match (&owner.org, jobs.iter().map(|(k, _)| &k.tenant).min()) {
+                    (Some(org), _) => format!("organisation {org}"),
+                    (None, Some(t)) => format!("tenant {t}"),
+                    (None, None) => continue,
+                };
+                let summary = format!(
+                    "{} jobs of {who}, started together, look like one large-model training run: score {:.2}, {:.0} accelerators",
+                    jobs.len(),
+                    v.score,
+                    accelerators
+                );
+                best = Some((
+                    accelerators,
+                    self.training_condition(&jobs, &v, threshold, summary, now),
+                ));
+            }
+            if let Some((_, c)) = best {
+                out.push((owner, c));
+            }
+        }
+        out
+    }
+
+    /// The policy of the tenant registry for an entity. An organisation takes the strictest of its
+    /// tenants' policies: the smallest threshold scale and score threshold, the highest severity.
+    fn policy(&self, entity: &Entity) -> Effective {
+        let Some(org) = &entity.org else {
+            return self.registry.policy(&entity.tenant);
+        };
+        let mut out = Effective::default();
+        let mut first = true;
+        for tenant in self.registry.members(org) {
+            let p = self.registry.policy(tenant);
+            if first {
+                out.threshold_scale = p.threshold_scale;
+                first = false;
+            } else {
+                out.threshold_scale = out.threshold_scale.min(p.threshold_scale);
+            }
+            if let Some(sev) = p.min_severity {
+                out.min_severity = Some(out.raise(sev));
+            }
+            out.score_threshold = match (out.score_threshold, p.score_threshold) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            for r in p.rules {
+                if !out.rules.contains(&r) {
+                    out.rules.push(r);
+                }
+            }
+        }
+        out
+    }
+
+    /// States the conditions of `entity` to the alert book, with the tenant registry's context
+    /// and severity policy applied.
+    fn reconcile(&mut self, entity: &Entity, mut conditions: Vec<Condition>, now: i64) {
+        if !conditions.is_empty() {
+            let policy = self.policy(entity);
+            let (organisation, context) = match &entity.org {
+                Some(org) => (
+                    Some(org.to_string()),
+                    serde_json::json!({
+                        "organisation": org.as_ref(),
+                        "tenants": self.registry.members(org).collect::<Vec<_>>(),
+                        "policy_rules": policy.rules,
+                    }),
+                ),
+                None => {
+                    let ctx = self.registry.context(&entity.tenant);
+                    (
+                        ctx.organisation.clone(),
+                        serde_json::to_value(&ctx).unwrap_or_default(),
+                    )
+                }
+            };
+            for c in &mut conditions {
+                c.severity = policy.raise(c.severity);
+                c.organisation = organisation.clone();
+                if let Some(ev) = c.evidence.as_object_mut() {
+                    ev.insert("tenant_context".into(), context.clone());
+                }
+            }
+        }
+        self.st
+            .alerts
+            .reconcile(entity, conditions, now, &mut self.outbox);
+    }
+
+    /// Features of one job, or of a group of jobs taken as one gang, over `[now - window, now)`,
+    /// and the score.
+    fn verdict(&self, jobs: &[&JobState], now: i64) -> Verdict {
         let slide = self.s.detect_slide_ms;
         let n = self.s.detect_window_ms / slide;
         let last = now.div_euclid(slide) - 1;
-        let first = (last - n + 1).max(job.account.first_ts.div_euclid(slide));
-        let mut panes = Vec::with_capacity(n as usize);
-        let mut expected = first;
-        for (i, p) in job.detect.range(first, last) {
-            // Slides with no sample are real gaps: they count as zero accelerators.
-            while expected < i {
-                panes.push(DetectPane::default());
-                expected += 1;
+        let first_ts = jobs.iter().map(|j| j.account.first_ts).min().unwrap_or(now);
+        let first = (last - n + 1).max(first_ts.div_euclid(slide));
+        // Slides with no sample are real gaps: they count as zero accelerators.
+        let mut panes = vec![DetectPane::default(); (last - first + 1).max(0) as usize];
+        let mut any = false;
+        for job in jobs {
+            for (i, p) in job.detect.range(first, last) {
+                panes[(i - first) as usize].add(p);
+                any = true;
             }
-            panes.push(*p);
-            expected = i + 1;
         }
-        while expected <= last && !panes.is_empty() {
-            panes.push(DetectPane::default());
-            expected += 1;
+        if !any {
+            panes.clear();
         }
         let recent = now - 2 * slide;
-        let devices: Vec<detect::DeviceStat> = job
-            .series
-            .values()
+        let devices: Vec<detect::DeviceStat> = jobs
+            .iter()
+            .flat_map(|j| j.series.values())
             .filter(|s| s.last_ts >= recent)
             .filter_map(SeriesState::device_stat)
             .collect();
-        let duration_s =
-            ((job.account.last_ts.min(now) - job.account.first_ts).max(0)) as f64 / 1000.0;
+        let duration_ms = jobs
+            .iter()
+            .map(|j| (j.account.last_ts.min(now) - j.account.first_ts).max(0))
+            .min()
+            .unwrap_or(0);
         detect::score(
             &detect::features(
                 &panes,
                 &devices,
-                duration_s,
+                duration_ms as f64 / 1000.0,
                 self.detection.synchrony_min_variation,
             ),
             &self.detection,
         )
     }
 
-    fn training_condition(&self, k: &JobKey, job: &JobState, v: &Verdict, now: i64) -> Condition {
-        let accelerators = v.features[0].value.unwrap_or(0.0);
+    fn training_condition(
+        &self,
+        jobs: &[(&JobKey, &JobState)],
+        v: &Verdict,
+        threshold: f64,
+        summary: String,
+        now: i64,
+    ) -> Condition {
+        let states: Vec<&JobState> = jobs.iter().map(|(_, j)| *j).collect();
+        let mut evidence = self.training_evidence(&states, v, threshold, now);
+        if jobs.len() > 1 {
+            evidence["group"] = serde_json::json!({
+                "start_tolerance_seconds": self.s.group_start_tolerance_ms as f64 / 1000.0,
+                "jobs": jobs.iter().map(|(k, j)| serde_json::json!({
+                    "tenant": k.tenant.as_ref(),
+                    "job": k.job.as_ref(),
+                    "first_seen": format_rfc3339_ms(j.account.first_ts),
+                    "max_concurrent_accelerators": j.max_concurrent,
+                })).collect::<Vec<_>>(),
+            });
+        }
+        let mut flop = FlopEstimate::default();
+        for j in &states {
+            flop.add(&self.estimator.flop(&j.account.lifetime));
+        }
         Condition {
             name: AlertName::TrainingSuspected,
             threshold: None,
             severity: Severity::Warning,
-            summary: format!(
-                "job {} of tenant {} looks like large-model training: score {:.2}, {:.0} accelerators",
-                k.job, k.tenant, v.score, accelerators
-            ),
-            evidence: self.training_evidence(job, v, now),
-            estimated_flop: self.estimator.flop(&job.account.lifetime),
+            summary,
+            evidence,
+            estimated_flop: flop,
             eta_ms: None,
+            organisation: None,
         }
     }
 
     /// What a training verdict rests on: the score and every feature against its thresholds, the
     /// window, and the devices, nodes and time span involved. The same in alerts and `explain`.
-    fn training_evidence(&self, job: &JobState, v: &Verdict, now: i64) -> serde_json::Value {
+    fn training_evidence(
+        &self,
+        jobs: &[&JobState],
+        v: &Verdict,
+        threshold: f64,
+        now: i64,
+    ) -> serde_json::Value {
         let slide = self.s.detect_slide_ms;
-        let window_start =
-            (now - self.s.detect_window_ms).max(job.account.first_ts.div_euclid(slide) * slide);
+        let first_ts = jobs.iter().map(|j| j.account.first_ts).min().unwrap_or(now);
+        let last_ts = jobs.iter().map(|j| j.account.last_ts).max().unwrap_or(now);
+        let window_start = (now - self.s.detect_window_ms).max(first_ts.div_euclid(slide) * slide);
         let recent = now - 2 * slide;
-        let mut nodes: Vec<&str> = job
-            .series
+        let mut nodes: Vec<&str> = jobs
             .iter()
+            .flat_map(|j| j.series.iter())
             .filter(|(_, s)| s.last_ts >= recent)
             .filter_map(|(key, _)| key.node.as_deref())
             .collect();
         nodes.sort_unstable();
         nodes.dedup();
+        let mut signals: Vec<&str> = jobs
+            .iter()
+            .flat_map(|j| self.signals_available(j, now))
+            .collect();
+        signals.sort_unstable();
+        signals.dedup();
+        let mut models: Vec<String> = jobs.iter().flat_map(|j| self.model_names(j)).collect();
+        models.sort_unstable();
+        models.dedup();
         serde_json::json!({
             "score": v.score,
-            "score_threshold": self.detection.score_threshold,
+            "score_threshold": threshold,
             "gates_passed": v.gates_passed,
             "window": {"start": format_rfc3339_ms(window_start), "end": format_rfc3339_ms(now)},
             "features": v.features,
             "reasons": v.reasons(),
             "activity_signal": v.signal.map(Signal::name),
-            "signals_available": self.signals_available(job, now),
+            "signals_available": signals,
             "nodes": nodes.len(),
             "node_sample": nodes.iter().take(16).collect::<Vec<_>>(),
-            "devices_reporting": job.series.values().filter(|s| s.last_ts >= recent).count(),
-            "accelerator_models": self.model_names(job),
-            "first_seen": format_rfc3339_ms(job.account.first_ts),
-            "last_seen": format_rfc3339_ms(job.account.last_ts),
+            "devices_reporting": jobs
+                .iter()
+                .flat_map(|j| j.series.values())
+                .filter(|s| s.last_ts >= recent)
+                .count(),
+            "accelerator_models": models,
+            "first_seen": format_rfc3339_ms(first_ts),
+            "last_seen": format_rfc3339_ms(last_ts),
         })
     }
 
@@ -839,7 +1106,12 @@ impl Engine {
         } else {
             latest
         };
-        let v = self.verdict(state, now);
+        let v = self.verdict(&[state], now);
+        let entity = Entity::job(key.tenant.clone(), key.job.clone());
+        let threshold = self.score_threshold(&self.policy(&entity));
+        let mut evidence = self.training_evidence(&[state], &v, threshold, now);
+        evidence["tenant_context"] =
+            serde_json::to_value(self.registry.context(tenant)).unwrap_or_default();
         Some(Explanation {
             tenant: tenant.to_string(),
             job: job.to_string(),
@@ -848,7 +1120,7 @@ impl Engine {
             ended,
             score: v.score,
             gates_passed: v.gates_passed,
-            evidence: self.training_evidence(state, &v, now),
+            evidence,
         })
     }
 
@@ -881,12 +1153,15 @@ impl Engine {
 
     /// `ComputeThresholdCrossed` for every threshold the central estimate reached, and
     /// `ComputeThresholdProjected` for every threshold the current rate reaches within the horizon.
+    /// Thresholds are scaled by the tenant registry's policy for the entity.
     fn compute_conditions(&self, entity: &Entity, account: &Account, now: i64) -> Vec<Condition> {
         let lifetime = self.estimator.flop(&account.lifetime);
-        let who = match &entity.job {
-            Some(j) => format!("job {j} of tenant {}", entity.tenant),
-            None => format!("tenant {}", entity.tenant),
+        let who = match (&entity.org, &entity.job) {
+            (Some(o), _) => format!("organisation {o}"),
+            (None, Some(j)) => format!("job {j} of tenant {}", entity.tenant),
+            (None, None) => format!("tenant {}", entity.tenant),
         };
+        let scale = self.policy(entity).threshold_scale;
         let spec = &self.s.windows[self.s.projection_window];
         let window_end = spec.end_after(now.min(account.last_ts));
         let in_window = self.estimator.flop(&account.windows.value(
@@ -902,7 +1177,9 @@ impl Engine {
             0.0
         };
         let mut out = Vec::new();
-        for &t in &self.s.thresholds {
+        for &nominal in &self.s.thresholds {
+            let t = nominal * scale;
+            let policy = serde_json::json!({"nominal_threshold": nominal, "threshold_scale": scale});
             if lifetime.central >= t {
                 out.push(Condition {
                     name: AlertName::ComputeThresholdCrossed,
@@ -917,9 +1194,11 @@ impl Engine {
                         "accelerator_seconds": account.lifetime.accelerator_seconds(),
                         "first_seen": format_rfc3339_ms(account.first_ts),
                         "last_seen": format_rfc3339_ms(account.last_ts),
+                        "threshold_policy": policy,
                     }),
                     estimated_flop: lifetime,
                     eta_ms: None,
+                    organisation: None,
                 });
                 continue;
             }
@@ -948,9 +1227,11 @@ impl Engine {
                         "rate_span_seconds": rate_span_ms as f64 / 1000.0,
                         "horizon_seconds": self.s.projection_horizon_ms as f64 / 1000.0,
                         "seconds_to_threshold": eta_s,
+                        "threshold_policy": policy,
                     }),
                     estimated_flop: lifetime,
                     eta_ms: Some(eta_ms),
+                    organisation: None,
                 });
             }
         }
@@ -977,13 +1258,7 @@ impl Engine {
             .collect();
         for k in gone {
             self.st.jobs.remove(&k);
-            let entity = Entity {
-                tenant: k.tenant,
-                job: Some(k.job),
-            };
-            self.st
-                .alerts
-                .reconcile(&entity, Vec::new(), watermark, &mut self.outbox);
+            self.reconcile(&Entity::job(k.tenant, k.job), Vec::new(), watermark);
         }
         // Tenants are few and their lifetime totals are what compliance reports on: an idle tenant
         // gives up its windows and series but keeps its lifetime, so a paused run that resumes
@@ -1000,13 +1275,21 @@ impl Engine {
             state.dormant = true;
             state.account.windows = Windows::default();
             state.series = AHashMap::new();
-            let entity = Entity {
-                tenant: t,
-                job: None,
-            };
-            self.st
-                .alerts
-                .reconcile(&entity, Vec::new(), watermark, &mut self.outbox);
+            self.reconcile(&Entity::tenant(t), Vec::new(), watermark);
+        }
+        // Organisations likewise keep their lifetime.
+        let dormant: Vec<Arc<str>> = self
+            .st
+            .orgs
+            .iter()
+            .filter(|(_, o)| !o.dormant && o.account.last_ts < idle_before)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for o in dormant {
+            let state = self.st.orgs.get_mut(&o).expect("listed above");
+            state.dormant = true;
+            state.account.windows = Windows::default();
+            self.reconcile(&Entity::organisation(o), Vec::new(), watermark);
         }
         for j in self.st.jobs.values_mut() {
             j.series.retain(|_, s| s.last_ts >= series_before);
@@ -1110,6 +1393,12 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// Removes and returns the group condition of `entity`, if any.
+fn take_group(groups: &mut Vec<(Entity, Condition)>, entity: &Entity) -> Option<Condition> {
+    let i = groups.iter().position(|(e, _)| e == entity)?;
+    Some(groups.swap_remove(i).1)
 }
 
 #[cfg(test)]
@@ -1235,5 +1524,176 @@ mod tests {
             .find(|t| t.tenant == "acme")
             .unwrap();
         assert_eq!(acme.accelerator_seconds, 60.0);
+    }
+
+    /// `jobs` jobs of `gpus` GPUs each, job `j` of tenant `tenant(j)` starting `start(j)` minutes
+    /// after T0, all sampled every 30 s until `minutes` after T0.
+    fn run_split(
+        e: &mut Engine,
+        jobs: usize,
+        gpus: usize,
+        tenant: impl Fn(usize) -> String,
+        start: impl Fn(usize) -> i64,
+        minutes: i64,
+    ) {
+        for step in 0..(minutes * 2) {
+            let ts = T0 + step * 30_000;
+            for j in 0..jobs {
+                if ts < T0 + start(j) * MIN {
+                    continue;
+                }
+                for g in 0..gpus {
+                    let mut s = gpu_sample(ts, &format!("part-{j}"), g);
+                    s.tenant = tenant(j);
+                    s.node = Some(format!("node-{j}-{}", g / 8));
+                    e.apply(&s);
+                }
+            }
+        }
+    }
+
+    /// The latest firing record of each distinct `TrainingSuspected` alert.
+    fn training_alerts(alerts: &[AlertRecord]) -> Vec<&AlertRecord> {
+        let mut out: Vec<&AlertRecord> = Vec::new();
+        for a in alerts.iter().filter(|a| {
+            a.alertname == AlertName::TrainingSuspected && a.status == crate::alert::Status::Firing
+        }) {
+            match out.iter_mut().find(|b| b.dedup_key == a.dedup_key) {
+                Some(b) => *b = a,
+                None => out.push(a),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_run_split_into_jobs_below_the_gang_gate_is_caught_as_one_group() {
+        let mut e = engine();
+        run_split(&mut e, 8, 32, |_| "acme".into(), |j| j as i64, 120);
+        let alerts = e.drain_alerts();
+        let fired = training_alerts(&alerts);
+        assert_eq!(fired.len(), 1, "{fired:#?}");
+        let a = fired[0];
+        assert_eq!(a.scope, crate::alert::Scope::Tenant);
+        assert_eq!(a.tenant, "acme");
+        assert_eq!(a.job, None);
+        assert_eq!(a.evidence["group"]["jobs"].as_array().unwrap().len(), 8);
+        assert_eq!(a.evidence["features"][0]["value"], 256.0);
+        assert!(e.job_reports().iter().all(|j| !j.suspected));
+    }
+
+    #[test]
+    fn jobs_that_did_not_start_together_are_not_grouped() {
+        let mut e = engine();
+        // 20 minutes apart: each pair is beyond the 15-minute start tolerance.
+        run_split(&mut e, 4, 32, |_| "acme".into(), |j| 20 * j as i64, 180);
+        assert!(training_alerts(&e.drain_alerts()).is_empty());
+    }
+
+    fn registry(text: &str) -> Arc<Registry> {
+        Arc::new(Registry::parse(text).unwrap())
+    }
+
+    #[test]
+    fn a_run_split_across_tenants_of_one_organisation_is_an_organisation_alert() {
+        let mut e = engine();
+        e.set_registry(registry(
+            r#"
+            [tenants.acme-a]
+            organisation = "acme"
+            [tenants.acme-b]
+            organisation = "acme"
+            [tenants.acme-c]
+            organisation = "acme"
+            [tenants.acme-d]
+            organisation = "acme"
+            "#,
+        ));
+        let tenants = ["acme-a", "acme-b", "acme-c", "acme-d"];
+        run_split(&mut e, 4, 32, |j| tenants[j].into(), |_| 0, 120);
+        let alerts = e.drain_alerts();
+        let fired = training_alerts(&alerts);
+        assert_eq!(fired.len(), 1, "{fired:#?}");
+        let a = fired[0];
+        assert_eq!(a.scope, crate::alert::Scope::Organisation);
+        assert_eq!(a.organisation.as_deref(), Some("acme"));
+        assert_eq!(a.dedup_key, "TrainingSuspected||||acme");
+        assert_eq!(a.evidence["features"][0]["value"], 128.0);
+        let members: Vec<&str> = a.evidence["tenant_context"]["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(members, tenants);
+        // The organisation's accounting is the sum of its tenants'.
+        let t: f64 = e.tenant_reports().iter().map(|t| t.accelerator_seconds).sum();
+        let o = &e.st.orgs[&Arc::<str>::from("acme")];
+        assert_eq!(o.account.lifetime.accelerator_seconds(), t);
+    }
+
+    #[test]
+    fn registry_policy_lowers_thresholds_and_raises_severity_for_matching_tenants() {
+        let mut cfg = Config::default();
+        cfg.alerts.thresholds_flop = vec![1e23];
+        let mut e = Engine::new(&cfg).unwrap();
+        e.set_registry(registry(
+            r#"
+            [tenants.acme]
+            verification = "pending"
+            jurisdiction = "DE"
+            foreign_person = true
+
+            [[policy]]
+            name = "foreign"
+            match = { foreign_person = true }
+            threshold_scale = 0.0001
+            severity = "critical"
+            "#,
+        ));
+        // 128 H100 for 2 h at 45% tensor activity: about 4.1e20 FLOP, above 1e19 and below 1e23.
+        for step in 0..240 {
+            for gpu in 0..128 {
+                e.apply(&gpu_sample(T0 + step * 30_000, "pretrain", gpu));
+            }
+        }
+        let alerts = e.drain_alerts();
+        let crossed: Vec<_> = alerts
+            .iter()
+            .filter(|a| a.alertname == AlertName::ComputeThresholdCrossed)
+            .collect();
+        assert!(!crossed.is_empty());
+        assert_eq!(crossed[0].threshold, Some(1e19));
+        assert_eq!(crossed[0].severity, Severity::Critical);
+        assert_eq!(
+            crossed[0].evidence["threshold_policy"]["nominal_threshold"],
+            1e23
+        );
+        let training = training_alerts(&alerts);
+        assert_eq!(training[0].severity, Severity::Critical, "raised from warning");
+        let ctx = &training[0].evidence["tenant_context"];
+        assert_eq!(ctx["jurisdiction"], "DE");
+        assert_eq!(ctx["verification"], "pending");
+        assert_eq!(ctx["policy_rules"][0], "foreign");
+        // Another tenant is not affected.
+        assert!(alerts
+            .iter()
+            .all(|a| a.threshold.is_none() || a.threshold == Some(1e19)));
+    }
+
+    #[test]
+    fn explain_shows_the_features_of_any_job_against_their_thresholds() {
+        let mut e = engine();
+        run_split(&mut e, 1, 16, |_| "acme".into(), |_| 0, 60);
+        let x = e.explain("acme", "part-0").unwrap();
+        assert!(!x.suspected);
+        assert!(!x.gates_passed);
+        let accel = &x.evidence["features"][0];
+        assert_eq!(accel["name"], "accelerators");
+        assert_eq!(accel["value"], 16.0);
+        assert_eq!(accel["fired"], false);
+        let reasons = x.evidence["reasons"].as_array().unwrap();
+        assert!(reasons[0].as_str().unwrap().contains("not reached"), "{reasons:?}");
+        assert!(e.explain("acme", "nope").is_none());
     }
 }

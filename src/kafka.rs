@@ -558,6 +558,11 @@ impl Worker {
                     self.metrics.set_ready(self.health.check().is_ok());
                     // Gauges follow the state also when no batch arrives (the watermark lag grows).
                     self.partitions().pipeline.refresh_gauges(false);
+                    match self.partitions().pipeline.poll_registry() {
+                        Ok(true) => info!(file = %self.cfg.registry.file, "tenant registry reloaded"),
+                        Ok(false) => {}
+                        Err(e) => warn!(error = %e, "tenant registry not reloaded; the previous one stays in force"),
+                    }
                     if last_push.elapsed() >= self.cfg.alertmanager.resend_interval.0 {
                         self.push_to_alertmanager(Vec::new()).await;
                         last_push = Instant::now();

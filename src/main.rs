@@ -106,7 +106,8 @@ enum Command {
         /// Input file, or - for standard input.
         input: String,
     },
-    /// Load and validate a configuration; print the effective settings with secrets redacted.
+    /// Load and validate a configuration (and the tenant registry file it names); print the
+    /// effective settings with secrets redacted.
     CheckConfig {
         /// Configuration file (TOML).
         file: PathBuf,
@@ -165,7 +166,14 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(Some(&file)) {
+        Command::CheckConfig { file } => match Config::load(Some(&file)).and_then(|cfg| {
+            // Builds the pipeline once: decoders and the tenant registry file are checked too.
+            trainspotter::pipeline::Pipeline::new(
+                &cfg,
+                std::sync::Arc::new(trainspotter::metrics::Metrics::new()),
+            )?;
+            Ok(cfg)
+        }) {
             Ok(cfg) => {
                 print!("{}", cfg.to_redacted_toml());
                 ExitCode::SUCCESS

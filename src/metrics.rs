@@ -52,6 +52,8 @@ pub struct Metrics {
     checkpoint_last: Gauge,
     checkpoint_bytes: IntGauge,
     restores: IntCounterVec,
+    registry_reloads: IntCounterVec,
+    registry_tenants: IntGauge,
     /// Tenants with their own series now.
     tenants_exported: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
@@ -254,6 +256,17 @@ impl Metrics {
                 "Partition assignments, by where the state came from (checkpoint, previous_checkpoint, changelog, beginning).",
                 &["source"],
             ),
+            registry_reloads: counter_vec(
+                &r,
+                "trainspotter_registry_reloads_total",
+                "Tenant registry file reloads, by result (ok, or error: the previous registry stays in force).",
+                &["result"],
+            ),
+            registry_tenants: int_gauge(
+                &r,
+                "trainspotter_registry_tenants",
+                "Tenants in the tenant registry in force.",
+            ),
             tenants_exported: Default::default(),
             registry: r,
         };
@@ -273,6 +286,9 @@ impl Metrics {
         for store in [Store::Local, Store::Changelog] {
             m.checkpoint_written.with_label_values(&[store.as_str()]);
             m.checkpoint_failures.with_label_values(&[store.as_str()]);
+        }
+        for result in ["ok", "error"] {
+            m.registry_reloads.with_label_values(&[result]);
         }
         for source in [
             "checkpoint",
@@ -301,6 +317,19 @@ impl Metrics {
     /// Every owned partition is covered by a durable checkpoint as of `unix_ms`.
     pub fn checkpoint_complete(&self, unix_ms: i64) {
         self.checkpoint_last.set(unix_ms as f64 / 1000.0);
+    }
+
+    /// A reload of the tenant registry file: `tenants` in force afterwards.
+    pub fn registry_reloaded(&self, ok: bool, tenants: usize) {
+        self.registry_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+        self.registry_tenants.set(tenants as i64);
+    }
+
+    /// The tenant registry in force at start.
+    pub fn registry_loaded(&self, tenants: usize) {
+        self.registry_tenants.set(tenants as i64);
     }
 
     pub fn restored(&self, source: &str) {

@@ -22,6 +22,7 @@ use crate::labels::LabelMap;
 use crate::metrics::{Metrics, StateGauges};
 use crate::otlp::{OtlpJson, OtlpProto};
 use crate::prom_adapter::PromAdapterJson;
+use crate::registry::{Registry, RegistryWatcher};
 use crate::vector::VectorJson;
 
 /// How often per-tenant gauges (which walk every tenant) are refreshed at most.
@@ -92,6 +93,10 @@ pub struct Pipeline {
     readings: Vec<Reading>,
     scratch: Decoded,
     last_refresh: Option<Instant>,
+    /// The tenant registry in force, shared by every shard's engine.
+    registry: Arc<Registry>,
+    /// Watches `registry.file` for changes.
+    watcher: Option<(RegistryWatcher, Instant)>,
 }
 
 /// The decoder of one input format.
@@ -127,6 +132,18 @@ impl Pipeline {
         for (topic, format) in &cfg.input.formats {
             decoders.insert(topic.clone(), decoder(cfg, *format)?);
         }
+        let (registry, watcher) = if cfg.registry.file.is_empty() {
+            (Registry::default(), None)
+        } else {
+            let (w, r) = RegistryWatcher::open(&cfg.registry.file).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "registry.file".into(),
+                    message: e.to_string(),
+                }
+            })?;
+            (r, Some((w, Instant::now())))
+        };
+        metrics.registry_loaded(registry.len());
         Ok(Pipeline {
             cfg: cfg.clone(),
             shards: BTreeMap::new(),
@@ -137,7 +154,50 @@ impl Pipeline {
             readings: Vec::new(),
             scratch: Decoded::default(),
             last_refresh: None,
+            registry: Arc::new(registry),
+            watcher,
         })
+    }
+
+    /// The tenant registry in force.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Reloads the registry file if `registry.reload_interval` has passed and it changed; every
+    /// engine uses the new registry from its next sample on. A file that does not parse is
+    /// returned as an error and the registry in force stays. Returns whether it was replaced.
+    pub fn poll_registry(&mut self) -> Result<bool, crate::registry::RegistryError> {
+        let interval = Duration::from_millis(self.cfg.registry.reload_interval.ms() as u64);
+        let Some((watcher, last)) = self.watcher.as_mut() else {
+            return Ok(false);
+        };
+        if last.elapsed() < interval {
+            return Ok(false);
+        }
+        *last = Instant::now();
+        match watcher.poll() {
+            Ok(Some(file)) => {
+                let mut next = (*self.registry).clone();
+                // Keeps updates that came from elsewhere than the file.
+                next.replace_file(file);
+                self.metrics.registry_reloaded(true, next.len());
+                self.set_registry(Arc::new(next));
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => {
+                self.metrics.registry_reloaded(false, self.registry.len());
+                Err(e)
+            }
+        }
+    }
+
+    fn set_registry(&mut self, registry: Arc<Registry>) {
+        for e in self.shards.values_mut() {
+            e.set_registry(registry.clone());
+        }
+        self.registry = registry;
     }
 
     /// Reads `topic` in `format` from now on (replay's `--format`).
@@ -157,11 +217,14 @@ impl Pipeline {
 
     /// A fresh engine under this pipeline's configuration.
     pub fn new_engine(&self) -> Engine {
-        Engine::new(&self.cfg).expect("the configuration was validated in Pipeline::new")
+        let mut e = Engine::new(&self.cfg).expect("the configuration was validated in Pipeline::new");
+        e.set_registry(self.registry.clone());
+        e
     }
 
     /// Continues `shard` from a restored engine (replacing any engine it had).
-    pub fn insert_shard(&mut self, shard: Shard, engine: Engine) {
+    pub fn insert_shard(&mut self, shard: Shard, mut engine: Engine) {
+        engine.set_registry(self.registry.clone());
         self.shards.insert(shard, engine);
     }
 

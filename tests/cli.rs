@@ -287,3 +287,88 @@ fn simulate_writes_events_that_replay_accepts_in_full() {
     assert_eq!(r["events"]["rejected"], 0);
     assert_eq!(r["events"]["duplicate"], 0);
 }
+
+#[test]
+fn the_tenant_registry_file_is_checked_with_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = common::repo().join("deploy/tenants.example.toml");
+    let cfg = dir.path().join("ok.toml");
+    write_file(
+        &cfg,
+        &format!("[registry]\nfile = {:?}\n", example.display().to_string()),
+    );
+    let out = trainspotter().arg("check-config").arg(&cfg).output().unwrap();
+    assert!(
+        out.status.success(),
+        "the example registry is valid: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let registry = dir.path().join("tenants.toml");
+    write_file(&registry, "[tenants.acme]\njurisdiction = \"usa\"\n");
+    write_file(
+        &cfg,
+        &format!("[registry]\nfile = {:?}\n", registry.display().to_string()),
+    );
+    let out = trainspotter().arg("check-config").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("registry.file"), "{err}");
+    assert!(err.contains("tenants.acme.jurisdiction"), "{err}");
+}
+
+#[test]
+fn explain_shows_every_feature_of_a_job_against_its_thresholds() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.ndjson");
+    let out = trainspotter()
+        .args(["simulate", "--hours", "3", "--output"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let explain = |job: &str| {
+        trainspotter()
+            .args(["explain", "--job", job])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = explain("pretrain-70b");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let x = &v[0];
+    assert_eq!(x["tenant"], "frontier-labs");
+    assert_eq!(x["suspected"], true);
+    let names: Vec<&str> = x["evidence"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "accelerators",
+            "duration_seconds",
+            "activity",
+            "temporal_variation",
+            "rank_spread",
+            "gang_synchrony"
+        ]
+    );
+    assert_eq!(x["evidence"]["nodes"], 64);
+    // The serving fleet is explained too: it is not suspected, and the reasons say why.
+    let v: serde_json::Value = serde_json::from_slice(&explain("llm-serving").stdout).unwrap();
+    assert_eq!(v[0]["suspected"], false);
+    let reasons = v[0]["evidence"]["reasons"].as_array().unwrap();
+    assert!(reasons
+        .iter()
+        .any(|r| r.as_str().unwrap().starts_with("activity") && r.as_str().unwrap().ends_with("not reached")));
+    let out = explain("no-such-job");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no job no-such-job"));
+}
