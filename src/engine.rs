@@ -276,6 +276,31 @@ impl TenantReport {
     }
 }
 
+/// An organisation's totals (the sum of its tenants' samples since the registry named them), as
+/// in the replay report and `GET /api/v1/organisations`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OrganisationReport {
+    pub organisation: String,
+    pub accelerator_seconds: f64,
+    pub estimated_flop: FlopEstimate,
+    pub windows: WindowValues<f64>,
+    pub window_flop: WindowValues<FlopEstimate>,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+impl OrganisationReport {
+    /// Adds the same organisation's values from another shard.
+    pub fn merge(&mut self, o: &OrganisationReport) {
+        self.accelerator_seconds += o.accelerator_seconds;
+        self.estimated_flop.add(&o.estimated_flop);
+        self.windows.merge(&o.windows);
+        self.window_flop.merge(&o.window_flop);
+        self.first_seen = self.first_seen.clone().min(o.first_seen.clone());
+        self.last_seen = self.last_seen.clone().max(o.last_seen.clone());
+    }
+}
+
 /// A job's totals and detection state, as in the replay report and `GET /api/v1/jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobReport {
@@ -1343,6 +1368,30 @@ impl Engine {
             })
             .collect();
         v.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        v
+    }
+
+    /// Every organisation, with windows relative to event time `latest` (see
+    /// [`Engine::tenant_reports_at`]).
+    pub fn organisation_reports_at(&self, latest: i64) -> Vec<OrganisationReport> {
+        let mut v: Vec<OrganisationReport> = self
+            .st
+            .orgs
+            .iter()
+            .map(|(o, s)| {
+                let (windows, window_flop) = self.window_values(&s.account, latest);
+                OrganisationReport {
+                    organisation: o.to_string(),
+                    accelerator_seconds: s.account.lifetime.accelerator_seconds(),
+                    estimated_flop: self.estimator.flop(&s.account.lifetime),
+                    windows,
+                    window_flop,
+                    first_seen: format_rfc3339_ms(s.account.first_ts),
+                    last_seen: format_rfc3339_ms(s.account.last_ts),
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.organisation.cmp(&b.organisation));
         v
     }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{Explanation, JobReport, TenantReport};
+use crate::engine::{Explanation, JobReport, OrganisationReport, TenantReport};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::partitions::{PartitionStatus, Partitions};
@@ -26,6 +26,7 @@ pub enum Query {
     Tenants(oneshot::Sender<TenantsView>),
     Jobs(Option<String>, oneshot::Sender<JobsView>),
     Partitions(oneshot::Sender<PartitionsView>),
+    Organisations(oneshot::Sender<OrganisationsView>),
     Explain {
         tenant: String,
         job: String,
@@ -42,6 +43,12 @@ pub struct PartitionsView {
 pub struct TenantsView {
     pub max_event_time: Option<String>,
     pub tenants: Vec<TenantReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OrganisationsView {
+    pub max_event_time: Option<String>,
+    pub organisations: Vec<OrganisationReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +83,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/tenants", get(tenants))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/partitions", get(partitions))
+        .route("/api/v1/organisations", get(organisations))
         .route("/api/v1/explain", get(explain))
         .with_state(state)
 }
@@ -162,6 +170,17 @@ async fn partitions(State(s): State<HttpState>) -> Response {
     }
 }
 
+async fn organisations(State(s): State<HttpState>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if s.queries.send(Query::Organisations(tx)).await.is_err() {
+        return unavailable();
+    }
+    match rx.await {
+        Ok(v) => Json(v).into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
 async fn explain(State(s): State<HttpState>, UrlQuery(id): UrlQuery<JobId>) -> Response {
     let (tx, rx) = oneshot::channel();
     let q = Query::Explain {
@@ -210,6 +229,12 @@ pub fn answer(parts: &Partitions, q: Query) {
         Query::Partitions(tx) => {
             let _ = tx.send(PartitionsView {
                 partitions: parts.status(),
+            });
+        }
+        Query::Organisations(tx) => {
+            let _ = tx.send(OrganisationsView {
+                max_event_time,
+                organisations: p.organisation_reports(),
             });
         }
         Query::Explain { tenant, job, tx } => {

@@ -16,7 +16,9 @@ use crate::decode::{
     format_rfc3339_ms, DecodeLimits, Decoded, Decoder, NativeJson, RejectReason, Rejection,
     UsageSample,
 };
-use crate::engine::{Engine, EngineStats, Explanation, JobReport, TenantReport};
+use crate::engine::{
+    Engine, EngineStats, Explanation, JobReport, OrganisationReport, TenantReport,
+};
 use crate::join::Reading;
 use crate::labels::LabelMap;
 use crate::metrics::{Metrics, StateGauges};
@@ -54,6 +56,8 @@ pub struct Report {
     pub max_event_time: Option<String>,
     pub watermark: Option<String>,
     pub tenants: Vec<TenantReport>,
+    /// Organisations of the tenant registry (empty without one).
+    pub organisations: Vec<OrganisationReport>,
     pub jobs: Vec<JobReport>,
 }
 
@@ -436,6 +440,25 @@ impl Pipeline {
         all
     }
 
+    /// Every organisation over all shards, sorted by name (merged like tenants).
+    pub fn organisation_reports(&self) -> Vec<OrganisationReport> {
+        let latest = self.max_event_ms().unwrap_or(0);
+        let mut all: Vec<OrganisationReport> = self
+            .shards
+            .values()
+            .flat_map(|e| e.organisation_reports_at(latest))
+            .collect();
+        all.sort_by(|a, b| a.organisation.cmp(&b.organisation));
+        all.dedup_by(|b, a| {
+            let same = a.organisation == b.organisation;
+            if same {
+                a.merge(b);
+            }
+            same
+        });
+        all
+    }
+
     /// Every job over all shards, sorted by tenant and job (merged like tenants).
     pub fn job_reports(&self) -> Vec<JobReport> {
         let latest = self.max_event_ms().unwrap_or(0);
@@ -481,6 +504,7 @@ impl Pipeline {
                 .min()
                 .map(format_rfc3339_ms),
             tenants: self.tenant_reports(),
+            organisations: self.organisation_reports(),
             jobs: self.job_reports(),
         }
     }

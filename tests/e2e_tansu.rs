@@ -100,14 +100,20 @@ fn daemon_on_tansu_counts_exactly_alerts_and_dead_letters_for_a_foreign_client()
 
     let http_port = common::free_port();
     let config = dir.path().join("trainspotter.toml");
+    let registry = dir.path().join("tenants.toml");
+    write_file(
+        &registry,
+        "[tenants.acme]\norganisation = \"acme-group\"\njurisdiction = \"DE\"\nforeign_person = true\n",
+    );
     write_file(
         &config,
         &format!(
             "[kafka]\nbrokers = \"{}\"\ngroup_id = \"e2e\"\ntopics = [\"{USAGE}\"]\nalert_topic = \"{ALERTS}\"\n\
              dead_letter_topic = \"{DLQ}\"\nbatch_wait = \"20ms\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
-             [state]\ndir = \"{}\"\n[log]\nformat = \"json\"\n",
+             [state]\ndir = \"{}\"\n[registry]\nfile = \"{}\"\n[log]\nformat = \"json\"\n",
             broker.bootstrap,
-            dir.path().join("state").display()
+            dir.path().join("state").display(),
+            registry.display()
         ),
     );
     let mut daemon = Proc::daemon(
@@ -165,6 +171,25 @@ fn daemon_on_tansu_counts_exactly_alerts_and_dead_letters_for_a_foreign_client()
     assert_eq!(job["accelerator_seconds"], 64.0 * 120.0 * 60.0);
     assert_eq!(job["max_concurrent_accelerators"], 64.0);
     assert_eq!(job["suspected"], true);
+
+    // The same job explained: every feature against its thresholds, with the tenant's context.
+    let why: serde_json::Value = serde_json::from_str(&http_get(&format!(
+        "{base}/api/v1/explain?tenant=acme&job=pretrain"
+    )))
+    .unwrap();
+    assert_eq!(why["suspected"], true);
+    assert_eq!(why["evidence"]["features"][0]["value"], 64.0);
+    assert_eq!(why["evidence"]["tenant_context"]["jurisdiction"], "DE");
+    let missing = ureq::get(&format!("{base}/api/v1/explain?tenant=acme&job=nope")).call();
+    assert!(matches!(missing, Err(ureq::Error::StatusCode(404))), "{missing:?}");
+    // The registry puts acme in an organisation, accounted like a tenant.
+    let orgs: serde_json::Value =
+        serde_json::from_str(&http_get(&format!("{base}/api/v1/organisations"))).unwrap();
+    assert_eq!(orgs["organisations"][0]["organisation"], "acme-group");
+    assert_eq!(
+        orgs["organisations"][0]["accelerator_seconds"].as_f64().unwrap() * 1000.0,
+        expected["acme"] as f64
+    );
 
     // The same file through `replay` gives the same accounting (one pipeline, two front doors).
     let report_path = dir.path().join("report.json");
@@ -273,6 +298,8 @@ fn daemon_on_tansu_counts_exactly_alerts_and_dead_letters_for_a_foreign_client()
     assert_eq!(ce["specversion"], "1.0");
     assert_eq!(ce["data"]["alertname"], "TrainingSuspected");
     assert_eq!(ce["data"]["job"], "pretrain");
+    assert_eq!(ce["data"]["scope"], "job");
+    assert_eq!(ce["data"]["organisation"], "acme-group");
     assert_eq!(first["key"], "TrainingSuspected|acme|pretrain|");
 
     // Graceful shutdown on SIGTERM: drains, commits, exits 0.
