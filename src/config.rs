@@ -118,6 +118,11 @@ pub struct RegistryConfig {
     /// The file is checked for changes this often and reloaded without a restart; a file that no
     /// longer parses is reported and the previous registry stays in force.
     pub reload_interval: HumanDuration,
+    /// Compacted topic of per-tenant updates (key: tenant id, value: a JSON registry entry,
+    /// tombstone: remove), applied over the file (`run` only). Empty: none.
+    pub topic: String,
+    /// At start the topic is read to its end before consumption begins, for at most this long.
+    pub topic_timeout: HumanDuration,
 }
 
 impl Default for RegistryConfig {
@@ -125,6 +130,8 @@ impl Default for RegistryConfig {
         RegistryConfig {
             file: String::new(),
             reload_interval: HumanDuration::secs(30),
+            topic: String::new(),
+            topic_timeout: HumanDuration::secs(30),
         }
     }
 }
@@ -771,6 +778,9 @@ impl Config {
         }
         if self.registry.reload_interval.ms() <= 0 {
             return Err(invalid("registry.reload_interval", "must be positive"));
+        }
+        if self.registry.topic_timeout.ms() <= 0 {
+            return Err(invalid("registry.topic_timeout", "must be positive"));
         }
         if self.detection.group_start_tolerance.ms() < 0 {
             return Err(invalid("detection.group_start_tolerance", "must not be negative"));

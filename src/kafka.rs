@@ -55,6 +55,8 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error("kafka client: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("tenant registry topic {topic}: {source}")]
+    RegistryTopic { topic: String, source: KafkaError },
     #[error("http server: cannot listen on {addr}: {source}")]
     Http {
         addr: String,
@@ -376,6 +378,33 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
         partitions: partitions.clone(),
         drain_timeout: cfg.kafka.drain_timeout().0,
     };
+    let registry_updates = if cfg.registry.topic.is_empty() {
+        None
+    } else {
+        let (base, topic, timeout) = (
+            client_config(&cfg),
+            cfg.registry.topic.clone(),
+            cfg.registry.topic_timeout.0,
+        );
+        let started = tokio::task::spawn_blocking(move || {
+            crate::registry_topic::start(&base, &topic, timeout)
+        })
+        .await
+        .map_err(|e| DaemonError::Task(e.to_string()))?
+        .map_err(|source| DaemonError::RegistryTopic {
+            topic: cfg.registry.topic.clone(),
+            source,
+        })?;
+        let errors = partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pipeline
+            .apply_registry_updates(&started.initial);
+        for e in errors {
+            warn!(error = %e, "tenant registry update ignored");
+        }
+        Some(started.later)
+    };
     let consumer = consumer(&cfg, ctx)?;
     let producer = producer(&cfg)?;
     let (query_tx, query_rx) = mpsc::channel(16);
@@ -397,6 +426,7 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
           state = %cfg.state.dir, "trainspotter started");
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let worker = Worker {
+        registry_updates,
         alertmanager: crate::alertmanager::start(&cfg.alertmanager),
         cfg,
         partitions,
@@ -429,9 +459,21 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     running.stop().await
 }
 
+/// The next batch of registry topic updates, or never without a registry topic.
+async fn next_updates(
+    rx: &mut Option<mpsc::Receiver<Vec<crate::registry_topic::Update>>>,
+) -> Option<Vec<crate::registry_topic::Update>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The state-owning task.
 struct Worker {
     cfg: Config,
+    /// Later records of `registry.topic`.
+    registry_updates: Option<mpsc::Receiver<Vec<crate::registry_topic::Update>>>,
     alertmanager: Option<crate::alertmanager::Pusher>,
     partitions: Arc<Mutex<Partitions>>,
     consumer: StreamConsumer<Context>,
@@ -467,7 +509,7 @@ impl Worker {
     }
 
     async fn run(
-        self,
+        mut self,
         mut queries: mpsc::Receiver<Query>,
         mut shutdown: oneshot::Receiver<()>,
     ) -> Result<(), DaemonError> {
@@ -528,7 +570,7 @@ impl Worker {
     }
 
     async fn consume(
-        &self,
+        &mut self,
         queries: &mut mpsc::Receiver<Query>,
         shutdown: &mut oneshot::Receiver<()>,
     ) -> Ended {
@@ -547,6 +589,12 @@ impl Worker {
                 _ = &mut *shutdown => return Ended::Clean,
                 Some(q) = queries.recv() => {
                     http::answer(&self.partitions(), q);
+                    continue;
+                }
+                Some(updates) = next_updates(&mut self.registry_updates) => {
+                    for e in self.partitions().pipeline.apply_registry_updates(&updates) {
+                        warn!(error = %e, "tenant registry update ignored");
+                    }
                     continue;
                 }
                 _ = checkpoints.tick() => {

@@ -15,7 +15,8 @@
 //! - [`pipeline`]: a batch of payloads through decode and engine, with metrics; shared by `run`,
 //!   `replay` and `demo`.
 //! - [`config`]: typed, layered, validated configuration.
-//! - [`registry`]: tenant KYC context (organisation, jurisdiction, verification) and the policy it implies.
+//! - [`registry`]: tenant KYC context (organisation, jurisdiction, verification) and the policy it implies;
+//!   [`registry_topic`] follows its compacted topic of per-tenant updates.
 //! - [`metrics`]: every Prometheus metric, in one registry per pipeline.
 //! - [`report`]: the replay report and API shapes.
 //! - [`replay`]: the pipeline over an NDJSON file.
@@ -47,6 +48,7 @@ pub mod partitions;
 pub mod pipeline;
 pub mod prom_adapter;
 pub mod registry;
+pub mod registry_topic;
 pub mod replay;
 pub mod sim;
 pub mod topics;

@@ -53,6 +53,7 @@ pub struct Metrics {
     checkpoint_bytes: IntGauge,
     restores: IntCounterVec,
     registry_reloads: IntCounterVec,
+    registry_updates: IntCounterVec,
     registry_tenants: IntGauge,
     /// Tenants with their own series now.
     tenants_exported: std::sync::Mutex<std::collections::BTreeSet<String>>,
@@ -262,6 +263,12 @@ impl Metrics {
                 "Tenant registry file reloads, by result (ok, or error: the previous registry stays in force).",
                 &["result"],
             ),
+            registry_updates: counter_vec(
+                &r,
+                "trainspotter_registry_updates_total",
+                "Tenant registry updates from registry.topic, by result (ok, or error: the update was ignored).",
+                &["result"],
+            ),
             registry_tenants: int_gauge(
                 &r,
                 "trainspotter_registry_tenants",
@@ -289,6 +296,7 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             m.registry_reloads.with_label_values(&[result]);
+            m.registry_updates.with_label_values(&[result]);
         }
         for source in [
             "checkpoint",
@@ -327,7 +335,14 @@ impl Metrics {
         self.registry_tenants.set(tenants as i64);
     }
 
-    /// The tenant registry in force at start.
+    /// One update from the registry topic.
+    pub fn registry_updated(&self, ok: bool) {
+        self.registry_updates
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// The tenant registry in force (at start and after updates).
     pub fn registry_loaded(&self, tenants: usize) {
         self.registry_tenants.set(tenants as i64);
     }

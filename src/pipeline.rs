@@ -197,6 +197,29 @@ impl Pipeline {
         }
     }
 
+    /// Applies updates from the registry topic over the registry in force (a tombstone removes
+    /// the tenant); an update that does not validate is returned and changes nothing.
+    pub fn apply_registry_updates(
+        &mut self,
+        updates: &[crate::registry_topic::Update],
+    ) -> Vec<crate::registry::RegistryError> {
+        let mut next = (*self.registry).clone();
+        let mut errors = Vec::new();
+        for u in updates {
+            let ok = match next.apply_update(&u.tenant, u.value.as_deref()) {
+                Ok(()) => true,
+                Err(e) => {
+                    errors.push(e);
+                    false
+                }
+            };
+            self.metrics.registry_updated(ok);
+        }
+        self.metrics.registry_loaded(next.len());
+        self.set_registry(Arc::new(next));
+        errors
+    }
+
     fn set_registry(&mut self, registry: Arc<Registry>) {
         for e in self.shards.values_mut() {
             e.set_registry(registry.clone());

@@ -780,3 +780,87 @@ async fn prometheus_adapter_topic_is_joined_per_gpu_and_scrape() {
     }
     running.stop().await.unwrap();
 }
+
+/// The tenant registry's compacted topic: read in full before consumption starts, followed while
+/// running, applied over the registry file; a bad update is ignored and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_topic_updates_tenant_context_while_running() {
+    let mut scope = Scope::new();
+    let topic = "tenant-registry";
+    scope.cluster.create_topic(topic, 1, 1).unwrap();
+    scope.cfg.registry.topic = topic.into();
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &scope.brokers)
+        .create()
+        .unwrap();
+    let put = |tenant: &'static str, value: Option<&'static str>| {
+        let p = p.clone();
+        async move {
+            let mut r = FutureRecord::<str, str>::to(topic).key(tenant);
+            if let Some(v) = value {
+                r = r.payload(v);
+            }
+            p.send(r, Duration::from_secs(10)).await.expect("produce");
+        }
+    };
+    put("acme", Some(r#"{"organisation": "acme-group", "jurisdiction": "FR"}"#)).await;
+    put("gone", Some(r#"{"organisation": "elsewhere"}"#)).await;
+    put("gone", None).await;
+
+    let running = kafka::start(scope.cfg.clone()).await.unwrap();
+    let payloads: Vec<String> = training_job(60).iter().map(UsageSample::to_json).collect();
+    scope.produce("acme", &payloads).await;
+    wait_consumed(&running, payloads.len() as u64).await;
+
+    let alerts = scope.read(&scope.cfg.kafka.alert_topic, 1).await;
+    let ce: serde_json::Value = serde_json::from_str(&alerts[0].1).unwrap();
+    assert_eq!(ce["data"]["organisation"], "acme-group", "read before consumption began");
+    assert_eq!(ce["data"]["evidence"]["tenant_context"]["jurisdiction"], "FR");
+
+    let base = format!("http://{}", running.http_addr);
+    let explain = || -> serde_json::Value {
+        ureq::get(&format!("{base}/api/v1/explain?tenant=acme&job=pretrain"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    };
+    // A later update applies while running; an invalid one is ignored.
+    put("acme", Some(r#"{"organisation": "acme-group", "jurisdiction": "DE", "verification": "verified"}"#)).await;
+    put("acme", Some(r#"{"jurisdiction": "germany"}"#)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = ureq::get(&format!("{base}/metrics"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        if metrics.contains("trainspotter_registry_updates_total{result=\"error\"} 1") {
+            assert!(
+                metrics.contains("trainspotter_registry_updates_total{result=\"ok\"} 4"),
+                "{metrics}"
+            );
+            assert!(metrics.contains("trainspotter_registry_tenants 1"), "{metrics}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ctx = &explain()["evidence"]["tenant_context"];
+    assert_eq!(ctx["jurisdiction"], "DE");
+    assert_eq!(ctx["verification"], "verified");
+    let orgs: serde_json::Value = ureq::get(&format!("{base}/api/v1/organisations"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert_eq!(orgs["organisations"][0]["organisation"], "acme-group");
+    assert_eq!(
+        orgs["organisations"][0]["accelerator_seconds"],
+        64.0 * 60.0 * 60.0
+    );
+    running.stop().await.unwrap();
+}
