@@ -412,6 +412,32 @@ impl<'de> Deserialize<'de> for Scalar<'de> {
     }
 }
 
+/// An object key, borrowed from the payload unless it contains escapes. (serde's own `Cow<str>`
+/// always copies, which cost one allocation per field of every event.)
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// The fields of a native event, each as it appeared. Unknown fields are skipped.
 #[derive(Default)]
 struct RawEvent<'a> {
@@ -451,7 +477,7 @@ impl<'de> Deserialize<'de> for RawOrNot<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
                 let mut raw = RawEvent::default();
-                while let Some(key) = a.next_key::<Cow<'de, str>>()? {
+                while let Some(Key(key)) = a.next_key::<Key<'de>>()? {
                     let slot = match key.as_ref() {
                         "ts" => &mut raw.ts,
                         "tenant" => &mut raw.tenant,
