@@ -75,8 +75,31 @@ struct JobKey {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct SeriesKey {
-    node: Option<Box<str>>,
-    gpu: Option<Box<str>>,
+    node: Option<Arc<str>>,
+    gpu: Option<Arc<str>>,
+}
+
+/// One shared copy of each job, node and GPU name, so that looking up a known series or job
+/// allocates nothing. Names no key uses any more are dropped at each sweep. Not checkpointed:
+/// restored keys keep their own copies, and new samples intern again.
+#[derive(Debug, Default)]
+struct Names(AHashSet<Arc<str>>);
+
+impl Names {
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        match self.0.get(s) {
+            Some(a) => a.clone(),
+            None => {
+                let a: Arc<str> = Arc::from(s);
+                self.0.insert(a.clone());
+                a
+            }
+        }
+    }
+
+    fn sweep(&mut self) {
+        self.0.retain(|a| Arc::strong_count(a) > 1);
+    }
 }
 
 /// One device series (or one aggregate series when the sample names no device).
@@ -388,6 +411,7 @@ pub struct Engine {
     catalog: Catalog,
     /// Tenant context and policy (configuration, replaced on reload; not state).
     registry: Arc<Registry>,
+    names: Names,
     st: State,
     outbox: Vec<AlertRecord>,
 }
@@ -420,6 +444,7 @@ impl Engine {
             estimator: Estimator::new(&cfg.estimate),
             catalog: Catalog::new(&cfg.catalog.accelerators, cfg.catalog.fallback_tflops),
             registry: Arc::new(Registry::default()),
+            names: Names::default(),
             st,
             outbox: Vec::new(),
         })
@@ -525,10 +550,13 @@ impl Engine {
             }
         };
         let series_key = SeriesKey {
-            node: sample.node.as_deref().map(Box::from),
-            gpu: sample.gpu.as_deref().map(Box::from),
+            node: sample.node.as_deref().map(|n| self.names.intern(n)),
+            gpu: sample.gpu.as_deref().map(|g| self.names.intern(g)),
         };
-        let job_key = sample.job.as_deref().map(|j| self.job_key(&tenant, j));
+        let job_key = sample.job.as_deref().map(|j| JobKey {
+            tenant: tenant.clone(),
+            job: self.names.intern(j),
+        });
 
         // De-duplicate on the series the sample belongs to.
         let series = match &job_key {
@@ -638,18 +666,6 @@ impl Engine {
         self.st.stats.late += late as u64;
         self.st.stats.unverified += unverified as u64;
         Applied::Accepted { late, unverified }
-    }
-
-    fn job_key(&self, tenant: &Arc<str>, job: &str) -> JobKey {
-        // Reuse the stored Arc of an existing job so keys share one allocation.
-        let probe = JobKey {
-            tenant: tenant.clone(),
-            job: Arc::from(job),
-        };
-        match self.st.jobs.get_key_value(&probe) {
-            Some((k, _)) => k.clone(),
-            None => probe,
-        }
     }
 
     /// Moves the watermark to `watermark`: evaluates at the newest detection boundary it passed.
@@ -1322,6 +1338,7 @@ impl Engine {
         for t in self.st.tenants.values_mut() {
             t.series.retain(|_, s| s.last_ts >= series_before);
         }
+        self.names.sweep();
     }
 
     fn window_values(
