@@ -46,6 +46,7 @@ pub mod partitions;
 pub mod pipeline;
 pub mod prom_adapter;
 pub mod replay;
+pub mod scenario;
 pub mod sim;
 pub mod topics;
 pub mod vector;
