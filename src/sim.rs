@@ -264,7 +264,7 @@ impl Fleet {
 /// Writes `hours` of the demo fleet, ending at `end_ms` (rounded down to the minute), as native
 /// events, one JSON object per line, in time order; returns how many were written.
 pub fn write_demo_ndjson(
-    out: &mut impl std::io::Write,
+    out: &mut (impl std::io::Write + ?Sized),
     hours: u32,
     seed: u64,
     end_ms: i64,

@@ -79,6 +79,14 @@ pub struct Training {
     pub level: f64,
 }
 
+impl Training {
+    /// Whether `since` (ms after the start) falls in a checkpoint dip: the first checkpoint is
+    /// written one period after the start.
+    pub fn in_dip(&self, since: i64) -> bool {
+        since > self.checkpoint_every_ms && since.rem_euclid(self.checkpoint_every_ms) < self.dip_ms
+    }
+}
+
 /// What a workload's devices do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
@@ -166,7 +174,7 @@ impl Model {
         if self.in_gap(since) {
             return 0.0;
         }
-        if since.rem_euclid(t.checkpoint_every_ms) < t.dip_ms {
+        if t.in_dip(since) {
             return t.mfu * t.dip_level;
         }
         if let Some((period, share, rollout_mfu)) = t.rollout {
@@ -233,7 +241,7 @@ impl Model {
         match &self.kind {
             Kind::Training(t) => {
                 let mfu = self.true_mfu(since);
-                let in_dip = since.rem_euclid(t.checkpoint_every_ms) < t.dip_ms;
+                let in_dip = t.in_dip(since);
                 // Per-rank factor: fixed per device, plus the straggler node, which computes while
                 // the others wait.
                 let mut rank = 1.0 + t.rank_cv * hash_normal(self.seed, device);
