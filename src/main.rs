@@ -212,11 +212,18 @@ fn main() -> ExitCode {
         } => {
             if list_scenarios {
                 for s in Scenario::ALL {
-                    println!("{:<18} {:<8} {}", s.name(), format!("{:?}", s.class()).to_lowercase(), s.describe());
+                    println!(
+                        "{:<18} {:<8} {}",
+                        s.name(),
+                        format!("{:?}", s.class()).to_lowercase(),
+                        s.describe()
+                    );
                 }
                 return ExitCode::SUCCESS;
             }
-            report_exit(simulate(hours, seed, scenario, count, labels, &output, &brokers, &topic))
+            report_exit(simulate(
+                hours, seed, scenario, count, labels, &output, &brokers, &topic,
+            ))
         }
         Command::Eval {
             mix,
@@ -356,7 +363,9 @@ fn simulate(
         if output == "kafka" {
             anyhow::bail!("--output kafka needs --scenario");
         }
-        let n = with_output(output, |w| trainspotter::sim::write_demo_ndjson(&mut *w, hours, seed, now))?;
+        let n = with_output(output, |w| {
+            trainspotter::sim::write_demo_ndjson(&mut *w, hours, seed, now)
+        })?;
         eprintln!("trainspotter: {n} events written");
         return Ok(());
     };

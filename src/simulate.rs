@@ -40,7 +40,8 @@ impl ScenarioSpec {
         };
         let mut runs = Vec::new();
         for i in 0..self.count {
-            let mut rng = SplitMix64::new(self.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng =
+                SplitMix64::new(self.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             for mut r in self.scenario.build(i, &mut rng, &h) {
                 r.sim_end_ms = r.sim_end_ms.min(end);
                 for w in &mut r.workloads {
@@ -54,10 +55,25 @@ impl ScenarioSpec {
 }
 
 /// Feeds every sample of `runs`, in time order, to `emit`; returns how many.
-pub fn stream<E>(runs: &[Run], seed: u64, mut emit: impl FnMut(&UsageSample) -> Result<(), E>) -> Result<u64, E> {
-    let from = runs.iter().map(|r| r.start_ms).min().unwrap_or(0).div_euclid(STEP_MS) * STEP_MS;
+pub fn stream<E>(
+    runs: &[Run],
+    seed: u64,
+    mut emit: impl FnMut(&UsageSample) -> Result<(), E>,
+) -> Result<u64, E> {
+    let from = runs
+        .iter()
+        .map(|r| r.start_ms)
+        .min()
+        .unwrap_or(0)
+        .div_euclid(STEP_MS)
+        * STEP_MS;
     let to = runs.iter().map(|r| r.sim_end_ms).max().unwrap_or(0);
-    let mut fleet = Fleet::new(runs.iter().flat_map(|r| r.workloads.iter().cloned()).collect(), seed);
+    let mut fleet = Fleet::new(
+        runs.iter()
+            .flat_map(|r| r.workloads.iter().cloned())
+            .collect(),
+        seed,
+    );
     let mut samples = Vec::new();
     let mut n = 0;
     let mut t = from;

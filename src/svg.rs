@@ -46,7 +46,9 @@ pub struct Chart {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// About `n` round tick values covering `lo..=hi`.
@@ -171,7 +173,10 @@ impl Chart {
                             let _ = write!(d, " L{px:.1},{py:.1}");
                         }
                     }
-                    let _ = writeln!(s, r#"<path d="{d}" fill="none" stroke="{c}" stroke-width="2"/>"#);
+                    let _ = writeln!(
+                        s,
+                        r#"<path d="{d}" fill="none" stroke="{c}" stroke-width="2"/>"#
+                    );
                 }
                 Mark::Points(pts) => {
                     for (x, y) in pts {
@@ -213,7 +218,13 @@ pub fn histogram(values: &[f64], lo: f64, hi: f64, bins: usize) -> Vec<(f64, f64
     counts
         .into_iter()
         .enumerate()
-        .map(|(i, c)| (lo + i as f64 * width, lo + (i + 1) as f64 * width, c as f64 / n))
+        .map(|(i, c)| {
+            (
+                lo + i as f64 * width,
+                lo + (i + 1) as f64 * width,
+                c as f64 / n,
+            )
+        })
         .collect()
 }
 

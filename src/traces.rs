@@ -58,7 +58,10 @@ fn column(path: &Path, header: &[&str], name: &str) -> Result<usize, TraceError>
 /// `running_gpu_num` of every row.
 pub fn read_helios_vc(path: &Path) -> Result<Vec<HeliosRow>, TraceError> {
     let all = lines(path)?;
-    let header: Vec<&str> = all.first().map(|h| h.split(',').collect()).unwrap_or_default();
+    let header: Vec<&str> = all
+        .first()
+        .map(|h| h.split(',').collect())
+        .unwrap_or_default();
     let time_col = column(path, &header, "time")?;
     let gpu_col = column(path, &header, "running_gpu_num")?;
     all.iter()
@@ -134,7 +137,10 @@ impl OpenbPod {
 /// Pods of `openb_pod_list_default.csv` with GPUs, a schedule and a later deletion time.
 pub fn read_openb_pods(path: &Path) -> Result<Vec<OpenbPod>, TraceError> {
     let all = lines(path)?;
-    let header: Vec<&str> = all.first().map(|h| h.split(',').collect()).unwrap_or_default();
+    let header: Vec<&str> = all
+        .first()
+        .map(|h| h.split(',').collect())
+        .unwrap_or_default();
     let col = |n| column(path, &header, n);
     let (name, num, milli, qos, sched, del) = (
         col("name")?,
@@ -148,7 +154,8 @@ pub fn read_openb_pods(path: &Path) -> Result<Vec<OpenbPod>, TraceError> {
     for l in all.iter().skip(1) {
         let c: Vec<&str> = l.split(',').collect();
         let int = |i: usize| c.get(i).and_then(|v| v.parse::<f64>().ok());
-        let (Some(n), Some(m), Some(s), Some(d)) = (int(num), int(milli), int(sched), int(del)) else {
+        let (Some(n), Some(m), Some(s), Some(d)) = (int(num), int(milli), int(sched), int(del))
+        else {
             continue; // pods never scheduled or not deleted within the trace hold no known time
         };
         if n <= 0.0 || d <= s {

@@ -7,9 +7,9 @@
 //! [`score`] turns them into the report's figures, [`report`] into markdown and plots, and
 //! [`real`] adds what the pipeline finds in the real traces of `--data`.
 
+pub mod real;
 pub mod report;
 pub mod score;
-pub mod real;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -160,7 +160,9 @@ impl Mix {
         for s in Scenario::ALL {
             let n = self.scenarios.get(s.name()).copied().unwrap_or(0);
             for i in 0..n {
-                let mut rng = SplitMix64::new(seed ^ ((s as u64 + 1) << 32 | i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let mut rng = SplitMix64::new(
+                    seed ^ ((s as u64 + 1) << 32 | i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
                 runs.extend(s.build(i, &mut rng, &h));
             }
         }
@@ -191,7 +193,12 @@ pub struct GroupResult {
 }
 
 /// Runs `runs` (indices into `all`) through one fresh pipeline.
-fn simulate_group(cfg: &Config, all: &[Run], runs: &[usize], seed: u64) -> Result<GroupResult, EvalError> {
+fn simulate_group(
+    cfg: &Config,
+    all: &[Run],
+    runs: &[usize],
+    seed: u64,
+) -> Result<GroupResult, EvalError> {
     let mut pipeline = Pipeline::new(cfg, Arc::new(Metrics::new()))?;
     let shard = Shard::local();
     let workloads = runs
@@ -199,7 +206,13 @@ fn simulate_group(cfg: &Config, all: &[Run], runs: &[usize], seed: u64) -> Resul
         .flat_map(|i| all[*i].workloads.iter().cloned())
         .collect();
     let mut fleet = Fleet::new(workloads, seed);
-    let from = runs.iter().map(|i| all[*i].start_ms).min().unwrap_or(0).div_euclid(STEP_MS) * STEP_MS;
+    let from = runs
+        .iter()
+        .map(|i| all[*i].start_ms)
+        .min()
+        .unwrap_or(0)
+        .div_euclid(STEP_MS)
+        * STEP_MS;
     let to = runs.iter().map(|i| all[*i].sim_end_ms).max().unwrap_or(0);
     let mut out = GroupResult::default();
     let mut samples = Vec::new();
@@ -261,7 +274,10 @@ fn cost(runs: &[Run], group: &[usize]) -> f64 {
             let r = &runs[*i];
             r.workloads
                 .iter()
-                .map(|w| w.devices() as f64 * (r.sim_end_ms - r.start_ms) as f64 / (w.interval_s as f64 * 1000.0))
+                .map(|w| {
+                    w.devices() as f64 * (r.sim_end_ms - r.start_ms) as f64
+                        / (w.interval_s as f64 * 1000.0)
+                })
                 .sum::<f64>()
         })
         .sum()
@@ -269,7 +285,10 @@ fn cost(runs: &[Run], group: &[usize]) -> f64 {
 
 /// Simulates every group on `threads` threads; results come back in group order whatever the
 /// scheduling, so the output is the same for a seed.
-pub fn simulate(opts: &EvalOptions, runs: &[Run]) -> Result<(Vec<Vec<usize>>, Vec<GroupResult>), EvalError> {
+pub fn simulate(
+    opts: &EvalOptions,
+    runs: &[Run],
+) -> Result<(Vec<Vec<usize>>, Vec<GroupResult>), EvalError> {
     let groups = groups(runs);
     let mut order: Vec<usize> = (0..groups.len()).collect();
     order.sort_by(|a, b| cost(runs, &groups[*b]).total_cmp(&cost(runs, &groups[*a])));
@@ -285,10 +304,17 @@ pub fn simulate(opts: &EvalOptions, runs: &[Run]) -> Result<(Vec<Vec<usize>>, Ve
                 let Some(&g) = order.get(k) else { break };
                 let seed = opts.seed ^ (g as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
                 let r = simulate_group(&opts.config, runs, &groups[g], seed);
-                results.lock().expect("no thread panics while holding the lock")[g] = Some(r);
+                results
+                    .lock()
+                    .expect("no thread panics while holding the lock")[g] = Some(r);
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if n % 25 == 0 || n == groups.len() {
-                    tracing::info!(done = n, groups = groups.len(), elapsed_s = started.elapsed().as_secs(), "eval progress");
+                    tracing::info!(
+                        done = n,
+                        groups = groups.len(),
+                        elapsed_s = started.elapsed().as_secs(),
+                        "eval progress"
+                    );
                 }
             });
         }

@@ -7,7 +7,7 @@
 //! reports them; what alerts the pipeline raises on this ordinary fleet is reported.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -41,7 +41,8 @@ pub struct Helios {
     pub events: u64,
     pub tenants: Vec<HeliosTenant>,
     pub exact: bool,
-    /// Alerts raised, by name (allocation data carries no activity signal).
+    /// Distinct alerts (dedup keys) that fired, by name (allocation data carries no activity
+    /// signal, so only compute alerts can fire).
     pub alerts: BTreeMap<&'static str, usize>,
 }
 
@@ -51,7 +52,7 @@ pub struct Openb {
     pub events: u64,
     pub expected_gpu_hours: f64,
     pub pipeline_gpu_hours: f64,
-    /// (scope, alert name) of every alert that fired, with how many records.
+    /// (scope, alert name) of every alert that fired, with how many records (re-sends included).
     pub alerts: Vec<(String, &'static str, usize)>,
     pub training_suspected: usize,
 }
@@ -84,25 +85,36 @@ fn helios(cfg: &Config, dir: &Path) -> Result<Option<Helios>, EvalError> {
     };
     let mut events: Vec<(i64, usize, u64)> = Vec::new();
     for (i, (_, rows)) in vcs.iter().enumerate() {
-        events.extend(rows.iter().filter(|r| r.gpus > 0).map(|r| (r.ts_ms, i, r.gpus)));
+        events.extend(
+            rows.iter()
+                .filter(|r| r.gpus > 0)
+                .map(|r| (r.ts_ms, i, r.gpus)),
+        );
     }
     events.sort_unstable();
     let mut p = Pipeline::new(cfg, Arc::new(Metrics::new()))?;
-    let mut alerts: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut fired: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
+    let mut note = |recs: Vec<crate::alert::AlertRecord>| {
+        for a in recs {
+            fired
+                .entry(a.alertname.as_str())
+                .or_default()
+                .insert(a.dedup_key);
+        }
+    };
     for chunk in events.chunks(BATCH) {
         let lines: Vec<String> = chunk
             .iter()
-            .map(|(ts, i, gpus)| UsageSample::new(*ts, vcs[*i].0.clone(), *gpus as f64, 60.0).to_json())
+            .map(|(ts, i, gpus)| {
+                UsageSample::new(*ts, vcs[*i].0.clone(), *gpus as f64, 60.0).to_json()
+            })
             .collect();
         feed(&mut p, &lines);
-        for a in p.drain_alerts() {
-            *alerts.entry(a.alertname.as_str()).or_default() += 1;
-        }
+        note(p.drain_alerts());
     }
     p.finish();
-    for a in p.drain_alerts() {
-        *alerts.entry(a.alertname.as_str()).or_default() += 1;
-    }
+    note(p.drain_alerts());
+    let alerts = fired.into_iter().map(|(k, v)| (k, v.len())).collect();
     let latest = events.iter().map(|e| e.0).max().unwrap_or(0);
     let specs = cfg.validate()?.windows;
     let reports = p.tenant_reports();
@@ -193,7 +205,8 @@ fn openb(cfg: &Config, dir: &Path) -> Result<Option<Openb>, EvalError> {
     };
     while let Some(Reverse((ts, i, secs))) = heap.pop() {
         let pod = &pods[i];
-        let s = UsageSample::new(ts, tenant(pod), pod.gpus(), f64::from_bits(secs)).job(pod.name.clone());
+        let s = UsageSample::new(ts, tenant(pod), pod.gpus(), f64::from_bits(secs))
+            .job(pod.name.clone());
         lines.push(s.to_json());
         if let Some(r) = iters[i].next() {
             heap.push(Reverse((r.0, i, r.1.to_bits())));
@@ -214,7 +227,12 @@ fn openb(cfg: &Config, dir: &Path) -> Result<Option<Openb>, EvalError> {
         .map(|p| p.gpus() * (p.deletion_s - p.scheduled_s) as f64)
         .sum::<f64>()
         / 3600.0;
-    let pipeline: f64 = p.tenant_reports().iter().map(|t| t.accelerator_seconds).sum::<f64>() / 3600.0;
+    let pipeline: f64 = p
+        .tenant_reports()
+        .iter()
+        .map(|t| t.accelerator_seconds)
+        .sum::<f64>()
+        / 3600.0;
     Ok(Some(Openb {
         pods: pods.len(),
         events,

@@ -32,7 +32,10 @@ const H100_PEAK: f64 = 989e12;
 /// What an alert record is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
-    Job { tenant: String, job: String },
+    Job {
+        tenant: String,
+        job: String,
+    },
     Tenant(String),
     /// Organisation-level alerts (a record with an organisation and no job) are not produced by
     /// the detector yet; when they are, this is the one place that maps them.
@@ -227,6 +230,11 @@ pub struct Evaluation {
     pub scores_positive: Vec<f64>,
     pub scores_negative: Vec<f64>,
     pub real: Option<RealTraces>,
+    /// Detection settings that bound what can be detected: a job is suspected only once it has
+    /// reported for `detection.duration.high` seconds with at least `detection.accelerators.high`
+    /// accelerators.
+    pub min_duration_s: f64,
+    pub min_accelerators: f64,
 }
 
 fn first_alerts(run: &Run, alerts: &[&AlertRecord]) -> BTreeMap<&'static str, f64> {
@@ -251,7 +259,8 @@ fn projections(run: &Run, alerts: &[&AlertRecord]) -> Vec<EtaOutcome> {
         {
             continue;
         }
-        let (Some(t), Some(eta)) = (a.threshold, a.eta.as_deref().and_then(parse_rfc3339_ms)) else {
+        let (Some(t), Some(eta)) = (a.threshold, a.eta.as_deref().and_then(parse_rfc3339_ms))
+        else {
             continue;
         };
         let e = first.entry(t.to_bits()).or_insert((a.time_ms, eta));
@@ -280,7 +289,11 @@ fn outcome(run: &Run, alerts: &[&AlertRecord], result: &GroupResult) -> RunOutco
     let first = first_alerts(run, alerts);
     let mut estimate = FlopEstimate::default();
     for j in &result.jobs {
-        if run.members.iter().any(|(t, n)| *t == j.tenant && *n == j.job) {
+        if run
+            .members
+            .iter()
+            .any(|(t, n)| *t == j.tenant && *n == j.job)
+        {
             estimate.add(&j.estimated_flop);
         }
     }
@@ -307,7 +320,8 @@ fn outcome(run: &Run, alerts: &[&AlertRecord], result: &GroupResult) -> RunOutco
         true_flop,
         estimated_flop: estimate,
         estimate_error: positive.then(|| estimate.central / true_flop - 1.0),
-        band_contains_truth: positive.then(|| estimate.low <= true_flop && true_flop <= estimate.high),
+        band_contains_truth: positive
+            .then_some(estimate.low <= true_flop && true_flop <= estimate.high),
         projections: if run.class == Class::Positive {
             projections(run, alerts)
         } else {
@@ -334,7 +348,10 @@ fn summarise(s: Scenario, runs: &[&RunOutcome]) -> ScenarioSummary {
         runs: runs.len(),
         jobs: runs.iter().map(|r| r.jobs).sum(),
         flagged,
-        flagged_any: runs.iter().filter(|r| !r.first_alert_minutes.is_empty()).count(),
+        flagged_any: runs
+            .iter()
+            .filter(|r| !r.first_alert_minutes.is_empty())
+            .count(),
         flagged_share: flagged as f64 / runs.len().max(1) as f64,
         detected_within_target: runs
             .iter()
@@ -346,7 +363,11 @@ fn summarise(s: Scenario, runs: &[&RunOutcome]) -> ScenarioSummary {
         median_signed_error: Stats::of(errors.clone()).median,
         band_contains_share: (!bands.is_empty())
             .then(|| bands.iter().filter(|b| **b).count() as f64 / bands.len() as f64),
-        abs_eta_error_h: Stats::of(etas.iter().filter_map(|e| e.error_h.map(f64::abs)).collect()),
+        abs_eta_error_h: Stats::of(
+            etas.iter()
+                .filter_map(|e| e.error_h.map(f64::abs))
+                .collect(),
+        ),
         projections_never_crossed: etas.iter().filter(|e| e.true_crossing_h.is_none()).count(),
         by_telemetry: telemetry.into_iter().map(|(k, (n, f))| (k, n, f)).collect(),
     }
@@ -379,7 +400,10 @@ fn false_alarms(runs: &[Run], alerts: &[&AlertRecord]) -> FalseAlarms {
                 if a.alertname == AlertName::TrainingSuspected {
                     suspected.insert(k.clone());
                 }
-                by_alert.entry(a.alertname.as_str()).or_default().insert(k.clone());
+                by_alert
+                    .entry(a.alertname.as_str())
+                    .or_default()
+                    .insert(k.clone());
                 any.insert(k);
             }
             Scope::Tenant(t) | Scope::Org(t) => {
@@ -444,12 +468,16 @@ fn targets(
         .count();
     let share = within as f64 / eligible.len().max(1) as f64;
     out.push(Target {
-        name: "recall, runs >= 256 accelerators lasting >= 6 h, detected within 30 min of start".into(),
+        name: "recall, runs >= 256 accelerators lasting >= 6 h, detected within 30 min of start"
+            .into(),
         target: format!(">= {}", pct(RECALL_TARGET)),
         value: format!("{} ({within} of {})", pct(share), eligible.len()),
         pass: !eligible.is_empty() && share >= RECALL_TARGET,
     });
-    let any = eligible.iter().filter(|r| r.detect_minutes.is_some()).count();
+    let any = eligible
+        .iter()
+        .filter(|r| r.detect_minutes.is_some())
+        .count();
     let share_any = any as f64 / eligible.len().max(1) as f64;
     out.push(Target {
         name: "recall of the same runs at any time in the simulated hours".into(),
@@ -469,7 +497,10 @@ fn targets(
     out.push(Target {
         name: "false alarms of any alert kind per 1,000 negative jobs".into(),
         target: format!("<= {FALSE_ALARMS_PER_1000_TARGET}"),
-        value: format!("{:.2} ({} of {} jobs)", fa.any_alert_per_1000, fa.any_alert_jobs, fa.negative_jobs),
+        value: format!(
+            "{:.2} ({} of {} jobs)",
+            fa.any_alert_per_1000, fa.any_alert_jobs, fa.negative_jobs
+        ),
         pass: fa.any_alert_per_1000 <= FALSE_ALARMS_PER_1000_TARGET,
     });
     for s in scenarios
@@ -483,13 +514,19 @@ fn targets(
             pass: s.flagged == 0,
         });
     }
-    if let Some(dense) = scenarios.iter().find(|s| s.scenario == Scenario::DensePretraining) {
+    if let Some(dense) = scenarios
+        .iter()
+        .find(|s| s.scenario == Scenario::DensePretraining)
+    {
         let errs: Vec<f64> = runs
             .iter()
             .filter(|r| r.scenario == Scenario::DensePretraining)
             .filter_map(|r| r.estimate_error)
             .collect();
-        let ok = errs.iter().filter(|e| e.abs() <= ESTIMATE_TOLERANCE).count();
+        let ok = errs
+            .iter()
+            .filter(|e| e.abs() <= ESTIMATE_TOLERANCE)
+            .count();
         let share = ok as f64 / errs.len().max(1) as f64;
         out.push(Target {
             name: "dense pretraining: central estimate within 25 % of the truth".into(),
@@ -514,7 +551,10 @@ fn targets(
     out.push(Target {
         name: "Llama 3 405B: 30.84M H100-hours, band contains 3.8e25 FLOP".into(),
         target: "low <= 3.8e25 <= high".into(),
-        value: format!("{:.2e} .. {:.2e} (central {:.2e})", b.low, b.high, b.central),
+        value: format!(
+            "{:.2e} .. {:.2e} (central {:.2e})",
+            b.low, b.high, b.central
+        ),
         pass: b.low <= LLAMA3_FLOP && LLAMA3_FLOP <= b.high,
     });
     out
@@ -584,5 +624,7 @@ pub fn evaluate(
         scores_positive,
         scores_negative,
         real,
+        min_duration_s: opts.config.detection.duration.high,
+        min_accelerators: opts.config.detection.accelerators.high,
     }
 }

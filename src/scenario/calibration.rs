@@ -105,7 +105,11 @@ pub fn inverse_cdf_log(points: &[(f64, f64)], u: f64) -> f64 {
 
 /// `(level, value)` pairs of one of the five-quantile AcmeTrace arrays.
 pub fn quantile_points(values: &[f64; 5]) -> Vec<(f64, f64)> {
-    QUANTILE_LEVELS.iter().copied().zip(values.iter().copied()).collect()
+    QUANTILE_LEVELS
+        .iter()
+        .copied()
+        .zip(values.iter().copied())
+        .collect()
 }
 
 #[cfg(test)]

@@ -351,7 +351,12 @@ fn minute(ms: i64) -> i64 {
 
 /// Failures with restarts over a run's planned life: a Poisson process at
 /// [`FAILURES_PER_GPU_DAY`], each outage 10-40 min; plus any extra gaps (pauses), merged.
-fn gaps(rng: &mut SplitMix64, devices: usize, life_ms: i64, extra: &[(i64, i64)]) -> Vec<(i64, i64)> {
+fn gaps(
+    rng: &mut SplitMix64,
+    devices: usize,
+    life_ms: i64,
+    extra: &[(i64, i64)],
+) -> Vec<(i64, i64)> {
     let rate_per_ms = FAILURES_PER_GPU_DAY * devices as f64 / DAY_MS as f64;
     let mut out: Vec<(i64, i64)> = extra.to_vec();
     let mut t = 0i64;
@@ -488,7 +493,12 @@ fn assemble(spec: RunSpec, model: Arc<Model>) -> Run {
     }
 }
 
-fn simple_model(rng: &mut SplitMix64, kind: Kind, accel: &Accel, telemetry: Telemetry) -> Arc<Model> {
+fn simple_model(
+    rng: &mut SplitMix64,
+    kind: Kind,
+    accel: &Accel,
+    telemetry: Telemetry,
+) -> Arc<Model> {
     Arc::new(Model {
         kind,
         telemetry,
@@ -535,7 +545,8 @@ impl Scenario {
                 ]);
                 let accel = *pick(rng, &[&H100, &H100, &H200, &B200, &A100, &MI300X, &TPU_V5P]);
                 let life = (log_between(rng, 3.0, 120.0) * DAY_MS as f64) as i64;
-                let mfu = (pick(rng, &PUBLISHED_MFU) * (1.0 + 0.05 * rng.normal())).clamp(0.15, 0.6);
+                let mfu =
+                    (pick(rng, &PUBLISHED_MFU) * (1.0 + 0.05 * rng.normal())).clamp(0.15, 0.6);
                 let g = Gang {
                     accel,
                     devices,
@@ -548,7 +559,13 @@ impl Scenario {
                 let m = training_model(rng, &g, telemetry);
                 let t = format!("lab-{index:03}");
                 vec![assemble(
-                    spec(None, accel, start + life, start + h.positive_ms, vec![(t, "pretrain".into(), devices)]),
+                    spec(
+                        None,
+                        accel,
+                        start + life,
+                        start + h.positive_ms,
+                        vec![(t, "pretrain".into(), devices)],
+                    ),
                     m,
                 )]
             }
@@ -578,7 +595,13 @@ impl Scenario {
                 };
                 let m = training_model(rng, &g, telemetry);
                 vec![assemble(
-                    spec(None, accel, start + life, start + h.positive_ms, vec![(format!("tune-{index:03}"), job.into(), devices)]),
+                    spec(
+                        None,
+                        accel,
+                        start + life,
+                        start + h.positive_ms,
+                        vec![(format!("tune-{index:03}"), job.into(), devices)],
+                    ),
                     m,
                 )]
             }
@@ -625,7 +648,13 @@ impl Scenario {
                 };
                 let m = training_model(rng, &g, telemetry);
                 vec![assemble(
-                    spec(None, accel, start + life, start + h.positive_ms, vec![(format!("quiet-{index:03}"), "train".into(), devices)]),
+                    spec(
+                        None,
+                        accel,
+                        start + life,
+                        start + h.positive_ms,
+                        vec![(format!("quiet-{index:03}"), "train".into(), devices)],
+                    ),
                     m,
                 )]
             }
@@ -647,7 +676,10 @@ impl Scenario {
                 let members = (0..8)
                     .map(|j| (tenant.clone(), format!("shard-{j}"), devices / 8))
                     .collect();
-                vec![assemble(spec(None, accel, start + life, start + h.positive_ms, members), m)]
+                vec![assemble(
+                    spec(None, accel, start + life, start + h.positive_ms, members),
+                    m,
+                )]
             }
             Scenario::SplitTenants => {
                 let devices = cycle(&[512, 1024, 2048]);
@@ -668,7 +700,16 @@ impl Scenario {
                     .iter()
                     .map(|s| (format!("{org}-{s}"), "train".to_string(), devices / 4))
                     .collect();
-                vec![assemble(spec(Some(org), accel, start + life, start + h.positive_ms, members), m)]
+                vec![assemble(
+                    spec(
+                        Some(org),
+                        accel,
+                        start + life,
+                        start + h.positive_ms,
+                        members,
+                    ),
+                    m,
+                )]
             }
             Scenario::InferenceServing => {
                 let devices = cycle(&[64, 128, 256, 512]);
@@ -682,7 +723,13 @@ impl Scenario {
                 let m = simple_model(rng, kind, accel, telemetry);
                 let planned = start + 90 * DAY_MS;
                 vec![assemble(
-                    spec(None, accel, planned, neg_end(planned), vec![(format!("serve-{index:03}"), "api".into(), devices)]),
+                    spec(
+                        None,
+                        accel,
+                        planned,
+                        neg_end(planned),
+                        vec![(format!("serve-{index:03}"), "api".into(), devices)],
+                    ),
                     m,
                 )]
             }
@@ -697,7 +744,13 @@ impl Scenario {
                 let m = simple_model(rng, kind, accel, telemetry);
                 let planned = start + (between(rng, 12.0, 72.0) * HOUR_MS as f64) as i64;
                 vec![assemble(
-                    spec(None, accel, planned, neg_end(planned), vec![(format!("batch-{index:03}"), "bulk-infer".into(), devices)]),
+                    spec(
+                        None,
+                        accel,
+                        planned,
+                        neg_end(planned),
+                        vec![(format!("batch-{index:03}"), "bulk-infer".into(), devices)],
+                    ),
                     m,
                 )]
             }
@@ -713,7 +766,13 @@ impl Scenario {
                 let m = simple_model(rng, kind, accel, telemetry);
                 let planned = start + (between(rng, 6.0, 72.0) * HOUR_MS as f64) as i64;
                 vec![assemble(
-                    spec(None, accel, planned, neg_end(planned), vec![(format!("sim-{index:03}"), "cfd".into(), devices)]),
+                    spec(
+                        None,
+                        accel,
+                        planned,
+                        neg_end(planned),
+                        vec![(format!("sim-{index:03}"), "cfd".into(), devices)],
+                    ),
                     m,
                 )]
             }
@@ -726,7 +785,13 @@ impl Scenario {
                 let m = simple_model(rng, kind, accel, telemetry);
                 let planned = start + (between(rng, 2.0, 12.0) * HOUR_MS as f64) as i64;
                 vec![assemble(
-                    spec(None, accel, planned, neg_end(planned), vec![(format!("render-{index:03}"), "frames".into(), devices)]),
+                    spec(
+                        None,
+                        accel,
+                        planned,
+                        neg_end(planned),
+                        vec![(format!("render-{index:03}"), "frames".into(), devices)],
+                    ),
                     m,
                 )]
             }
@@ -740,7 +805,13 @@ impl Scenario {
                 let m = simple_model(rng, kind, accel, telemetry);
                 let planned = start + 30 * DAY_MS;
                 vec![assemble(
-                    spec(None, accel, planned, neg_end(planned), vec![(format!("hash-{index:03}"), "worker".into(), devices)]),
+                    spec(
+                        None,
+                        accel,
+                        planned,
+                        neg_end(planned),
+                        vec![(format!("hash-{index:03}"), "worker".into(), devices)],
+                    ),
                     m,
                 )]
             }
@@ -750,7 +821,13 @@ impl Scenario {
                 let m = simple_model(rng, Kind::Idle, accel, telemetry);
                 let planned = start + 30 * DAY_MS;
                 vec![assemble(
-                    spec(None, accel, planned, neg_end(planned), vec![(format!("reserve-{index:03}"), "hold".into(), devices)]),
+                    spec(
+                        None,
+                        accel,
+                        planned,
+                        neg_end(planned),
+                        vec![(format!("reserve-{index:03}"), "hold".into(), devices)],
+                    ),
                     m,
                 )]
             }
@@ -760,13 +837,20 @@ impl Scenario {
                     .map(|j| {
                         let devices = *pick(rng, &[1usize, 2, 4, 8]);
                         let accel = *pick(rng, &[&H100, &A100]);
-                        let s = minute(h.t0_ms + (rng.uniform() * h.negative_ms as f64 * 0.9) as i64);
+                        let s =
+                            minute(h.t0_ms + (rng.uniform() * h.negative_ms as f64 * 0.9) as i64);
                         let len = (between(rng, 10.0, 90.0) * MINUTE_MS as f64) as i64;
                         let kind = Kind::Steady {
                             tensor: between(rng, 0.15, 0.45),
                         };
                         let m = simple_model(rng, kind, accel, telemetry);
-                        let mut r = spec(None, accel, s + len, (s + len).min(h.t0_ms + h.negative_ms), vec![(tenant.clone(), format!("eval-{j:02}"), devices)]);
+                        let mut r = spec(
+                            None,
+                            accel,
+                            s + len,
+                            (s + len).min(h.t0_ms + h.negative_ms),
+                            vec![(tenant.clone(), format!("eval-{j:02}"), devices)],
+                        );
                         r.name = format!("{name}-{j:02}");
                         r.start_ms = s;
                         assemble(r, m)
@@ -779,7 +863,8 @@ impl Scenario {
                     .map(|j| {
                         let devices = *pick(rng, &[1usize, 1, 2]);
                         let accel = *pick(rng, &[&H100, &A100, &L40S]);
-                        let s = minute(h.t0_ms + (rng.uniform() * h.negative_ms as f64 * 0.8) as i64);
+                        let s =
+                            minute(h.t0_ms + (rng.uniform() * h.negative_ms as f64 * 0.8) as i64);
                         let len = (between(rng, 1.0, 8.0) * HOUR_MS as f64) as i64;
                         let kind = Kind::Bursty {
                             busy: between(rng, 0.05, 0.3),
@@ -787,7 +872,13 @@ impl Scenario {
                             burst_ms: minute((between(rng, 5.0, 20.0) * MINUTE_MS as f64) as i64),
                         };
                         let m = simple_model(rng, kind, accel, telemetry);
-                        let mut r = spec(None, accel, s + len, (s + len).min(h.t0_ms + h.negative_ms), vec![(tenant.clone(), format!("nb-{j:02}"), devices)]);
+                        let mut r = spec(
+                            None,
+                            accel,
+                            s + len,
+                            (s + len).min(h.t0_ms + h.negative_ms),
+                            vec![(tenant.clone(), format!("nb-{j:02}"), devices)],
+                        );
                         r.name = format!("{name}-{j:02}");
                         r.start_ms = s;
                         assemble(r, m)
@@ -836,7 +927,13 @@ impl Scenario {
                             share,
                             ..(*simple_model(rng, kind, accel, pod_telemetry)).clone()
                         });
-                        let mut r = spec(None, accel, s + len, (s + len).min(h.t0_ms + h.negative_ms), vec![(tenant, format!("pod-{j:04}"), devices)]);
+                        let mut r = spec(
+                            None,
+                            accel,
+                            s + len,
+                            (s + len).min(h.t0_ms + h.negative_ms),
+                            vec![(tenant, format!("pod-{j:04}"), devices)],
+                        );
                         r.name = format!("{name}-{j:04}");
                         r.start_ms = s;
                         r.share = share;

@@ -115,9 +115,14 @@ pub enum Kind {
         output_ms: i64,
     },
     /// Mining-like constant integer load: flat, no tensor activity, power capped.
-    Mining { sm: f64, power_cap: f64 },
+    Mining {
+        sm: f64,
+        power_cap: f64,
+    },
     /// Rendering / transcoding: independent frames, moderate SM, little tensor activity.
-    Render { sm: f64 },
+    Render {
+        sm: f64,
+    },
     /// Interactive notebooks and small everyday jobs: busy a share of the time, in bursts.
     Bursty {
         busy: f64,
@@ -125,7 +130,9 @@ pub enum Kind {
         burst_ms: i64,
     },
     /// Short compute-bound jobs (evaluation runs, small fine-tunes) at steady activity.
-    Steady { tensor: f64 },
+    Steady {
+        tensor: f64,
+    },
     /// Reserved and unused.
     Idle,
 }
@@ -262,7 +269,8 @@ impl Model {
                     util: clamp(util),
                     dram: clamp(tensor * 0.9 + 0.05 * rng.uniform()),
                     power_frac: if busy {
-                        from_quantiles(&ACME_BUSY_POWER_OF_TDP, t.level) * (0.97 + 0.06 * rng.uniform())
+                        from_quantiles(&ACME_BUSY_POWER_OF_TDP, t.level)
+                            * (0.97 + 0.06 * rng.uniform())
                     } else {
                         0.35
                     },
@@ -319,11 +327,7 @@ impl Model {
                         from_quantiles(&ACME_BUSY_GPU_UTIL, 0.2 + 0.8 * rng.uniform())
                     },
                     dram: clamp(dram * level * (1.0 + 0.05 * rng.normal())),
-                    power_frac: if loading {
-                        0.3
-                    } else {
-                        0.7 + 0.2 * tensor
-                    },
+                    power_frac: if loading { 0.3 } else { 0.7 + 0.2 * tensor },
                     fb_frac: 0.9,
                     nvlink_gbs: 10.0 * level,
                 }

@@ -57,11 +57,18 @@ fn every_scenario_is_labelled_and_resolvable() {
 
 #[test]
 fn positives_are_large_and_long() {
-    for s in Scenario::ALL.into_iter().filter(|s| s.class() == Class::Positive) {
+    for s in Scenario::ALL
+        .into_iter()
+        .filter(|s| s.class() == Class::Positive)
+    {
         for i in 0..4 {
             for run in build(s, i) {
                 assert!(run.accelerators >= 256.0, "{}", run.name);
-                assert!(run.planned_end_ms - run.start_ms >= 6 * HOUR_MS, "{}", run.name);
+                assert!(
+                    run.planned_end_ms - run.start_ms >= 6 * HOUR_MS,
+                    "{}",
+                    run.name
+                );
             }
         }
     }
@@ -72,7 +79,8 @@ fn split_runs_use_eight_jobs_or_four_tenants_of_one_org() {
     let run = &build(Scenario::SplitJobs, 1)[0];
     assert_eq!(run.members.len(), 8);
     assert_eq!(run.tenants().len(), 1);
-    let jobs: std::collections::BTreeSet<_> = samples(run).into_iter().filter_map(|s| s.job).collect();
+    let jobs: std::collections::BTreeSet<_> =
+        samples(run).into_iter().filter_map(|s| s.job).collect();
     assert_eq!(jobs.len(), 8);
 
     let run = &build(Scenario::SplitTenants, 0)[0];
@@ -91,7 +99,9 @@ fn paused_run_has_a_gap_and_resumes_as_the_same_job() {
         .expect("a pause of hours");
     let s = samples(run);
     let pause = run.start_ms + from..=run.start_ms + from + len;
-    assert!(s.iter().all(|x| !(x.ts_ms > *pause.start() && x.ts_ms <= *pause.end())));
+    assert!(s
+        .iter()
+        .all(|x| !(x.ts_ms > *pause.start() && x.ts_ms <= *pause.end())));
     assert!(s.iter().any(|x| x.ts_ms > *pause.end()), "resumes");
     assert!(s.iter().all(|x| x.job.as_deref() == Some("pretrain")));
 }
@@ -116,7 +126,10 @@ fn ground_truth_is_the_integral_of_true_mfu_times_peak_over_active_time() {
         ms += 1000;
     }
     let truth = run.true_flop_until(until);
-    assert!((truth / integral - 1.0).abs() < 1e-9, "{truth} vs {integral}");
+    assert!(
+        (truth / integral - 1.0).abs() < 1e-9,
+        "{truth} vs {integral}"
+    );
     // And with no gap in the window, truth sits between the dip level and the steady MFU.
     let full = w.devices() as f64 * m.peak_flops * 3.0 * 3600.0;
     assert!(truth <= full * t.mfu * (1.0 + 1e-9));
@@ -141,7 +154,10 @@ fn a_pause_removes_exactly_its_share_of_the_truth() {
     let mut t = w.start_ms + step;
     while t <= until {
         if m.in_gap(t - w.start_ms) {
-            expected += w.devices() as f64 * w.interval_s as f64 * m.peak_flops * m2.true_mfu(t - w.start_ms);
+            expected += w.devices() as f64
+                * w.interval_s as f64
+                * m.peak_flops
+                * m2.true_mfu(t - w.start_ms);
         }
         t += step;
     }
@@ -153,7 +169,9 @@ fn a_pause_removes_exactly_its_share_of_the_truth() {
 fn true_crossing_agrees_with_the_running_total() {
     let run = &build(Scenario::DensePretraining, 3)[0];
     let total = run.true_flop_until(run.start_ms + 2 * HOUR_MS);
-    let t = run.true_crossing_ms(total * 0.999).expect("crossed within two hours");
+    let t = run
+        .true_crossing_ms(total * 0.999)
+        .expect("crossed within two hours");
     assert!(t <= run.start_ms + 2 * HOUR_MS && t > run.start_ms);
     assert!(run.true_flop_until(t) >= total * 0.999);
 }
@@ -169,10 +187,22 @@ fn tensor_activity_observes_truth_through_a_bias() {
         return;
     }
     let s = samples(run);
-    let observed: f64 = s.iter().filter_map(|x| x.activity.tensor_active).sum::<f64>() / s.len() as f64;
-    let mean_mfu: f64 = s.iter().map(|x| m.true_mfu(x.ts_ms - run.start_ms)).sum::<f64>() / s.len() as f64;
+    let observed: f64 = s
+        .iter()
+        .filter_map(|x| x.activity.tensor_active)
+        .sum::<f64>()
+        / s.len() as f64;
+    let mean_mfu: f64 = s
+        .iter()
+        .map(|x| m.true_mfu(x.ts_ms - run.start_ms))
+        .sum::<f64>()
+        / s.len() as f64;
     let ratio = observed / mean_mfu;
-    assert!((ratio / t.tensor_over_mfu - 1.0).abs() < 0.05, "{ratio} vs {}", t.tensor_over_mfu);
+    assert!(
+        (ratio / t.tensor_over_mfu - 1.0).abs() < 0.05,
+        "{ratio} vs {}",
+        t.tensor_over_mfu
+    );
 }
 
 #[test]
@@ -217,7 +247,10 @@ fn training_sm_activity_matches_acmetrace_busy_quantiles() {
 fn everyday_fleet_follows_openb_sizes_and_lifetimes() {
     let runs = build(Scenario::EverydayFleet, 0);
     assert_eq!(runs.len(), 200);
-    let single = runs.iter().filter(|r| r.workloads[0].devices() == 1).count();
+    let single = runs
+        .iter()
+        .filter(|r| r.workloads[0].devices() == 1)
+        .count();
     // openb: 6,989 of 7,064 GPU pods hold one GPU.
     assert!(single as f64 / runs.len() as f64 > 0.95);
     let mut life_h: Vec<f64> = runs
@@ -226,12 +259,18 @@ fn everyday_fleet_follows_openb_sizes_and_lifetimes() {
         .collect();
     life_h.sort_by(f64::total_cmp);
     let median = life_h[life_h.len() / 2];
-    assert!((0.08..0.4).contains(&median), "median lifetime {median} h vs openb 0.18 h");
+    assert!(
+        (0.08..0.4).contains(&median),
+        "median lifetime {median} h vs openb 0.18 h"
+    );
 }
 
 #[test]
 fn negatives_report_no_training_truth() {
-    for s in Scenario::ALL.into_iter().filter(|s| s.class() == Class::Negative) {
+    for s in Scenario::ALL
+        .into_iter()
+        .filter(|s| s.class() == Class::Negative)
+    {
         for run in build(s, 0).iter().take(3) {
             assert_eq!(run.true_flop_until(run.sim_end_ms), 0.0, "{}", run.name);
         }
