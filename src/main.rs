@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use trainspotter::config::{Config, ConfigError, InputFormat, LogFormat};
+use trainspotter::scenario::Scenario;
 
 /// Exit code for a configuration error (EX_USAGE-style, as linkerd does).
 const EXIT_CONFIG: u8 = 64;
@@ -73,8 +74,9 @@ enum Command {
         /// Input file, or - for standard input.
         input: String,
     },
-    /// Write simulated telemetry of the demo fleet (the workloads `demo` runs) as native events,
-    /// one JSON object per line, ending now; feed it to a broker or to `replay`.
+    /// Write simulated telemetry as native events, one JSON object per line, ending now: the demo
+    /// fleet (the workloads `demo` runs), or with --scenario one scenario of the evaluation library
+    /// (see --list-scenarios). Feed it to a broker or to `replay`.
     Simulate {
         /// Simulated cluster hours.
         #[arg(long, default_value_t = 24)]
@@ -82,9 +84,51 @@ enum Command {
         /// Random seed (the same seed and hours give the same events, shifted to end now).
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        /// Output file, or - for standard output.
+        /// A scenario of the evaluation library instead of the demo fleet.
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Instances of the scenario.
+        #[arg(long, default_value_t = 1, requires = "scenario")]
+        count: usize,
+        /// Write each run's label and ground-truth FLOP as JSON lines to this file.
+        #[arg(long, requires = "scenario")]
+        labels: Option<PathBuf>,
+        /// List the scenarios and exit.
+        #[arg(long)]
+        list_scenarios: bool,
+        /// Output file, - for standard output, or kafka to produce to --topic on --brokers.
         #[arg(long, short, default_value = "-")]
         output: String,
+        /// Kafka bootstrap servers (with --output kafka).
+        #[arg(long, default_value = "localhost:9092")]
+        brokers: String,
+        /// Kafka topic (with --output kafka).
+        #[arg(long, default_value = "gpu-usage")]
+        topic: String,
+    },
+    /// Evaluate detection and compute estimates on a mix of labelled scenarios run through the
+    /// real pipeline, plus the real traces in --data; writes evaluation.md, eval/eval.json and
+    /// SVG plots under --out.
+    Eval {
+        /// default, quick, or a TOML mix file (name, positive_hours, negative_hours, fleet_pods,
+        /// [scenarios] name = instances).
+        #[arg(long, default_value = "default")]
+        mix: String,
+        /// Random seed of the mix.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Configuration file (TOML): detection, estimate and alert settings as the daemon uses.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The shared real traces (Helios, openb); their section is skipped if missing.
+        #[arg(long, default_value = "../shared/data")]
+        data: PathBuf,
+        /// Output folder.
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
+        /// Worker threads (default: available cores).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Explain why a job is or is not suspected of training: replay a file (as `replay` does) and
     /// print, as JSON, the job's score and every feature against its thresholds, with the window,
@@ -186,33 +230,43 @@ fn main() -> ExitCode {
         Command::Simulate {
             hours,
             seed,
+            scenario,
+            count,
+            labels,
+            list_scenarios,
             output,
+            brokers,
+            topic,
         } => {
-            let now = chrono::Utc::now().timestamp_millis();
-            let written = if output == "-" {
-                let mut w = BufWriter::new(io::stdout().lock());
-                trainspotter::sim::write_demo_ndjson(&mut w, hours, seed, now).and_then(|n| {
-                    w.flush()?;
-                    Ok(n)
-                })
-            } else {
-                File::create(&output).and_then(|f| {
-                    let mut w = BufWriter::new(f);
-                    let n = trainspotter::sim::write_demo_ndjson(&mut w, hours, seed, now)?;
-                    w.flush()?;
-                    Ok(n)
-                })
-            };
-            match written {
-                Ok(n) => {
-                    eprintln!("trainspotter: {n} events written");
-                    ExitCode::SUCCESS
+            if list_scenarios {
+                for s in Scenario::ALL {
+                    println!(
+                        "{:<18} {:<8} {}",
+                        s.name(),
+                        format!("{:?}", s.class()).to_lowercase(),
+                        s.describe()
+                    );
                 }
-                Err(e) => {
-                    eprintln!("trainspotter: cannot write {output}: {e}");
-                    ExitCode::FAILURE
-                }
+                return ExitCode::SUCCESS;
             }
+            report_exit(simulate(
+                hours, seed, scenario, count, labels, &output, &brokers, &topic,
+            ))
+        }
+        Command::Eval {
+            mix,
+            seed,
+            config,
+            data,
+            out,
+            threads,
+        } => {
+            let cfg = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&cfg);
+            report_exit(eval(cfg, &mix, seed, config, data, out, threads))
         }
         Command::Run { config } => {
             let cfg = match load(config.as_ref()) {
@@ -373,6 +427,125 @@ fn replay(
         w.write_all(b"\n")?;
         w.flush()?;
     }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn simulate(
+    hours: u32,
+    seed: u64,
+    scenario: Option<String>,
+    count: usize,
+    labels: Option<PathBuf>,
+    output: &str,
+    brokers: &str,
+    topic: &str,
+) -> anyhow::Result<()> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let Some(name) = scenario else {
+        if output == "kafka" {
+            anyhow::bail!("--output kafka needs --scenario");
+        }
+        let n = with_output(output, |w| {
+            trainspotter::sim::write_demo_ndjson(&mut *w, hours, seed, now)
+        })?;
+        eprintln!("trainspotter: {n} events written");
+        return Ok(());
+    };
+    let scenario = Scenario::parse(&name).with_context(|| {
+        format!("unknown scenario {name:?} (trainspotter simulate --list-scenarios)")
+    })?;
+    let spec = trainspotter::simulate::ScenarioSpec {
+        scenario,
+        count,
+        hours,
+        seed,
+        end_ms: now,
+    };
+    let runs = spec.runs();
+    if let Some(p) = labels {
+        let f = File::create(&p).with_context(|| format!("cannot create {}", p.display()))?;
+        let mut w = BufWriter::new(f);
+        for r in &runs {
+            serde_json::to_writer(&mut w, &trainspotter::simulate::label(r))?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+    }
+    let n = if output == "kafka" {
+        trainspotter::simulate::produce(&runs, seed, brokers, topic)?
+    } else {
+        with_output(output, |w| {
+            trainspotter::simulate::stream(&runs, seed, |s| writeln!(w, "{}", s.to_json()))
+        })?
+    };
+    eprintln!("trainspotter: {n} events of {} runs written", runs.len());
+    Ok(())
+}
+
+/// Runs `f` on a buffered writer to `output` (a file, or - for standard output) and flushes it.
+fn with_output(
+    output: &str,
+    f: impl FnOnce(&mut dyn Write) -> io::Result<u64>,
+) -> anyhow::Result<u64> {
+    let n = if output == "-" {
+        let mut w = BufWriter::new(io::stdout().lock());
+        let n = f(&mut w)?;
+        w.flush()?;
+        n
+    } else {
+        let file = File::create(output).with_context(|| format!("cannot create {output}"))?;
+        let mut w = BufWriter::new(file);
+        let n = f(&mut w)?;
+        w.flush()?;
+        n
+    };
+    Ok(n)
+}
+
+fn eval(
+    cfg: Config,
+    mix: &str,
+    seed: u64,
+    config: Option<PathBuf>,
+    data: PathBuf,
+    out: PathBuf,
+    threads: Option<usize>,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut command = format!("trainspotter eval --mix {mix} --seed {seed}");
+    if let Some(c) = &config {
+        command += &format!(" --config {}", c.display());
+    }
+    command += &format!(" --data {} --out {}", data.display(), out.display());
+    let opts = trainspotter::eval::EvalOptions {
+        mix: trainspotter::eval::Mix::load(mix)?,
+        seed,
+        config: cfg,
+        data: Some(data),
+        threads: threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        }),
+        command,
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let e = trainspotter::eval::run(&opts, &out)?;
+    for t in &e.targets {
+        eprintln!(
+            "{:<4} {}: {} (required {})",
+            if t.pass { "pass" } else { "FAIL" },
+            t.name,
+            t.value,
+            t.target
+        );
+    }
+    eprintln!(
+        "trainspotter: {} events, {} runs in {:.1} s; report in {}",
+        e.events,
+        e.runs.len(),
+        started.elapsed().as_secs_f64(),
+        out.join("evaluation.md").display()
+    );
     Ok(())
 }
 

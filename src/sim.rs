@@ -5,7 +5,10 @@
 //! dips for checkpoints; inference serving is mostly idle and follows a daily request curve; small
 //! fine-tuning is busy on one node; reserved capacity sits idle. Deterministic for a given seed.
 
+use std::sync::Arc;
+
 use crate::decode::{Activity, UsageSample};
+use crate::scenario::model::Model;
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
@@ -26,6 +29,9 @@ pub enum Profile {
     Serving { busy_min: f64, busy_max: f64 },
     /// Reserved but unused.
     Idle,
+    /// A scenario workload (see [`crate::scenario`]): telemetry observed from a true utilisation
+    /// curve through per-run bias and noise, masked to the fields the fleet exports.
+    Modelled(Arc<Model>),
 }
 
 /// One simulated job.
@@ -60,6 +66,7 @@ impl Workload {
                 let o = self.start_ms + from;
                 !(t > o && t <= o + len)
             }
+            Profile::Modelled(ref m) => !m.in_gap(t - self.start_ms),
             _ => true,
         }
     }
@@ -192,6 +199,10 @@ impl Fleet {
                 // A per-node factor models slower hosts: ranks of one job still move together.
                 let node_factor = 1.0 + 0.02 * (((n * 7919) % 13) as f64 / 13.0 - 0.5);
                 for g in 0..w.gpus_per_node {
+                    if let Profile::Modelled(m) = &w.profile {
+                        out.push(m.sample(w, t_ms, n, node, g, &mut self.rng));
+                        continue;
+                    }
                     let activity = match &w.profile {
                         Profile::Training {
                             tensor,
@@ -226,7 +237,7 @@ impl Fleet {
                                 dram_active: Some(t * 0.6),
                             }
                         }
-                        Profile::Idle => Activity {
+                        Profile::Idle | Profile::Modelled(_) => Activity {
                             tensor_active: Some(0.0),
                             sm_active: Some(0.0),
                             gpu_util: Some(0.0),
@@ -253,7 +264,7 @@ impl Fleet {
 /// Writes `hours` of the demo fleet, ending at `end_ms` (rounded down to the minute), as native
 /// events, one JSON object per line, in time order; returns how many were written.
 pub fn write_demo_ndjson(
-    out: &mut impl std::io::Write,
+    out: &mut (impl std::io::Write + ?Sized),
     hours: u32,
     seed: u64,
     end_ms: i64,

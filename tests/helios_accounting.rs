@@ -6,43 +6,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Cursor};
+use std::io::Cursor;
 
 use trainspotter::config::Config;
 use trainspotter::replay::replay;
-
-struct Row {
-    ts_ms: i64,
-    gpus: u64,
-}
-
-fn read_vc(path: &std::path::Path) -> Vec<Row> {
-    let f =
-        std::fs::File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-    let r = BufReader::new(flate2::read::GzDecoder::new(f));
-    let mut lines = r.lines();
-    let header: Vec<String> = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    let time_col = header.iter().position(|h| h == "time").unwrap();
-    let gpu_col = header.iter().position(|h| h == "running_gpu_num").unwrap();
-    lines
-        .map(|l| {
-            let l = l.unwrap();
-            let cols: Vec<&str> = l.split(',').collect();
-            let t =
-                chrono::NaiveDateTime::parse_from_str(cols[time_col], "%Y-%m-%d %H:%M:%S").unwrap();
-            Row {
-                ts_ms: t.and_utc().timestamp_millis(),
-                gpus: cols[gpu_col].parse::<f64>().unwrap() as u64,
-            }
-        })
-        .collect()
-}
+use trainspotter::traces::{read_helios_vc, HeliosRow as Row};
 
 #[test]
 fn helios_tenant_totals_and_windows_equal_plain_sums() {
@@ -59,7 +27,7 @@ fn helios_tenant_totals_and_windows_equal_plain_sums() {
             .unwrap()
             .trim_end_matches(".csv.gz")
             .to_string();
-        vcs.insert(name, read_vc(&p));
+        vcs.insert(name, read_helios_vc(&p).unwrap());
     }
     assert_eq!(vcs.len(), 8, "eight virtual clusters");
 
