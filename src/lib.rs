@@ -25,6 +25,12 @@
 //! - [`http`]: /metrics, /livez, /readyz and the JSON API.
 //! - [`sim`]: a fleet simulator producing realistic telemetry.
 //! - [`demo`]: the zero-setup demonstration (embedded broker + simulator + daemon).
+//! - [`scenario`]: labelled workloads (training and hard negatives) with ground-truth FLOP,
+//!   calibrated to real traces; produced through [`sim`].
+//! - [`simulate`]: `simulate --scenario`, a scenario's events to a file or a Kafka topic.
+//! - [`eval`]: scenario mixes through [`pipeline`], scored against their labels; the report.
+//! - [`traces`]: readers of the real traces (Helios, openb) used by the report and tests.
+//! - [`svg`]: the report's charts.
 
 pub mod alert;
 pub mod alertmanager;

@@ -473,7 +473,9 @@ fn simulate(
         w.flush()?;
     }
     let n = if output == "kafka" {
-        trainspotter::simulate::produce(&runs, seed, brokers, topic)?
+        trainspotter::simulate::produce(brokers, topic, |send| {
+            trainspotter::simulate::stream(&runs, seed, send)
+        })?
     } else {
         with_output(output, |w| {
             trainspotter::simulate::stream(&runs, seed, |s| writeln!(w, "{}", s.to_json()))

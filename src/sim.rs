@@ -269,6 +269,17 @@ pub fn write_demo_ndjson(
     seed: u64,
     end_ms: i64,
 ) -> std::io::Result<u64> {
+    demo_samples(hours, seed, end_ms, |s| writeln!(out, "{}", s.to_json()))
+}
+
+/// Feeds `hours` of the demo fleet, ending at `end_ms` (rounded down to the minute), to `emit` in
+/// time order; returns how many samples.
+pub fn demo_samples<E>(
+    hours: u32,
+    seed: u64,
+    end_ms: i64,
+    mut emit: impl FnMut(&UsageSample) -> Result<(), E>,
+) -> Result<u64, E> {
     const MINUTE_MS: i64 = 60_000;
     let end_ms = end_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
     let start_ms = end_ms - hours as i64 * HOUR_MS;
@@ -280,7 +291,7 @@ pub fn write_demo_ndjson(
         samples.clear();
         fleet.samples_at(t, &mut samples);
         for s in &samples {
-            writeln!(out, "{}", s.to_json())?;
+            emit(s)?;
         }
         written += samples.len() as u64;
         t += MINUTE_MS;

@@ -124,15 +124,18 @@ pub fn label(r: &Run) -> Label<'_> {
     }
 }
 
-/// Produces every sample of `runs` to `topic`, keyed by tenant (the daemon's partitioning rule),
-/// and waits for the broker to acknowledge them all.
-pub fn produce(runs: &[Run], seed: u64, brokers: &str, topic: &str) -> Result<u64, KafkaError> {
+/// Produces every sample `feed` emits to `topic`, keyed by tenant (the daemon's partitioning
+/// rule), and waits for the broker to acknowledge them all; returns how many.
+pub fn produce<F>(brokers: &str, topic: &str, feed: F) -> Result<u64, KafkaError>
+where
+    F: FnOnce(&mut dyn FnMut(&UsageSample) -> Result<(), KafkaError>) -> Result<u64, KafkaError>,
+{
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
         .set("queue.buffering.max.messages", "200000")
         .create()?;
-    let n = stream(runs, seed, |s| {
+    let mut send = |s: &UsageSample| {
         let payload = s.to_json();
         loop {
             match producer.send(BaseRecord::to(topic).key(&s.tenant).payload(&payload)) {
@@ -143,7 +146,45 @@ pub fn produce(runs: &[Run], seed: u64, brokers: &str, topic: &str) -> Result<u6
                 Err((e, _)) => return Err(e),
             }
         }
-    })?;
+    };
+    let n = feed(&mut send)?;
     producer.flush(rdkafka::util::Timeout::After(Duration::from_secs(60)))?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::mocking::MockCluster;
+
+    #[test]
+    fn scenario_events_reach_the_topic_keyed_by_tenant() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("usage", 2, 1).unwrap();
+        let spec = ScenarioSpec {
+            scenario: Scenario::SplitTenants,
+            count: 1,
+            hours: 1,
+            seed: 5,
+            end_ms: 1_736_121_600_000,
+        };
+        let runs = spec.runs();
+        let n = produce(&cluster.bootstrap_servers(), "usage", |send| {
+            stream(&runs, 5, send)
+        })
+        .unwrap();
+        assert!(n > 0);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "count")
+            .create()
+            .unwrap();
+        let timeout = Duration::from_secs(10);
+        let total: i64 = (0..2)
+            .map(|p| consumer.fetch_watermarks("usage", p, timeout).unwrap())
+            .map(|(lo, hi)| hi - lo)
+            .sum();
+        assert_eq!(total as u64, n);
+    }
 }

@@ -25,7 +25,7 @@ pub fn write(e: &Evaluation, out: &Path) -> Result<(), EvalError> {
     for (name, chart) in charts(e) {
         write_file(&plots.join(name), &chart.render())?;
     }
-    let json = serde_json::to_string_pretty(e).expect("the evaluation serialises to JSON");
+    let json = serde_json::to_string(e).expect("the evaluation serialises to JSON");
     write_file(&plots.join("eval.json"), &(json + "\n"))?;
     write_file(&out.join("evaluation.md"), &markdown(e))
 }

@@ -532,7 +532,7 @@ fn targets(
             name: "dense pretraining: central estimate within 25 % of the truth".into(),
             target: format!(">= {} of runs", pct(ESTIMATE_SHARE_TARGET)),
             value: format!(
-                "{} ({ok} of {}; median |error| {})",
+                "{} ({ok} of {}; median abs. error {})",
                 pct(share),
                 errs.len(),
                 dense.abs_estimate_error.median.map_or("-".into(), pct)
