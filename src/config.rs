@@ -434,9 +434,12 @@ impl Default for WindowsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EstimateConfig {
-    /// Utilization assumed for samples without tensor activity (Epoch AI defaults).
+    /// Model-FLOP utilization assumed for samples without tensor activity, while busy: spans the
+    /// published large runs (GPT-3 21 %, MT-NLG 30 %, Gopher 33 %, Llama 3 38-43 %, PaLM 46 %).
     pub utilization: UtilizationBand,
-    /// Low/high factors applied to tensor-activity estimates.
+    /// Model FLOP per unit of tensor-pipe work (peak x tensor_active): recomputation and partly
+    /// fed pipes keep the pipes busier than the model's arithmetic (PaLM 0.80, full
+    /// recomputation 0.75, none 1.0).
     pub tensor_band: RelativeBand,
 }
 
@@ -444,13 +447,14 @@ impl Default for EstimateConfig {
     fn default() -> Self {
         EstimateConfig {
             utilization: UtilizationBand {
-                low: 0.30,
-                central: 0.40,
-                high: 0.45,
+                low: 0.20,
+                central: 0.38,
+                high: 0.50,
             },
             tensor_band: RelativeBand {
-                low: 0.8,
-                high: 1.2,
+                low: 0.72,
+                central: 0.85,
+                high: 1.05,
             },
         }
     }
@@ -493,17 +497,19 @@ pub struct FeatureWeights {
     pub temporal_variation: f64,
     pub rank_spread: f64,
     pub gang_synchrony: f64,
+    pub memory_gib: f64,
 }
 
 impl Default for FeatureWeights {
     fn default() -> Self {
         FeatureWeights {
-            accelerators: 1.0,
-            duration: 1.0,
+            accelerators: 0.5,
+            duration: 0.5,
             activity: 1.0,
             temporal_variation: 1.0,
             rank_spread: 1.0,
-            gang_synchrony: 1.0,
+            gang_synchrony: 2.0,
+            memory_gib: 2.0,
         }
     }
 }
@@ -518,6 +524,9 @@ pub struct DetectionConfig {
     pub slide: HumanDuration,
     /// Concurrent accelerators: score ramp; reaching `high` is required to alert.
     pub accelerators: Ramp,
+    /// Used instead of `accelerators` for a job whose best signal is GPU_UTIL, which is near 100 %
+    /// for almost any busy work (HPC, mining): such a job must be a larger gang.
+    pub accelerators_gpu_util: Ramp,
     /// Observed duration: score ramp; reaching `high` is required to alert.
     pub duration: Ramp,
     /// Mean activity ramps, per signal (the best available signal is used).
@@ -531,6 +540,9 @@ pub struct DetectionConfig {
     /// Share of the devices' variation over time that the gang has in common: high is
     /// training-like (ranks stall and dip together; independent replicas do not).
     pub gang_synchrony: Ramp,
+    /// Mean device memory in use per accelerator, GiB: high is training-like (weights, optimizer
+    /// state and activations fill the device).
+    pub memory_gib: Ramp,
     /// Gang synchrony is only computed when the devices' relative standard deviation over time
     /// reaches this; steadier gangs leave the feature out.
     pub synchrony_min_variation: f64,
@@ -557,21 +569,25 @@ impl Default for DetectionConfig {
                 low: 8.0,
                 high: 64.0,
             },
+            accelerators_gpu_util: Ramp {
+                low: 64.0,
+                high: 256.0,
+            },
             duration: Ramp {
-                low: 600.0,
-                high: 1800.0,
+                low: 300.0,
+                high: 1200.0,
             },
             tensor_active: Ramp {
-                low: 0.10,
-                high: 0.25,
+                low: 0.04,
+                high: 0.10,
             },
             sm_active: Ramp {
                 low: 0.30,
                 high: 0.50,
             },
             gpu_util: Ramp {
-                low: 0.70,
-                high: 0.95,
+                low: 0.60,
+                high: 0.90,
             },
             temporal_variation: Ramp {
                 low: 0.30,
@@ -584,6 +600,10 @@ impl Default for DetectionConfig {
             gang_synchrony: Ramp {
                 low: 0.15,
                 high: 0.50,
+            },
+            memory_gib: Ramp {
+                low: 4.0,
+                high: 16.0,
             },
             synchrony_min_variation: 0.05,
             weights: FeatureWeights::default(),
@@ -611,6 +631,19 @@ pub struct AlertsConfig {
     pub resend_interval: HumanDuration,
     /// CloudEvents `source` attribute.
     pub source: String,
+    /// Which entities compute alerts (`ComputeThresholdProjected`, `ComputeThresholdCrossed`) are
+    /// about: `training`, jobs that have been suspected of training and the tenants and
+    /// organisations that have such a job (the regulations count training compute; a large
+    /// inference fleet's work is not); or `all` entities.
+    pub compute_alerts: ComputeAlerts,
+}
+
+/// See [`AlertsConfig::compute_alerts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeAlerts {
+    Training,
+    All,
 }
 
 impl Default for AlertsConfig {
@@ -622,6 +655,7 @@ impl Default for AlertsConfig {
             projection_min_duration: HumanDuration::secs(1800),
             resend_interval: HumanDuration::secs(300),
             source: "/trainspotter".into(),
+            compute_alerts: ComputeAlerts::Training,
         }
     }
 }
@@ -695,6 +729,8 @@ pub struct Settings {
     pub resend_ms: i64,
     pub thresholds: Vec<f64>,
     pub group_start_tolerance_ms: i64,
+    /// Compute alerts only for work suspected of training (`alerts.compute_alerts`).
+    pub compute_alerts_training_only: bool,
     pub join: crate::join::JoinSettings,
 }
 
@@ -783,7 +819,10 @@ impl Config {
             return Err(invalid("registry.topic_timeout", "must be positive"));
         }
         if self.detection.group_start_tolerance.ms() < 0 {
-            return Err(invalid("detection.group_start_tolerance", "must not be negative"));
+            return Err(invalid(
+                "detection.group_start_tolerance",
+                "must not be negative",
+            ));
         }
         let i = &self.input;
         if i.scrape_interval.ms() <= 0 {
@@ -910,8 +949,11 @@ impl Config {
             ));
         }
         let t = &self.estimate.tensor_band;
-        if !(0.0 < t.low && t.low <= 1.0 && 1.0 <= t.high) {
-            return Err(invalid("estimate.tensor_band", "need 0 < low <= 1 <= high"));
+        if !(0.0 < t.low && t.low <= t.central && t.central <= t.high && t.high.is_finite()) {
+            return Err(invalid(
+                "estimate.tensor_band",
+                "need 0 < low <= central <= high",
+            ));
         }
         if self.catalog.fallback_tflops.is_nan() || self.catalog.fallback_tflops <= 0.0 {
             return Err(invalid("catalog.fallback_tflops", "must be positive"));
@@ -940,6 +982,8 @@ impl Config {
         }
         for (key, r) in [
             ("detection.accelerators", d.accelerators),
+            ("detection.accelerators_gpu_util", d.accelerators_gpu_util),
+            ("detection.memory_gib", d.memory_gib),
             ("detection.duration", d.duration),
             ("detection.tensor_active", d.tensor_active),
             ("detection.sm_active", d.sm_active),
@@ -963,9 +1007,13 @@ impl Config {
             ("detection.weights.accelerators", fw.accelerators),
             ("detection.weights.duration", fw.duration),
             ("detection.weights.activity", fw.activity),
-            ("detection.weights.temporal_variation", fw.temporal_variation),
+            (
+                "detection.weights.temporal_variation",
+                fw.temporal_variation,
+            ),
             ("detection.weights.rank_spread", fw.rank_spread),
             ("detection.weights.gang_synchrony", fw.gang_synchrony),
+            ("detection.weights.memory_gib", fw.memory_gib),
         ] {
             if !(x.is_finite() && x >= 0.0) {
                 return Err(invalid(key, "must be a finite number >= 0"));
@@ -977,6 +1025,7 @@ impl Config {
             + fw.temporal_variation
             + fw.rank_spread
             + fw.gang_synchrony
+            + fw.memory_gib
             == 0.0
         {
             return Err(invalid(
@@ -1061,6 +1110,7 @@ impl Config {
             resend_ms: a.resend_interval.ms(),
             thresholds,
             group_start_tolerance_ms: d.group_start_tolerance.ms(),
+            compute_alerts_training_only: a.compute_alerts == ComputeAlerts::Training,
             join: crate::join::JoinSettings {
                 interval_ms: i.scrape_interval.ms(),
                 timeout_ms: i.join_timeout.ms(),

@@ -14,13 +14,19 @@
 //!   flat apart from short checkpoint dips, which the median ignores; serving follows requests.
 //! - `rank_spread`: robust spread of activity across the devices. Ranks of a synchronous job wait
 //!   for each other, so they read alike.
+//! - `memory_gib`: device memory in use. Training holds weights, optimizer state and activations
+//!   and fills most of the device's memory (AcmeTrace LLM clusters: median 63 % of 80 GB);
+//!   mining-like load and many small tools use a few GiB.
 //! - `gang_synchrony`: how much of the devices' variation over time they share. Ranks of one
 //!   training job stall and dip together (collectives, checkpoints); independent replicas of an
 //!   inference fleet vary on their own, so the gang average is much smoother than each device.
-//!   Computed as variance over time of the gang mean / mean variance over time of each device:
-//!   near 1 for a gang in lockstep, near 1/N for N independent devices. A gang too steady for the
-//!   ratio to mean anything (relative standard deviation below `synchrony_min_variation`) has no
-//!   value, and the feature is left out rather than guessed.
+//!   Computed as the variance over time of the per-slide gang mean / the mean variance over time
+//!   of each device, both over the same span of slides (the current and the previous half of the
+//!   detection window), so a dip counts in both while it is in the span and in neither after.
+//!   Static differences between devices do not count: each device's variance is about its own
+//!   mean. Near 1 for a gang in lockstep, near 1/N for N independent devices. A gang too steady for the ratio to mean anything (relative standard deviation below `synchrony_min_variation`) has no
+//!   value, and the feature is left out rather than guessed. When it has a value it is a gate:
+//!   a gang whose devices vary on their own is not suspected, whatever else it looks like.
 
 use serde::{Deserialize, Serialize};
 use statrs::statistics::{Data, Median};
@@ -58,13 +64,57 @@ impl Signal {
     }
 }
 
-/// Accelerator-time-weighted activity sum of one signal.
+/// Accelerator-time-weighted sum of one signal.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Moments {
     /// Accelerator-seconds that reported this signal.
     pub weight: f32,
     /// Sum of activity * accelerator-seconds.
     pub sum: f32,
+}
+
+impl Moments {
+    pub fn add(&mut self, value: f32, weight: f32) {
+        self.weight += weight;
+        self.sum += value * weight;
+    }
+
+    fn merge(&mut self, o: &Moments) {
+        self.weight += o.weight;
+        self.sum += o.sum;
+    }
+}
+
+/// Count, sum and sum of squares of one device's readings (its variance over time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub n: f32,
+    pub sum: f32,
+    pub sq: f32,
+}
+
+impl Spread {
+    pub fn add(&mut self, v: f32) {
+        self.n += 1.0;
+        self.sum += v;
+        self.sq += v * v;
+    }
+
+    pub fn merged(&self, o: &Spread) -> Spread {
+        Spread {
+            n: self.n + o.n,
+            sum: self.sum + o.sum,
+            sq: self.sq + o.sq,
+        }
+    }
+
+    /// Population variance; `None` with fewer than 2 readings.
+    pub fn variance(&self) -> Option<f64> {
+        (self.n >= 2.0).then(|| {
+            let m = (self.sum / self.n) as f64;
+            ((self.sq / self.n) as f64 - m * m).max(0.0)
+        })
+    }
 }
 
 /// One detection slide of one job.
@@ -74,6 +124,8 @@ pub struct DetectPane {
     pub accelerators: f32,
     /// Per signal, indexed like [`Signal::ALL`].
     pub activity: [Moments; 3],
+    /// Device memory in use, GiB (weighted by accelerator-seconds, per accelerator).
+    pub memory: Moments,
 }
 
 impl DetectPane {
@@ -81,9 +133,9 @@ impl DetectPane {
     pub fn add(&mut self, o: &DetectPane) {
         self.accelerators += o.accelerators;
         for (a, b) in self.activity.iter_mut().zip(&o.activity) {
-            a.weight += b.weight;
-            a.sum += b.sum;
+            a.merge(b);
         }
+        self.memory.merge(&o.memory);
     }
 }
 
@@ -105,27 +157,33 @@ pub struct Features {
     /// Variance over time of the gang mean / mean per-device variance (needs 3 slides, 2 devices
     /// and variation above the configured minimum).
     pub gang_synchrony: Option<f64>,
-    /// Mean per-device standard deviation over time, relative to the mean activity.
+    /// Mean standard deviation of each device over the synchrony span, relative to the mean
+    /// activity.
     pub device_variation: Option<f64>,
+    /// Mean device memory in use per accelerator over the window, GiB (when reported).
+    pub memory_gib: Option<f64>,
     /// Devices that reported recently.
     pub devices: usize,
 }
 
-/// What detection keeps per device: smoothed activity of the job's best signal and its variance
-/// over time (exponentially weighted over about one detection window).
+/// What detection keeps per device: the smoothed activity of the job's best signal, and its
+/// variance over the synchrony span (see [`features`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DeviceStat {
     pub activity: f64,
-    pub variance: f64,
+    pub variance: Option<f64>,
 }
 
 /// Computes features from the panes of the observed span, oldest first, and the devices that
-/// reported recently. `min_variation`: see [`Features::gang_synchrony`].
+/// reported recently. Gang synchrony compares the variance of the per-slide gang means of
+/// `sync_panes` with the devices' own variance over the same slides (the caller takes both over
+/// the same span). `min_variation`: see [`Features::gang_synchrony`].
 pub fn features(
     panes: &[DetectPane],
     devices: &[DeviceStat],
     duration_s: f64,
     min_variation: f64,
+    sync_panes: &[DetectPane],
 ) -> Features {
     let mut f = Features {
         duration_s,
@@ -136,6 +194,10 @@ pub fn features(
         return f;
     }
     f.accelerators = median(panes.iter().map(|p| p.accelerators as f64).collect());
+    let (mw, ms) = panes.iter().fold((0.0f64, 0.0f64), |(w, s), p| {
+        (w + p.memory.weight as f64, s + p.memory.sum as f64)
+    });
+    f.memory_gib = (mw > 0.0).then(|| ms / mw);
     let chosen = Signal::ALL
         .iter()
         .enumerate()
@@ -149,20 +211,26 @@ pub fn features(
         });
         f.signal = Some(*signal);
         f.activity = Some(s / w);
+        let slide_mean = |p: &DetectPane| (p.activity[i].sum / p.activity[i].weight) as f64;
         let per_pane: Vec<f64> = panes
             .iter()
             .filter(|p| p.activity[i].weight > 0.0)
-            .map(|p| (p.activity[i].sum / p.activity[i].weight) as f64)
+            .map(slide_mean)
             .collect();
-        f.temporal_variation = relative_mad(per_pane.clone());
+        f.temporal_variation = relative_mad(per_pane);
+        let span: Vec<f64> = sync_panes
+            .iter()
+            .filter(|p| p.activity[i].weight > 0.0)
+            .map(slide_mean)
+            .collect();
+        let device_vars: Vec<f64> = devices.iter().filter_map(|d| d.variance).collect();
         let mean = s / w;
-        if !devices.is_empty() && mean > 0.0 {
-            let device_var = devices.iter().map(|d| d.variance.max(0.0)).sum::<f64>()
-                / devices.len() as f64;
+        if !device_vars.is_empty() && mean > 0.0 {
+            let device_var = device_vars.iter().sum::<f64>() / device_vars.len() as f64;
             let variation = device_var.sqrt() / mean;
             f.device_variation = Some(variation);
-            if per_pane.len() >= 3 && devices.len() >= 2 && variation >= min_variation {
-                f.gang_synchrony = Some((population_variance(&per_pane) / device_var).min(1.0));
+            if span.len() >= 3 && device_vars.len() >= 2 && variation >= min_variation {
+                f.gang_synchrony = Some((population_variance(&span) / device_var).min(1.0));
             }
         }
     }
@@ -243,7 +311,7 @@ fn ramp(
 }
 
 /// Feature names and meanings, in evidence order.
-pub const FEATURES: [(&str, &str); 6] = [
+pub const FEATURES: [(&str, &str); 7] = [
     (
         "accelerators",
         "median concurrent accelerators over the window",
@@ -263,7 +331,11 @@ pub const FEATURES: [(&str, &str); 6] = [
     ),
     (
         "gang_synchrony",
-        "variance over time of the gang mean / mean per-device variance over time (1 = lockstep)",
+        "variance of the gang's per-slide mean / mean variance of each device over the same span (1 = lockstep)",
+    ),
+    (
+        "memory_gib",
+        "mean device memory in use per accelerator over the window, GiB",
     ),
 ];
 
@@ -320,12 +392,18 @@ pub fn score(f: &Features, cfg: &DetectionConfig) -> Verdict {
         Some(Signal::SmActive) => cfg.sm_active,
         Some(Signal::GpuUtil) => cfg.gpu_util,
     };
+    // GPU_UTIL is busy for almost any work: a job that reports nothing better must be a larger
+    // gang before it can be suspected.
+    let accelerators_ramp = match f.signal {
+        Some(Signal::GpuUtil) => cfg.accelerators_gpu_util,
+        _ => cfg.accelerators,
+    };
     let w = &cfg.weights;
     let features = vec![
         ramp(
             FEATURES[0],
             Some(f.accelerators),
-            cfg.accelerators,
+            accelerators_ramp,
             w.accelerators,
             true,
         ),
@@ -351,11 +429,20 @@ pub fn score(f: &Features, cfg: &DetectionConfig) -> Verdict {
             w.rank_spread,
             false,
         ),
+        // Measured, synchrony is required: devices that vary independently of each other are
+        // replicas, not one synchronous job. Too steady to measure, it cannot clear anyone.
         ramp(
             FEATURES[5],
             f.gang_synchrony,
             cfg.gang_synchrony,
             w.gang_synchrony,
+            f.gang_synchrony.is_some(),
+        ),
+        ramp(
+            FEATURES[6],
+            f.memory_gib,
+            cfg.memory_gib,
+            w.memory_gib,
             false,
         ),
     ];
@@ -363,7 +450,11 @@ pub fn score(f: &Features, cfg: &DetectionConfig) -> Verdict {
         .iter()
         .filter_map(|x| x.score.map(|s| (s * x.weight, x.weight)))
         .fold((0.0, 0.0), |(a, b), (s, w)| (a + s, b + w));
-    let score = if weights > 0.0 { weighted / weights } else { 0.0 };
+    let score = if weights > 0.0 {
+        weighted / weights
+    } else {
+        0.0
+    };
     let gates_passed = features.iter().all(|x| !x.required || x.fired);
     Verdict {
         score,
@@ -382,10 +473,7 @@ mod tests {
             accelerators,
             ..DetectPane::default()
         };
-        p.activity[signal] = Moments {
-            weight: accelerators * 60.0,
-            sum: activity * accelerators * 60.0,
-        };
+        p.activity[signal].add(activity, accelerators * 60.0);
         p
     }
 
@@ -394,7 +482,7 @@ mod tests {
             .iter()
             .map(|&a| DeviceStat {
                 activity: a,
-                variance: 0.0,
+                variance: None,
             })
             .collect()
     }
@@ -407,7 +495,7 @@ mod tests {
             .map(|i| pane(512.0, 0, if i % 20 == 0 { 0.1 } else { 0.45 }))
             .collect();
         let devices = devs(&[0.45; 512]);
-        let f = features(&panes, &devices, 7200.0, MIN_VARIATION);
+        let f = features(&panes, &devices, 7200.0, MIN_VARIATION, &panes);
         assert_eq!(f.accelerators, 512.0);
         assert_eq!(f.signal, Some(Signal::TensorActive));
         assert!(
@@ -426,7 +514,7 @@ mod tests {
             .collect();
         let activity: Vec<f64> = (0..256).map(|i| (i % 10) as f64 / 20.0).collect();
         let v = score(
-            &features(&panes, &devs(&activity), 86_400.0, MIN_VARIATION),
+            &features(&panes, &devs(&activity), 86_400.0, MIN_VARIATION, &panes),
             &DetectionConfig::default(),
         );
         assert!(v.score < 0.75, "{v:?}");
@@ -436,7 +524,7 @@ mod tests {
     fn small_jobs_never_pass_the_gates() {
         let panes: Vec<_> = (0..60).map(|_| pane(8.0, 0, 0.6)).collect();
         let v = score(
-            &features(&panes, &devs(&[0.6; 8]), 86_400.0, MIN_VARIATION),
+            &features(&panes, &devs(&[0.6; 8]), 86_400.0, MIN_VARIATION, &panes),
             &DetectionConfig::default(),
         );
         assert!(!v.gates_passed);
@@ -451,7 +539,7 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let f = features(&panes, &[], 86_400.0, MIN_VARIATION);
+        let f = features(&panes, &[], 86_400.0, MIN_VARIATION, &panes);
         assert_eq!(f.signal, None);
         let v = score(&f, &DetectionConfig::default());
         assert!(!v.gates_passed);
@@ -460,22 +548,22 @@ mod tests {
     #[test]
     fn weaker_signals_use_their_own_ramps() {
         let panes: Vec<_> = (0..60).map(|_| pane(128.0, 2, 0.97)).collect();
-        let f = features(&panes, &devs(&[0.97; 16]), 7200.0, MIN_VARIATION);
+        let f = features(&panes, &devs(&[0.97; 16]), 7200.0, MIN_VARIATION, &panes);
         assert_eq!(f.signal, Some(Signal::GpuUtil));
         let v = score(&f, &DetectionConfig::default());
         assert!(v.features[2].fired);
     }
 
-    /// Per-slide gang means alternating between `hi` and `lo` (a dip every other slide), and
-    /// devices whose own variance over time is `device_var`.
-    fn dipping_gang(device_var: f64) -> (Vec<DetectPane>, Vec<DeviceStat>) {
+    /// 256 devices whose per-slide gang mean alternates by +-`swing` around 0.4, each device
+    /// varying over time with standard deviation `own`.
+    fn gang(swing: f32, own: f64) -> (Vec<DetectPane>, Vec<DeviceStat>) {
         let panes: Vec<_> = (0..60)
-            .map(|i| pane(256.0, 0, if i % 2 == 0 { 0.5 } else { 0.3 }))
+            .map(|i| pane(256.0, 0, if i % 2 == 0 { 0.4 + swing } else { 0.4 - swing }))
             .collect();
         let devices = (0..256)
             .map(|_| DeviceStat {
                 activity: 0.4,
-                variance: device_var,
+                variance: Some(own * own),
             })
             .collect();
         (panes, devices)
@@ -483,40 +571,45 @@ mod tests {
 
     #[test]
     fn devices_that_move_together_are_in_lockstep() {
-        // The gang mean varies by +-0.1 (variance 0.01), as much as each device does.
-        let (panes, devices) = dipping_gang(0.01);
-        let f = features(&panes, &devices, 7200.0, MIN_VARIATION);
+        // The gang dips and recovers as one: each device varies exactly as the gang mean does.
+        let (panes, devices) = gang(0.1, 0.1);
+        let f = features(&panes, &devices, 7200.0, MIN_VARIATION, &panes);
         let s = f.gang_synchrony.unwrap();
         assert!((s - 1.0).abs() < 1e-3, "{s}");
         let v = score(&f, &DetectionConfig::default());
-        assert!(v.features[5].fired, "{v:?}");
+        assert!(v.features[5].fired && v.features[5].required, "{v:?}");
+        assert!(v.gates_passed);
     }
 
     #[test]
-    fn independent_replicas_are_not_in_lockstep() {
-        // Each device varies 25 times more than the gang mean does: they average each other out.
-        let (panes, devices) = dipping_gang(0.25);
-        let f = features(&panes, &devices, 7200.0, MIN_VARIATION);
+    fn independent_replicas_are_not_in_lockstep_and_cannot_be_suspected() {
+        // Each device varies by 0.2 over time; the gang mean moves by only 0.04.
+        let (panes, devices) = gang(0.04, 0.2);
+        let f = features(&panes, &devices, 7200.0, MIN_VARIATION, &panes);
         let s = f.gang_synchrony.unwrap();
-        assert!((s - 0.04).abs() < 1e-3, "{s}");
+        let expected = 0.04f64.powi(2) / 0.2f64.powi(2);
+        assert!((s - expected).abs() < 1e-3, "{s} vs {expected}");
         let v = score(&f, &DetectionConfig::default());
         assert_eq!(v.features[5].score, Some(0.0), "{v:?}");
+        assert!(!v.gates_passed, "measured synchrony is a gate");
     }
 
     #[test]
     fn a_gang_too_steady_to_tell_has_no_synchrony_value() {
-        let (panes, devices) = dipping_gang(1e-6);
-        let f = features(&panes, &devices, 7200.0, MIN_VARIATION);
+        let (panes, devices) = gang(0.001, 0.001);
+        let f = features(&panes, &devices, 7200.0, MIN_VARIATION, &panes);
         assert!(f.device_variation.unwrap() < MIN_VARIATION);
         assert_eq!(f.gang_synchrony, None);
         let v = score(&f, &DetectionConfig::default());
         assert_eq!(v.features[5].score, None, "left out of the mean");
+        assert!(!v.features[5].required, "and it cannot block");
+        assert!(v.gates_passed);
     }
 
     #[test]
     fn score_is_the_weighted_mean_of_the_available_features() {
-        let (panes, devices) = dipping_gang(0.25);
-        let f = features(&panes, &devices, 7200.0, MIN_VARIATION);
+        let (panes, devices) = gang(0.04, 0.2);
+        let f = features(&panes, &devices, 7200.0, MIN_VARIATION, &panes);
         let mut cfg = DetectionConfig::default();
         let v = score(&f, &cfg);
         let (ws, w) = v
@@ -533,6 +626,7 @@ mod tests {
             temporal_variation: 0.0,
             rank_spread: 0.0,
             gang_synchrony: 1.0,
+            memory_gib: 0.0,
         };
         assert_eq!(score(&f, &cfg).score, 0.0);
     }

@@ -21,11 +21,13 @@ use crate::alert::{AlertBook, AlertName, AlertRecord, Condition, Entity, Scope, 
 use crate::catalog::Catalog;
 use crate::config::{Config, ConfigError, DetectionConfig, Settings};
 use crate::decode::{format_rfc3339_ms, UsageSample};
-use crate::detect::{self, DetectPane, Moments, Signal, Verdict};
+use crate::detect::{self, DetectPane, Signal, Verdict};
 use crate::estimate::{Estimator, FlopEstimate, Usage};
 use crate::join::{JoinBuffer, Reading};
 use crate::registry::{Effective, Registry};
 use crate::window::{PaneRing, Windows};
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// Smoothing of per-device activity (per sample) used for the rank-spread feature.
 const DEVICE_EWMA_ALPHA: f32 = 0.2;
@@ -112,9 +114,11 @@ struct SeriesState {
     covered_pane: i64,
     /// Smoothed activity of the best signal; NaN until one is reported.
     activity: f32,
-    /// Exponentially weighted moments of the best signal's activity over about one detection
-    /// window: total weight, weighted sum, weighted sum of squares.
-    moments: [f32; 3],
+    /// Readings of the best signal in the previous and the current half of the detection window
+    /// (gang synchrony needs each device's variance over a known span of slides).
+    halves: [detect::Spread; 2],
+    /// Index of the current half (event time / half-window).
+    half: i64,
 }
 
 impl Default for SeriesState {
@@ -124,39 +128,53 @@ impl Default for SeriesState {
             last_ts: i64::MIN,
             covered_pane: i64::MIN,
             activity: f32::NAN,
-            moments: [0.0; 3],
+            halves: [detect::Spread::default(); 2],
+            half: i64::MIN,
         }
     }
 }
 
 impl SeriesState {
-    /// Adds one activity reading; `alpha` is the weight of the new reading.
-    fn observe_activity(&mut self, v: f32, alpha: f32) {
+    /// Adds one activity reading of the slide that ends at `ts`; `half_ms` is half the detection
+    /// window.
+    fn observe_activity(&mut self, ts: i64, v: f32, half_ms: i64) {
         let a = &mut self.activity;
         *a = if a.is_nan() {
             v
         } else {
             *a + DEVICE_EWMA_ALPHA * (v - *a)
         };
-        let m = &mut self.moments;
-        let keep = 1.0 - alpha;
-        *m = [
-            keep * m[0] + alpha,
-            keep * m[1] + alpha * v,
-            keep * m[2] + alpha * v * v,
-        ];
+        let h = ts.div_euclid(half_ms);
+        if h > self.half {
+            self.halves = if h == self.half.saturating_add(1) {
+                [self.halves[1], detect::Spread::default()]
+            } else {
+                [detect::Spread::default(); 2]
+            };
+            self.half = h;
+        }
+        if h == self.half {
+            self.halves[1].add(v);
+        } else if h == self.half - 1 {
+            self.halves[0].add(v);
+        }
     }
 
-    /// Smoothed activity and variance over time, once any activity was reported.
-    fn device_stat(&self) -> Option<detect::DeviceStat> {
-        let [w, s1, s2] = self.moments;
-        if self.activity.is_nan() || w <= 0.0 {
+    /// Smoothed activity, and the variance over halves `current - 1 ..= current`.
+    fn device_stat(&self, current: i64) -> Option<detect::DeviceStat> {
+        if self.activity.is_nan() {
             return None;
         }
-        let mean = (s1 / w) as f64;
+        let spread = if self.half == current {
+            Some(self.halves[0].merged(&self.halves[1]))
+        } else if self.half == current - 1 {
+            Some(self.halves[1])
+        } else {
+            None
+        };
         Some(detect::DeviceStat {
             activity: self.activity as f64,
-            variance: ((s2 / w) as f64 - mean * mean).max(0.0),
+            variance: spread.and_then(|s| s.variance()),
         })
     }
 }
@@ -220,6 +238,8 @@ struct TenantState {
     series: AHashMap<SeriesKey, SeriesState>,
     /// Idle for longer than every window: windows and series were freed, the lifetime is kept.
     dormant: bool,
+    /// One of its jobs, or a group of them, has been suspected of training.
+    training: bool,
 }
 
 /// An organisation of the tenant registry: the sum of its tenants' samples since the registry
@@ -228,6 +248,8 @@ struct TenantState {
 struct OrgState {
     account: Account,
     dormant: bool,
+    /// A job of one of its tenants, or a group of them, has been suspected of training.
+    training: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -238,6 +260,8 @@ struct JobState {
     max_concurrent: f32,
     score: f64,
     suspected: bool,
+    /// Suspected of training at some time.
+    ever_suspected: bool,
     /// Accelerator models seen (catalog index; `None` = unknown or unspecified) with sample counts.
     models: Vec<(Option<u16>, u64)>,
 }
@@ -558,6 +582,7 @@ impl Engine {
             job: self.names.intern(j),
         });
 
+        let half_ms = self.sync_half_ms();
         // De-duplicate on the series the sample belongs to.
         let series = match &job_key {
             Some(k) => self
@@ -601,8 +626,7 @@ impl Engine {
         series.last_ts = series.last_ts.max(ts);
         let best = Signal::best(&sample.activity);
         if let Some((_, v)) = best {
-            let alpha = (interval_ms as f32 / self.s.detect_window_ms as f32).clamp(0.0, 1.0);
-            series.observe_activity(v as f32, alpha);
+            series.observe_activity(ts, v as f32, half_ms);
         }
 
         let peak = self.catalog.resolve(sample.accelerator.as_deref());
@@ -617,7 +641,7 @@ impl Engine {
             sample.gpus,
             sample.interval_s,
             peak.flops,
-            sample.activity.tensor_active,
+            &sample.activity,
         );
 
         if let Some(org) = self.registry.organisation(&tenant) {
@@ -646,11 +670,13 @@ impl Engine {
                 None => job.models.push((peak.model, 1)),
             }
             if let Some(pane) = job.detect.pane_mut(ts.div_euclid(slide), n) {
+                let acc_s = usage.acc_ms as f32 / 1000.0;
                 if let Some((signal, v)) = best {
-                    let acc_s = usage.acc_ms as f32 / 1000.0;
-                    let m: &mut Moments = &mut pane.activity[signal as usize];
-                    m.weight += acc_s;
-                    m.sum += v as f32 * acc_s;
+                    pane.activity[signal as usize].add(v as f32, acc_s);
+                }
+                if let Some(bytes) = sample.fb_used_bytes {
+                    // Per accelerator: an aggregate sample of several devices reports their sum.
+                    pane.memory.add((bytes / sample.gpus / GIB) as f32, acc_s);
                 }
             }
             for p in first..=last {
@@ -730,6 +756,12 @@ impl Engine {
         }
     }
 
+    /// Half the detection window, in whole slides (at least one).
+    fn sync_half_ms(&self) -> i64 {
+        let slides = self.s.detect_window_ms / self.s.detect_slide_ms;
+        (slides / 2).max(1) * self.s.detect_slide_ms
+    }
+
     fn sweep_interval_ms(&self) -> i64 {
         let longest_slide = self.s.windows.iter().map(|w| w.slide_ms).max().unwrap_or(0);
         longest_slide.clamp(self.s.detect_slide_ms, 3_600_000)
@@ -760,8 +792,16 @@ impl Engine {
         let mut groups = self.group_conditions(candidates, now);
         for (e, _) in &groups {
             match &e.org {
-                Some(o) => orgs.push(o.clone()),
-                None => tenants.push(e.tenant.clone()),
+                Some(o) => {
+                    orgs.push(o.clone());
+                    if let Some(state) = self.st.orgs.get_mut(o) {
+                        state.training = true;
+                    }
+                }
+                None => {
+                    tenants.push(e.tenant.clone());
+                    self.mark_training(&e.tenant);
+                }
             }
         }
         tenants.sort();
@@ -771,7 +811,10 @@ impl Engine {
         for t in tenants {
             let entity = Entity::tenant(t.clone());
             let mut conditions = match self.st.tenants.get(&t) {
-                Some(state) if !state.dormant => {
+                Some(state)
+                    if !state.dormant
+                        && (state.training || !self.s.compute_alerts_training_only) =>
+                {
                     self.compute_conditions(&entity, &state.account, now)
                 }
                 _ => Vec::new(),
@@ -782,7 +825,10 @@ impl Engine {
         for o in orgs {
             let entity = Entity::organisation(o.clone());
             let mut conditions = match self.st.orgs.get(&o) {
-                Some(state) if !state.dormant => {
+                Some(state)
+                    if !state.dormant
+                        && (state.training || !self.s.compute_alerts_training_only) =>
+                {
                     self.compute_conditions(&entity, &state.account, now)
                 }
                 _ => Vec::new(),
@@ -821,7 +867,7 @@ impl Engine {
             );
             conditions.push(self.training_condition(&[(k, job)], v, threshold, summary, now));
         }
-        if !ended {
+        if !ended && (suspected || job.ever_suspected || !self.s.compute_alerts_training_only) {
             conditions.extend(self.compute_conditions(&entity, &job.account, now));
         }
         let candidate = verdict
@@ -835,8 +881,25 @@ impl Engine {
         let job = self.st.jobs.get_mut(k).expect("checked above");
         job.score = score;
         job.suspected = suspected;
+        if suspected {
+            job.ever_suspected = true;
+            self.mark_training(&k.tenant);
+        }
         self.reconcile(&entity, conditions, now);
         candidate
+    }
+
+    /// Records that `tenant` (and its organisation) has work suspected of training, which makes
+    /// their totals subject to compute alerts.
+    fn mark_training(&mut self, tenant: &Arc<str>) {
+        if let Some(t) = self.st.tenants.get_mut(tenant) {
+            t.training = true;
+        }
+        if let Some(org) = self.registry.organisation(tenant) {
+            if let Some(o) = self.st.orgs.get_mut(org) {
+                o.training = true;
+            }
+        }
     }
 
     /// The training-score threshold under `policy`.
@@ -1012,12 +1075,28 @@ impl Engine {
         if !any {
             panes.clear();
         }
+        // Gang synchrony over the current and the previous half window, as the devices keep it:
+        // up to the newest slide received (devices keep every reading, also those past `now`).
+        let half = self.sync_half_ms();
+        let head = jobs
+            .iter()
+            .filter_map(|j| j.detect.head())
+            .max()
+            .unwrap_or(last);
+        let current = (head * slide).div_euclid(half);
+        let sync_first = ((current - 1) * half).div_euclid(slide).max(first);
+        let mut sync_panes = vec![DetectPane::default(); (head - sync_first + 1).max(0) as usize];
+        for job in jobs {
+            for (i, p) in job.detect.range(sync_first, head) {
+                sync_panes[(i - sync_first) as usize].add(p);
+            }
+        }
         let recent = now - 2 * slide;
         let devices: Vec<detect::DeviceStat> = jobs
             .iter()
             .flat_map(|j| j.series.values())
             .filter(|s| s.last_ts >= recent)
-            .filter_map(SeriesState::device_stat)
+            .filter_map(|s| s.device_stat(current))
             .collect();
         let duration_ms = jobs
             .iter()
@@ -1030,6 +1109,7 @@ impl Engine {
                 &devices,
                 duration_ms as f64 / 1000.0,
                 self.detection.synchrony_min_variation,
+                &sync_panes,
             ),
             &self.detection,
         )
@@ -1220,7 +1300,8 @@ impl Engine {
         let mut out = Vec::new();
         for &nominal in &self.s.thresholds {
             let t = nominal * scale;
-            let policy = serde_json::json!({"nominal_threshold": nominal, "threshold_scale": scale});
+            let policy =
+                serde_json::json!({"nominal_threshold": nominal, "threshold_scale": scale});
             if lifetime.central >= t {
                 out.push(Condition {
                     name: AlertName::ComputeThresholdCrossed,
@@ -1693,7 +1774,11 @@ mod tests {
             .collect();
         assert_eq!(members, tenants);
         // The organisation's accounting is the sum of its tenants'.
-        let t: f64 = e.tenant_reports().iter().map(|t| t.accelerator_seconds).sum();
+        let t: f64 = e
+            .tenant_reports()
+            .iter()
+            .map(|t| t.accelerator_seconds)
+            .sum();
         let o = &e.st.orgs[&Arc::<str>::from("acme")];
         assert_eq!(o.account.lifetime.accelerator_seconds(), t);
     }
@@ -1736,7 +1821,11 @@ mod tests {
             1e23
         );
         let training = training_alerts(&alerts);
-        assert_eq!(training[0].severity, Severity::Critical, "raised from warning");
+        assert_eq!(
+            training[0].severity,
+            Severity::Critical,
+            "raised from warning"
+        );
         let ctx = &training[0].evidence["tenant_context"];
         assert_eq!(ctx["jurisdiction"], "DE");
         assert_eq!(ctx["verification"], "pending");
@@ -1759,7 +1848,55 @@ mod tests {
         assert_eq!(accel["value"], 16.0);
         assert_eq!(accel["fired"], false);
         let reasons = x.evidence["reasons"].as_array().unwrap();
-        assert!(reasons[0].as_str().unwrap().contains("not reached"), "{reasons:?}");
+        assert!(
+            reasons[0].as_str().unwrap().contains("not reached"),
+            "{reasons:?}"
+        );
         assert!(e.explain("acme", "nope").is_none());
+    }
+
+    #[test]
+    fn a_training_run_stays_suspected_across_checkpoint_dips() {
+        // The demo's pretraining run dips for a checkpoint every 2 h; over 16 h (before its
+        // outage at hour 21) its alert must fire once and never resolve in between.
+        let mut fleet = crate::sim::Fleet::demo(T0, 17, 7);
+        let mut e = engine();
+        let mut samples = Vec::new();
+        let mut records = Vec::new();
+        for m in 0..17 * 60 {
+            samples.clear();
+            fleet.samples_at(T0 + m * MIN, &mut samples);
+            for s in &samples {
+                e.apply(s);
+            }
+            records.extend(e.drain_alerts());
+        }
+        let training: Vec<_> = records
+            .iter()
+            .filter(|a| {
+                a.alertname == AlertName::TrainingSuspected
+                    && a.job.as_deref() == Some("pretrain-70b")
+            })
+            .collect();
+        assert!(!training.is_empty());
+        assert!(
+            training
+                .iter()
+                .all(|a| a.status == crate::alert::Status::Firing),
+            "resolved at {:?}",
+            training
+                .iter()
+                .find(|a| a.status == crate::alert::Status::Resolved)
+                .map(|a| &a.ends_at)
+        );
+        assert_eq!(
+            training
+                .iter()
+                .map(|a| &a.starts_at)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            1,
+            "one alert, re-sent"
+        );
     }
 }

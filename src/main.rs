@@ -129,6 +129,10 @@ enum Command {
         /// Worker threads (default: available cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// More seeds of the same mix whose targets are checked and reported too (comma
+        /// separated), e.g. seeds held out from tuning the defaults.
+        #[arg(long, value_delimiter = ',')]
+        check_seeds: Vec<u64>,
     },
     /// Explain why a job is or is not suspected of training: replay a file (as `replay` does) and
     /// print, as JSON, the job's score and every feature against its thresholds, with the window,
@@ -260,13 +264,23 @@ fn main() -> ExitCode {
             data,
             out,
             threads,
+            check_seeds,
         } => {
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             init_logging(&cfg);
-            report_exit(eval(cfg, &mix, seed, config, data, out, threads))
+            let opts = EvalArgs {
+                mix,
+                seed,
+                config,
+                data,
+                out,
+                threads,
+                check_seeds,
+            };
+            report_exit(eval(cfg, opts))
         }
         Command::Run { config } => {
             let cfg = match load(config.as_ref()) {
@@ -344,13 +358,8 @@ fn replay_config(path: Option<&PathBuf>, format: ReplayFormat) -> Result<Config,
 
 fn explain(cfg: &Config, input: &str, job: &str, tenant: Option<&str>) -> anyhow::Result<()> {
     let mut reader = trainspotter::replay::open_input(input)?;
-    let pipeline = trainspotter::replay::replay_into_pipeline(
-        cfg,
-        &mut reader,
-        &mut io::sink(),
-        None,
-        false,
-    )?;
+    let pipeline =
+        trainspotter::replay::replay_into_pipeline(cfg, &mut reader, &mut io::sink(), None, false)?;
     let tenants: Vec<String> = match tenant {
         Some(t) => vec![t.to_string()],
         None => pipeline
@@ -367,7 +376,9 @@ fn explain(cfg: &Config, input: &str, job: &str, tenant: Option<&str>) -> anyhow
     if explained.is_empty() {
         anyhow::bail!(
             "no job {job}{} in {input}",
-            tenant.map(|t| format!(" of tenant {t}")).unwrap_or_default()
+            tenant
+                .map(|t| format!(" of tenant {t}"))
+                .unwrap_or_default()
         );
     }
     let mut out = BufWriter::new(io::stdout().lock());
@@ -505,23 +516,39 @@ fn with_output(
     Ok(n)
 }
 
-fn eval(
-    cfg: Config,
-    mix: &str,
+struct EvalArgs {
+    mix: String,
     seed: u64,
     config: Option<PathBuf>,
     data: PathBuf,
     out: PathBuf,
     threads: Option<usize>,
-) -> anyhow::Result<()> {
+    check_seeds: Vec<u64>,
+}
+
+fn eval(cfg: Config, args: EvalArgs) -> anyhow::Result<()> {
+    let EvalArgs {
+        mix,
+        seed,
+        config,
+        data,
+        out,
+        threads,
+        check_seeds,
+    } = args;
     let started = std::time::Instant::now();
     let mut command = format!("trainspotter eval --mix {mix} --seed {seed}");
+    if !check_seeds.is_empty() {
+        let seeds: Vec<String> = check_seeds.iter().map(u64::to_string).collect();
+        command += &format!(" --check-seeds {}", seeds.join(","));
+    }
     if let Some(c) = &config {
         command += &format!(" --config {}", c.display());
     }
     command += &format!(" --data {} --out {}", data.display(), out.display());
     let opts = trainspotter::eval::EvalOptions {
-        mix: trainspotter::eval::Mix::load(mix)?,
+        check_seeds,
+        mix: trainspotter::eval::Mix::load(&mix)?,
         seed,
         config: cfg,
         data: Some(data),
@@ -540,6 +567,18 @@ fn eval(
             t.value,
             t.target
         );
+    }
+    for o in &e.other_seeds {
+        for t in &o.targets {
+            eprintln!(
+                "{:<4} seed {}: {}: {} (required {})",
+                if t.pass { "pass" } else { "FAIL" },
+                o.seed,
+                t.name,
+                t.value,
+                t.target
+            );
+        }
     }
     eprintln!(
         "trainspotter: {} events, {} runs in {:.1} s; report in {}",

@@ -139,12 +139,11 @@ impl Pipeline {
         let (registry, watcher) = if cfg.registry.file.is_empty() {
             (Registry::default(), None)
         } else {
-            let (w, r) = RegistryWatcher::open(&cfg.registry.file).map_err(|e| {
-                ConfigError::Invalid {
+            let (w, r) =
+                RegistryWatcher::open(&cfg.registry.file).map_err(|e| ConfigError::Invalid {
                     key: "registry.file".into(),
                     message: e.to_string(),
-                }
-            })?;
+                })?;
             (r, Some((w, Instant::now())))
         };
         metrics.registry_loaded(registry.len());
@@ -244,7 +243,8 @@ impl Pipeline {
 
     /// A fresh engine under this pipeline's configuration.
     pub fn new_engine(&self) -> Engine {
-        let mut e = Engine::new(&self.cfg).expect("the configuration was validated in Pipeline::new");
+        let mut e =
+            Engine::new(&self.cfg).expect("the configuration was validated in Pipeline::new");
         e.set_registry(self.registry.clone());
         e
     }

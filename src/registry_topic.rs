@@ -38,9 +38,12 @@ const POLL: Duration = Duration::from_millis(100);
 pub fn start(base: &ClientConfig, topic: &str, timeout: Duration) -> Result<Started, KafkaError> {
     let mut c = base.clone();
     // librdkafka wants a group id even for assigned partitions; nothing is ever committed.
-    c.set("group.id", format!("trainspotter-registry-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
+    c.set(
+        "group.id",
+        format!("trainspotter-registry-{}", std::process::id()),
+    )
+    .set("enable.auto.commit", "false")
+    .set("enable.auto.offset.store", "false");
     let consumer: BaseConsumer = c.create()?;
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
@@ -81,7 +84,11 @@ pub fn start(base: &ClientConfig, topic: &str, timeout: Duration) -> Result<Star
     if pending.is_empty() {
         info!(topic, records = initial.len(), "tenant registry topic read");
     } else {
-        warn!(topic, records = initial.len(), "tenant registry topic not read to its end in time; the rest follows");
+        warn!(
+            topic,
+            records = initial.len(),
+            "tenant registry topic not read to its end in time; the rest follows"
+        );
     }
 
     let (tx, later) = mpsc::channel(64);
@@ -95,7 +102,11 @@ pub fn start(base: &ClientConfig, topic: &str, timeout: Duration) -> Result<Star
 
 fn update(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<Update> {
     let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
-        warn!(partition = m.partition(), offset = m.offset(), "registry record without a UTF-8 tenant key ignored");
+        warn!(
+            partition = m.partition(),
+            offset = m.offset(),
+            "registry record without a UTF-8 tenant key ignored"
+        );
         return None;
     };
     Some(Update {
@@ -117,7 +128,9 @@ fn follow(consumer: BaseConsumer, topic: &str, tx: mpsc::Sender<Vec<Update>>) {
             while batch.len() < 1024 {
                 match consumer.poll(Duration::ZERO) {
                     Some(Ok(m)) => batch.extend(update(&m)),
-                    Some(Err(e)) => warn!(topic, error = %e, "registry topic read failed; retrying"),
+                    Some(Err(e)) => {
+                        warn!(topic, error = %e, "registry topic read failed; retrying")
+                    }
                     None => break,
                 }
             }

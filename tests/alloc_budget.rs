@@ -93,7 +93,10 @@ fn steady_state_allocations_per_event_stay_within_budget() {
         steady.len(),
         bytes as f64 / steady.len() as f64
     );
-    assert_eq!(p.report().events.accepted as usize, warm.len() + steady.len());
+    assert_eq!(
+        p.report().events.accepted as usize,
+        warm.len() + steady.len()
+    );
     assert!(
         per_event <= BUDGET,
         "{per_event:.2} allocations per event, budget {BUDGET:.2} (measured {MEASURED} when set)"

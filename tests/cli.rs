@@ -297,7 +297,11 @@ fn the_tenant_registry_file_is_checked_with_the_configuration() {
         &cfg,
         &format!("[registry]\nfile = {:?}\n", example.display().to_string()),
     );
-    let out = trainspotter().arg("check-config").arg(&cfg).output().unwrap();
+    let out = trainspotter()
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "the example registry is valid: {}",
@@ -309,7 +313,11 @@ fn the_tenant_registry_file_is_checked_with_the_configuration() {
         &cfg,
         &format!("[registry]\nfile = {:?}\n", registry.display().to_string()),
     );
-    let out = trainspotter().arg("check-config").arg(&cfg).output().unwrap();
+    let out = trainspotter()
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("registry.file"), "{err}");
@@ -357,7 +365,8 @@ fn explain_shows_every_feature_of_a_job_against_its_thresholds() {
             "activity",
             "temporal_variation",
             "rank_spread",
-            "gang_synchrony"
+            "gang_synchrony",
+            "memory_gib"
         ]
     );
     assert_eq!(x["evidence"]["nodes"], 64);
@@ -365,9 +374,14 @@ fn explain_shows_every_feature_of_a_job_against_its_thresholds() {
     let v: serde_json::Value = serde_json::from_slice(&explain("llm-serving").stdout).unwrap();
     assert_eq!(v[0]["suspected"], false);
     let reasons = v[0]["evidence"]["reasons"].as_array().unwrap();
-    assert!(reasons
-        .iter()
-        .any(|r| r.as_str().unwrap().starts_with("activity") && r.as_str().unwrap().ends_with("not reached")));
+    assert!(
+        reasons.iter().map(|r| r.as_str().unwrap()).any(|r| {
+            r.starts_with("gang_synchrony")
+                && r.contains("required gate")
+                && r.ends_with("not reached")
+        }),
+        "independent replicas are not in lockstep: {reasons:?}"
+    );
     let out = explain("no-such-job");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no job no-such-job"));

@@ -181,13 +181,19 @@ fn daemon_on_tansu_counts_exactly_alerts_and_dead_letters_for_a_foreign_client()
     assert_eq!(why["evidence"]["features"][0]["value"], 64.0);
     assert_eq!(why["evidence"]["tenant_context"]["jurisdiction"], "DE");
     let missing = ureq::get(&format!("{base}/api/v1/explain?tenant=acme&job=nope")).call();
-    assert!(matches!(missing, Err(ureq::Error::StatusCode(404))), "{missing:?}");
+    assert!(
+        matches!(missing, Err(ureq::Error::StatusCode(404))),
+        "{missing:?}"
+    );
     // The registry puts acme in an organisation, accounted like a tenant.
     let orgs: serde_json::Value =
         serde_json::from_str(&http_get(&format!("{base}/api/v1/organisations"))).unwrap();
     assert_eq!(orgs["organisations"][0]["organisation"], "acme-group");
     assert_eq!(
-        orgs["organisations"][0]["accelerator_seconds"].as_f64().unwrap() * 1000.0,
+        orgs["organisations"][0]["accelerator_seconds"]
+            .as_f64()
+            .unwrap()
+            * 1000.0,
         expected["acme"] as f64
     );
 

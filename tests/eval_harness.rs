@@ -16,6 +16,7 @@ fn quick(data: Option<std::path::PathBuf>, out: &std::path::Path) -> eval::score
         data,
         threads: 2,
         command: "trainspotter eval --mix quick --seed 3".into(),
+        check_seeds: Vec::new(),
     };
     eval::run(&opts, out).unwrap()
 }
@@ -176,6 +177,7 @@ fn the_same_seed_gives_the_same_report_whatever_the_threads() {
         data: None,
         threads: 1,
         command: "trainspotter eval --mix quick --seed 3".into(),
+        check_seeds: Vec::new(),
     };
     eval::run(&opts, b.path()).unwrap();
     for f in [
@@ -206,4 +208,42 @@ fn mix_files_name_known_scenarios_only() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "name = \"x\"\npositive_hours = 1.0\nnegative_hours = 1.0\nfleet_pods = 5\n[scenarios]\nwarp-drive = 1\n").unwrap();
     assert!(Mix::load(bad.to_str().unwrap()).is_err());
+}
+
+/// `--check-seeds`: the same targets, on other draws of the mix, reported beside the main seed's;
+/// a seed's targets are those of a run of that seed on its own.
+#[test]
+fn other_seeds_report_the_same_targets_as_their_own_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EvalOptions {
+        mix: Mix::load("quick").unwrap(),
+        seed: 3,
+        config: Config::default(),
+        data: None,
+        threads: 2,
+        command: "trainspotter eval --mix quick --seed 3 --check-seeds 4".into(),
+        check_seeds: vec![4],
+    };
+    let e = eval::run(&opts, dir.path()).unwrap();
+    assert_eq!(e.other_seeds.len(), 1);
+    let other = &e.other_seeds[0];
+    assert_eq!(other.seed, 4);
+    let alone = eval::run(
+        &EvalOptions {
+            seed: 4,
+            check_seeds: Vec::new(),
+            ..opts.clone()
+        },
+        tempfile::tempdir().unwrap().path(),
+    )
+    .unwrap();
+    let names = |t: &[eval::score::Target]| -> Vec<(String, String, bool)> {
+        t.iter()
+            .map(|t| (t.name.clone(), t.value.clone(), t.pass))
+            .collect()
+    };
+    assert_eq!(names(&other.targets), names(&alone.targets));
+    assert_eq!(other.events, alone.events);
+    let md = std::fs::read_to_string(dir.path().join("evaluation.md")).unwrap();
+    assert!(md.contains("| target | seed 4 |"), "{md}");
 }

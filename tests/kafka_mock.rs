@@ -803,7 +803,11 @@ async fn registry_topic_updates_tenant_context_while_running() {
             p.send(r, Duration::from_secs(10)).await.expect("produce");
         }
     };
-    put("acme", Some(r#"{"organisation": "acme-group", "jurisdiction": "FR"}"#)).await;
+    put(
+        "acme",
+        Some(r#"{"organisation": "acme-group", "jurisdiction": "FR"}"#),
+    )
+    .await;
     put("gone", Some(r#"{"organisation": "elsewhere"}"#)).await;
     put("gone", None).await;
 
@@ -814,8 +818,14 @@ async fn registry_topic_updates_tenant_context_while_running() {
 
     let alerts = scope.read(&scope.cfg.kafka.alert_topic, 1).await;
     let ce: serde_json::Value = serde_json::from_str(&alerts[0].1).unwrap();
-    assert_eq!(ce["data"]["organisation"], "acme-group", "read before consumption began");
-    assert_eq!(ce["data"]["evidence"]["tenant_context"]["jurisdiction"], "FR");
+    assert_eq!(
+        ce["data"]["organisation"], "acme-group",
+        "read before consumption began"
+    );
+    assert_eq!(
+        ce["data"]["evidence"]["tenant_context"]["jurisdiction"],
+        "FR"
+    );
 
     let base = format!("http://{}", running.http_addr);
     let explain = || -> serde_json::Value {
@@ -827,7 +837,11 @@ async fn registry_topic_updates_tenant_context_while_running() {
             .unwrap()
     };
     // A later update applies while running; an invalid one is ignored.
-    put("acme", Some(r#"{"organisation": "acme-group", "jurisdiction": "DE", "verification": "verified"}"#)).await;
+    put(
+        "acme",
+        Some(r#"{"organisation": "acme-group", "jurisdiction": "DE", "verification": "verified"}"#),
+    )
+    .await;
     put("acme", Some(r#"{"jurisdiction": "germany"}"#)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -842,7 +856,10 @@ async fn registry_topic_updates_tenant_context_while_running() {
                 metrics.contains("trainspotter_registry_updates_total{result=\"ok\"} 4"),
                 "{metrics}"
             );
-            assert!(metrics.contains("trainspotter_registry_tenants 1"), "{metrics}");
+            assert!(
+                metrics.contains("trainspotter_registry_tenants 1"),
+                "{metrics}"
+            );
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{metrics}");

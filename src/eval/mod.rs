@@ -47,6 +47,8 @@ pub enum EvalError {
         path: String,
         source: std::io::Error,
     },
+    #[error("organisation membership of the mix: {0}")]
+    Registry(String),
 }
 
 /// Which scenarios, how many instances of each, and how long they are simulated.
@@ -171,6 +173,7 @@ impl Mix {
 }
 
 /// How an evaluation is run.
+#[derive(Clone)]
 pub struct EvalOptions {
     pub mix: Mix,
     pub seed: u64,
@@ -180,6 +183,8 @@ pub struct EvalOptions {
     pub threads: usize,
     /// The command line that reproduces the report, quoted at its top.
     pub command: String,
+    /// More seeds of the same mix whose targets are checked too (held out from any tuning).
+    pub check_seeds: Vec<u64>,
 }
 
 /// What one pipeline saw of its group of runs.
@@ -200,6 +205,31 @@ fn simulate_group(
     seed: u64,
 ) -> Result<GroupResult, EvalError> {
     let mut pipeline = Pipeline::new(cfg, Arc::new(Metrics::new()))?;
+    // The tenant registry knows which tenants belong to an organisation (as a provider's KYC
+    // records would), so a run split across an organisation's accounts can be seen whole.
+    let membership: Vec<crate::registry_topic::Update> = runs
+        .iter()
+        .filter_map(|i| all[*i].org.as_ref().map(|o| (o, &all[*i].members)))
+        .flat_map(|(org, members)| {
+            members
+                .iter()
+                .map(move |(tenant, _)| crate::registry_topic::Update {
+                    tenant: tenant.clone(),
+                    value: Some(
+                        serde_json::json!({ "organisation": org })
+                            .to_string()
+                            .into_bytes(),
+                    ),
+                })
+        })
+        .collect();
+    if let Some(e) = pipeline
+        .apply_registry_updates(&membership)
+        .into_iter()
+        .next()
+    {
+        return Err(EvalError::Registry(e.to_string()));
+    }
     let shard = Shard::local();
     let workloads = runs
         .iter()
@@ -339,7 +369,23 @@ pub fn run(opts: &EvalOptions, out: &Path) -> Result<score::Evaluation, EvalErro
         .filter(|d| d.is_dir())
         .map(|d| real::evaluate(&opts.config, d))
         .transpose()?;
-    let evaluation = score::evaluate(opts, &runs, &groups, &results, real);
+    let mut evaluation = score::evaluate(opts, &runs, &groups, &results, real);
+    for &seed in &opts.check_seeds {
+        let other = EvalOptions {
+            seed,
+            check_seeds: Vec::new(),
+            data: None,
+            ..opts.clone()
+        };
+        let runs = other.mix.build(seed);
+        let (groups, results) = simulate(&other, &runs)?;
+        let e = score::evaluate(&other, &runs, &groups, &results, None);
+        evaluation.other_seeds.push(score::SeedTargets {
+            seed,
+            events: e.events,
+            targets: e.targets,
+        });
+    }
     report::write(&evaluation, out)?;
     Ok(evaluation)
 }

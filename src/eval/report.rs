@@ -186,6 +186,35 @@ fn markdown(e: &Evaluation) -> String {
         opt(e.precision, pct)
     );
 
+    if !e.other_seeds.is_empty() {
+        let _ = writeln!(w, "### The same targets on other seeds\n");
+        let _ = writeln!(
+            w,
+            "The same mix drawn again with other seeds (other runs, telemetry, biases and noise), \
+             not used to choose the defaults:\n"
+        );
+        let seeds: Vec<String> = e
+            .other_seeds
+            .iter()
+            .map(|o| format!("seed {}", o.seed))
+            .collect();
+        let _ = writeln!(w, "| target | {} |", seeds.join(" | "));
+        let _ = writeln!(w, "|---|{}", "---|".repeat(seeds.len()));
+        for (i, t) in e.targets.iter().enumerate() {
+            let cells: Vec<String> = e
+                .other_seeds
+                .iter()
+                .map(|o| {
+                    o.targets.get(i).map_or("-".into(), |x| {
+                        format!("{}{}", if x.pass { "" } else { "**FAIL** " }, x.value)
+                    })
+                })
+                .collect();
+            let _ = writeln!(w, "| {} | {} |", t.name, cells.join(" | "));
+        }
+        let _ = writeln!(w);
+    }
+
     let _ = writeln!(w, "## Detection per scenario\n");
     let _ = writeln!(
         w,
@@ -241,6 +270,12 @@ fn markdown(e: &Evaluation) -> String {
         );
     }
     let _ = writeln!(w, "\n![score distributions](eval/scores.svg)\n");
+    let _ = writeln!(
+        w,
+        "The score alone never accuses a job: negatives that score near 1 (short evaluation jobs, \
+         small fine-tuning in the everyday fleet) fail a gate (size, duration, activity or, when \
+         measured, gang synchrony).\n"
+    );
     let _ = writeln!(w, "![detection time](eval/detection_time.svg)\n");
 
     let missed: Vec<_> = e
@@ -485,6 +520,7 @@ fn markdown(e: &Evaluation) -> String {
         }
     }
 
+    defaults(w, &e.config);
     let _ = writeln!(w, "## Scenarios in this mix\n");
     let _ = writeln!(
         w,
@@ -504,4 +540,130 @@ fn markdown(e: &Evaluation) -> String {
         }
     }
     s
+}
+
+/// The settings the mix ran with, and why they are the defaults.
+fn defaults(w: &mut String, cfg: &crate::config::Config) {
+    let d = &cfg.detection;
+    let x = &d.weights;
+    let e = &cfg.estimate;
+    let r = |r: crate::config::Ramp| format!("{} → {}", r.low, r.high);
+    let _ = writeln!(w, "## The settings and why they are the defaults\n");
+    let _ = writeln!(
+        w,
+        "Each feature scores 0 at `low` and 1 at `high`; the training score is the weighted mean of \
+         the features that have a value, and a job is suspected at {} when every gate has reached \
+         `high` (see the README for the features). The values below are those this report ran \
+         with; all are configuration (`[detection]`, `[estimate]`).\n",
+        d.score_threshold
+    );
+    let _ = writeln!(w, "| setting | value | weight | why |\n|---|---|---|---|");
+    let rows = [
+        (
+            "accelerators (gate)",
+            r(d.accelerators),
+            x.accelerators,
+            "A large run is a gang; 64 keeps every run of the target population (>= 256) with room \
+             for runs split into parts. Among jobs past the gates it carries no information, hence \
+             the low weight.",
+        ),
+        (
+            "accelerators_gpu_util (gate, GPU_UTIL only)",
+            r(d.accelerators_gpu_util),
+            x.accelerators,
+            "GPU_UTIL is near 100 % for any busy job, so FP64 simulations and mining-like load \
+             look like training in it; a job that reports nothing better must be a larger gang. \
+             What remains (large bulk-synchronous HPC with GPU_UTIL only) cannot be told apart.",
+        ),
+        (
+            "duration (gate)",
+            r(d.duration),
+            x.duration,
+            "Short enough to detect within 30 min of the start (the first sample ends one interval \
+             after it); long enough that evaluation sweeps and short jobs never qualify.",
+        ),
+        (
+            "tensor_active (gate)",
+            r(d.tensor_active),
+            x.activity,
+            "Low enough for runs throttled to a third of their speed (0.11-0.17 in the throttled \
+             scenario); serving and dev work that pass it are rejected by the other features.",
+        ),
+        (
+            "sm_active / gpu_util (gates)",
+            format!("{} / {}", r(d.sm_active), r(d.gpu_util)),
+            x.activity,
+            "Used when tensor activity is not exported.",
+        ),
+        (
+            "temporal_variation",
+            r(d.temporal_variation),
+            x.temporal_variation,
+            "Training is flat apart from short checkpoint dips (the median ignores them); serving \
+             follows its request curve.",
+        ),
+        (
+            "rank_spread",
+            r(d.rank_spread),
+            x.rank_spread,
+            "Ranks of a synchronous job read alike; replicas with different shards and batch \
+             mixes do not.",
+        ),
+        (
+            "gang_synchrony (gate when measured)",
+            r(d.gang_synchrony),
+            x.gang_synchrony,
+            "The feature that separates large steady inference fleets from training: their \
+             replicas vary independently (values near 1/N), ranks of one job stall and dip \
+             together (near 1). Measured only when devices vary by at least \
+             `synchrony_min_variation` of their mean; then required, and weighted double.",
+        ),
+        (
+            "memory_gib",
+            r(d.memory_gib),
+            x.memory_gib,
+            "Training fills device memory (AcmeTrace LLM clusters: FB_USED p10 31 %, median 63 % \
+             of 80 GB); mining-like load and small tools use a few GiB.",
+        ),
+        (
+            "estimate.tensor_band",
+            format!(
+                "{} / {} / {}",
+                e.tensor_band.low, e.tensor_band.central, e.tensor_band.high
+            ),
+            f64::NAN,
+            "Model FLOP per unit of tensor-pipe work: recomputation and partly fed pipes keep the \
+             pipes busier than the model's arithmetic (PaLM 46.2 % MFU vs 57.8 % HFU = 0.80; full \
+             recomputation 0.75; none 1.0).",
+        ),
+        (
+            "estimate.utilization",
+            format!(
+                "{} / {} / {}",
+                e.utilization.low, e.utilization.central, e.utilization.high
+            ),
+            f64::NAN,
+            "Without tensor activity: the model-FLOP utilisation of published large runs, GPT-3 \
+             21 % to PaLM 46 % (median 38 %), applied to the share of time the device was busy.",
+        ),
+    ];
+    for (name, value, weight, why) in rows {
+        let weight = if weight.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{weight}")
+        };
+        let _ = writeln!(w, "| {name} | {value} | {weight} | {why} |");
+    }
+    let _ = writeln!(
+        w,
+        "\nCompute alerts (`alerts.compute_alerts` = `{}`): with `training`, only jobs that have \
+         been suspected of training, and tenants and organisations with such a job, get \
+         `ComputeThresholdProjected` / `ComputeThresholdCrossed`; a large inference fleet does \
+         real arithmetic but not training compute.\n",
+        match cfg.alerts.compute_alerts {
+            crate::config::ComputeAlerts::Training => "training",
+            crate::config::ComputeAlerts::All => "all",
+        }
+    );
 }

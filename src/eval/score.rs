@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::real::RealTraces;
 use super::{EvalOptions, GroupResult, Mix};
-use crate::alert::{AlertName, AlertRecord, Status};
+use crate::alert::{AlertName, AlertRecord, Scope as AlertScope, Status};
 use crate::decode::parse_rfc3339_ms;
 use crate::estimate::{Estimator, FlopEstimate};
 use crate::scenario::{Class, Run, Scenario};
@@ -37,19 +37,19 @@ pub enum Scope {
         job: String,
     },
     Tenant(String),
-    /// Organisation-level alerts (a record with an organisation and no job) are not produced by
-    /// the detector yet; when they are, this is the one place that maps them.
+    /// An organisation of the tenant registry.
     Org(String),
 }
 
 /// The one mapping from an alert record to what it is about.
 pub fn scope(rec: &AlertRecord) -> Scope {
-    match &rec.job {
-        Some(job) => Scope::Job {
+    match (rec.scope, &rec.job, &rec.organisation) {
+        (AlertScope::Organisation, _, Some(org)) => Scope::Org(org.clone()),
+        (_, Some(job), _) => Scope::Job {
             tenant: rec.tenant.clone(),
             job: job.clone(),
         },
-        None => Scope::Tenant(rec.tenant.clone()),
+        _ => Scope::Tenant(rec.tenant.clone()),
     }
 }
 
@@ -139,6 +139,9 @@ pub struct RunOutcome {
     pub estimate_error: Option<f64>,
     pub band_contains_truth: Option<bool>,
     pub projections: Vec<EtaOutcome>,
+    /// `TrainingSuspected` about the run that resolved while it was still reporting (the alert
+    /// dropped and, if it fires again, starts over: a stable detector has none).
+    pub resolved_while_running: usize,
 }
 
 /// Per scenario figures.
@@ -235,6 +238,19 @@ pub struct Evaluation {
     /// accelerators.
     pub min_duration_s: f64,
     pub min_accelerators: f64,
+    /// The targets on other seeds of the same mix (`--check-seeds`).
+    pub other_seeds: Vec<SeedTargets>,
+    /// The detection and estimate settings the mix ran with.
+    #[serde(skip)]
+    pub config: crate::config::Config,
+}
+
+/// The targets of one more seed of the mix.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedTargets {
+    pub seed: u64,
+    pub events: u64,
+    pub targets: Vec<Target>,
 }
 
 fn first_alerts(run: &Run, alerts: &[&AlertRecord]) -> BTreeMap<&'static str, f64> {
@@ -327,6 +343,20 @@ fn outcome(run: &Run, alerts: &[&AlertRecord], result: &GroupResult) -> RunOutco
         } else {
             Vec::new()
         },
+        resolved_while_running: alerts
+            .iter()
+            .filter(|a| {
+                a.alertname == AlertName::TrainingSuspected
+                    && a.status == Status::Resolved
+                    && touches(run, &scope(a))
+                    // Still reporting in the minute before: the resolution is not the run's end,
+                    // pause or outage (those resolve once no sample came for job_end_after).
+                    && run
+                        .workloads
+                        .iter()
+                        .any(|w| w.active_at(a.time_ms - MINUTE_MS as i64))
+            })
+            .count(),
     }
 }
 
@@ -430,13 +460,26 @@ fn false_alarms(runs: &[Run], alerts: &[&AlertRecord]) -> FalseAlarms {
 
 fn llama3(opts: &EvalOptions) -> Llama3 {
     let est = Estimator::new(&opts.config.estimate);
-    let u = est.sample_usage(LLAMA3_H100_HOURS, 3600.0, H100_PEAK, None);
+    let u = est.sample_usage(
+        LLAMA3_H100_HOURS,
+        3600.0,
+        H100_PEAK,
+        &crate::decode::Activity::default(),
+    );
     let bias = (crate::scenario::calibration::TENSOR_OVER_MFU.0
         + crate::scenario::calibration::TENSOR_OVER_MFU.1)
         / 2.0;
     // The tensor route measures tensor activity x peak: the published FLOP times the bias.
     let implied = LLAMA3_FLOP / (LLAMA3_H100_HOURS * 3600.0 * H100_PEAK);
-    let t = est.sample_usage(LLAMA3_H100_HOURS, 3600.0, H100_PEAK, Some(implied * bias));
+    let t = est.sample_usage(
+        LLAMA3_H100_HOURS,
+        3600.0,
+        H100_PEAK,
+        &crate::decode::Activity {
+            tensor_active: Some(implied * bias),
+            ..Default::default()
+        },
+    );
     Llama3 {
         h100_hours: LLAMA3_H100_HOURS,
         published_flop: LLAMA3_FLOP,
@@ -484,6 +527,19 @@ fn targets(
         target: format!(">= {}", pct(RECALL_TARGET)),
         value: format!("{} ({any} of {})", pct(share_any), eligible.len()),
         pass: !eligible.is_empty() && share_any >= RECALL_TARGET,
+    });
+    let positives: Vec<&RunOutcome> = runs.iter().filter(|r| r.class == Class::Positive).collect();
+    let flapping: usize = positives.iter().map(|r| r.resolved_while_running).sum();
+    let flapping_runs = positives
+        .iter()
+        .filter(|r| r.resolved_while_running > 0)
+        .count();
+    out.push(Target {
+        name: "TrainingSuspected on positive runs resolved while the run was still reporting"
+            .into(),
+        target: "none".into(),
+        value: format!("{flapping} in {flapping_runs} of {} runs", positives.len()),
+        pass: flapping == 0,
     });
     out.push(Target {
         name: "false alarms (TrainingSuspected) per 1,000 negative jobs".into(),
@@ -612,6 +668,8 @@ pub fn evaluate(
     Evaluation {
         mix: opts.mix.clone(),
         seed: opts.seed,
+        other_seeds: Vec::new(),
+        config: opts.config.clone(),
         command: opts.command.clone(),
         events: results.iter().map(|r| r.events).sum(),
         pipelines: results.len(),
