@@ -554,7 +554,8 @@ pub struct DetectionConfig {
     pub group_start_tolerance: HumanDuration,
     /// Score at or above which a job is suspected of training.
     pub score_threshold: f64,
-    /// A suspected job stays suspected until its score falls below this.
+    /// A suspected job stays suspected, whatever its other gates say, while its gang is past the
+    /// size gate and its score has not fallen below this.
     pub resolve_below: f64,
     /// A job without samples for this long has ended; its job alerts resolve.
     pub job_end_after: HumanDuration,

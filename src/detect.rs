@@ -7,7 +7,8 @@
 //! never accuses a customer. Pure code: no I/O, no clock.
 //!
 //! The features and what they separate:
-//! - `activity`: mean activity of the best signal (tensor > SM > GPU_UTIL). Training keeps the
+//! - `activity`: upper quartile of the gang's per-slide activity of the best signal (tensor > SM >
+//!   GPU_UTIL), so checkpoint dips do not lower it. Training keeps the
 //!   tensor pipes busy; serving, notebooks and idle capacity do not; FP64 simulation and mining
 //!   keep SMs busy without tensor work.
 //! - `temporal_variation`: robust variation of the gang's activity over the window. Training is
@@ -29,10 +30,13 @@
 //!   a gang whose devices vary on their own is not suspected, whatever else it looks like.
 
 use serde::{Deserialize, Serialize};
-use statrs::statistics::{Data, Median};
+use statrs::statistics::{Data, Median, OrderStatistics};
 
 use crate::config::{DetectionConfig, Ramp};
 use crate::decode::Activity;
+
+/// The quantile of the per-slide gang activity that the `activity` feature reports.
+pub const ACTIVITY_QUANTILE: f64 = 0.75;
 
 /// Activity signals, best first: tensor-pipe activity separates training from other busy work best;
 /// GPU_UTIL is near 100% for almost any busy job and is the weakest.
@@ -148,7 +152,7 @@ pub struct Features {
     pub duration_s: f64,
     /// The best signal seen in the window.
     pub signal: Option<Signal>,
-    /// Mean activity of that signal over the window.
+    /// Upper quartile of the per-slide gang activity of that signal over the window.
     pub activity: Option<f64>,
     /// MAD / median of per-slide activity (needs 3 slides).
     pub temporal_variation: Option<f64>,
@@ -210,13 +214,16 @@ pub fn features(
             )
         });
         f.signal = Some(*signal);
-        f.activity = Some(s / w);
         let slide_mean = |p: &DetectPane| (p.activity[i].sum / p.activity[i].weight) as f64;
         let per_pane: Vec<f64> = panes
             .iter()
             .filter(|p| p.activity[i].weight > 0.0)
             .map(slide_mean)
             .collect();
+        // How busy the gang is while it works: checkpoint dips and pauses shorter than a quarter
+        // of the window do not lower it, and a run that alternates work and idle minutes to stay
+        // under the radar still shows its working level.
+        f.activity = Some(Data::new(per_pane.clone()).quantile(ACTIVITY_QUANTILE));
         f.temporal_variation = relative_mad(per_pane);
         let span: Vec<f64> = sync_panes
             .iter()
@@ -319,7 +326,7 @@ pub const FEATURES: [(&str, &str); 7] = [
     ("duration_seconds", "event time since the job's first sample"),
     (
         "activity",
-        "accelerator-time-weighted mean of the best activity signal over the window",
+        "upper quartile of the gang's per-slide mean of the best activity signal over the window",
     ),
     (
         "temporal_variation",
@@ -340,6 +347,16 @@ pub const FEATURES: [(&str, &str); 7] = [
 ];
 
 impl Verdict {
+    /// Whether this verdict makes the job (or group) suspected. A new suspicion needs every gate
+    /// and the score threshold; one already `held` stays while the gang is still large enough and
+    /// the score has not fallen below `resolve_below`, so phases of a run that look less like
+    /// training (checkpoint restores, rollouts, evaluation) do not make its alert flap.
+    pub fn suspects(&self, threshold: f64, resolve_below: f64, held: bool) -> bool {
+        let fresh = self.gates_passed && self.score >= threshold;
+        let kept = held && self.features[0].fired && self.score >= resolve_below;
+        fresh || kept
+    }
+
     /// One sentence per feature: its value, the threshold it is measured against and whether it
     /// fired, so an analyst can check the decision by hand.
     pub fn reasons(&self) -> Vec<String> {
@@ -629,5 +646,24 @@ mod tests {
             memory_gib: 0.0,
         };
         assert_eq!(score(&f, &cfg).score, 0.0);
+    }
+
+    #[test]
+    fn a_held_suspicion_survives_a_phase_that_fails_a_gate_but_not_a_shrunken_gang() {
+        let (panes, devices) = gang(0.04, 0.2);
+        let cfg = DetectionConfig::default();
+        let v = score(
+            &features(&panes, &devices, 7200.0, MIN_VARIATION, &panes),
+            &cfg,
+        );
+        assert!(!v.gates_passed && v.score >= cfg.resolve_below, "{v:?}");
+        assert!(!v.suspects(cfg.score_threshold, cfg.resolve_below, false));
+        assert!(v.suspects(cfg.score_threshold, cfg.resolve_below, true));
+        let small: Vec<_> = (0..60).map(|_| pane(8.0, 0, 0.6)).collect();
+        let v = score(
+            &features(&small, &devs(&[0.6; 8]), 7200.0, MIN_VARIATION, &small),
+            &cfg,
+        );
+        assert!(!v.suspects(cfg.score_threshold, cfg.resolve_below, true));
     }
 }

@@ -852,11 +852,9 @@ impl Engine {
         let verdict = (!ended).then(|| self.verdict(&[job], now));
         let score = verdict.as_ref().map_or(0.0, |v| v.score);
         let threshold = self.score_threshold(&self.policy(&entity));
-        let suspected = verdict.as_ref().is_some_and(|v| {
-            v.gates_passed
-                && (v.score >= threshold
-                    || (job.suspected && v.score >= self.detection.resolve_below))
-        });
+        let suspected = verdict
+            .as_ref()
+            .is_some_and(|v| v.suspects(threshold, self.detection.resolve_below, job.suspected));
         if let (true, Some(v)) = (suspected, &verdict) {
             let summary = format!(
                 "job {} of tenant {} looks like large-model training: score {:.2}, {:.0} accelerators",
@@ -959,8 +957,7 @@ impl Engine {
                     .collect();
                 let states: Vec<&JobState> = jobs.iter().map(|(_, j)| *j).collect();
                 let v = self.verdict(&states, now);
-                let passes = v.gates_passed
-                    && (v.score >= threshold || (held && v.score >= self.detection.resolve_below));
+                let passes = v.suspects(threshold, self.detection.resolve_below, held);
                 let accelerators = v.features[0].value.unwrap_or(0.0);
                 if !passes || best.as_ref().is_some_and(|(a, _)| *a >= accelerators) {
                     continue;

@@ -446,55 +446,50 @@ impl Pipeline {
     /// any shard. A tenant whose events were spread over several
     /// partitions (producers must key by tenant) appears once, with the shards' values summed.
     pub fn tenant_reports(&self) -> Vec<TenantReport> {
-        let latest = self.max_event_ms().unwrap_or(0);
-        let mut all: Vec<TenantReport> = self
-            .shards
-            .values()
-            .flat_map(|e| e.tenant_reports_at(latest))
-            .collect();
-        all.sort_by(|a, b| a.tenant.cmp(&b.tenant));
-        all.dedup_by(|b, a| {
-            let same = a.tenant == b.tenant;
-            if same {
-                a.merge(b);
-            }
-            same
-        });
-        all
+        self.merged(
+            Engine::tenant_reports_at,
+            |t| t.tenant.clone(),
+            TenantReport::merge,
+        )
     }
 
     /// Every organisation over all shards, sorted by name (merged like tenants).
     pub fn organisation_reports(&self) -> Vec<OrganisationReport> {
-        let latest = self.max_event_ms().unwrap_or(0);
-        let mut all: Vec<OrganisationReport> = self
-            .shards
-            .values()
-            .flat_map(|e| e.organisation_reports_at(latest))
-            .collect();
-        all.sort_by(|a, b| a.organisation.cmp(&b.organisation));
-        all.dedup_by(|b, a| {
-            let same = a.organisation == b.organisation;
-            if same {
-                a.merge(b);
-            }
-            same
-        });
-        all
+        self.merged(
+            Engine::organisation_reports_at,
+            |o| o.organisation.clone(),
+            OrganisationReport::merge,
+        )
     }
 
     /// Every job over all shards, sorted by tenant and job (merged like tenants).
     pub fn job_reports(&self) -> Vec<JobReport> {
+        self.merged(
+            Engine::job_reports_at,
+            |j| (j.tenant.clone(), j.job.clone()),
+            JobReport::merge,
+        )
+    }
+
+    /// The reports of every shard at the latest event time of any shard, sorted by `key`, those
+    /// with the same key merged into one.
+    fn merged<R, K: Ord>(
+        &self,
+        reports: impl Fn(&Engine, i64) -> Vec<R>,
+        key: impl Fn(&R) -> K,
+        merge: impl Fn(&mut R, &R),
+    ) -> Vec<R> {
         let latest = self.max_event_ms().unwrap_or(0);
-        let mut all: Vec<JobReport> = self
+        let mut all: Vec<R> = self
             .shards
             .values()
-            .flat_map(|e| e.job_reports_at(latest))
+            .flat_map(|e| reports(e, latest))
             .collect();
-        all.sort_by(|a, b| (&a.tenant, &a.job).cmp(&(&b.tenant, &b.job)));
+        all.sort_by_key(|r| key(r));
         all.dedup_by(|b, a| {
-            let same = (&a.tenant, &a.job) == (&b.tenant, &b.job);
+            let same = key(a) == key(b);
             if same {
-                a.merge(b);
+                merge(a, b);
             }
             same
         });
