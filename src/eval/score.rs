@@ -18,7 +18,7 @@ const HOUR_MS: f64 = 3_600_000.0;
 
 /// Detection within this long after a run's start counts for the recall target.
 pub const DETECT_WITHIN_MIN: f64 = 30.0;
-/// Targets of the issue (docs/evaluation.md).
+/// The targets the evaluation checks (docs/evaluation.md).
 pub const RECALL_TARGET: f64 = 0.99;
 pub const FALSE_ALARMS_PER_1000_TARGET: f64 = 1.0;
 pub const ESTIMATE_TOLERANCE: f64 = 0.25;
@@ -191,7 +191,7 @@ pub struct FalseAlarms {
     pub tenant_alert_names: Vec<String>,
 }
 
-/// One target of the issue.
+/// One target of the evaluation.
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
     pub name: String,
