@@ -537,6 +537,24 @@ impl Scenario {
             members,
             share: 1.0,
         };
+        // A negative run of one job in its own tenant, simulated until the mix's negative horizon.
+        let negative = |tenant: String,
+                        job: &str,
+                        devices: usize,
+                        accel: &'static Accel,
+                        planned: i64,
+                        model: Arc<Model>| {
+            assemble(
+                spec(
+                    None,
+                    accel,
+                    planned,
+                    neg_end(planned),
+                    vec![(tenant, job.into(), devices)],
+                ),
+                model,
+            )
+        };
         match self {
             Scenario::DensePretraining => {
                 let devices = cycle(&[
@@ -722,14 +740,12 @@ impl Scenario {
                 };
                 let m = simple_model(rng, kind, accel, telemetry);
                 let planned = start + 90 * DAY_MS;
-                vec![assemble(
-                    spec(
-                        None,
-                        accel,
-                        planned,
-                        neg_end(planned),
-                        vec![(format!("serve-{index:03}"), "api".into(), devices)],
-                    ),
+                vec![negative(
+                    format!("serve-{index:03}"),
+                    "api",
+                    devices,
+                    accel,
+                    planned,
                     m,
                 )]
             }
@@ -743,14 +759,12 @@ impl Scenario {
                 };
                 let m = simple_model(rng, kind, accel, telemetry);
                 let planned = start + (between(rng, 12.0, 72.0) * HOUR_MS as f64) as i64;
-                vec![assemble(
-                    spec(
-                        None,
-                        accel,
-                        planned,
-                        neg_end(planned),
-                        vec![(format!("batch-{index:03}"), "bulk-infer".into(), devices)],
-                    ),
+                vec![negative(
+                    format!("batch-{index:03}"),
+                    "bulk-infer",
+                    devices,
+                    accel,
+                    planned,
                     m,
                 )]
             }
@@ -765,14 +779,12 @@ impl Scenario {
                 };
                 let m = simple_model(rng, kind, accel, telemetry);
                 let planned = start + (between(rng, 6.0, 72.0) * HOUR_MS as f64) as i64;
-                vec![assemble(
-                    spec(
-                        None,
-                        accel,
-                        planned,
-                        neg_end(planned),
-                        vec![(format!("sim-{index:03}"), "cfd".into(), devices)],
-                    ),
+                vec![negative(
+                    format!("sim-{index:03}"),
+                    "cfd",
+                    devices,
+                    accel,
+                    planned,
                     m,
                 )]
             }
@@ -784,14 +796,12 @@ impl Scenario {
                 };
                 let m = simple_model(rng, kind, accel, telemetry);
                 let planned = start + (between(rng, 2.0, 12.0) * HOUR_MS as f64) as i64;
-                vec![assemble(
-                    spec(
-                        None,
-                        accel,
-                        planned,
-                        neg_end(planned),
-                        vec![(format!("render-{index:03}"), "frames".into(), devices)],
-                    ),
+                vec![negative(
+                    format!("render-{index:03}"),
+                    "frames",
+                    devices,
+                    accel,
+                    planned,
                     m,
                 )]
             }
@@ -804,14 +814,12 @@ impl Scenario {
                 };
                 let m = simple_model(rng, kind, accel, telemetry);
                 let planned = start + 30 * DAY_MS;
-                vec![assemble(
-                    spec(
-                        None,
-                        accel,
-                        planned,
-                        neg_end(planned),
-                        vec![(format!("hash-{index:03}"), "worker".into(), devices)],
-                    ),
+                vec![negative(
+                    format!("hash-{index:03}"),
+                    "worker",
+                    devices,
+                    accel,
+                    planned,
                     m,
                 )]
             }
@@ -820,14 +828,12 @@ impl Scenario {
                 let accel = *pick(rng, &[&H100, &B200]);
                 let m = simple_model(rng, Kind::Idle, accel, telemetry);
                 let planned = start + 30 * DAY_MS;
-                vec![assemble(
-                    spec(
-                        None,
-                        accel,
-                        planned,
-                        neg_end(planned),
-                        vec![(format!("reserve-{index:03}"), "hold".into(), devices)],
-                    ),
+                vec![negative(
+                    format!("reserve-{index:03}"),
+                    "hold",
+                    devices,
+                    accel,
+                    planned,
                     m,
                 )]
             }
