@@ -811,10 +811,7 @@ impl Engine {
         for t in tenants {
             let entity = Entity::tenant(t.clone());
             let mut conditions = match self.st.tenants.get(&t) {
-                Some(state)
-                    if !state.dormant
-                        && (state.training || !self.s.compute_alerts_training_only) =>
-                {
+                Some(state) if !state.dormant && self.compute_alerts_for(state.training) => {
                     self.compute_conditions(&entity, &state.account, now)
                 }
                 _ => Vec::new(),
@@ -825,10 +822,7 @@ impl Engine {
         for o in orgs {
             let entity = Entity::organisation(o.clone());
             let mut conditions = match self.st.orgs.get(&o) {
-                Some(state)
-                    if !state.dormant
-                        && (state.training || !self.s.compute_alerts_training_only) =>
-                {
+                Some(state) if !state.dormant && self.compute_alerts_for(state.training) => {
                     self.compute_conditions(&entity, &state.account, now)
                 }
                 _ => Vec::new(),
@@ -865,7 +859,7 @@ impl Engine {
             );
             conditions.push(self.training_condition(&[(k, job)], v, threshold, summary, now));
         }
-        if !ended && (suspected || job.ever_suspected || !self.s.compute_alerts_training_only) {
+        if !ended && self.compute_alerts_for(suspected || job.ever_suspected) {
             conditions.extend(self.compute_conditions(&entity, &job.account, now));
         }
         let candidate = verdict
@@ -898,6 +892,12 @@ impl Engine {
                 o.training = true;
             }
         }
+    }
+
+    /// Whether an entity gets compute alerts, given whether its work has been suspected of
+    /// training (`alerts.compute_alerts`).
+    fn compute_alerts_for(&self, training: bool) -> bool {
+        training || !self.s.compute_alerts_training_only
     }
 
     /// The training-score threshold under `policy`.
@@ -1890,10 +1890,34 @@ mod tests {
             training
                 .iter()
                 .map(|a| &a.starts_at)
-                .collect::<std::collections::BTreeSet<_>>()
+                .collect::<std::collections::HashSet<_>>()
                 .len(),
             1,
             "one alert, re-sent"
+        );
+    }
+
+    #[test]
+    fn compute_alerts_go_to_work_suspected_of_training_unless_configured_for_all() {
+        // 16 GPUs: below the gang gate, never suspected, but past a low threshold within hours.
+        let alerted = |mode: crate::config::ComputeAlerts| {
+            let mut cfg = Config::default();
+            cfg.alerts.thresholds_flop = vec![1e18];
+            cfg.alerts.compute_alerts = mode;
+            let mut e = Engine::new(&cfg).unwrap();
+            run_split(&mut e, 1, 16, |_| "acme".into(), |_| 0, 120);
+            let alerts = e.drain_alerts();
+            assert!(training_alerts(&alerts).is_empty());
+            alerts
+                .iter()
+                .filter(|a| a.alertname == AlertName::ComputeThresholdCrossed)
+                .map(|a| a.scope)
+                .collect::<std::collections::HashSet<_>>()
+        };
+        assert!(alerted(crate::config::ComputeAlerts::Training).is_empty());
+        let all = alerted(crate::config::ComputeAlerts::All);
+        assert!(
+            all.contains(&crate::alert::Scope::Job) && all.contains(&crate::alert::Scope::Tenant)
         );
     }
 }
