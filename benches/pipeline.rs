@@ -1,15 +1,22 @@
-//! Throughput of the hot path: decoding, the engine, and a whole pipeline batch.
-//! Run with `cargo bench --bench pipeline`; results depend on the machine (report it with them).
+//! Throughput of the hot path: decoding (each input format), window update, detection, the engine,
+//! and a whole pipeline batch. Run with `cargo bench --bench pipeline`; results depend on the
+//! machine (report it with them). The fleet-scale harness is `trainspotter bench` (BENCHMARKS.md).
 
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use trainspotter::config::Config;
-use trainspotter::decode::{decode_native, DecodeLimits, UsageSample};
+use trainspotter::config::InputFormat;
+use trainspotter::decode::{
+    decode_native, decode_native_by_serde, DecodeLimits, Decoded, UsageSample,
+};
+use trainspotter::detect::{self, DetectPane, DeviceStat};
 use trainspotter::engine::Engine;
+use trainspotter::estimate::Usage;
 use trainspotter::metrics::Metrics;
 use trainspotter::pipeline::{Pipeline, Shard};
 use trainspotter::sim::Fleet;
+use trainspotter::window::Windows;
 
 const T0: i64 = 1_714_521_600_000;
 
@@ -23,13 +30,120 @@ fn fleet_samples(minutes: i64) -> Vec<UsageSample> {
     out
 }
 
+/// One message of each input format: a native event, and one DCGM metric as each collector
+/// writes it (the metric formats are joined into samples afterwards, which is not measured here).
+fn payloads() -> Vec<(InputFormat, &'static str, String)> {
+    let native = fleet_samples(1)[0].to_json();
+    let adapter = r#"{"timestamp":"2024-05-01T00:01:00.000Z","value":"0.42","name":"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE","labels":{"__name__":"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE","gpu":"3","UUID":"GPU-5fd3b2b4-0000-4000-8000-000000000003","modelName":"NVIDIA H100 80GB HBM3","Hostname":"node-17","namespace":"tenant-a","pod":"train-0","container":"main"}}"#;
+    let vector = r#"{"name":"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE","namespace":"dcgm","tags":{"UUID":"GPU-5fd3b2b4-0000-4000-8000-000000000003","modelName":"NVIDIA H100 80GB HBM3","hostname":"node-17","namespace":"tenant-a","pod":"train-0"},"timestamp":"2024-05-01T00:01:00.000000000Z","kind":"absolute","gauge":{"value":0.42}}"#;
+    let otlp = r#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"host.name","value":{"stringValue":"node-17"}}]},"scopeMetrics":[{"metrics":[{"name":"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE","gauge":{"dataPoints":[{"timeUnixNano":"1714521660000000000","asDouble":0.42,"attributes":[{"key":"UUID","value":{"stringValue":"GPU-5fd3b2b4-0000-4000-8000-000000000003"}},{"key":"modelName","value":{"stringValue":"NVIDIA H100 80GB HBM3"}},{"key":"namespace","value":{"stringValue":"tenant-a"}},{"key":"pod","value":{"stringValue":"train-0"}}]}]}}]}]}]}"#;
+    vec![
+        (InputFormat::Native, "native", native),
+        (
+            InputFormat::PrometheusAdapter,
+            "prometheus_adapter",
+            adapter.into(),
+        ),
+        (InputFormat::Vector, "vector", vector.into()),
+        (InputFormat::OtlpJson, "otlp_json", otlp.into()),
+    ]
+}
+
 fn decode(c: &mut Criterion) {
-    let payload = fleet_samples(1)[0].to_json();
+    let cfg = Config::default();
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(1));
-    g.bench_function(format!("native_json_{}_bytes", payload.len()), |b| {
+    for (format, name, payload) in payloads() {
+        let decoder = trainspotter::pipeline::decoder(&cfg, format).unwrap();
+        let mut out = Decoded::default();
+        decoder
+            .decode(payload.as_bytes(), DecodeLimits::OPEN, &mut out)
+            .unwrap_or_else(|r| panic!("{name}: {r}"));
+        assert!(!out.is_empty(), "{name} decoded to nothing");
+        g.bench_function(format!("{name}_{}_bytes", payload.len()), |b| {
+            b.iter(|| {
+                out.clear();
+                decoder
+                    .decode(
+                        std::hint::black_box(payload.as_bytes()),
+                        DecodeLimits::OPEN,
+                        &mut out,
+                    )
+                    .unwrap();
+            })
+        });
+    }
+    // The native format by serde_json alone: what the one-pass reader replaced.
+    let native = fleet_samples(1)[0].to_json();
+    g.bench_function(
+        format!("native_by_serde_json_{}_bytes", native.len()),
+        |b| {
+            b.iter(|| {
+                decode_native_by_serde(std::hint::black_box(native.as_bytes()), DecodeLimits::OPEN)
+                    .unwrap()
+            })
+        },
+    );
+    g.bench_function(format!("native_owned_sample_{}_bytes", native.len()), |b| {
         b.iter(|| {
-            decode_native(std::hint::black_box(payload.as_bytes()), DecodeLimits::OPEN).unwrap()
+            decode_native(std::hint::black_box(native.as_bytes()), DecodeLimits::OPEN).unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn windows(c: &mut Criterion) {
+    let specs = Config::default().validate().unwrap().windows;
+    let usage = Usage {
+        acc_ms: 10_000,
+        measured_flop: 4e15,
+        nominal_flop: 0.0,
+    };
+    let mut g = c.benchmark_group("windows");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function(format!("add_to_{}_default_windows", specs.len()), |b| {
+        let mut w = Windows::default();
+        let mut ts = T0;
+        b.iter(|| {
+            ts += 10_000;
+            w.add(&specs, ts, std::hint::black_box(&usage));
+        })
+    });
+    g.finish();
+}
+
+fn detection(c: &mut Criterion) {
+    let cfg = Config::default();
+    // A 64-device gang over the 60 one-minute panes of the default detection window.
+    let panes: Vec<DetectPane> = (0..60)
+        .map(|i| {
+            let mut p = DetectPane {
+                accelerators: 64.0,
+                ..DetectPane::default()
+            };
+            p.activity[0].add(0.4 + 0.01 * (i % 7) as f32, 64.0 * 60.0);
+            p.memory.add(60.0, 64.0 * 60.0);
+            p
+        })
+        .collect();
+    let devices: Vec<DeviceStat> = (0..64)
+        .map(|d| DeviceStat {
+            activity: 0.4 + 0.001 * d as f64,
+            variance: Some(0.0004),
+        })
+        .collect();
+    let mut g = c.benchmark_group("detection");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("features_and_score_of_a_64_device_job", |b| {
+        b.iter(|| {
+            let f = detect::features(
+                std::hint::black_box(&panes),
+                &devices,
+                7200.0,
+                cfg.detection.synchrony_min_variation,
+                &panes[30..],
+            );
+            detect::score(&f, &cfg.detection)
         })
     });
     g.finish();
@@ -92,5 +206,5 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, engine, pipeline);
+criterion_group!(benches, decode, windows, detection, engine, pipeline);
 criterion_main!(benches);

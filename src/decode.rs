@@ -13,6 +13,8 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
+use crate::flatjson::{self, FlatValue};
+
 /// Earliest accepted event time: 2000-01-01T00:00:00Z. Anything earlier is almost always epoch
 /// seconds sent where milliseconds were expected.
 pub const MIN_EVENT_TIME_MS: i64 = 946_684_800_000;
@@ -55,6 +57,72 @@ pub struct Activity {
     pub sm_active: Option<f64>,
     pub gpu_util: Option<f64>,
     pub dram_active: Option<f64>,
+}
+
+/// A [`UsageSample`] whose names borrow from the payload it was decoded from: what the hot path
+/// applies, so that a known key costs no allocation. Integer ids (read as strings) are the only
+/// owned names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRef<'a> {
+    pub ts_ms: i64,
+    pub tenant: Cow<'a, str>,
+    pub job: Option<Cow<'a, str>>,
+    pub node: Option<Cow<'a, str>>,
+    pub gpu: Option<Cow<'a, str>>,
+    pub accelerator: Option<Cow<'a, str>>,
+    pub gpus: f64,
+    pub interval_s: f64,
+    pub activity: Activity,
+    pub power_w: Option<f64>,
+    pub fb_used_bytes: Option<f64>,
+    pub nvlink_tx_bytes: Option<f64>,
+    pub nvlink_rx_bytes: Option<f64>,
+}
+
+impl SampleRef<'_> {
+    pub fn to_owned(&self) -> UsageSample {
+        let own = |v: &Option<Cow<'_, str>>| v.as_ref().map(|s| s.to_string());
+        UsageSample {
+            ts_ms: self.ts_ms,
+            tenant: self.tenant.to_string(),
+            job: own(&self.job),
+            node: own(&self.node),
+            gpu: own(&self.gpu),
+            accelerator: own(&self.accelerator),
+            gpus: self.gpus,
+            interval_s: self.interval_s,
+            activity: self.activity,
+            power_w: self.power_w,
+            fb_used_bytes: self.fb_used_bytes,
+            nvlink_tx_bytes: self.nvlink_tx_bytes,
+            nvlink_rx_bytes: self.nvlink_rx_bytes,
+        }
+    }
+}
+
+fn borrow(v: &Option<String>) -> Option<Cow<'_, str>> {
+    v.as_deref().map(Cow::Borrowed)
+}
+
+impl UsageSample {
+    /// This sample with borrowed names.
+    pub fn as_ref(&self) -> SampleRef<'_> {
+        SampleRef {
+            ts_ms: self.ts_ms,
+            tenant: Cow::Borrowed(&self.tenant),
+            job: borrow(&self.job),
+            node: borrow(&self.node),
+            gpu: borrow(&self.gpu),
+            accelerator: borrow(&self.accelerator),
+            gpus: self.gpus,
+            interval_s: self.interval_s,
+            activity: self.activity,
+            power_w: self.power_w,
+            fb_used_bytes: self.fb_used_bytes,
+            nvlink_tx_bytes: self.nvlink_tx_bytes,
+            nvlink_rx_bytes: self.nvlink_rx_bytes,
+        }
+    }
 }
 
 impl UsageSample {
@@ -307,6 +375,25 @@ pub trait Decoder: Send + Sync {
         limits: DecodeLimits,
         out: &mut Decoded,
     ) -> Result<(), Rejection>;
+
+    /// Decodes one payload and hands each sample to `apply`, names borrowed where the format
+    /// allows; readings still go to `out`. The same samples, in the same order, as [`decode`].
+    ///
+    /// [`decode`]: Decoder::decode
+    fn decode_each(
+        &self,
+        payload: &[u8],
+        limits: DecodeLimits,
+        out: &mut Decoded,
+        apply: &mut dyn FnMut(&SampleRef<'_>),
+    ) -> Result<(), Rejection> {
+        let first = out.samples.len();
+        self.decode(payload, limits, out)?;
+        for s in out.samples.drain(first..) {
+            apply(&s.as_ref());
+        }
+        Ok(())
+    }
 }
 
 /// The native usage event, schema v1 (see the README for the field list).
@@ -323,10 +410,42 @@ impl Decoder for NativeJson {
         out.samples.push(decode_native(payload, limits)?);
         Ok(())
     }
+
+    fn decode_each(
+        &self,
+        payload: &[u8],
+        limits: DecodeLimits,
+        _out: &mut Decoded,
+        apply: &mut dyn FnMut(&SampleRef<'_>),
+    ) -> Result<(), Rejection> {
+        decode_native_with(payload, limits, |s| apply(&s))
+    }
 }
 
-/// Decodes one native v1 event.
+/// Decodes one native v1 event. Flat objects of plain strings and numbers (what producers send)
+/// are read by [`flatjson`] in one pass; anything else by serde_json, with the same result.
 pub fn decode_native(payload: &[u8], limits: DecodeLimits) -> Result<UsageSample, Rejection> {
+    decode_native_with(payload, limits, |s| s.to_owned())
+}
+
+/// Decodes one native v1 event and hands it to `f` with names borrowed from `payload`.
+pub fn decode_native_with<R>(
+    payload: &[u8],
+    limits: DecodeLimits,
+    f: impl FnOnce(SampleRef<'_>) -> R,
+) -> Result<R, Rejection> {
+    match RawEvent::flat(payload) {
+        Some(raw) => raw.validate_ref(limits).map(f),
+        None => decode_native_by_serde(payload, limits).map(|s| f(s.as_ref())),
+    }
+}
+
+/// Decodes one native v1 event with serde_json only: the reference the fast path of
+/// [`decode_native`] is tested against.
+pub fn decode_native_by_serde(
+    payload: &[u8],
+    limits: DecodeLimits,
+) -> Result<UsageSample, Rejection> {
     let raw: RawEvent<'_> = match serde_json::from_slice(payload) {
         Ok(RawOrNot::Object(raw)) => raw,
         Ok(RawOrNot::Other(kind)) => {
@@ -459,6 +578,48 @@ struct RawEvent<'a> {
     nvlink_rx_bytes: Option<Scalar<'a>>,
 }
 
+impl<'a> RawEvent<'a> {
+    /// Where the value of `key` goes; `None` for fields this version does not know (skipped).
+    fn slot(&mut self, key: &str) -> Option<&mut Option<Scalar<'a>>> {
+        Some(match key {
+            "ts" => &mut self.ts,
+            "tenant" => &mut self.tenant,
+            "job" => &mut self.job,
+            "node" => &mut self.node,
+            "gpu" => &mut self.gpu,
+            "accelerator" => &mut self.accelerator,
+            "gpus" => &mut self.gpus,
+            "interval_s" => &mut self.interval_s,
+            "tensor_active" => &mut self.tensor_active,
+            "sm_active" => &mut self.sm_active,
+            "gpu_util" => &mut self.gpu_util,
+            "dram_active" => &mut self.dram_active,
+            "power_w" => &mut self.power_w,
+            "fb_used_bytes" => &mut self.fb_used_bytes,
+            "nvlink_tx_bytes" => &mut self.nvlink_tx_bytes,
+            "nvlink_rx_bytes" => &mut self.nvlink_rx_bytes,
+            _ => return None,
+        })
+    }
+
+    /// The fields of a flat object read by [`flatjson::scan`]; `None` if it could not read it.
+    fn flat(payload: &'a [u8]) -> Option<RawEvent<'a>> {
+        let mut raw = RawEvent::default();
+        flatjson::scan(payload, |key, value| {
+            if let Some(slot) = raw.slot(key) {
+                *slot = Some(match value {
+                    FlatValue::Str(s) => Scalar::Str(Cow::Borrowed(s)),
+                    FlatValue::Int(i) => Scalar::Int(i),
+                    FlatValue::Float(f) => Scalar::Float(f),
+                    FlatValue::Bool => Scalar::Bool,
+                    FlatValue::Null => Scalar::Null,
+                });
+            }
+        })?;
+        Some(raw)
+    }
+}
+
 /// A payload is an object (decoded into fields) or some other JSON value (rejected by kind).
 // Lives on the stack for one decode call; boxing would add an allocation per event.
 #[allow(clippy::large_enum_variant)]
@@ -478,27 +639,9 @@ impl<'de> Deserialize<'de> for RawOrNot<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
                 let mut raw = RawEvent::default();
                 while let Some(Key(key)) = a.next_key::<Key<'de>>()? {
-                    let slot = match key.as_ref() {
-                        "ts" => &mut raw.ts,
-                        "tenant" => &mut raw.tenant,
-                        "job" => &mut raw.job,
-                        "node" => &mut raw.node,
-                        "gpu" => &mut raw.gpu,
-                        "accelerator" => &mut raw.accelerator,
-                        "gpus" => &mut raw.gpus,
-                        "interval_s" => &mut raw.interval_s,
-                        "tensor_active" => &mut raw.tensor_active,
-                        "sm_active" => &mut raw.sm_active,
-                        "gpu_util" => &mut raw.gpu_util,
-                        "dram_active" => &mut raw.dram_active,
-                        "power_w" => &mut raw.power_w,
-                        "fb_used_bytes" => &mut raw.fb_used_bytes,
-                        "nvlink_tx_bytes" => &mut raw.nvlink_tx_bytes,
-                        "nvlink_rx_bytes" => &mut raw.nvlink_rx_bytes,
-                        _ => {
-                            a.next_value::<IgnoredAny>()?;
-                            continue;
-                        }
+                    let Some(slot) = raw.slot(&key) else {
+                        a.next_value::<IgnoredAny>()?;
+                        continue;
                     };
                     *slot = Some(a.next_value::<Scalar<'de>>()?);
                 }
@@ -589,16 +732,16 @@ fn positive(field: &str, v: &Option<Scalar<'_>>) -> Result<Option<f64>, Rejectio
     }
 }
 
-fn string(field: &str, v: &Option<Scalar<'_>>) -> Result<Option<String>, Rejection> {
+fn string<'s>(field: &str, v: &'s Option<Scalar<'_>>) -> Result<Option<Cow<'s, str>>, Rejection> {
     match present(v) {
         None => Ok(None),
         Some(Scalar::Str(s)) if s.is_empty() => Err(Rejection::new(
             RejectReason::EmptyString,
             format!("field `{field}` must not be empty"),
         )),
-        Some(Scalar::Str(s)) => Ok(Some(s.to_string())),
+        Some(Scalar::Str(s)) => Ok(Some(Cow::Borrowed(s.as_ref()))),
         // Scheduler ids and GPU indexes are often emitted as numbers; accept integers as ids.
-        Some(Scalar::Int(i)) if field != "tenant" => Ok(Some(i.to_string())),
+        Some(Scalar::Int(i)) if field != "tenant" => Ok(Some(Cow::Owned(i.to_string()))),
         Some(s) => Err(wrong_type(field, s, "a string")),
     }
 }
@@ -661,6 +804,10 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
 
 impl RawEvent<'_> {
     fn validate(self, limits: DecodeLimits) -> Result<UsageSample, Rejection> {
+        self.validate_ref(limits).map(|s| s.to_owned())
+    }
+
+    fn validate_ref(&self, limits: DecodeLimits) -> Result<SampleRef<'_>, Rejection> {
         let ts_ms = timestamp(&self.ts, limits)?;
         let tenant = string("tenant", &self.tenant)?.ok_or_else(|| missing("tenant"))?;
         let interval_s =
@@ -678,7 +825,7 @@ impl RawEvent<'_> {
                 format!("field `gpus` {gpus} exceeds {MAX_GPUS}"),
             ));
         }
-        Ok(UsageSample {
+        Ok(SampleRef {
             ts_ms,
             tenant,
             job: string("job", &self.job)?,
@@ -704,6 +851,93 @@ impl RawEvent<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod fast_path {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "ts",
+                    "tenant",
+                    "job",
+                    "node",
+                    "gpu",
+                    "accelerator",
+                    "gpus",
+                    "interval_s",
+                    "tensor_active",
+                    "sm_active",
+                    "gpu_util",
+                    "dram_active",
+                    "power_w",
+                    "fb_used_bytes",
+                    "nvlink_tx_bytes",
+                    "nvlink_rx_bytes",
+                    "x",
+                ])
+                .prop_map(String::from),
+                "[a-z_]{0,6}",
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => (946_684_800_000i64..1_900_000_000_000).prop_map(|t| t.to_string()),
+                3 => "[a-zA-Z0-9 ._-]{0,12}".prop_map(|s| format!("\"{s}\"")),
+                1 => r#""[a-z\\"\u{e9}]{0,6}""#.prop_map(|s| s.replace('"', "\\\"")).prop_map(|s| format!("\"{s}\"")),
+                3 => (-1e3f64..1e3).prop_map(|f| f.to_string()),
+                2 => (0.0f64..1.2).prop_map(|f| format!("{f:.3}")),
+                1 => prop::sample::select(vec![
+                    "0", "-0", "1", "-1", "01", "1.", "1e3", "1E-2", "2.5e+1", "1e999",
+                    "123456789012345678", "1234567890123456789", "18446744073709551616",
+                    "true", "false", "null", "[1]", "{\"a\":1}", "tru", "\"2024-05-01T00:00:00Z\"",
+                ])
+                .prop_map(String::from),
+            ]
+        }
+
+        fn payload() -> impl Strategy<Value = String> {
+            (
+                prop::collection::vec(
+                    (key(), value(), prop::sample::select(vec!["", " ", "\n\t"])),
+                    0..14,
+                ),
+                prop::sample::select(vec!["", " ", ",", "}", "x"]),
+            )
+                .prop_map(|(fields, tail)| {
+                    let body: Vec<String> = fields
+                        .into_iter()
+                        .map(|(k, v, ws)| format!("{ws}\"{k}\"{ws}:{ws}{v}{ws}"))
+                        .collect();
+                    format!("{{{}}}{tail}", body.join(","))
+                })
+        }
+
+        proptest! {
+            /// Whatever the payload, the one-pass reader and serde_json give the same sample or
+            /// the same rejection.
+            #[test]
+            fn agrees_with_serde_json(p in payload()) {
+                prop_assert_eq!(
+                    decode_native(p.as_bytes(), DecodeLimits::OPEN),
+                    decode_native_by_serde(p.as_bytes(), DecodeLimits::OPEN)
+                );
+            }
+        }
+
+        #[test]
+        fn the_usual_event_is_read_by_the_fast_path() {
+            let sample = UsageSample::new(1_714_521_600_000, "t", 8.0, 10.0)
+                .job("j")
+                .device("n", "3")
+                .tensor_active(0.25);
+            assert!(RawEvent::flat(sample.to_json().as_bytes()).is_some());
+            assert!(RawEvent::flat(br#"{"tenant":"a\"b"}"#).is_none());
+        }
+    }
 
     fn decode(s: &str) -> Result<UsageSample, Rejection> {
         decode_native(s.as_bytes(), DecodeLimits::OPEN)

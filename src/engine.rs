@@ -14,17 +14,21 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashSet;
+use hashbrown::hash_map::RawEntryMut;
+use hashbrown::Equivalent;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{AlertBook, AlertName, AlertRecord, Condition, Entity, Scope, Severity};
 use crate::catalog::Catalog;
 use crate::config::{Config, ConfigError, DetectionConfig, Settings};
-use crate::decode::{format_rfc3339_ms, UsageSample};
+use crate::decode::{format_rfc3339_ms, SampleRef, UsageSample};
 use crate::detect::{self, DetectPane, Signal, Verdict};
 use crate::estimate::{Estimator, FlopEstimate, Usage};
+use crate::footprint::{self, Footprint};
 use crate::join::{JoinBuffer, Reading};
 use crate::registry::{Effective, Registry};
+use crate::stamps::StampSet;
 use crate::window::{PaneRing, Windows};
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -81,6 +85,35 @@ struct SeriesKey {
     gpu: Option<Arc<str>>,
 }
 
+/// A [`JobKey`] by borrowed names, to look one up without building it (hashes alike).
+#[derive(Hash)]
+struct JobRef<'a> {
+    tenant: &'a str,
+    job: &'a str,
+}
+
+impl Equivalent<JobKey> for JobRef<'_> {
+    fn equivalent(&self, k: &JobKey) -> bool {
+        *k.tenant == *self.tenant && *k.job == *self.job
+    }
+}
+
+/// A [`SeriesKey`] by borrowed names (hashes alike).
+#[derive(Hash)]
+struct SeriesRef<'a> {
+    node: Option<&'a str>,
+    gpu: Option<&'a str>,
+}
+
+impl Equivalent<SeriesKey> for SeriesRef<'_> {
+    fn equivalent(&self, k: &SeriesKey) -> bool {
+        k.node.as_deref() == self.node && k.gpu.as_deref() == self.gpu
+    }
+}
+
+/// Hash tables of the state: hashbrown's, for look-ups by borrowed names ([`Equivalent`]).
+type Table<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;
+
 /// One shared copy of each job, node and GPU name, so that looking up a known series or job
 /// allocates nothing. Names no key uses any more are dropped at each sweep. Not checkpointed:
 /// restored keys keep their own copies, and new samples intern again.
@@ -107,8 +140,8 @@ impl Names {
 /// One device series (or one aggregate series when the sample names no device).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SeriesState {
-    /// Timestamps counted and still inside the de-duplication horizon, ascending.
-    seen: Vec<i64>,
+    /// Timestamps counted and still inside the de-duplication horizon.
+    seen: StampSet,
     last_ts: i64,
     /// Newest detection pane this series has been counted in as an active accelerator.
     covered_pane: i64,
@@ -124,7 +157,7 @@ struct SeriesState {
 impl Default for SeriesState {
     fn default() -> Self {
         SeriesState {
-            seen: Vec::new(),
+            seen: StampSet::default(),
             last_ts: i64::MIN,
             covered_pane: i64::MIN,
             activity: f32::NAN,
@@ -188,17 +221,14 @@ enum Seen {
 impl SeriesState {
     /// Records `ts` unless it was already counted. Timestamps below `floor` were forgotten.
     fn observe(&mut self, ts: i64, floor: i64) -> Seen {
-        let cut = self.seen.partition_point(|&t| t < floor);
-        self.seen.drain(..cut);
+        self.seen.forget_before(floor);
         if ts < floor {
             return Seen::Unverifiable;
         }
-        match self.seen.binary_search(&ts) {
-            Ok(_) => Seen::Duplicate,
-            Err(i) => {
-                self.seen.insert(i, ts);
-                Seen::New
-            }
+        if self.seen.insert(ts) {
+            Seen::New
+        } else {
+            Seen::Duplicate
         }
     }
 }
@@ -235,11 +265,13 @@ impl Account {
 struct TenantState {
     account: Account,
     /// Series of samples that name no job.
-    series: AHashMap<SeriesKey, SeriesState>,
+    series: Table<SeriesKey, SeriesState>,
     /// Idle for longer than every window: windows and series were freed, the lifetime is kept.
     dormant: bool,
     /// One of its jobs, or a group of them, has been suspected of training.
     training: bool,
+    /// Listed in `State::touched_tenants`.
+    touched: bool,
 }
 
 /// An organisation of the tenant registry: the sum of its tenants' samples since the registry
@@ -250,18 +282,22 @@ struct OrgState {
     dormant: bool,
     /// A job of one of its tenants, or a group of them, has been suspected of training.
     training: bool,
+    /// Listed in `State::touched_orgs`.
+    touched: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct JobState {
     account: Account,
-    series: AHashMap<SeriesKey, SeriesState>,
+    series: Table<SeriesKey, SeriesState>,
     detect: PaneRing<DetectPane>,
     max_concurrent: f32,
     score: f64,
     suspected: bool,
     /// Suspected of training at some time.
     ever_suspected: bool,
+    /// Listed in `State::touched_jobs`.
+    touched: bool,
     /// Accelerator models seen (catalog index; `None` = unknown or unspecified) with sample counts.
     models: Vec<(Option<u16>, u64)>,
 }
@@ -386,17 +422,18 @@ pub struct Explanation {
 /// caches are not part of it; they are rebuilt from the configuration on restore.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct State {
-    tenants: AHashMap<Arc<str>, TenantState>,
-    jobs: AHashMap<JobKey, JobState>,
+    tenants: Table<Arc<str>, TenantState>,
+    jobs: Table<JobKey, JobState>,
     max_event_ms: Option<i64>,
     /// Next detection boundary to evaluate at.
     next_tick_ms: i64,
     /// Next event time at which idle keys are swept.
     next_sweep_ms: i64,
-    touched_jobs: AHashSet<JobKey>,
-    touched_tenants: AHashSet<Arc<str>>,
-    orgs: AHashMap<Arc<str>, OrgState>,
-    touched_orgs: AHashSet<Arc<str>>,
+    /// Keys with samples since the last evaluation (each once: its state's `touched` is set).
+    touched_jobs: Vec<JobKey>,
+    touched_tenants: Vec<Arc<str>>,
+    orgs: Table<Arc<str>, OrgState>,
+    touched_orgs: Vec<Arc<str>>,
     alerts: AlertBook,
     stats: EngineStats,
     /// Readings of metric-per-message formats not yet joined into samples.
@@ -539,6 +576,50 @@ impl Engine {
                 .sum::<usize>()
     }
 
+    /// Heap bytes of the state by owner (see [`Footprint`]).
+    pub fn footprint(&self) -> Footprint {
+        fn series_bytes(m: &Table<SeriesKey, SeriesState>) -> usize {
+            footprint::table_of::<SeriesKey, SeriesState>(m.capacity())
+                + m.values().map(|s| s.seen.heap_bytes()).sum::<usize>()
+        }
+        let st = &self.st;
+        let mut f = Footprint {
+            tenants: st.tenants.len(),
+            organisations: st.orgs.len(),
+            jobs: st.jobs.len(),
+            ..Footprint::default()
+        };
+        f.tenant_bytes = footprint::table_of::<Arc<str>, TenantState>(st.tenants.capacity());
+        for (k, t) in &st.tenants {
+            f.tenant_bytes += footprint::arc_str_bytes(k) + t.account.windows.heap_bytes();
+            f.series += t.series.len();
+            f.series_bytes += series_bytes(&t.series);
+        }
+        f.organisation_bytes = footprint::table_of::<Arc<str>, OrgState>(st.orgs.capacity());
+        for (k, o) in &st.orgs {
+            f.organisation_bytes += footprint::arc_str_bytes(k) + o.account.windows.heap_bytes();
+        }
+        f.job_bytes = footprint::table_of::<JobKey, JobState>(st.jobs.capacity());
+        for j in st.jobs.values() {
+            f.job_bytes += j.account.windows.heap_bytes()
+                + j.detect.capacity() * std::mem::size_of::<DetectPane>()
+                + j.models.capacity() * std::mem::size_of::<(Option<u16>, u64)>();
+            f.series += j.series.len();
+            f.series_bytes += series_bytes(&j.series);
+        }
+        f.other_bytes = footprint::set_bytes(&self.names.0)
+            + self
+                .names
+                .0
+                .iter()
+                .map(|n| footprint::arc_str_bytes(n))
+                .sum::<usize>()
+            + st.touched_jobs.capacity() * std::mem::size_of::<JobKey>()
+            + (st.touched_tenants.capacity() + st.touched_orgs.capacity())
+                * std::mem::size_of::<Arc<str>>();
+        f
+    }
+
     pub fn suspected_jobs(&self) -> usize {
         self.st.jobs.values().filter(|j| j.suspected).count()
     }
@@ -556,6 +637,12 @@ impl Engine {
     /// and updates the job's detection panes. May evaluate first if the sample moves the watermark
     /// across a detection boundary.
     pub fn apply(&mut self, sample: &UsageSample) -> Applied {
+        self.apply_ref(&sample.as_ref())
+    }
+
+    /// [`Engine::apply`] of a sample with borrowed names. A known key costs one look-up of each
+    /// table by the names as they came (no interning, no reference counting) and allocates nothing.
+    pub fn apply_ref(&mut self, sample: &SampleRef<'_>) -> Applied {
         let ts = sample.ts_ms;
         let watermark_before = self.watermark_ms();
         if self.st.max_event_ms.is_none_or(|m| ts > m) {
@@ -564,47 +651,56 @@ impl Engine {
         }
         let floor = watermark_before.map_or(i64::MIN, |w| w - self.s.dedup_horizon_ms);
         let late = watermark_before.is_some_and(|w| ts < w);
-
-        let tenant = match self.st.tenants.get_key_value(sample.tenant.as_str()) {
-            Some((k, _)) => k.clone(),
-            None => {
-                let k: Arc<str> = Arc::from(sample.tenant.as_str());
-                self.st.tenants.insert(k.clone(), TenantState::default());
-                k
-            }
-        };
-        let series_key = SeriesKey {
-            node: sample.node.as_deref().map(|n| self.names.intern(n)),
-            gpu: sample.gpu.as_deref().map(|g| self.names.intern(g)),
-        };
-        let job_key = sample.job.as_deref().map(|j| JobKey {
-            tenant: tenant.clone(),
-            job: self.names.intern(j),
-        });
-
         let half_ms = self.sync_half_ms();
+        let slide = self.s.detect_slide_ms;
+        let n = (self.s.detect_window_ms / slide) as usize;
+
+        let st = &mut self.st;
+        let names = &mut self.names;
+        let tenant_name: &str = &sample.tenant;
+        let (tenant_key, tenant_state) = match st.tenants.raw_entry_mut().from_key(tenant_name) {
+            RawEntryMut::Occupied(e) => e.into_key_value(),
+            RawEntryMut::Vacant(e) => e.insert(Arc::from(tenant_name), TenantState::default()),
+        };
+        let mut job = sample.job.as_deref().map(|j| {
+            let r = JobRef {
+                tenant: tenant_name,
+                job: j,
+            };
+            match st.jobs.raw_entry_mut().from_key(&r) {
+                RawEntryMut::Occupied(e) => e.into_key_value(),
+                RawEntryMut::Vacant(e) => e.insert(
+                    JobKey {
+                        tenant: tenant_key.clone(),
+                        job: names.intern(j),
+                    },
+                    JobState::default(),
+                ),
+            }
+        });
+        let of_job = job.is_some();
         // De-duplicate on the series the sample belongs to.
-        let series = match &job_key {
-            Some(k) => self
-                .st
-                .jobs
-                .entry(k.clone())
-                .or_default()
-                .series
-                .entry(series_key)
-                .or_default(),
-            None => self
-                .st
-                .tenants
-                .get_mut(&tenant)
-                .expect("inserted above")
-                .series
-                .entry(series_key)
-                .or_default(),
+        let series_map = match &mut job {
+            Some((_, j)) => &mut j.series,
+            None => &mut tenant_state.series,
+        };
+        let series_ref = SeriesRef {
+            node: sample.node.as_deref(),
+            gpu: sample.gpu.as_deref(),
+        };
+        let series = match series_map.raw_entry_mut().from_key(&series_ref) {
+            RawEntryMut::Occupied(e) => e.into_mut(),
+            RawEntryMut::Vacant(e) => {
+                let key = SeriesKey {
+                    node: series_ref.node.map(|n| names.intern(n)),
+                    gpu: series_ref.gpu.map(|g| names.intern(g)),
+                };
+                e.insert(key, SeriesState::default()).1
+            }
         };
         let unverified = match series.observe(ts, floor) {
             Seen::Duplicate => {
-                self.st.stats.duplicate += 1;
+                st.stats.duplicate += 1;
                 return Applied::Duplicate;
             }
             Seen::Unverifiable => true,
@@ -612,15 +708,13 @@ impl Engine {
         };
         // The sample covers [ts - interval, ts): the device counts once in each detection pane it
         // covers that it was not counted in yet (used for job samples only).
-        let slide = self.s.detect_slide_ms;
-        let n = (self.s.detect_window_ms / slide) as usize;
         let interval_ms = (sample.interval_s * 1000.0).round() as i64;
         let last = (ts - 1).div_euclid(slide);
         let first = (ts - interval_ms)
             .div_euclid(slide)
             .max(series.covered_pane.saturating_add(1))
             .max(last - n as i64 + 1);
-        if job_key.is_some() && last >= first {
+        if of_job && last >= first {
             series.covered_pane = series.covered_pane.max(last);
         }
         series.last_ts = series.last_ts.max(ts);
@@ -632,9 +726,9 @@ impl Engine {
         let peak = self.catalog.resolve(sample.accelerator.as_deref());
         if peak.model.is_none() {
             if sample.accelerator.is_some() {
-                self.st.stats.unknown_accelerator += 1;
+                st.stats.unknown_accelerator += 1;
             } else {
-                self.st.stats.unspecified_accelerator += 1;
+                st.stats.unspecified_accelerator += 1;
             }
         }
         let usage = self.estimator.sample_usage(
@@ -644,26 +738,25 @@ impl Engine {
             &sample.activity,
         );
 
-        if let Some(org) = self.registry.organisation(&tenant) {
-            let key = match self.st.orgs.get_key_value(org) {
-                Some((k, _)) => k.clone(),
-                None => {
-                    let k: Arc<str> = Arc::from(org);
-                    self.st.orgs.insert(k.clone(), OrgState::default());
-                    k
-                }
+        if let Some(org) = self.registry.organisation(tenant_name) {
+            let (key, o) = match st.orgs.raw_entry_mut().from_key(org) {
+                RawEntryMut::Occupied(e) => e.into_key_value(),
+                RawEntryMut::Vacant(e) => e.insert(Arc::from(org), OrgState::default()),
             };
-            let o = self.st.orgs.get_mut(&key).expect("inserted above");
             o.account.add(&self.s, ts, &usage);
             o.dormant = false;
-            self.st.touched_orgs.insert(key);
+            if !o.touched {
+                o.touched = true;
+                st.touched_orgs.push(key.clone());
+            }
         }
-        let tenant_state = self.st.tenants.get_mut(&tenant).expect("inserted above");
         tenant_state.account.add(&self.s, ts, &usage);
         tenant_state.dormant = false;
-        self.st.touched_tenants.insert(tenant);
-        if let Some(k) = job_key {
-            let job = self.st.jobs.get_mut(&k).expect("inserted above");
+        if !tenant_state.touched {
+            tenant_state.touched = true;
+            st.touched_tenants.push(tenant_key.clone());
+        }
+        if let Some((key, job)) = job {
             job.account.add(&self.s, ts, &usage);
             match job.models.iter_mut().find(|(m, _)| *m == peak.model) {
                 Some((_, c)) => *c += 1,
@@ -685,7 +778,10 @@ impl Engine {
                     job.max_concurrent = job.max_concurrent.max(pane.accelerators);
                 }
             }
-            self.st.touched_jobs.insert(k);
+            if !job.touched {
+                job.touched = true;
+                st.touched_jobs.push(key.clone());
+            }
         }
 
         self.st.stats.accepted += 1;
@@ -770,9 +866,24 @@ impl Engine {
     /// Evaluates detection and compute conditions at event time `now`.
     fn evaluate(&mut self, now: i64) {
         self.st.last_eval_ms = Some(now);
-        let mut jobs: Vec<JobKey> = self.st.touched_jobs.drain().collect();
-        let mut tenants: Vec<Arc<str>> = self.st.touched_tenants.drain().collect();
-        let mut orgs: Vec<Arc<str>> = self.st.touched_orgs.drain().collect();
+        let mut jobs: Vec<JobKey> = std::mem::take(&mut self.st.touched_jobs);
+        let mut tenants: Vec<Arc<str>> = std::mem::take(&mut self.st.touched_tenants);
+        let mut orgs: Vec<Arc<str>> = std::mem::take(&mut self.st.touched_orgs);
+        for k in &jobs {
+            if let Some(j) = self.st.jobs.get_mut(k) {
+                j.touched = false;
+            }
+        }
+        for k in &tenants {
+            if let Some(t) = self.st.tenants.get_mut(k) {
+                t.touched = false;
+            }
+        }
+        for k in &orgs {
+            if let Some(o) = self.st.orgs.get_mut(k) {
+                o.touched = false;
+            }
+        }
         for e in self.st.alerts.entities() {
             match (e.scope(), e.job, e.org) {
                 (Scope::Job, Some(job), _) => jobs.push(JobKey {
@@ -1393,7 +1504,7 @@ impl Engine {
             let state = self.st.tenants.get_mut(&t).expect("listed above");
             state.dormant = true;
             state.account.windows = Windows::default();
-            state.series = AHashMap::new();
+            state.series = Table::default();
             self.reconcile(&Entity::tenant(t), Vec::new(), watermark);
         }
         // Organisations likewise keep their lifetime.

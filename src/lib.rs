@@ -5,12 +5,15 @@
 //!
 //! - [`decode`]: payload bytes to validated [`decode::UsageSample`]s or bounded rejection reasons;
 //!   every input format is a [`decode::Decoder`].
+//! - [`flatjson`]: the one-pass reader of flat JSON objects behind the native decoder.
 //! - [`catalog`]: accelerator model names to peak dense FLOP/s.
 //! - [`estimate`]: accelerator time and FLOP estimates (low / central / high).
 //! - [`window`]: event-time sliding windows by pane aggregation (exact integer sums).
 //! - [`detect`]: per-job features and the training-likeness score.
 //! - [`alert`]: alert identity, lifecycle and the CloudEvents rendering.
 //! - [`engine`]: the one owner of all state; applies samples, evaluates at event-time ticks.
+//! - [`stamps`]: exact timestamp sets for de-duplication, as arithmetic runs.
+//! - [`footprint`]: heap bytes of the engine state by owner.
 //! - [`checkpoint`]: a partition's engine state and offset, written atomically and verified.
 //! - [`pipeline`]: a batch of payloads through decode and engine, with metrics; shared by `run`,
 //!   `replay` and `demo`.
@@ -31,9 +34,11 @@
 //! - [`eval`]: scenario mixes through [`pipeline`], scored against their labels; the report.
 //! - [`traces`]: readers of the real traces (Helios, openb) used by the report and tests.
 //! - [`svg`]: the report's charts.
+//! - [`bench`]: the throughput and memory harness (`trainspotter bench`).
 
 pub mod alert;
 pub mod alertmanager;
+pub mod bench;
 pub mod catalog;
 pub mod changelog;
 pub mod checkpoint;
@@ -44,6 +49,8 @@ pub mod detect;
 pub mod engine;
 pub mod estimate;
 pub mod eval;
+pub mod flatjson;
+pub mod footprint;
 pub mod health;
 pub mod http;
 pub mod join;
@@ -60,6 +67,7 @@ pub mod replay;
 pub mod scenario;
 pub mod sim;
 pub mod simulate;
+pub mod stamps;
 pub mod svg;
 pub mod topics;
 pub mod traces;

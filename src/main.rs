@@ -154,6 +154,52 @@ enum Command {
         /// Input file, or - for standard input.
         input: String,
     },
+    /// Measure throughput and memory on a generated fleet (see BENCHMARKS.md): decoding alone,
+    /// the whole pipeline on one thread, the state's bytes per job and per device series, RSS,
+    /// and writing and restoring a checkpoint of the state. Prints a markdown table.
+    Bench {
+        /// Devices, one event each per round.
+        #[arg(long, default_value_t = 1_000_000)]
+        gpus: usize,
+        /// Jobs the devices are divided into (consecutive devices).
+        #[arg(long, default_value_t = 200_000)]
+        jobs: usize,
+        /// Tenants the jobs are spread over at random.
+        #[arg(long, default_value_t = 100_000)]
+        tenants: usize,
+        /// Event time between rounds (each device's sampling interval).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Rounds of events; the first creates every key and is reported apart. The default, 37
+        /// rounds of 10 s, spans six minutes of event time: five detection evaluations.
+        #[arg(long, default_value_t = 37)]
+        rounds: usize,
+        /// Messages per pipeline batch (as the consumer hands them over).
+        #[arg(long, default_value_t = 4096)]
+        batch: usize,
+        /// Random seed of names, placement and order.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Configuration file (TOML); windows and detection settings apply.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Also write the outcome as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Kafka bootstrap servers: also measure catch-up from a preloaded topic, the daemon
+        /// against a bare consumer reading the same topic (kafka.* settings of --config apply).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Topic to preload (must exist, with 2 or more partitions, and be empty).
+        #[arg(long, default_value = "bench-usage")]
+        topic: String,
+        /// Events to preload for the catch-up measurement.
+        #[arg(long, default_value_t = 10_000_000)]
+        kafka_events: u64,
+        /// Skip the in-process measurements (with --brokers: the catch-up only).
+        #[arg(long)]
+        no_in_process: bool,
+    },
     /// Load and validate a configuration (and the tenant registry file it names); print the
     /// effective settings with secrets redacted.
     CheckConfig {
@@ -281,6 +327,40 @@ fn main() -> ExitCode {
                 check_seeds,
             };
             report_exit(eval(cfg, opts))
+        }
+        Command::Bench {
+            gpus,
+            jobs,
+            tenants,
+            interval,
+            rounds,
+            batch,
+            seed,
+            config,
+            json,
+            brokers,
+            topic,
+            kafka_events,
+            no_in_process,
+        } => {
+            let mut cfg = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let kafka = brokers.map(|b| {
+                cfg.kafka.brokers = b;
+                (topic, kafka_events)
+            });
+            let shape = trainspotter::bench::Shape {
+                gpus,
+                jobs,
+                tenants,
+                interval_ms: interval.as_millis() as i64,
+                rounds,
+                batch: batch.max(1),
+                seed,
+            };
+            report_exit(bench(&shape, &cfg, !no_in_process, kafka, json.as_deref()))
         }
         Command::Run { config } => {
             let cfg = match load(config.as_ref()) {
@@ -605,4 +685,65 @@ fn report_exit(r: anyhow::Result<()>) -> ExitCode {
             ExitCode::from(if config_error { EXIT_CONFIG } else { 1 })
         }
     }
+}
+
+fn bench(
+    shape: &trainspotter::bench::Shape,
+    cfg: &Config,
+    in_process: bool,
+    kafka: Option<(String, u64)>,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let scratch = tempfile_dir()?;
+    let outcome = bench_in(shape, cfg, in_process, kafka, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (local, kafka) = outcome?;
+    if let Some(o) = &local {
+        print!("{}", trainspotter::bench::table(o));
+    }
+    if let Some(k) = &kafka {
+        print!("{}", trainspotter::bench::kafka::table(k));
+    }
+    if let Some(path) = json {
+        let doc = serde_json::json!({ "in_process": local, "kafka": kafka });
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+type BenchOutcome = (
+    Option<trainspotter::bench::Outcome>,
+    Option<trainspotter::bench::kafka::KafkaOutcome>,
+);
+
+fn bench_in(
+    shape: &trainspotter::bench::Shape,
+    cfg: &Config,
+    in_process: bool,
+    kafka: Option<(String, u64)>,
+    scratch: &std::path::Path,
+) -> anyhow::Result<BenchOutcome> {
+    let local = match in_process {
+        true => Some(trainspotter::bench::run(shape, cfg, scratch)?),
+        false => None,
+    };
+    let kafka = match kafka {
+        Some((topic, events)) => Some(trainspotter::bench::kafka::run(
+            cfg,
+            shape,
+            &topic,
+            events,
+            &scratch.join("state"),
+        )?),
+        None => None,
+    };
+    Ok((local, kafka))
+}
+
+/// A fresh directory under the system temporary directory, for the benchmark's checkpoint.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("trainspotter-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }

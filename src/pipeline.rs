@@ -103,6 +103,14 @@ pub struct Pipeline {
     watcher: Option<(RegistryWatcher, Instant)>,
 }
 
+/// The rejection of a message without a payload (a tombstone).
+fn no_payload() -> Rejection {
+    Rejection {
+        reason: RejectReason::MalformedJson,
+        detail: "message has no payload".into(),
+    }
+}
+
 /// The decoder of one input format.
 pub fn decoder(cfg: &Config, format: InputFormat) -> Result<Arc<dyn Decoder>, ConfigError> {
     Ok(match format {
@@ -284,11 +292,30 @@ impl Pipeline {
             let engine = self.new_engine();
             self.shards.insert(shard.clone(), engine);
         }
-        let (rejected, consumed) = self.decode(shard, payloads, limits);
+        let decoder = self.decoder_of(&shard.topic);
         let engine = self.shards.get_mut(shard).expect("inserted above");
         let before = engine.stats();
-        for (_, s) in &self.samples {
-            engine.apply(s);
+        // Each message is decoded and its samples applied at once, their names borrowed from
+        // the payload; readings of metric-per-message formats are joined after the batch.
+        let mut rejected = Vec::new();
+        let mut consumed = 0u64;
+        self.readings.clear();
+        for (index, payload) in payloads.into_iter().enumerate() {
+            consumed += 1;
+            self.scratch.clear();
+            let result = match payload {
+                Some(p) => decoder.decode_each(p, limits, &mut self.scratch, &mut |s| {
+                    engine.apply_ref(s);
+                }),
+                None => Err(no_payload()),
+            };
+            match result {
+                Ok(()) => self.readings.append(&mut self.scratch.readings),
+                Err(rejection) => {
+                    self.metrics.event_rejected(rejection.reason);
+                    rejected.push(Rejected { index, rejection });
+                }
+            }
         }
         if !self.readings.is_empty() {
             engine.apply_readings(self.readings.drain(..));
@@ -324,10 +351,7 @@ impl Pipeline {
             self.scratch.clear();
             let result = match payload {
                 Some(p) => decoder.decode(p, limits, &mut self.scratch),
-                None => Err(Rejection {
-                    reason: RejectReason::MalformedJson,
-                    detail: "message has no payload".into(),
-                }),
+                None => Err(no_payload()),
             };
             match result {
                 Ok(()) => {

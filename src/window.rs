@@ -32,11 +32,17 @@ impl WindowSpec {
     }
 }
 
-/// A ring of `n` panes indexed by absolute pane number; it retains panes `head - n + 1 ..= head`.
-/// The backing storage is allocated on first use, so a key that never reaches a window costs nothing.
+/// A ring of up to `n` panes indexed by absolute pane number; it retains panes `head - n + 1 ..= head`.
+/// Storage follows the span actually written: it starts at one pane and doubles (up to `n`) as the
+/// written span grows, so a key costs in proportion to how long it has been active, at most `n`
+/// panes. Panes of the retained range that were never written read as absent, not stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PaneRing<T> {
+    /// Newest pane index written.
     head: i64,
+    /// Oldest pane index stored: panes `start ..= head` are held, and `start > head - n`.
+    start: i64,
+    /// `panes.len() >= head - start + 1`; pane `i` lives in slot `i mod panes.len()`.
     panes: Box<[T]>,
 }
 
@@ -44,6 +50,7 @@ impl<T: Default + Clone> Default for PaneRing<T> {
     fn default() -> Self {
         PaneRing {
             head: i64::MIN,
+            start: i64::MIN,
             panes: Box::default(),
         }
     }
@@ -57,35 +64,74 @@ impl<T: Default + Clone> PaneRing<T> {
     /// The pane for absolute index `idx`, advancing the ring if `idx` is newer than its head.
     /// `None` if the pane is older than everything the ring retains.
     pub fn pane_mut(&mut self, idx: i64, n: usize) -> Option<&mut T> {
+        let n_i = n as i64;
         if self.panes.is_empty() {
-            self.panes = vec![T::default(); n].into_boxed_slice();
+            self.panes = vec![T::default(); 1].into_boxed_slice();
             self.head = idx;
+            self.start = idx;
         } else if idx > self.head {
-            let steps = (idx - self.head).min(n as i64);
-            for k in 0..steps {
-                let s = self.slot(idx - k);
-                self.panes[s] = T::default();
+            let lowest = idx - n_i + 1;
+            if lowest > self.head {
+                // Nothing held is retained any more.
+                self.panes.fill(T::default());
+                self.start = idx;
+            } else {
+                let start = self.start.max(lowest);
+                self.hold(start, idx, n);
+                for i in self.head + 1..=idx {
+                    let s = self.slot(i);
+                    self.panes[s] = T::default();
+                }
+                self.start = start;
             }
             self.head = idx;
-        } else if idx <= self.head - n as i64 {
-            return None;
+        } else if idx < self.start {
+            if idx <= self.head - n_i {
+                return None;
+            }
+            self.hold(idx, self.head, n);
+            for i in idx..self.start {
+                let s = self.slot(i);
+                self.panes[s] = T::default();
+            }
+            self.start = idx;
         }
         let s = self.slot(idx);
         Some(&mut self.panes[s])
     }
 
-    /// Retained panes with `first <= index <= last`, oldest first.
+    /// Makes room for panes `lo ..= hi` (a span of at most `n`), keeping the held panes in it.
+    fn hold(&mut self, lo: i64, hi: i64, n: usize) {
+        let need = (hi - lo + 1) as usize;
+        if need <= self.panes.len() {
+            return;
+        }
+        let len = need.next_power_of_two().min(n);
+        let mut grown = vec![T::default(); len].into_boxed_slice();
+        for i in self.start.max(lo)..=self.head.min(hi) {
+            grown[i.rem_euclid(len as i64) as usize] = self.panes[self.slot(i)].clone();
+        }
+        self.panes = grown;
+    }
+
+    /// Held panes with `first <= index <= last`, oldest first.
     pub fn range(&self, first: i64, last: i64) -> impl Iterator<Item = (i64, &T)> + '_ {
-        let n = self.panes.len() as i64;
-        let lo = first.max(self.head.saturating_sub(n - 1));
-        let hi = last.min(self.head);
-        let (lo, hi) = if n == 0 { (1, 0) } else { (lo, hi) };
+        let (lo, hi) = if self.panes.is_empty() {
+            (1, 0)
+        } else {
+            (first.max(self.start), last.min(self.head))
+        };
         (lo..=hi).map(move |i| (i, &self.panes[self.slot(i)]))
     }
 
     /// Newest pane index, if any pane was ever written.
     pub fn head(&self) -> Option<i64> {
         (!self.panes.is_empty()).then_some(self.head)
+    }
+
+    /// Panes allocated (for memory accounting).
+    pub fn capacity(&self) -> usize {
+        self.panes.len()
     }
 }
 
@@ -96,6 +142,16 @@ pub struct Windows {
 }
 
 impl Windows {
+    /// Heap bytes of the rings (for memory accounting).
+    pub fn heap_bytes(&self) -> usize {
+        self.rings.capacity() * std::mem::size_of::<PaneRing<Usage>>()
+            + self
+                .rings
+                .iter()
+                .map(|r| r.capacity() * std::mem::size_of::<Usage>())
+                .sum::<usize>()
+    }
+
     /// Adds `usage` at event time `ts_ms` to every window that still retains its pane.
     pub fn add(&mut self, specs: &[WindowSpec], ts_ms: i64, usage: &Usage) {
         if self.rings.len() != specs.len() {
@@ -182,7 +238,58 @@ mod tests {
         *r.pane_mut(11, 4).unwrap() += 1;
         *r.pane_mut(1000, 4).unwrap() += 7;
         let all: Vec<_> = r.range(i64::MIN, i64::MAX).map(|(i, v)| (i, *v)).collect();
-        assert_eq!(all, vec![(997, 0), (998, 0), (999, 0), (1000, 7)]);
+        assert_eq!(all, vec![(1000, 7)]);
+        assert_eq!(
+            r.capacity(),
+            2,
+            "a jump keeps the storage and holds only the new pane"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of writes, the ring holds exactly the sums of the written panes it
+        /// retains (the `n` newest indexes up to the newest written), and never more than `n` panes.
+        #[test]
+        fn ring_holds_what_a_map_of_retained_panes_holds(
+            n in 1usize..70,
+            writes in proptest::collection::vec((0i64..300, 1u64..5), 1..200),
+        ) {
+            let mut ring: PaneRing<u64> = PaneRing::default();
+            let mut model = std::collections::BTreeMap::new();
+            let mut head = i64::MIN;
+            for (idx, v) in writes {
+                let accepted = ring.pane_mut(idx, n).map(|p| *p += v).is_some();
+                proptest::prop_assert_eq!(accepted, head == i64::MIN || idx > head - n as i64);
+                if accepted {
+                    head = head.max(idx);
+                    *model.entry(idx).or_insert(0) += v;
+                    model.retain(|&i, _| i > head - n as i64);
+                }
+                let held: std::collections::BTreeMap<i64, u64> = ring
+                    .range(i64::MIN, i64::MAX)
+                    .filter(|(_, v)| **v > 0)
+                    .map(|(i, v)| (i, *v))
+                    .collect();
+                proptest::prop_assert_eq!(&held, &model);
+                proptest::prop_assert!(ring.capacity() <= n);
+            }
+        }
+    }
+
+    #[test]
+    fn storage_grows_with_the_span_written() {
+        let mut r: PaneRing<u64> = PaneRing::default();
+        *r.pane_mut(100, 288).unwrap() += 1;
+        assert_eq!(r.capacity(), 1);
+        for i in 101..=112 {
+            *r.pane_mut(i, 288).unwrap() += 1;
+        }
+        assert_eq!(r.capacity(), 16, "13 panes written are held in 16");
+        for i in 113..=1000 {
+            *r.pane_mut(i, 288).unwrap() += 1;
+        }
+        assert_eq!(r.capacity(), 288, "never more than the window's panes");
+        assert_eq!(r.range(0, 2000).count(), 288);
     }
 
     #[test]

@@ -386,3 +386,39 @@ fn explain_shows_every_feature_of_a_job_against_its_thresholds() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no job no-such-job"));
 }
+
+/// `bench` measures the fleet it generated: every device is a series, every job and tenant with a
+/// device is held, every event is accepted, and the checkpoint restores the same series.
+#[test]
+fn bench_measures_the_state_of_the_fleet_it_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = trainspotter()
+        .args(["bench", "--gpus", "400", "--jobs", "40", "--tenants", "8"])
+        .args(["--rounds", "4", "--batch", "64", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "| pipeline, steady rounds |",
+        "| state per job |",
+        "| restore (400 series) |",
+    ] {
+        assert!(stdout.contains(row), "missing {row} in\n{stdout}");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let o = &v["in_process"];
+    assert_eq!(o["footprint"]["series"], 400);
+    assert_eq!(o["footprint"]["jobs"], 40);
+    assert!(o["footprint"]["tenants"].as_u64().unwrap() <= 8);
+    assert_eq!(o["round_events_per_s"].as_array().unwrap().len(), 3);
+    assert!(o["steady_events_per_s"].as_f64().unwrap() > 0.0);
+    assert!(o["footprint"]["job_bytes"].as_u64().unwrap() > 0);
+    assert!(v["kafka"].is_null(), "no broker was named");
+}

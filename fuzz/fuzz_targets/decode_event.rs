@@ -10,6 +10,7 @@
 //! - the skew guard is consistent: decoding under a bounded `DecodeLimits` accepts exactly the
 //!   payloads accepted under `DecodeLimits::OPEN` whose timestamp is within the bound, and yields
 //!   the same sample;
+//! - the one-pass fast path and serde_json agree: the same sample, or the same rejection;
 //! - an accepted sample survives `UsageSample::to_json`: the JSON decodes again, to the same
 //!   strings, timestamp and numbers (bit for bit: numbers are parsed correctly rounded).
 #![no_main]
@@ -48,6 +49,12 @@ fuzz_target!(|data: &[u8]| {
         out[0], sentinel,
         "decoder modified a sample it did not append"
     );
+    let reference = trainspotter::decode::decode_native_by_serde(data, DecodeLimits::OPEN);
+    match (&open, &reference) {
+        (Ok(()), Ok(r)) => assert_eq!(out.last(), Some(r), "fast path and serde_json differ"),
+        (Err(a), Err(b)) => assert_eq!(a, b, "fast path and serde_json reject differently"),
+        _ => panic!("fast path {open:?}, serde_json {reference:?}"),
+    }
     let accepted = match open {
         Ok(()) => {
             assert_eq!(out.len(), 2, "success must append exactly one sample");

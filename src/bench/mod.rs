@@ -1,0 +1,401 @@
+//! `trainspotter bench`: the throughput and memory harness behind BENCHMARKS.md.
+//!
+//! It builds a fleet of `gpus` devices in `jobs` jobs of `tenants` tenants, with random names, and
+//! renders one round of native JSON events (one per device) once. Each further round is the same
+//! events `interval` later (only the timestamp digits are rewritten, outside the timed part), sent
+//! in a shuffled order so that consecutive events touch unrelated keys, as on a busy topic.
+//!
+//! Measured, on one thread:
+//! - decoding alone, over one round;
+//! - the pipeline (decode, windows, detection, alerts, metrics) over `rounds` rounds in batches of
+//!   `batch` messages, as the consumer hands them over; the first round, which creates every key,
+//!   is reported apart from the steady rounds;
+//! - the state's heap bytes by owner ([`crate::footprint`]) and the process's RSS;
+//! - writing a checkpoint of the state and restoring an engine from it.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::checkpoint;
+use crate::config::Config;
+use crate::decode::{decode_native, DecodeLimits};
+use crate::engine::Engine;
+use crate::footprint::Footprint;
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, Shard};
+use crate::sim::SplitMix64;
+
+pub mod kafka;
+
+/// Event time of the first round: 2024-05-01T00:00:00Z.
+const T0_MS: i64 = 1_714_521_600_000;
+/// Offset of the 13 timestamp digits in every payload (`{"ts":` comes first).
+const TS_AT: usize = 6;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Shape {
+    pub gpus: usize,
+    pub jobs: usize,
+    pub tenants: usize,
+    pub interval_ms: i64,
+    pub rounds: usize,
+    pub batch: usize,
+    pub seed: u64,
+}
+
+/// One round of events: the payloads back to back, and where each one ends.
+pub struct Round {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    /// Tenant of each event (the message key on a topic).
+    tenant_of: Vec<u32>,
+    tenants: Vec<String>,
+}
+
+impl Round {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn payloads(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(s, &e)| &self.bytes[s..e])
+    }
+
+    /// Moves every event to `ts_ms` (13 digits, as all times from 2001 to 2286 are).
+    pub fn set_ts(&mut self, ts_ms: i64) {
+        let digits = format!("{ts_ms:013}");
+        assert_eq!(digits.len(), 13, "event time out of the fixed-width range");
+        let starts: Vec<usize> = std::iter::once(0)
+            .chain(self.ends.iter().copied())
+            .take(self.ends.len())
+            .collect();
+        for s in starts {
+            self.bytes[s + TS_AT..s + TS_AT + 13].copy_from_slice(digits.as_bytes());
+        }
+    }
+
+    /// The message key of each event: its tenant.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.tenant_of
+            .iter()
+            .map(|&t| self.tenants[t as usize].as_bytes())
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn name(rng: &mut SplitMix64, prefix: &str) -> String {
+    format!("{prefix}-{:012x}", rng.next_u64() >> 16)
+}
+
+/// Accelerator models of the fleet, by share of devices.
+const MODELS: [&str; 3] = [
+    "NVIDIA H100 80GB HBM3",
+    "NVIDIA A100-SXM4-80GB",
+    "NVIDIA L40S",
+];
+
+impl Shape {
+    /// One round of the fleet's events at `T0_MS`, in a shuffled order.
+    pub fn round(&self) -> Round {
+        let mut rng = SplitMix64::new(self.seed);
+        let tenants: Vec<String> = (0..self.tenants)
+            .map(|_| name(&mut rng, "tenant"))
+            .collect();
+        let jobs: Vec<(String, usize)> = (0..self.jobs)
+            .map(|_| {
+                let tenant = (rng.next_u64() % self.tenants as u64) as usize;
+                (name(&mut rng, "job"), tenant)
+            })
+            .collect();
+        let nodes: Vec<String> = (0..self.gpus.div_ceil(8))
+            .map(|_| name(&mut rng, "node"))
+            .collect();
+        let mut order: Vec<usize> = (0..self.gpus).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+        }
+        let interval_s = self.interval_ms as f64 / 1000.0;
+        let mut round = Round {
+            bytes: Vec::with_capacity(self.gpus * 330),
+            ends: Vec::with_capacity(self.gpus),
+            tenant_of: Vec::with_capacity(self.gpus),
+            tenants: Vec::new(),
+        };
+        for g in order {
+            // Jobs hold consecutive devices (whole nodes for the larger ones).
+            let (job, tenant) = &jobs[g * self.jobs / self.gpus];
+            let model = MODELS[(g * self.jobs / self.gpus) % MODELS.len()];
+            let tensor = 0.05 + 0.5 * ((g * 7919) % 1000) as f64 / 1000.0;
+            write!(
+                round.bytes,
+                r#"{{"ts":{T0_MS},"tenant":"{}","job":"{job}","node":"{}","gpu":"{}","accelerator":"{model}","gpus":1,"interval_s":{interval_s},"tensor_active":{tensor:.3},"sm_active":{:.3},"gpu_util":{:.3},"fb_used_bytes":{},"power_w":{:.1}}}"#,
+                tenants[*tenant],
+                nodes[g / 8],
+                g % 8,
+                (tensor * 1.6).min(1.0),
+                (tensor * 2.0).min(1.0),
+                40u64 << 30,
+                300.0 + 400.0 * tensor,
+            )
+            .expect("writing to a Vec");
+            round.ends.push(round.bytes.len());
+            round.tenant_of.push(*tenant as u32);
+        }
+        round.tenants = tenants;
+        round
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub shape: Shape,
+    pub payload_bytes_mean: f64,
+    pub decode_ns_per_event: f64,
+    /// Events per second of the first round (every key created).
+    pub first_round_events_per_s: f64,
+    /// Events per second over the remaining rounds.
+    pub steady_events_per_s: f64,
+    /// Events per second of each steady round.
+    pub round_events_per_s: Vec<f64>,
+    pub alerts: usize,
+    pub footprint: Footprint,
+    pub rss_bytes: Option<u64>,
+    pub peak_rss_bytes: Option<u64>,
+    pub checkpoint_bytes: u64,
+    pub checkpoint_write_s: f64,
+    pub restore_s: f64,
+}
+
+/// Runs the in-process measurements. `scratch` receives the checkpoint file.
+pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(
+        shape.gpus > 0 && shape.jobs > 0 && shape.tenants > 0,
+        "gpus, jobs and tenants must be positive"
+    );
+    anyhow::ensure!(shape.jobs <= shape.gpus, "more jobs than devices");
+    anyhow::ensure!(
+        shape.rounds >= 2,
+        "at least two rounds (the first creates the keys)"
+    );
+    let mut round = shape.round();
+    let limits = DecodeLimits::OPEN;
+
+    let started = Instant::now();
+    let mut decoded = 0usize;
+    for p in round.payloads() {
+        decoded += decode_native(std::hint::black_box(p), limits).is_ok() as usize;
+    }
+    let decode_ns = started.elapsed().as_nanos() as f64 / round.len() as f64;
+    anyhow::ensure!(
+        decoded == round.len(),
+        "the generated events must all decode"
+    );
+
+    let mut pipeline = Pipeline::new(cfg, Arc::new(Metrics::new()))?;
+    let shard = Shard::local();
+    let mut alerts = 0;
+    let mut times = Vec::with_capacity(shape.rounds);
+    for r in 0..shape.rounds {
+        round.set_ts(T0_MS + r as i64 * shape.interval_ms);
+        let started = Instant::now();
+        let mut rejected = 0;
+        let payloads: Vec<&[u8]> = round.payloads().collect();
+        for batch in payloads.chunks(shape.batch) {
+            rejected += pipeline
+                .process(&shard, batch.iter().map(|p| Some(*p)), limits)
+                .len();
+            alerts += pipeline.drain_alerts().len();
+        }
+        times.push(started.elapsed());
+        anyhow::ensure!(rejected == 0, "{rejected} generated events were rejected");
+    }
+    let rate = |d: &Duration| round.len() as f64 / d.as_secs_f64();
+    let steady: Duration = times[1..].iter().sum();
+    let engine = pipeline.shard(&shard).expect("processed above");
+    let footprint = engine.footprint();
+    let (rss, peak) = rss();
+
+    let header = checkpoint::Header {
+        topic: "bench".into(),
+        partition: 0,
+        next_offset: 0,
+        shape: engine.shape(),
+        written_at_ms: 0,
+    };
+    let started = Instant::now();
+    let written = checkpoint::write(scratch, &header, engine.state())?;
+    let checkpoint_write_s = started.elapsed().as_secs_f64();
+    drop(pipeline);
+    let started = Instant::now();
+    let loaded = checkpoint::read(&checkpoint::path(scratch, "bench", 0))?;
+    let restored = Engine::with_state(cfg, loaded.state)?;
+    let restore_s = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        restored.series_count() == footprint.series,
+        "the restored engine holds {} series, not {}",
+        restored.series_count(),
+        footprint.series
+    );
+
+    Ok(Outcome {
+        shape: shape.clone(),
+        payload_bytes_mean: round.bytes() as f64 / round.len() as f64,
+        decode_ns_per_event: decode_ns,
+        first_round_events_per_s: rate(&times[0]),
+        steady_events_per_s: (round.len() * (shape.rounds - 1)) as f64 / steady.as_secs_f64(),
+        round_events_per_s: times[1..].iter().map(rate).collect(),
+        alerts,
+        footprint,
+        rss_bytes: rss,
+        peak_rss_bytes: peak,
+        checkpoint_bytes: written,
+        checkpoint_write_s,
+        restore_s,
+    })
+}
+
+/// Resident and peak resident set size of this process, from /proc (Linux).
+pub fn rss() -> (Option<u64>, Option<u64>) {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return (None, None);
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+/// The outcome as a markdown table.
+pub fn table(o: &Outcome) -> String {
+    let s = &o.shape;
+    let f = &o.footprint;
+    let rounds = o
+        .round_events_per_s
+        .iter()
+        .map(|r| format!("{:.2}", r / 1e6))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (lo, hi) = o
+        .round_events_per_s
+        .iter()
+        .fold((f64::MAX, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    let rows = [
+        (
+            "workload".to_string(),
+            format!(
+                "{} devices, {} jobs, {} tenants, one event per device every {} ms, {} rounds, batches of {}; {:.0} B per event",
+                s.gpus, s.jobs, s.tenants, s.interval_ms, s.rounds, s.batch, o.payload_bytes_mean
+            ),
+        ),
+        ("decode only".into(), format!("{:.0} ns/event", o.decode_ns_per_event)),
+        (
+            "pipeline, first round (creates every key)".into(),
+            format!("{:.2}M events/s", o.first_round_events_per_s / 1e6),
+        ),
+        (
+            "pipeline, steady rounds".into(),
+            format!(
+                "{:.2}M events/s (rounds {:.2}-{:.2}M: {rounds})",
+                o.steady_events_per_s / 1e6,
+                lo / 1e6,
+                hi / 1e6
+            ),
+        ),
+        ("alerts raised".into(), o.alerts.to_string()),
+        (
+            "state per job".into(),
+            format!("{:.0} B ({} jobs)", f.per_job(), f.jobs),
+        ),
+        (
+            "state per device series".into(),
+            format!("{:.0} B ({} series)", f.per_series(), f.series),
+        ),
+        (
+            "state per tenant".into(),
+            format!(
+                "{:.0} B ({} tenants)",
+                f.tenant_bytes as f64 / f.tenants.max(1) as f64,
+                f.tenants
+            ),
+        ),
+        ("state, total heap".into(), mib(f.total() as u64)),
+        (
+            "process RSS / peak RSS".into(),
+            format!(
+                "{} / {}",
+                o.rss_bytes.map_or("n/a".into(), mib),
+                o.peak_rss_bytes.map_or("n/a".into(), mib)
+            ),
+        ),
+        (
+            "checkpoint write".into(),
+            format!("{} in {:.2} s", mib(o.checkpoint_bytes), o.checkpoint_write_s),
+        ),
+        (
+            format!("restore ({} series)", f.series),
+            format!("{:.2} s", o.restore_s),
+        ),
+    ];
+    let mut out = String::from("| figure | value |\n|---|---|\n");
+    for (k, v) in rows {
+        out.push_str(&format!("| {k} | {v} |\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_has_one_decodable_event_per_device_and_moves_in_time() {
+        let shape = Shape {
+            gpus: 64,
+            jobs: 8,
+            tenants: 3,
+            interval_ms: 10_000,
+            rounds: 2,
+            batch: 16,
+            seed: 1,
+        };
+        let mut round = shape.round();
+        assert_eq!(round.len(), 64);
+        round.set_ts(T0_MS + 10_000);
+        let samples: Vec<_> = round
+            .payloads()
+            .map(|p| decode_native(p, DecodeLimits::OPEN).unwrap())
+            .collect();
+        assert!(samples.iter().all(|s| s.ts_ms == T0_MS + 10_000));
+        let mut devices: Vec<_> = samples
+            .iter()
+            .map(|s| (s.node.clone(), s.gpu.clone()))
+            .collect();
+        devices.sort();
+        devices.dedup();
+        assert_eq!(devices.len(), 64);
+        let mut jobs: Vec<_> = samples.iter().map(|s| s.job.clone()).collect();
+        jobs.sort();
+        jobs.dedup();
+        assert_eq!(jobs.len(), 8);
+    }
+}
