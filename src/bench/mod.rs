@@ -6,7 +6,8 @@
 //! in a shuffled order so that consecutive events touch unrelated keys, as on a busy topic.
 //!
 //! Measured, on one thread:
-//! - decoding alone, over one round;
+//! - decoding alone, over one round, and the same by serde_json alone (a yardstick of the
+//!   machine's speed in this run);
 //! - the pipeline (decode, windows, detection, alerts, metrics) over `rounds` rounds in batches of
 //!   `batch` messages, as the consumer hands them over; the first round, which creates every key,
 //!   is reported apart from the steady rounds;
@@ -22,7 +23,7 @@ use serde::Serialize;
 
 use crate::checkpoint;
 use crate::config::Config;
-use crate::decode::{decode_native, DecodeLimits};
+use crate::decode::{decode_native, decode_native_by_serde, DecodeLimits};
 use crate::engine::Engine;
 use crate::footprint::Footprint;
 use crate::metrics::Metrics;
@@ -163,6 +164,8 @@ pub struct Outcome {
     pub shape: Shape,
     pub payload_bytes_mean: f64,
     pub decode_ns_per_event: f64,
+    /// Decoding the same events by serde_json alone: the machine's speed in this run.
+    pub serde_decode_ns_per_event: f64,
     /// Events per second of the first round (every key created).
     pub first_round_events_per_s: f64,
     /// Events per second over the remaining rounds.
@@ -202,6 +205,13 @@ pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcom
         decoded == round.len(),
         "the generated events must all decode"
     );
+    // The same events through serde_json alone: code that does not change, so its time shows how
+    // fast the machine is in this run (shared machines vary several-fold between days).
+    let started = Instant::now();
+    for p in round.payloads() {
+        std::hint::black_box(decode_native_by_serde(std::hint::black_box(p), limits).is_ok());
+    }
+    let yardstick_ns = started.elapsed().as_nanos() as f64 / round.len() as f64;
 
     let mut pipeline = Pipeline::new(cfg, Arc::new(Metrics::new()))?;
     let shard = Shard::local();
@@ -253,6 +263,7 @@ pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcom
         shape: shape.clone(),
         payload_bytes_mean: round.bytes() as f64 / round.len() as f64,
         decode_ns_per_event: decode_ns,
+        serde_decode_ns_per_event: yardstick_ns,
         first_round_events_per_s: rate(&times[0]),
         steady_events_per_s: (round.len() * (shape.rounds - 1)) as f64 / steady.as_secs_f64(),
         round_events_per_s: times[1..].iter().map(rate).collect(),
@@ -308,6 +319,13 @@ pub fn table(o: &Outcome) -> String {
             ),
         ),
         ("decode only".into(), format!("{:.0} ns/event", o.decode_ns_per_event)),
+        (
+            "yardstick: decode by serde_json alone".into(),
+            format!(
+                "{:.0} ns/event (unchanged code: compare runs by it)",
+                o.serde_decode_ns_per_event
+            ),
+        ),
         (
             "pipeline, first round (creates every key)".into(),
             format!("{:.2}M events/s", o.first_round_events_per_s / 1e6),
