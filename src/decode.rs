@@ -80,7 +80,8 @@ pub struct SampleRef<'a> {
 }
 
 impl SampleRef<'_> {
-    pub fn to_owned(&self) -> UsageSample {
+    /// This sample with its names copied.
+    pub fn to_sample(&self) -> UsageSample {
         let own = |v: &Option<Cow<'_, str>>| v.as_ref().map(|s| s.to_string());
         UsageSample {
             ts_ms: self.ts_ms,
@@ -106,7 +107,7 @@ fn borrow(v: &Option<String>) -> Option<Cow<'_, str>> {
 
 impl UsageSample {
     /// This sample with borrowed names.
-    pub fn as_ref(&self) -> SampleRef<'_> {
+    pub fn borrowed(&self) -> SampleRef<'_> {
         SampleRef {
             ts_ms: self.ts_ms,
             tenant: Cow::Borrowed(&self.tenant),
@@ -390,7 +391,7 @@ pub trait Decoder: Send + Sync {
         let first = out.samples.len();
         self.decode(payload, limits, out)?;
         for s in out.samples.drain(first..) {
-            apply(&s.as_ref());
+            apply(&s.borrowed());
         }
         Ok(())
     }
@@ -425,7 +426,7 @@ impl Decoder for NativeJson {
 /// Decodes one native v1 event. Flat objects of plain strings and numbers (what producers send)
 /// are read by [`flatjson`] in one pass; anything else by serde_json, with the same result.
 pub fn decode_native(payload: &[u8], limits: DecodeLimits) -> Result<UsageSample, Rejection> {
-    decode_native_with(payload, limits, |s| s.to_owned())
+    decode_native_with(payload, limits, |s| s.to_sample())
 }
 
 /// Decodes one native v1 event and hands it to `f` with names borrowed from `payload`.
@@ -436,7 +437,7 @@ pub fn decode_native_with<R>(
 ) -> Result<R, Rejection> {
     match RawEvent::flat(payload) {
         Some(raw) => raw.validate_ref(limits).map(f),
-        None => decode_native_by_serde(payload, limits).map(|s| f(s.as_ref())),
+        None => decode_native_by_serde(payload, limits).map(|s| f(s.borrowed())),
     }
 }
 
@@ -804,7 +805,7 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
 
 impl RawEvent<'_> {
     fn validate(self, limits: DecodeLimits) -> Result<UsageSample, Rejection> {
-        self.validate_ref(limits).map(|s| s.to_owned())
+        self.validate_ref(limits).map(|s| s.to_sample())
     }
 
     fn validate_ref(&self, limits: DecodeLimits) -> Result<SampleRef<'_>, Rejection> {

@@ -637,7 +637,7 @@ impl Engine {
     /// and updates the job's detection panes. May evaluate first if the sample moves the watermark
     /// across a detection boundary.
     pub fn apply(&mut self, sample: &UsageSample) -> Applied {
-        self.apply_ref(&sample.as_ref())
+        self.apply_ref(&sample.borrowed())
     }
 
     /// [`Engine::apply`] of a sample with borrowed names. A known key costs one look-up of each
