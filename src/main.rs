@@ -171,7 +171,8 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         interval: std::time::Duration,
         /// Rounds of events; the first creates every key and is reported apart. The default, 37
-        /// rounds of 10 s, spans six minutes of event time: five detection evaluations.
+        /// rounds of 10 s, spans six minutes of event time; with the default 5-minute allowed
+        /// lateness, every job is evaluated once a minute from round 7 on (six evaluations).
         #[arg(long, default_value_t = 37)]
         rounds: usize,
         /// Messages per pipeline batch (as the consumer hands them over).
