@@ -114,8 +114,9 @@ impl Equivalent<SeriesKey> for SeriesRef<'_> {
 /// Hash tables of the state: hashbrown's, for look-ups by borrowed names ([`Equivalent`]).
 type Table<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;
 
-/// One shared copy of each job, node and GPU name, so that looking up a known series or job
-/// allocates nothing. Names no key uses any more are dropped at each sweep. Not checkpointed:
+/// One shared copy of each job, node and GPU name, for the keys of new jobs and series (known
+/// keys are looked up by the names as they come). Names no key uses any more are dropped at each
+/// sweep. Not checkpointed:
 /// restored keys keep their own copies, and new samples intern again.
 #[derive(Debug, Default)]
 struct Names(AHashSet<Arc<str>>);

@@ -233,7 +233,8 @@ impl ConsumerContext for Context {
     }
 }
 
-fn client_config(cfg: &Config) -> ClientConfig {
+/// Settings every client of the daemon shares: brokers, `kafka.properties` and the SASL password.
+pub fn client_config(cfg: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.kafka.brokers);
     for (k, v) in &cfg.kafka.properties {

@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Message, TopicPartitionList};
@@ -15,6 +14,7 @@ use serde::Serialize;
 
 use super::{Round, Shape, T0_MS};
 use crate::config::Config;
+use crate::kafka::client_config;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct KafkaOutcome {
@@ -36,18 +36,9 @@ impl KafkaOutcome {
     }
 }
 
-fn client(cfg: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.kafka.brokers);
-    for (k, v) in &cfg.kafka.properties {
-        c.set(k, v);
-    }
-    c
-}
-
 /// Partitions of `topic`, waiting up to 10 s for it to exist; it must be empty.
 fn partitions(cfg: &Config, topic: &str) -> anyhow::Result<i32> {
-    let probe: BaseConsumer = client(cfg).create()?;
+    let probe: BaseConsumer = client_config(cfg).create()?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let md = probe.fetch_metadata(Some(topic), Duration::from_secs(5))?;
@@ -83,7 +74,7 @@ fn produce(
     round: &mut Round,
     events: u64,
 ) -> anyhow::Result<f64> {
-    let producer: ThreadedProducer<DefaultProducerContext> = client(cfg)
+    let producer: ThreadedProducer<DefaultProducerContext> = client_config(cfg)
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
@@ -128,7 +119,7 @@ fn produce(
 /// Reads every partition from the beginning until `events` messages arrived; events per second
 /// from the first message to the last.
 fn bare(cfg: &Config, topic: &str, n: i32, events: u64) -> anyhow::Result<f64> {
-    let mut c = client(cfg);
+    let mut c = client_config(cfg);
     c.set("group.id", format!("{}-bare", cfg.kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false");

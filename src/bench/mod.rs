@@ -75,11 +75,8 @@ impl Round {
     pub fn set_ts(&mut self, ts_ms: i64) {
         let digits = format!("{ts_ms:013}");
         assert_eq!(digits.len(), 13, "event time out of the fixed-width range");
-        let starts: Vec<usize> = std::iter::once(0)
-            .chain(self.ends.iter().copied())
-            .take(self.ends.len())
-            .collect();
-        for s in starts {
+        for i in 0..self.ends.len() {
+            let s = if i == 0 { 0 } else { self.ends[i - 1] };
             self.bytes[s + TS_AT..s + TS_AT + 13].copy_from_slice(digits.as_bytes());
         }
     }
@@ -219,9 +216,9 @@ pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcom
     let mut times = Vec::with_capacity(shape.rounds);
     for r in 0..shape.rounds {
         round.set_ts(T0_MS + r as i64 * shape.interval_ms);
+        let payloads: Vec<&[u8]> = round.payloads().collect();
         let started = Instant::now();
         let mut rejected = 0;
-        let payloads: Vec<&[u8]> = round.payloads().collect();
         for batch in payloads.chunks(shape.batch) {
             rejected += pipeline
                 .process(&shard, batch.iter().map(|p| Some(*p)), limits)
