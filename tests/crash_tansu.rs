@@ -73,10 +73,10 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
     // tansu 0.6 fills a fetch response up to the request's fetch.max.bytes from the first
     // partition on (it ignores the per-partition limit), reading each one-message batch
     // separately after listing every batch of the partition: one of the daemon's 64 MiB fetches
-    // is some 200,000 reads on this stream, and tansu finishes it also for a killed instance. On a
-    // loaded machine heartbeats then went unanswered past the session timeout and the last
-    // instance lost its partitions for good. Fetches of 2 MiB keep the broker responsive; Kafka
-    // honours the per-partition limit.
+    // is some 200,000 reads on this stream, and tansu finishes it also for a killed instance. In
+    // one run on a loaded machine the last instance's session timed out and it never got its
+    // partitions back, most likely because the broker was this busy. Fetches of 2 MiB keep each
+    // request small; Kafka honours the per-partition limit.
     let http_port = common::free_port();
     let config = dir.path().join("trainspotter.toml");
     write_file(
