@@ -1187,14 +1187,18 @@ impl Engine {
         // Gang synchrony over the current and the previous half window, as the devices keep it:
         // up to the newest slide received (devices keep every reading, also those past `now`).
         let half = self.sync_half_ms();
-        let head = jobs
-            .iter()
-            .filter_map(|j| j.detect.head())
-            .max()
-            .unwrap_or(last);
+        // A ring released by the sweep held nothing inside the window: no synchrony panes, as
+        // before its release.
+        let held = jobs.iter().filter_map(|j| j.detect.head()).max();
+        let head = held.unwrap_or(last);
         let current = (head * slide).div_euclid(half);
         let sync_first = ((current - 1) * half).div_euclid(slide).max(first);
-        let mut sync_panes = vec![DetectPane::default(); (head - sync_first + 1).max(0) as usize];
+        let sync_len = if held.is_some() {
+            head - sync_first + 1
+        } else {
+            0
+        };
+        let mut sync_panes = vec![DetectPane::default(); sync_len.max(0) as usize];
         for job in jobs {
             for (i, p) in job.detect.range(sync_first, head) {
                 sync_panes[(i - sync_first) as usize].add(p);
@@ -1522,11 +1526,24 @@ impl Engine {
             state.account.windows = Windows::default();
             self.reconcile(&Entity::organisation(o), Vec::new(), watermark);
         }
+        // What no current or later window can read is let go: series past the de-duplication
+        // and detection horizons, and rings whose newest pane is older than their window. A job
+        // that has ended keeps only what its longer windows still hold, and its lifetime.
+        let specs = &self.s.windows;
+        let detect_slide = self.s.detect_slide_ms;
+        let detect_panes = self.s.detect_window_ms / detect_slide;
         for j in self.st.jobs.values_mut() {
-            j.series.retain(|_, s| s.last_ts >= series_before);
+            retain_series(&mut j.series, series_before);
+            j.account.windows.release_stale(specs, watermark);
+            j.detect
+                .release_before(watermark.div_euclid(detect_slide) - detect_panes + 1);
         }
         for t in self.st.tenants.values_mut() {
-            t.series.retain(|_, s| s.last_ts >= series_before);
+            retain_series(&mut t.series, series_before);
+            t.account.windows.release_stale(specs, watermark);
+        }
+        for o in self.st.orgs.values_mut() {
+            o.account.windows.release_stale(specs, watermark);
         }
         self.names.sweep();
     }
@@ -1652,6 +1669,14 @@ impl Engine {
 }
 
 /// Removes and returns the group condition of `entity`, if any.
+/// Drops the series last seen before `before`; a table left mostly empty gives its memory back.
+fn retain_series(series: &mut Table<SeriesKey, SeriesState>, before: i64) {
+    series.retain(|_, s| s.last_ts >= before);
+    if series.capacity() > 2 * series.len() + 4 {
+        series.shrink_to_fit();
+    }
+}
+
 fn take_group(groups: &mut Vec<(Entity, Condition)>, entity: &Entity) -> Option<Condition> {
     let i = groups.iter().position(|(e, _)| e == entity)?;
     Some(groups.swap_remove(i).1)

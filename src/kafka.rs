@@ -663,7 +663,9 @@ impl Worker {
                     continue;
                 }
             }
-            let deadline = Instant::now() + batch_wait;
+            // Alert records raised by this batch are timed from here to their acknowledgement.
+            let received = Instant::now();
+            let deadline = received + batch_wait;
             while batch.len() < batch_max {
                 match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                     Ok(Ok(m)) => {
@@ -694,7 +696,7 @@ impl Worker {
                 )
                 .await;
                 join_all(forward.iter().map(|(i, s)| self.forward(&batch[*i], s))).await;
-                self.publish_alerts(&alerts).await;
+                self.publish_alerts(&alerts, received).await;
             };
             tokio::pin!(deliveries);
             // While waiting, queries are still answered (from the state including this batch); a
@@ -866,8 +868,9 @@ impl Worker {
         .await;
     }
 
-    /// Produces alert records in order, each retried until acknowledged.
-    async fn publish_alerts(&self, alerts: &[AlertRecord]) {
+    /// Produces alert records in order, each retried until acknowledged; each acknowledgement is
+    /// timed from `received`, when the batch that raised the record arrived.
+    async fn publish_alerts(&self, alerts: &[AlertRecord], received: Instant) {
         let source = &self.cfg.alerts.source;
         let headers = OwnedHeaders::new().insert(Header {
             key: "content-type",
@@ -885,6 +888,8 @@ impl Worker {
                     || self.metrics.alert_produce_error(),
                 )
                 .await;
+                self.metrics
+                    .alert_delivered(received.elapsed().as_secs_f64());
                 debug!(alertname = a.alertname.as_str(), status = a.status.as_str(), tenant = %a.tenant,
                        job = a.job.as_deref().unwrap_or(""), "alert delivered");
             }

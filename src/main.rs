@@ -200,6 +200,22 @@ enum Command {
         /// Skip the in-process measurements (with --brokers: the catch-up only).
         #[arg(long)]
         no_in_process: bool,
+        /// With --brokers, instead of the catch-up: produce the fleet's events live (each device
+        /// once per --interval, stamped with the wall clock) for this long while the daemon
+        /// consumes them, and measure alert latency and memory over time. The topic must exist
+        /// and the alert topic (kafka.alert_topic) too.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        live: Option<std::time::Duration>,
+        /// Live run: every n-th job runs like a training job (0 for none).
+        #[arg(long, default_value_t = 10)]
+        training_every: usize,
+        /// Live run: each job is renamed this often in event time, staggered per job, so jobs
+        /// keep starting and ending (0s for no churn).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        job_lifetime: std::time::Duration,
+        /// Live run: memory samples before this are left out of the growth figure.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        warmup: std::time::Duration,
     },
     /// Load and validate a configuration (and the tenant registry file it names); print the
     /// effective settings with secrets redacted.
@@ -343,6 +359,10 @@ fn main() -> ExitCode {
             topic,
             kafka_events,
             no_in_process,
+            live,
+            training_every,
+            job_lifetime,
+            warmup,
         } => {
             let mut cfg = match load(config.as_ref()) {
                 Ok(c) => c,
@@ -350,7 +370,17 @@ fn main() -> ExitCode {
             };
             let kafka = brokers.map(|b| {
                 cfg.kafka.brokers = b;
-                (topic, kafka_events)
+                match live {
+                    Some(duration) => KafkaBench::Live(
+                        topic,
+                        trainspotter::bench::live::LiveOptions {
+                            duration,
+                            warmup,
+                            job_lifetime,
+                        },
+                    ),
+                    None => KafkaBench::CatchUp(topic, kafka_events),
+                }
             });
             let shape = trainspotter::bench::Shape {
                 gpus,
@@ -360,6 +390,7 @@ fn main() -> ExitCode {
                 rounds,
                 batch: batch.max(1),
                 seed,
+                training_every: if live.is_some() { training_every } else { 0 },
             };
             report_exit(bench(&shape, &cfg, !no_in_process, kafka, json.as_deref()))
         }
@@ -688,25 +719,34 @@ fn report_exit(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// The Kafka part of `bench`: catch-up from a preloaded topic (topic, events), or a live run.
+enum KafkaBench {
+    CatchUp(String, u64),
+    Live(String, trainspotter::bench::live::LiveOptions),
+}
+
 fn bench(
     shape: &trainspotter::bench::Shape,
     cfg: &Config,
     in_process: bool,
-    kafka: Option<(String, u64)>,
+    kafka: Option<KafkaBench>,
     json: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let scratch = tempfile_dir()?;
     let outcome = bench_in(shape, cfg, in_process, kafka, &scratch);
     let _ = std::fs::remove_dir_all(&scratch);
-    let (local, kafka) = outcome?;
+    let (local, kafka, live) = outcome?;
     if let Some(o) = &local {
         print!("{}", trainspotter::bench::table(o));
     }
     if let Some(k) = &kafka {
         print!("{}", trainspotter::bench::kafka::table(k));
     }
+    if let Some(l) = &live {
+        print!("{}", trainspotter::bench::live::table(l));
+    }
     if let Some(path) = json {
-        let doc = serde_json::json!({ "in_process": local, "kafka": kafka });
+        let doc = serde_json::json!({ "in_process": local, "kafka": kafka, "live": live });
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -716,30 +756,32 @@ fn bench(
 type BenchOutcome = (
     Option<trainspotter::bench::Outcome>,
     Option<trainspotter::bench::kafka::KafkaOutcome>,
+    Option<trainspotter::bench::live::LiveOutcome>,
 );
 
 fn bench_in(
     shape: &trainspotter::bench::Shape,
     cfg: &Config,
     in_process: bool,
-    kafka: Option<(String, u64)>,
+    kafka: Option<KafkaBench>,
     scratch: &std::path::Path,
 ) -> anyhow::Result<BenchOutcome> {
     let local = match in_process {
         true => Some(trainspotter::bench::run(shape, cfg, scratch)?),
         false => None,
     };
-    let kafka = match kafka {
-        Some((topic, events)) => Some(trainspotter::bench::kafka::run(
-            cfg,
-            shape,
-            &topic,
-            events,
-            &scratch.join("state"),
-        )?),
-        None => None,
-    };
-    Ok((local, kafka))
+    let state = scratch.join("state");
+    Ok(match kafka {
+        Some(KafkaBench::CatchUp(topic, events)) => {
+            let k = trainspotter::bench::kafka::run(cfg, shape, &topic, events, &state)?;
+            (local, Some(k), None)
+        }
+        Some(KafkaBench::Live(topic, opts)) => {
+            let l = trainspotter::bench::live::run(cfg, shape, &topic, &opts, &state)?;
+            (local, None, Some(l))
+        }
+        None => (local, None, None),
+    })
 }
 
 /// A fresh directory under the system temporary directory, for the benchmark's checkpoint.

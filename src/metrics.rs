@@ -33,6 +33,7 @@ pub struct Metrics {
     alert_records: IntCounterVec,
     alerts_active: IntGaugeVec,
     alert_produce_errors: IntCounter,
+    alert_delivery: Histogram,
     jobs_suspected: IntGauge,
     state_tenants: IntGauge,
     state_jobs: IntGauge,
@@ -170,6 +171,16 @@ impl Metrics {
                 &r,
                 "trainspotter_alerts_produce_errors_total",
                 "Alert records the producer failed to deliver (retried).",
+            ),
+            alert_delivery: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "trainspotter_alerts_delivery_seconds",
+                        "Time from receiving the batch whose events raised an alert record (its evaluation runs within that batch) to the broker's acknowledgement of the record.",
+                    )
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                ),
             ),
             jobs_suspected: int_gauge(&r, "trainspotter_detect_jobs_suspected", "Jobs currently suspected of training."),
             state_tenants: int_gauge(&r, "trainspotter_state_tenants", "Tenants held in state."),
@@ -389,6 +400,29 @@ impl Metrics {
 
     pub fn alert_produce_error(&self) {
         self.alert_produce_errors.inc();
+    }
+
+    /// An alert record acknowledged `seconds` after its batch was received.
+    pub fn alert_delivered(&self, seconds: f64) {
+        self.alert_delivery.observe(seconds);
+    }
+
+    /// The delivery histogram: (upper bound, cumulative count) per bucket, and the count.
+    pub fn alert_delivery_buckets(&self) -> (Vec<(f64, u64)>, u64) {
+        use prometheus::core::Metric as _;
+        let h = self.alert_delivery.metric();
+        let h = h.get_histogram();
+        let buckets = h
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .collect();
+        (buckets, h.get_sample_count())
+    }
+
+    /// Jobs and device series held in state, as last exported.
+    pub fn state_sizes(&self) -> (i64, i64) {
+        (self.state_jobs.get(), self.state_series.get())
     }
 
     pub fn batch_processed(&self, seconds: f64) {

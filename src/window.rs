@@ -133,6 +133,14 @@ impl<T: Default + Clone> PaneRing<T> {
     pub fn capacity(&self) -> usize {
         self.panes.len()
     }
+
+    /// Frees the storage if every pane written is older than `idx`: the ring then reads as never
+    /// written, which is how it reads for every range from `idx` on anyway.
+    pub fn release_before(&mut self, idx: i64) {
+        if !self.panes.is_empty() && self.head < idx {
+            *self = PaneRing::default();
+        }
+    }
 }
 
 /// The accounting windows of one key (a tenant or a job): one ring per configured window.
@@ -161,6 +169,14 @@ impl Windows {
             if let Some(p) = ring.pane_mut(ts_ms.div_euclid(spec.slide_ms), spec.panes()) {
                 p.add(usage);
             }
+        }
+    }
+
+    /// Frees each ring that no window ending after `watermark_ms` reads (its newest pane is older
+    /// than such a window's first): values at and after the watermark are unchanged.
+    pub fn release_stale(&mut self, specs: &[WindowSpec], watermark_ms: i64) {
+        for (ring, spec) in self.rings.iter_mut().zip(specs) {
+            ring.release_before(watermark_ms.div_euclid(spec.slide_ms) - spec.panes() as i64 + 1);
         }
     }
 
@@ -290,6 +306,50 @@ mod tests {
         }
         assert_eq!(r.capacity(), 288, "never more than the window's panes");
         assert_eq!(r.range(0, 2000).count(), 288);
+    }
+
+    #[test]
+    fn stale_rings_are_freed_without_changing_any_value_from_the_watermark_on() {
+        let specs = [spec(10 * MIN, MIN), spec(60 * MIN, 10 * MIN)];
+        let mut w = Windows::default();
+        for m in 0..5 {
+            w.add(&specs, m * MIN, &usage(1000));
+        }
+        let values = |w: &Windows, at: i64| -> Vec<u64> {
+            (0..2)
+                .map(|i| w.value(&specs, i, specs[i].end_after(at)).acc_ms)
+                .collect()
+        };
+        for watermark in [
+            5 * MIN,
+            13 * MIN,
+            14 * MIN,
+            15 * MIN,
+            59 * MIN,
+            60 * MIN,
+            61 * MIN,
+        ] {
+            let mut released = w.clone();
+            released.release_stale(&specs, watermark);
+            for at in [
+                watermark,
+                watermark + MIN,
+                watermark + 30 * MIN,
+                watermark + 90 * MIN,
+            ] {
+                assert_eq!(
+                    values(&released, at),
+                    values(&w, at),
+                    "watermark {watermark}, at {at}"
+                );
+            }
+            let kept: Vec<usize> = released.rings.iter().map(PaneRing::capacity).collect();
+            let expected = [
+                if watermark < 14 * MIN { 8 } else { 0 },
+                if watermark < 60 * MIN { 1 } else { 0 },
+            ];
+            assert_eq!(kept, expected, "watermark {watermark}");
+        }
     }
 
     #[test]

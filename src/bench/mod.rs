@@ -31,11 +31,16 @@ use crate::pipeline::{Pipeline, Shard};
 use crate::sim::SplitMix64;
 
 pub mod kafka;
+pub mod live;
 
 /// Event time of the first round: 2024-05-01T00:00:00Z.
 const T0_MS: i64 = 1_714_521_600_000;
 /// Offset of the 13 timestamp digits in every payload (`{"ts":` comes first).
 const TS_AT: usize = 6;
+/// Offset of the job name's last four hex digits, which [`Round::set_generations`] rewrites:
+/// after the timestamp, `,"tenant":"`, the 19-byte tenant name, `","job":"` and `job-` with 8 of
+/// its 12 digits.
+const JOB_GEN_AT: usize = TS_AT + 13 + 11 + 19 + 9 + 12;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Shape {
@@ -46,6 +51,9 @@ pub struct Shape {
     pub rounds: usize,
     pub batch: usize,
     pub seed: u64,
+    /// Every n-th job runs like a training job (the same steady activity on all its devices, 70
+    /// GiB of device memory; the others hold 40 GiB); 0 for none. Only the live run uses it.
+    pub training_every: usize,
 }
 
 /// One round of events: the payloads back to back, and where each one ends.
@@ -55,6 +63,9 @@ pub struct Round {
     /// Tenant of each event (the message key on a topic).
     tenant_of: Vec<u32>,
     tenants: Vec<String>,
+    /// Job of each event, and the last four hex digits of each job's name as generated.
+    job_of: Vec<u32>,
+    job_low: Vec<u16>,
 }
 
 impl Round {
@@ -79,6 +90,25 @@ impl Round {
             let s = if i == 0 { 0 } else { self.ends[i - 1] };
             self.bytes[s + TS_AT..s + TS_AT + 13].copy_from_slice(digits.as_bytes());
         }
+    }
+
+    /// Renames every job to its generation `generation(job)`: the last four hex digits of its name
+    /// become its generated ones plus the generation (mod 2^16), so each generation of a job is a
+    /// new job of the same tenant on the same devices (job churn).
+    pub fn set_generations(&mut self, generation: impl Fn(usize) -> u64) {
+        let gens: Vec<u16> = (0..self.job_low.len())
+            .map(|j| self.job_low[j].wrapping_add(generation(j) as u16))
+            .collect();
+        for i in 0..self.ends.len() {
+            let s = if i == 0 { 0 } else { self.ends[i - 1] };
+            let digits = format!("{:04x}", gens[self.job_of[i] as usize]);
+            self.bytes[s + JOB_GEN_AT..s + JOB_GEN_AT + 4].copy_from_slice(digits.as_bytes());
+        }
+    }
+
+    /// Jobs of the round.
+    pub fn jobs(&self) -> usize {
+        self.job_low.len()
     }
 
     /// The message key of each event: its tenant.
@@ -130,12 +160,23 @@ impl Shape {
             ends: Vec::with_capacity(self.gpus),
             tenant_of: Vec::with_capacity(self.gpus),
             tenants: Vec::new(),
+            job_of: Vec::with_capacity(self.gpus),
+            job_low: jobs
+                .iter()
+                .map(|(j, _)| u16::from_str_radix(&j[j.len() - 4..], 16).expect("hex digits"))
+                .collect(),
         };
         for g in order {
             // Jobs hold consecutive devices (whole nodes for the larger ones).
-            let (job, tenant) = &jobs[g * self.jobs / self.gpus];
-            let model = MODELS[(g * self.jobs / self.gpus) % MODELS.len()];
-            let tensor = 0.05 + 0.5 * ((g * 7919) % 1000) as f64 / 1000.0;
+            let j = g * self.jobs / self.gpus;
+            let (job, tenant) = &jobs[j];
+            let model = MODELS[j % MODELS.len()];
+            let training = self.training_every > 0 && j % self.training_every == 0;
+            let tensor = match training {
+                true => 0.45,
+                false => 0.05 + 0.5 * ((g * 7919) % 1000) as f64 / 1000.0,
+            };
+            let memory_gib: u64 = if training { 70 } else { 40 };
             write!(
                 round.bytes,
                 r#"{{"ts":{T0_MS},"tenant":"{}","job":"{job}","node":"{}","gpu":"{}","accelerator":"{model}","gpus":1,"interval_s":{interval_s},"tensor_active":{tensor:.3},"sm_active":{:.3},"gpu_util":{:.3},"fb_used_bytes":{},"power_w":{:.1}}}"#,
@@ -144,12 +185,13 @@ impl Shape {
                 g % 8,
                 (tensor * 1.6).min(1.0),
                 (tensor * 2.0).min(1.0),
-                40u64 << 30,
+                memory_gib << 30,
                 300.0 + 400.0 * tensor,
             )
             .expect("writing to a Vec");
             round.ends.push(round.bytes.len());
             round.tenant_of.push(*tenant as u32);
+            round.job_of.push(j as u32);
         }
         round.tenants = tenants;
         round
@@ -392,6 +434,7 @@ mod tests {
             rounds: 2,
             batch: 16,
             seed: 1,
+            training_every: 0,
         };
         let mut round = shape.round();
         assert_eq!(round.len(), 64);
@@ -412,5 +455,50 @@ mod tests {
         jobs.sort();
         jobs.dedup();
         assert_eq!(jobs.len(), 8);
+    }
+
+    #[test]
+    fn a_new_generation_renames_only_the_jobs_it_moves() {
+        let shape = Shape {
+            gpus: 64,
+            jobs: 8,
+            tenants: 3,
+            interval_ms: 10_000,
+            rounds: 2,
+            batch: 16,
+            seed: 1,
+            training_every: 4,
+        };
+        let mut round = shape.round();
+        let jobs_of = |round: &Round| -> Vec<(String, String, String)> {
+            round
+                .payloads()
+                .map(|p| {
+                    let s = decode_native(p, DecodeLimits::OPEN).unwrap();
+                    (s.tenant, s.job.unwrap(), s.gpu.unwrap())
+                })
+                .collect()
+        };
+        let before = jobs_of(&round);
+        round.set_generations(|j| (j % 2) as u64);
+        let after = jobs_of(&round);
+        let mut renamed = std::collections::BTreeMap::new();
+        for ((t0, j0, g0), (t1, j1, g1)) in before.iter().zip(&after) {
+            assert_eq!((t0, g0), (t1, g1), "only the job name changes");
+            assert_eq!(j0[..j0.len() - 4], j1[..j1.len() - 4]);
+            renamed.insert(j0.clone(), j0 != j1);
+        }
+        assert_eq!(renamed.len(), 8);
+        assert_eq!(
+            renamed.values().filter(|&&r| r).count(),
+            4,
+            "odd jobs moved on"
+        );
+        round.set_generations(|_| 0);
+        assert_eq!(
+            jobs_of(&round),
+            before,
+            "generation 0 is the name as generated"
+        );
     }
 }
