@@ -180,6 +180,11 @@ pub struct StateConfig {
     /// A write that times out is retried at the next checkpoint (its offsets stay uncommitted); a
     /// read that fails falls back to the local checkpoint, else to the beginning of the partition.
     pub changelog_timeout: HumanDuration,
+    /// A job never suspected of training is dropped from state once it has had no sample for
+    /// this long (its usage stays in its tenant's and organisation's accounts). Jobs suspected at
+    /// some time are kept until the longest window has passed. At least `detection.job_end_after`
+    /// and `windows.dedup_horizon`.
+    pub ended_job_retention: HumanDuration,
 }
 
 impl Default for StateConfig {
@@ -189,6 +194,7 @@ impl Default for StateConfig {
             checkpoint_interval: HumanDuration::secs(30),
             changelog_topic: String::new(),
             changelog_timeout: HumanDuration::secs(10),
+            ended_job_retention: HumanDuration::secs(3600),
         }
     }
 }
@@ -724,6 +730,7 @@ pub struct Settings {
     pub detect_window_ms: i64,
     pub detect_slide_ms: i64,
     pub job_end_after_ms: i64,
+    pub ended_job_retention_ms: i64,
     pub projection_window: usize,
     pub projection_horizon_ms: i64,
     pub projection_min_duration_ms: i64,
@@ -1080,6 +1087,13 @@ impl Config {
         if self.state.checkpoint_interval.ms() <= 0 {
             return Err(invalid("state.checkpoint_interval", "must be positive"));
         }
+        let retention = self.state.ended_job_retention.ms();
+        if retention < d.job_end_after.ms() || retention < w.dedup_horizon.ms() {
+            return Err(invalid(
+                "state.ended_job_retention",
+                "must be at least detection.job_end_after and windows.dedup_horizon",
+            ));
+        }
         if self.shutdown.grace.ms() <= 0 {
             return Err(invalid("shutdown.grace", "must be positive"));
         }
@@ -1105,6 +1119,7 @@ impl Config {
             detect_window_ms: dw,
             detect_slide_ms: ds,
             job_end_after_ms: d.job_end_after.ms(),
+            ended_job_retention_ms: retention,
             projection_window,
             projection_horizon_ms: a.projection_horizon.ms(),
             projection_min_duration_ms: a.projection_min_duration.ms(),
@@ -1202,6 +1217,8 @@ mod tests {
             Config::from_toml("[estimate.utilization]\nlow = 0.5\ncentral = 0.4\nhigh = 0.45\n")
                 .unwrap_err();
         assert_eq!(key_of(e), "estimate.utilization");
+        let e = Config::from_toml("[state]\nended_job_retention = \"5m\"\n").unwrap_err();
+        assert_eq!(key_of(e), "state.ended_job_retention");
         let e = Config::from_toml("[alerts]\nthresholds_flop = [1e25, -1.0]\n").unwrap_err();
         assert_eq!(key_of(e), "alerts.thresholds_flop");
         let e = Config::from_toml("[kafka]\nsession_timeout = \"10s\"\ndrain_timeout = \"10s\"\n")

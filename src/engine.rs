@@ -1484,11 +1484,20 @@ impl Engine {
             .unwrap_or(0);
         let idle_before = watermark - longest;
         let series_before = watermark - self.s.dedup_horizon_ms.max(self.s.detect_window_ms);
+        // Jobs leave when the longest window has passed; ended jobs never suspected of training
+        // leave after the shorter retention, so that job churn does not pile up for a month.
+        let retained_before = watermark - self.s.ended_job_retention_ms;
         let gone: Vec<JobKey> = self
             .st
             .jobs
             .iter()
-            .filter(|(_, j)| j.account.last_ts < idle_before)
+            .filter(|(_, j)| {
+                let before = match j.ever_suspected {
+                    true => idle_before,
+                    false => idle_before.max(retained_before),
+                };
+                j.account.last_ts < before
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for k in gone {
@@ -1776,6 +1785,44 @@ mod tests {
             .any(|a| a.alertname == AlertName::TrainingSuspected
                 && a.status == crate::alert::Status::Resolved));
         assert!(!e.job_reports()[0].suspected);
+    }
+
+    #[test]
+    fn ended_jobs_leave_after_the_retention_unless_once_suspected() {
+        let mut e = engine();
+        for step in 0..(3 * 120) {
+            let ts = T0 + step * 30_000;
+            for gpu in 0..128 {
+                e.apply(&gpu_sample(ts, "pretrain", gpu));
+            }
+            e.apply(&gpu_sample(ts, "notebook", 0));
+        }
+        let jobs = |e: &Engine| -> Vec<String> {
+            let mut j: Vec<String> = e.job_reports().into_iter().map(|j| j.job).collect();
+            j.sort();
+            j
+        };
+        assert_eq!(jobs(&e), ["notebook", "pretrain"]);
+        let before = e.tenant_totals()["acme"];
+        // Three hours of another tenant's traffic: past the one-hour retention and a sweep.
+        for step in 0..180 {
+            e.apply(&UsageSample::new(
+                T0 + 3 * 3_600_000 + step * MIN,
+                "other",
+                1.0,
+                60.0,
+            ));
+        }
+        assert_eq!(
+            jobs(&e),
+            ["pretrain"],
+            "the ended job never suspected is dropped, the suspected one is kept"
+        );
+        assert_eq!(
+            e.tenant_totals()["acme"],
+            before,
+            "the tenant's totals keep the dropped job's usage"
+        );
     }
 
     #[test]

@@ -209,11 +209,17 @@ enum Command {
         /// Live run: every n-th job runs like a training job (0 for none).
         #[arg(long, default_value_t = 10)]
         training_every: usize,
-        /// Live run: each job is renamed this often in event time, staggered per job, so jobs
-        /// keep starting and ending (0s for no churn).
+        /// Instead of the other measurements: run the pipeline in process for this long of wall
+        /// time, as fast as it goes, with job churn, sampling the state's bytes and the RSS, and
+        /// report their growth after the warm-up.
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "live")]
+        soak: Option<std::time::Duration>,
+        /// Live run and soak: each job is renamed this often in event time, staggered per job,
+        /// so jobs keep starting and ending (0s for no churn).
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         job_lifetime: std::time::Duration,
-        /// Live run: memory samples before this are left out of the growth figure.
+        /// Live run and soak: memory samples before this (wall time) are left out of the growth
+        /// figures.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         warmup: std::time::Duration,
     },
@@ -361,6 +367,7 @@ fn main() -> ExitCode {
             no_in_process,
             live,
             training_every,
+            soak,
             job_lifetime,
             warmup,
         } => {
@@ -368,6 +375,28 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if let Some(duration) = soak {
+                let shape = trainspotter::bench::Shape {
+                    gpus,
+                    jobs,
+                    tenants,
+                    interval_ms: interval.as_millis() as i64,
+                    rounds,
+                    batch: batch.max(1),
+                    seed,
+                    training_every: 0,
+                };
+                let opts = trainspotter::bench::soak::SoakOptions {
+                    duration,
+                    warmup,
+                    job_lifetime,
+                    sample_every: (duration / 60).clamp(
+                        std::time::Duration::from_secs(1),
+                        std::time::Duration::from_secs(60),
+                    ),
+                };
+                return report_exit(soak_bench(&shape, &cfg, &opts, json.as_deref()));
+            }
             let kafka = brokers.map(|b| {
                 cfg.kafka.brokers = b;
                 match live {
@@ -717,6 +746,22 @@ fn report_exit(r: anyhow::Result<()>) -> ExitCode {
             ExitCode::from(if config_error { EXIT_CONFIG } else { 1 })
         }
     }
+}
+
+fn soak_bench(
+    shape: &trainspotter::bench::Shape,
+    cfg: &Config,
+    opts: &trainspotter::bench::soak::SoakOptions,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let outcome = trainspotter::bench::soak::run(shape, cfg, opts)?;
+    print!("{}", trainspotter::bench::soak::table(&outcome));
+    if let Some(path) = json {
+        let doc = serde_json::json!({ "soak": outcome });
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The Kafka part of `bench`: catch-up from a preloaded topic (topic, events), or a live run.

@@ -171,13 +171,7 @@ fn producer(
     let interval_ms = shape.interval_ms;
     let lifetime_ms = opts.job_lifetime.as_millis() as i64;
     let duration = opts.duration;
-    // Each job's generations start at its own offset within the lifetime.
-    let offsets: Vec<i64> = (0..round.jobs())
-        .map(|j| match lifetime_ms {
-            0 => 0,
-            l => ((j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) as i64 % l,
-        })
-        .collect();
+    let offsets = stagger(round.jobs(), lifetime_ms);
     Ok(std::thread::spawn(move || {
         const SLICES: usize = 100;
         let started = Instant::now();
@@ -242,8 +236,18 @@ fn producer(
     }))
 }
 
+/// Each job's offset within the lifetime, so that the jobs' generations start at spread times.
+pub(super) fn stagger(jobs: usize, lifetime_ms: i64) -> Vec<i64> {
+    (0..jobs)
+        .map(|j| match lifetime_ms {
+            0 => 0,
+            l => ((j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) as i64 % l,
+        })
+        .collect()
+}
+
 /// Linear least-squares slope of `y` over `x`.
-fn slope(points: &[(f64, f64)]) -> Option<f64> {
+pub(super) fn slope(points: &[(f64, f64)]) -> Option<f64> {
     let n = points.len() as f64;
     if points.len() < 3 {
         return None;

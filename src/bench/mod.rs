@@ -32,6 +32,7 @@ use crate::sim::SplitMix64;
 
 pub mod kafka;
 pub mod live;
+pub mod soak;
 
 /// Event time of the first round: 2024-05-01T00:00:00Z.
 const T0_MS: i64 = 1_714_521_600_000;
