@@ -75,7 +75,10 @@ fn growth(
 }
 
 pub fn run(shape: &Shape, cfg: &Config, opts: &SoakOptions) -> anyhow::Result<SoakOutcome> {
-    anyhow::ensure!(shape.jobs > 0 && shape.jobs <= shape.gpus, "jobs must be 1..=gpus");
+    anyhow::ensure!(
+        shape.jobs > 0 && shape.jobs <= shape.gpus,
+        "jobs must be 1..=gpus"
+    );
     let mut round = shape.round();
     let lifetime_ms = opts.job_lifetime.as_millis() as i64;
     let offsets = super::live::stagger(round.jobs(), lifetime_ms);
@@ -173,7 +176,13 @@ pub fn table(o: &SoakOutcome) -> String {
     if let (Some(f), Some(l)) = (first, last) {
         rows.push((
             "state, first / last sample".into(),
-            format!("{} / {} ({} / {} jobs held)", mib(f.state_bytes as f64), mib(l.state_bytes as f64), f.jobs, l.jobs),
+            format!(
+                "{} / {} ({} / {} jobs held)",
+                mib(f.state_bytes as f64),
+                mib(l.state_bytes as f64),
+                f.jobs,
+                l.jobs
+            ),
         ));
         rows.push((
             "RSS, first / last sample".into(),
@@ -181,8 +190,14 @@ pub fn table(o: &SoakOutcome) -> String {
         ));
     }
     rows.push(("state growth after the warm-up".into(), pct(o.state_growth)));
-    rows.push(("  of it, jobs and series".into(), pct(o.job_and_series_growth)));
-    rows.push(("  of it, tenants and organisations".into(), pct(o.tenant_growth)));
+    rows.push((
+        "  of it, jobs and series".into(),
+        pct(o.job_and_series_growth),
+    ));
+    rows.push((
+        "  of it, tenants and organisations".into(),
+        pct(o.tenant_growth),
+    ));
     rows.push(("RSS growth after the warm-up".into(), pct(o.rss_growth)));
     let mut out = String::from("| figure | value |\n|---|---|\n");
     for (k, v) in rows {
