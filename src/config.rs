@@ -182,8 +182,8 @@ pub struct StateConfig {
     pub changelog_timeout: HumanDuration,
     /// A job never suspected of training is dropped from state once it has had no sample for
     /// this long (its usage stays in its tenant's and organisation's accounts). Jobs suspected at
-    /// some time are kept until the longest window has passed. At least `detection.job_end_after`
-    /// and `windows.dedup_horizon`.
+    /// some time are kept until the longest window has passed. A value below
+    /// `detection.job_end_after` or `windows.dedup_horizon` is raised to the larger of them.
     pub ended_job_retention: HumanDuration,
 }
 
@@ -1087,13 +1087,13 @@ impl Config {
         if self.state.checkpoint_interval.ms() <= 0 {
             return Err(invalid("state.checkpoint_interval", "must be positive"));
         }
-        let retention = self.state.ended_job_retention.ms();
-        if retention < d.job_end_after.ms() || retention < w.dedup_horizon.ms() {
-            return Err(invalid(
-                "state.ended_job_retention",
-                "must be at least detection.job_end_after and windows.dedup_horizon",
-            ));
-        }
+        // A job leaves neither before it has ended nor while its duplicates can still be told.
+        let retention = self
+            .state
+            .ended_job_retention
+            .ms()
+            .max(d.job_end_after.ms())
+            .max(w.dedup_horizon.ms());
         if self.shutdown.grace.ms() <= 0 {
             return Err(invalid("shutdown.grace", "must be positive"));
         }
@@ -1217,8 +1217,6 @@ mod tests {
             Config::from_toml("[estimate.utilization]\nlow = 0.5\ncentral = 0.4\nhigh = 0.45\n")
                 .unwrap_err();
         assert_eq!(key_of(e), "estimate.utilization");
-        let e = Config::from_toml("[state]\nended_job_retention = \"5m\"\n").unwrap_err();
-        assert_eq!(key_of(e), "state.ended_job_retention");
         let e = Config::from_toml("[alerts]\nthresholds_flop = [1e25, -1.0]\n").unwrap_err();
         assert_eq!(key_of(e), "alerts.thresholds_flop");
         let e = Config::from_toml("[kafka]\nsession_timeout = \"10s\"\ndrain_timeout = \"10s\"\n")

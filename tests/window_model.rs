@@ -88,10 +88,18 @@ fn config(windows: &str) -> Config {
 fn check(cfg: &Config, events: &[Ev]) -> Result<(), TestCaseError> {
     let specs = cfg.validate().unwrap().windows;
     let lateness = cfg.windows.allowed_lateness.ms();
-    let longest = specs.iter().map(|w| w.width_ms + w.slide_ms).max().unwrap();
+    let settings = cfg.validate().unwrap();
+    // A job may leave once idle for the longest window, or, if never suspected of training,
+    // for the ended-job retention.
+    let longest = specs
+        .iter()
+        .map(|w| w.width_ms + w.slide_ms)
+        .max()
+        .unwrap()
+        .min(settings.ended_job_retention_ms);
     let mut engine = Engine::new(cfg).unwrap();
-    // A job idle for longer than the longest window may be evicted (and forgotten); note every job
-    // that was ever that idle, judged on what had arrived so far.
+    // A job idle for longer than that may be evicted (and forgotten); note every job that was ever
+    // that idle, judged on what had arrived so far.
     let mut job_latest: BTreeMap<(u8, u8), i64> = BTreeMap::new();
     let mut forgettable: HashSet<(String, String)> = HashSet::new();
     let horizon = cfg.windows.dedup_horizon.ms();
