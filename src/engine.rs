@@ -1677,7 +1677,6 @@ impl Engine {
     }
 }
 
-/// Removes and returns the group condition of `entity`, if any.
 /// Drops the series last seen before `before`; a table left mostly empty gives its memory back.
 fn retain_series(series: &mut Table<SeriesKey, SeriesState>, before: i64) {
     series.retain(|_, s| s.last_ts >= before);
@@ -1686,6 +1685,7 @@ fn retain_series(series: &mut Table<SeriesKey, SeriesState>, before: i64) {
     }
 }
 
+/// Removes and returns the group condition of `entity`, if any.
 fn take_group(groups: &mut Vec<(Entity, Condition)>, entity: &Entity) -> Option<Condition> {
     let i = groups.iter().position(|(e, _)| e == entity)?;
     Some(groups.swap_remove(i).1)
