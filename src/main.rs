@@ -375,17 +375,17 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            let shape = trainspotter::bench::Shape {
+                gpus,
+                jobs,
+                tenants,
+                interval_ms: interval.as_millis() as i64,
+                rounds,
+                batch: batch.max(1),
+                seed,
+                training_every: if live.is_some() { training_every } else { 0 },
+            };
             if let Some(duration) = soak {
-                let shape = trainspotter::bench::Shape {
-                    gpus,
-                    jobs,
-                    tenants,
-                    interval_ms: interval.as_millis() as i64,
-                    rounds,
-                    batch: batch.max(1),
-                    seed,
-                    training_every: 0,
-                };
                 let opts = trainspotter::bench::soak::SoakOptions {
                     duration,
                     warmup,
@@ -411,16 +411,6 @@ fn main() -> ExitCode {
                     None => KafkaBench::CatchUp(topic, kafka_events),
                 }
             });
-            let shape = trainspotter::bench::Shape {
-                gpus,
-                jobs,
-                tenants,
-                interval_ms: interval.as_millis() as i64,
-                rounds,
-                batch: batch.max(1),
-                seed,
-                training_every: if live.is_some() { training_every } else { 0 },
-            };
             report_exit(bench(&shape, &cfg, !no_in_process, kafka, json.as_deref()))
         }
         Command::Run { config } => {

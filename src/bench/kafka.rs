@@ -89,31 +89,41 @@ fn produce(
             if sent == events {
                 break;
             }
-            let mut record = BaseRecord::<[u8], [u8]>::to(topic)
-                .payload(payload)
-                .key(key);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((e, back)) => {
-                        anyhow::ensure!(
-                            matches!(
-                                e.rdkafka_error_code(),
-                                Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                            ),
-                            "producing to {topic}: {e}"
-                        );
-                        record = back;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            }
+            send(&producer, topic, payload, key)?;
             sent += 1;
         }
         r += 1;
     }
     producer.flush(Duration::from_secs(600))?;
     Ok(events as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Queues one record, waiting while the producer's queue is full.
+pub(super) fn send(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    payload: &[u8],
+    key: &[u8],
+) -> anyhow::Result<()> {
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+        .payload(payload)
+        .key(key);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((e, back)) => {
+                anyhow::ensure!(
+                    matches!(
+                        e.rdkafka_error_code(),
+                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                    ),
+                    "producing to {topic}: {e}"
+                );
+                record = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
 }
 
 /// Reads every partition from the beginning until `events` messages arrived; events per second

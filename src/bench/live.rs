@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Message, TopicPartitionList};
 use serde::Serialize;
 
@@ -205,25 +205,7 @@ fn producer(
                     std::thread::sleep(slice_due - now);
                 }
                 for (payload, key) in chunk {
-                    let mut record = BaseRecord::<[u8], [u8]>::to(&topic)
-                        .payload(*payload)
-                        .key(*key);
-                    loop {
-                        match producer.send(record) {
-                            Ok(()) => break,
-                            Err((e, back)) => {
-                                anyhow::ensure!(
-                                    matches!(
-                                        e.rdkafka_error_code(),
-                                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                                    ),
-                                    "producing to {topic}: {e}"
-                                );
-                                record = back;
-                                std::thread::sleep(Duration::from_millis(1));
-                            }
-                        }
-                    }
+                    super::kafka::send(&producer, &topic, payload, key)?;
                 }
                 progress
                     .produced
@@ -455,11 +437,7 @@ pub fn table(o: &LiveOutcome) -> String {
                 .map_or("too few samples".into(), |g| format!("{g:+.2}% per hour")),
         ),
     ];
-    let mut out = String::from("| figure | value |\n|---|---|\n");
-    for (k, v) in rows {
-        out.push_str(&format!("| {k} | {v} |\n"));
-    }
-    out
+    super::markdown_table(rows)
 }
 
 #[cfg(test)]

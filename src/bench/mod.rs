@@ -414,6 +414,11 @@ pub fn table(o: &Outcome) -> String {
             format!("{:.2} s", o.restore_s),
         ),
     ];
+    markdown_table(rows)
+}
+
+/// A two-column markdown table of (figure, value) rows.
+pub(crate) fn markdown_table(rows: impl IntoIterator<Item = (String, String)>) -> String {
     let mut out = String::from("| figure | value |\n|---|---|\n");
     for (k, v) in rows {
         out.push_str(&format!("| {k} | {v} |\n"));

@@ -199,9 +199,5 @@ pub fn table(o: &SoakOutcome) -> String {
         pct(o.tenant_growth),
     ));
     rows.push(("RSS growth after the warm-up".into(), pct(o.rss_growth)));
-    let mut out = String::from("| figure | value |\n|---|---|\n");
-    for (k, v) in rows {
-        out.push_str(&format!("| {k} | {v} |\n"));
-    }
-    out
+    super::markdown_table(rows)
 }
