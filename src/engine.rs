@@ -297,6 +297,11 @@ struct JobState {
     suspected: bool,
     /// Suspected of training at some time.
     ever_suspected: bool,
+    /// The engine's latest event time when the job's latest sample arrived. A job leaves state
+    /// only after its samples stopped arriving, not after its event times fell behind: samples
+    /// that arrive an hour late, from an exporter that lags the rest of the partition, still
+    /// belong to the job they name.
+    arrived_ms: i64,
     /// Listed in `State::touched_jobs`.
     touched: bool,
     /// Accelerator models seen (catalog index; `None` = unknown or unspecified) with sample counts.
@@ -759,6 +764,7 @@ impl Engine {
         }
         if let Some((key, job)) = job {
             job.account.add(&self.s, ts, &usage);
+            job.arrived_ms = job.arrived_ms.max(st.max_event_ms.unwrap_or(ts));
             match job.models.iter_mut().find(|(m, _)| *m == peak.model) {
                 Some((_, c)) => *c += 1,
                 None => job.models.push((peak.model, 1)),
@@ -1484,8 +1490,9 @@ impl Engine {
             .unwrap_or(0);
         let idle_before = watermark - longest;
         let series_before = watermark - self.s.dedup_horizon_ms.max(self.s.detect_window_ms);
-        // Jobs leave when the longest window has passed; ended jobs never suspected of training
-        // leave after the shorter retention, so that job churn does not pile up for a month.
+        // Jobs leave when none of their samples has arrived while event time moved on by the
+        // longest window; ended jobs never suspected of training leave after the shorter
+        // retention, so that job churn does not pile up for a month.
         let retained_before = watermark - self.s.ended_job_retention_ms;
         let gone: Vec<JobKey> = self
             .st
@@ -1496,7 +1503,7 @@ impl Engine {
                     true => idle_before,
                     false => idle_before.max(retained_before),
                 };
-                j.account.last_ts < before
+                j.arrived_ms < before
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -1823,6 +1830,27 @@ mod tests {
             before,
             "the tenant's totals keep the dropped job's usage"
         );
+    }
+
+    #[test]
+    fn a_job_whose_samples_arrive_hours_late_keeps_its_lifetime() {
+        let mut e = engine();
+        // One exporter is current, the other replays its buffer two hours behind: the lagging
+        // job's event times stay behind the retention horizon the whole time, but its samples
+        // keep arriving, so it is one job with one lifetime.
+        let lag = 2 * 3_600_000;
+        let steps = 6 * 60;
+        for step in 0..steps {
+            let ts = T0 + lag + step * MIN;
+            e.apply(&UsageSample::new(ts, "current", 1.0, 60.0).job("live"));
+            e.apply(&UsageSample::new(ts - lag, "lagging", 1.0, 60.0).job("replayed"));
+        }
+        let replayed = e
+            .job_reports()
+            .into_iter()
+            .find(|j| j.job == "replayed")
+            .expect("the lagging job is held");
+        assert_eq!(replayed.accelerator_seconds, steps as f64 * 60.0);
     }
 
     #[test]

@@ -158,7 +158,27 @@ fn kill_9_twenty_times_loses_nothing_and_counts_nothing_twice() {
                     log.push_str(&format!("[{n}] {line}\n"));
                 }
             }
-            panic!("not exact within 10 minutes:\n tenants {tenants:?}\n expected {expected_tenants:?}\n{log}");
+            // Only the keys that differ: six tenants print whole, twelve jobs would drown the log.
+            let differing = |got: &Option<common::Totals>, want: &common::Totals| -> Vec<String> {
+                want.iter()
+                    .filter(|(k, v)| got.as_ref().and_then(|g| g.get(*k)) != Some(*v))
+                    .map(|(k, v)| {
+                        let g = got.as_ref().and_then(|g| g.get(k));
+                        format!("{k}: got {g:?}, expected {v:?}")
+                    })
+                    .chain(
+                        got.iter()
+                            .flatten()
+                            .filter(|(k, _)| !want.contains_key(*k))
+                            .map(|(k, g)| format!("{k}: got {g:?}, not in the produced stream")),
+                    )
+                    .collect()
+            };
+            panic!(
+                "not exact within the finishing time:\n tenants differing {:?}\n jobs differing {:?}\n{log}",
+                differing(&tenants, &expected_tenants),
+                differing(&jobs, &expected_jobs)
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
