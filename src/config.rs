@@ -180,12 +180,13 @@ pub struct StateConfig {
     /// A write that times out is retried at the next checkpoint (its offsets stay uncommitted); a
     /// read that fails falls back to the local checkpoint, else to the beginning of the partition.
     pub changelog_timeout: HumanDuration,
-    /// A job never suspected of training is dropped from state once event time (the newest event
-    /// of its partition) has moved on this far since its latest sample arrived (its usage stays
-    /// in its tenant's and organisation's accounts). Jobs suspected at some time are kept until
-    /// the longest window has passed. Measured from arrival, not from the sample's own time, so a
-    /// job whose exporter lags the rest of the partition by more than this is not dropped while
-    /// its samples keep coming. A value below
+    /// A job never suspected of training is dropped from state once both its partition and its
+    /// tenant have moved on this far without it: the partition's event time since the job's
+    /// latest sample arrived, and the tenant's newest sample time past the job's. Its usage stays
+    /// in its tenant's and organisation's accounts. A job whose exporter lags or pauses while
+    /// others fill the partition is therefore not dropped, nor are the last jobs of a tenant that
+    /// went quiet (those leave with the longest window). Jobs suspected at some time are kept
+    /// until the longest window has passed. A value below
     /// `detection.job_end_after` or `windows.dedup_horizon` is raised to the larger of them.
     pub ended_job_retention: HumanDuration,
 }

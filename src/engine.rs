@@ -297,10 +297,10 @@ struct JobState {
     suspected: bool,
     /// Suspected of training at some time.
     ever_suspected: bool,
-    /// The engine's latest event time when the job's latest sample arrived. A job leaves state
-    /// only after its samples stopped arriving, not after its event times fell behind: samples
-    /// that arrive an hour late, from an exporter that lags the rest of the partition, still
-    /// belong to the job they name.
+    /// The engine's latest event time when the job's latest sample arrived: the partition's clock
+    /// of the job, one of the two that must agree before an ended job leaves state (see
+    /// `Engine::sweep`). Samples that arrive an hour late, from an exporter that lags the rest of
+    /// the partition, still belong to the job they name.
     arrived_ms: i64,
     /// Listed in `State::touched_jobs`.
     touched: bool,
@@ -1491,19 +1491,30 @@ impl Engine {
         let idle_before = watermark - longest;
         let series_before = watermark - self.s.dedup_horizon_ms.max(self.s.detect_window_ms);
         // Jobs leave when none of their samples has arrived while event time moved on by the
-        // longest window; ended jobs never suspected of training leave after the shorter
-        // retention, so that job churn does not pile up for a month.
-        let retained_before = watermark - self.s.ended_job_retention_ms;
+        // longest window. Ended jobs never suspected of training leave after the shorter
+        // retention, so that job churn does not pile up for a month, once two clocks agree that
+        // they ended: the partition's (nothing of the job arrived while its event time moved on
+        // by the retention) and the tenant's own (the tenant's samples moved on by the retention
+        // without the job). The partition's clock alone would drop the jobs of a tenant whose
+        // exporter pauses or lags while others fill the partition, and the tenant's alone the
+        // jobs of one lagging exporter among the tenant's several.
+        let retention = self.s.ended_job_retention_ms;
+        let retained_before = watermark - retention;
+        let tenants = &self.st.tenants;
         let gone: Vec<JobKey> = self
             .st
             .jobs
             .iter()
-            .filter(|(_, j)| {
-                let before = match j.ever_suspected {
-                    true => idle_before,
-                    false => idle_before.max(retained_before),
-                };
-                j.arrived_ms < before
+            .filter(|(k, j)| {
+                if j.arrived_ms < idle_before {
+                    return true;
+                }
+                let tenant_ts = tenants
+                    .get(&k.tenant)
+                    .map_or(i64::MIN, |t| t.account.last_ts);
+                !j.ever_suspected
+                    && j.arrived_ms < retained_before
+                    && j.account.last_ts < tenant_ts.saturating_sub(retention)
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -1811,25 +1822,46 @@ mod tests {
         };
         assert_eq!(jobs(&e), ["notebook", "pretrain"]);
         let before = e.tenant_totals()["acme"];
-        // Three hours of another tenant's traffic: past the one-hour retention and a sweep.
+        // Three hours of the tenant's next job: past the one-hour retention and a sweep.
         for step in 0..180 {
-            e.apply(&UsageSample::new(
-                T0 + 3 * 3_600_000 + step * MIN,
-                "other",
-                1.0,
-                60.0,
-            ));
+            e.apply(&gpu_sample(T0 + 3 * 3_600_000 + step * MIN, "next", 0));
         }
         assert_eq!(
             jobs(&e),
-            ["pretrain"],
+            ["next", "pretrain"],
             "the ended job never suspected is dropped, the suspected one is kept"
         );
         assert_eq!(
-            e.tenant_totals()["acme"],
-            before,
+            e.tenant_totals()["acme"].0,
+            before.0 + 180.0 * 30.0,
             "the tenant's totals keep the dropped job's usage"
         );
+    }
+
+    #[test]
+    fn a_tenant_silent_while_others_fill_the_partition_keeps_its_jobs() {
+        let mut e = engine();
+        // The tenant's exporter pauses for three hours while another tenant's samples move the
+        // partition's event time on; then its backlog arrives. Nothing tells an ended job from a
+        // paused exporter until the tenant's own samples move on, so the job stays one job.
+        let mut expected = 0.0;
+        for step in 0..60 {
+            e.apply(&UsageSample::new(T0 + step * MIN, "paused", 1.0, 60.0).job("run"));
+            expected += 60.0;
+        }
+        for step in 0..(4 * 60) {
+            e.apply(&UsageSample::new(T0 + step * MIN, "busy", 1.0, 60.0));
+        }
+        for step in 60..(4 * 60) {
+            e.apply(&UsageSample::new(T0 + step * MIN, "paused", 1.0, 60.0).job("run"));
+            expected += 60.0;
+        }
+        let run = e
+            .job_reports()
+            .into_iter()
+            .find(|j| j.job == "run")
+            .expect("the paused tenant's job is held");
+        assert_eq!(run.accelerator_seconds, expected);
     }
 
     #[test]
