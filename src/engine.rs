@@ -1867,15 +1867,16 @@ mod tests {
     #[test]
     fn a_job_whose_samples_arrive_hours_late_keeps_its_lifetime() {
         let mut e = engine();
-        // One exporter is current, the other replays its buffer two hours behind: the lagging
-        // job's event times stay behind the retention horizon the whole time, but its samples
+        // Two exporters of one tenant: one is current, the other replays its buffer two hours
+        // behind. The lagging job's event times stay behind the retention horizon, and behind
+        // its tenant's newest sample by more than the retention, the whole time; but its samples
         // keep arriving, so it is one job with one lifetime.
         let lag = 2 * 3_600_000;
         let steps = 6 * 60;
         for step in 0..steps {
             let ts = T0 + lag + step * MIN;
-            e.apply(&UsageSample::new(ts, "current", 1.0, 60.0).job("live"));
-            e.apply(&UsageSample::new(ts - lag, "lagging", 1.0, 60.0).job("replayed"));
+            e.apply(&UsageSample::new(ts, "acme", 1.0, 60.0).job("live"));
+            e.apply(&UsageSample::new(ts - lag, "acme", 1.0, 60.0).job("replayed"));
         }
         let replayed = e
             .job_reports()
