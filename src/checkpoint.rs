@@ -22,7 +22,8 @@ const MAGIC: &[u8; 8] = b"TSCKPT\0\0";
 /// the join buffer of metric-per-message formats to the engine state; version 3 the per-device
 /// activity moments of gang synchrony; version 4 pane rings sized to the span written, timestamp
 /// sets as runs, and lists of keys touched since the last evaluation; version 5 each job's
-/// arrival clock (the event time its latest sample arrived at), which decides when it leaves state.
+/// arrival clock (the event time its latest sample arrived at), which decides when it leaves state,
+/// and the newest pane of each ring held inline.
 pub const VERSION: u32 = 5;
 const PREFIX_LEN: usize = 8 + 4 + 8 + 4;
 /// Refuse payloads larger than this rather than allocate on a corrupt length field.

@@ -36,13 +36,20 @@ impl WindowSpec {
 /// Storage follows the span actually written: it starts at one pane and doubles (up to `n`) as the
 /// written span grows, so a key costs in proportion to how long it has been active, at most `n`
 /// panes. Panes of the retained range that were never written read as absent, not stored.
+///
+/// The newest pane lives inline (`current`), not in the pane array: nearly every sample adds to
+/// the newest pane of each window, and the inline pane sits beside the ring's bookkeeping, so
+/// such an add touches no separately allocated memory (at fleet scale each pane array touched
+/// is a cache miss). The array is touched when the ring advances, for late samples and for reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PaneRing<T> {
     /// Newest pane index written.
     head: i64,
     /// Oldest pane index stored: panes `start ..= head` are held, and `start > head - n`.
     start: i64,
-    /// `panes.len() >= head - start + 1`; pane `i` lives in slot `i mod panes.len()`.
+    /// Pane `head`; its slot in `panes` is not read while it is the head.
+    current: T,
+    /// `panes.len() >= head - start + 1`; pane `i < head` lives in slot `i mod panes.len()`.
     panes: Box<[T]>,
 }
 
@@ -51,6 +58,7 @@ impl<T: Default + Clone> Default for PaneRing<T> {
         PaneRing {
             head: i64::MIN,
             start: i64::MIN,
+            current: T::default(),
             panes: Box::default(),
         }
     }
@@ -63,13 +71,31 @@ impl<T: Default + Clone> PaneRing<T> {
 
     /// The pane for absolute index `idx`, advancing the ring if `idx` is newer than its head.
     /// `None` if the pane is older than everything the ring retains.
+    #[inline]
     pub fn pane_mut(&mut self, idx: i64, n: usize) -> Option<&mut T> {
+        if idx == self.head && !self.panes.is_empty() {
+            return Some(&mut self.current);
+        }
+        self.pane_mut_in_array(idx, n)
+    }
+
+    /// [`PaneRing::pane_mut`] for any pane but the current head: the inline pane is written to
+    /// its slot, the ring moves as needed, and the (possibly new) head is loaded inline again.
+    fn pane_mut_in_array(&mut self, idx: i64, n: usize) -> Option<&mut T> {
         let n_i = n as i64;
         if self.panes.is_empty() {
             self.panes = vec![T::default(); 1].into_boxed_slice();
             self.head = idx;
             self.start = idx;
-        } else if idx > self.head {
+            self.current = T::default();
+            return Some(&mut self.current);
+        }
+        if idx < self.start && idx <= self.head - n_i {
+            return None;
+        }
+        let s = self.slot(self.head);
+        self.panes[s] = std::mem::take(&mut self.current);
+        if idx > self.head {
             let lowest = idx - n_i + 1;
             if lowest > self.head {
                 // Nothing held is retained any more.
@@ -86,9 +112,6 @@ impl<T: Default + Clone> PaneRing<T> {
             }
             self.head = idx;
         } else if idx < self.start {
-            if idx <= self.head - n_i {
-                return None;
-            }
             self.hold(idx, self.head, n);
             for i in idx..self.start {
                 let s = self.slot(i);
@@ -96,11 +119,17 @@ impl<T: Default + Clone> PaneRing<T> {
             }
             self.start = idx;
         }
+        let h = self.slot(self.head);
+        self.current = self.panes[h].clone();
+        if idx == self.head {
+            return Some(&mut self.current);
+        }
         let s = self.slot(idx);
         Some(&mut self.panes[s])
     }
 
     /// Makes room for panes `lo ..= hi` (a span of at most `n`), keeping the held panes in it.
+    /// The head's slot must hold its value (it is copied like the others).
     fn hold(&mut self, lo: i64, hi: i64, n: usize) {
         let need = (hi - lo + 1) as usize;
         if need <= self.panes.len() {
@@ -121,7 +150,13 @@ impl<T: Default + Clone> PaneRing<T> {
         } else {
             (first.max(self.start), last.min(self.head))
         };
-        (lo..=hi).map(move |i| (i, &self.panes[self.slot(i)]))
+        (lo..=hi).map(move |i| {
+            let pane = match i == self.head {
+                true => &self.current,
+                false => &self.panes[self.slot(i)],
+            };
+            (i, pane)
+        })
     }
 
     /// Newest pane index, if any pane was ever written.
@@ -129,7 +164,7 @@ impl<T: Default + Clone> PaneRing<T> {
         (!self.panes.is_empty()).then_some(self.head)
     }
 
-    /// Panes allocated (for memory accounting).
+    /// Panes allocated (for memory accounting; the inline current pane is part of the ring).
     pub fn capacity(&self) -> usize {
         self.panes.len()
     }
