@@ -18,7 +18,6 @@ use ahash::AHashSet;
 use hashbrown::hash_map::RawEntryMut;
 use hashbrown::Equivalent;
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 
 use crate::alert::{AlertBook, AlertName, AlertRecord, Condition, Entity, Scope, Severity};
 use crate::catalog::Catalog;
@@ -306,9 +305,7 @@ struct JobState {
     /// Listed in `State::touched_jobs`.
     touched: bool,
     /// Accelerator models seen (catalog index; `None` = unknown or unspecified) with sample counts.
-    /// Inline for the usual job of one model: every sample counts here, and a separate allocation
-    /// would be one more cache miss per sample at fleet scale.
-    models: SmallVec<[(Option<u16>, u64); 1]>,
+    models: Vec<(Option<u16>, u64)>,
 }
 
 /// The window values of one key, in configured order (serialises as a JSON object).
@@ -612,10 +609,7 @@ impl Engine {
         for j in st.jobs.values() {
             f.job_bytes += j.account.windows.heap_bytes()
                 + j.detect.capacity() * std::mem::size_of::<DetectPane>()
-                + match j.models.spilled() {
-                    true => j.models.capacity() * std::mem::size_of::<(Option<u16>, u64)>(),
-                    false => 0,
-                };
+                + j.models.capacity() * std::mem::size_of::<(Option<u16>, u64)>();
             f.series += j.series.len();
             f.series_bytes += series_bytes(&j.series);
         }
