@@ -42,7 +42,7 @@ use crate::decode::{DecodeLimits, UsageSample};
 use crate::health::Health;
 use crate::http::{self, HttpState, Query};
 use crate::metrics::Metrics;
-use crate::partitions::{Partitions, StartAt};
+use crate::partitions::{self, Partitions, StartAt};
 use crate::pipeline::{Pipeline, Rejected, Shard};
 
 /// How long to wait before retrying a failed produce.
@@ -763,6 +763,13 @@ impl Worker {
             let before = idx.len();
             idx.retain(|&i| parts.accepts(shard, received_at[i]));
             skipped += before - idx.len();
+            let repeats =
+                partitions::drop_repeats(parts.next_offset(shard), idx, |i| batch[i].offset());
+            if !repeats.is_empty() {
+                warn!(topic = %shard.topic, partition = shard.partition, offsets = ?repeats,
+                      "messages delivered again at offsets the state already holds: not applied again");
+                self.metrics.messages_repeated(repeats.len() as u64);
+            }
         }
         by_shard.retain(|(_, idx)| !idx.is_empty());
         if skipped > 0 {

@@ -30,6 +30,7 @@ pub struct Metrics {
     catalog_fallback: IntCounterVec,
     dead_letter_produced: IntCounter,
     events_forwarded: IntCounter,
+    messages_repeated: IntCounter,
     alert_records: IntCounterVec,
     alerts_active: IntGaugeVec,
     alert_produce_errors: IntCounter,
@@ -159,6 +160,11 @@ impl Metrics {
                 &r,
                 "trainspotter_ingest_events_forwarded_total",
                 "Samples forwarded to the repartition topic, keyed by tenant (input.repartition_topic).",
+            ),
+            messages_repeated: counter(
+                &r,
+                "trainspotter_ingest_messages_repeated_total",
+                "Messages delivered again at an offset their partition's state already holds (not applied again).",
             ),
             alert_records: counter_vec(
                 &r,
@@ -396,6 +402,10 @@ impl Metrics {
 
     pub fn events_forwarded(&self, n: u64) {
         self.events_forwarded.inc_by(n);
+    }
+
+    pub fn messages_repeated(&self, n: u64) {
+        self.messages_repeated.inc_by(n);
     }
 
     pub fn alert_produce_error(&self) {

@@ -223,6 +223,12 @@ impl Partitions {
         }
     }
 
+    /// The next offset to process of an owned partition (`None`: not owned, or nothing processed
+    /// since it was assigned to be read from its beginning).
+    pub fn next_offset(&self, shard: &Shard) -> Option<i64> {
+        self.offsets.get(shard).and_then(|o| o.next)
+    }
+
     /// Records that every message of `shard` before `next` is processed and acknowledged. A
     /// partition no longer owned is ignored: its next owner starts from its checkpoint.
     pub fn processed(&mut self, shard: &Shard, next: i64) {
@@ -352,6 +358,31 @@ impl Partitions {
     }
 }
 
+/// Keeps, of a partition's messages in delivery order (`idx`, with `offset` giving each one's
+/// offset), those that extend a state holding every message before `next`. Offsets only move
+/// forward, so a message below `next`, or not above one kept before it, was delivered again: it
+/// is dropped, and its offset returned. A broker never does this; one with a fault that does
+/// would otherwise have the same sample counted twice.
+pub fn drop_repeats(
+    next: Option<i64>,
+    idx: &mut Vec<usize>,
+    offset: impl Fn(usize) -> i64,
+) -> Vec<i64> {
+    let mut next = next.unwrap_or(i64::MIN);
+    let mut repeats = Vec::new();
+    idx.retain(|&i| {
+        let o = offset(i);
+        if o < next {
+            repeats.push(o);
+            false
+        } else {
+            next = o + 1;
+            true
+        }
+    });
+    repeats
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -419,6 +450,23 @@ mod tests {
         p.revoke(&shard, 0);
         p.processed(&shard, 99);
         assert!(p.checkpoint(0).is_empty());
+    }
+
+    #[test]
+    fn messages_delivered_again_below_the_next_offset_are_dropped_once_each() {
+        let offsets = [8, 10, 11, 11, 13, 12, 14];
+        let mut idx: Vec<usize> = (0..offsets.len()).collect();
+        let repeats = drop_repeats(Some(10), &mut idx, |i| offsets[i]);
+        let kept: Vec<i64> = idx.iter().map(|&i| offsets[i]).collect();
+        assert_eq!(kept, [10, 11, 13, 14]);
+        assert_eq!(repeats, [8, 11, 12]);
+
+        // A partition read from its beginning takes whatever offset comes first; gaps are kept
+        // (compaction and transaction markers leave them).
+        let offsets = [5, 9, 9];
+        let mut idx: Vec<usize> = (0..offsets.len()).collect();
+        assert_eq!(drop_repeats(None, &mut idx, |i| offsets[i]), [9]);
+        assert_eq!(idx, [0, 1]);
     }
 
     /// A changelog shared by instances, in memory; `fail` makes writes fail.
