@@ -441,6 +441,24 @@ pub fn decode_native_with<R>(
     }
 }
 
+/// A native event read by the flat-object reader, not validated yet: batches are read first and
+/// validated (into [`SampleRef`]s borrowing it) afterwards, so that a batch's keys are known
+/// before any is applied.
+pub struct FlatNative<'a>(RawEvent<'a>);
+
+impl<'a> FlatNative<'a> {
+    /// `None` when the payload is not a flat object of plain values; [`decode_native_with`] then
+    /// reads it with serde_json.
+    pub fn read(payload: &'a [u8]) -> Option<FlatNative<'a>> {
+        RawEvent::flat(payload).map(FlatNative)
+    }
+
+    /// The sample, exactly as [`decode_native_with`] gives it for the same payload.
+    pub fn sample(&self, limits: DecodeLimits) -> Result<SampleRef<'_>, Rejection> {
+        self.0.validate_ref(limits)
+    }
+}
+
 /// Decodes one native v1 event with serde_json only: the reference the fast path of
 /// [`decode_native`] is tested against.
 pub fn decode_native_by_serde(

@@ -60,6 +60,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod partitions;
 pub mod pipeline;
+pub mod prefetch;
 pub mod prom_adapter;
 pub mod registry;
 pub mod registry_topic;

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::alert::{AlertName, AlertRecord};
 use crate::config::{Config, ConfigError, InputFormat};
 use crate::decode::{
-    format_rfc3339_ms, DecodeLimits, Decoded, Decoder, NativeJson, RejectReason, Rejection,
-    UsageSample,
+    format_rfc3339_ms, DecodeLimits, Decoded, Decoder, FlatNative, NativeJson, RejectReason,
+    Rejection, SampleRef, UsageSample,
 };
 use crate::engine::{
     Engine, EngineStats, Explanation, JobReport, OrganisationReport, TenantReport,
@@ -29,6 +30,10 @@ use crate::vector::VectorJson;
 
 /// How often per-tenant gauges (which walk every tenant) are refreshed at most.
 const GAUGE_REFRESH: Duration = Duration::from_secs(1);
+
+/// Native events are read and their keys warmed (`Engine::warm`) this many at a time before any
+/// of them is applied.
+const WARM_CHUNK: usize = 16;
 
 /// A message of a batch that the decoder rejected.
 #[derive(Debug, Clone, PartialEq)]
@@ -295,25 +300,37 @@ impl Pipeline {
         let decoder = self.decoder_of(&shard.topic);
         let engine = self.shards.get_mut(shard).expect("inserted above");
         let before = engine.stats();
-        // Each message is decoded and its samples applied at once, their names borrowed from
+        // Each message is decoded and its samples applied in order, their names borrowed from
         // the payload; readings of metric-per-message formats are joined after the batch.
         let mut rejected = Vec::new();
         let mut consumed = 0u64;
         self.readings.clear();
-        for (index, payload) in payloads.into_iter().enumerate() {
-            consumed += 1;
-            self.scratch.clear();
-            let result = match payload {
-                Some(p) => decoder.decode_each(p, limits, &mut self.scratch, &mut |s| {
-                    engine.apply_ref(s);
-                }),
-                None => Err(no_payload()),
-            };
-            match result {
-                Ok(()) => self.readings.append(&mut self.scratch.readings),
-                Err(rejection) => {
-                    self.metrics.event_rejected(rejection.reason);
-                    rejected.push(Rejected { index, rejection });
+        if Arc::ptr_eq(&decoder, &self.native) {
+            consumed = process_native(
+                engine,
+                &*decoder,
+                &self.metrics,
+                &mut self.scratch,
+                payloads,
+                limits,
+                &mut rejected,
+            );
+        } else {
+            for (index, payload) in payloads.into_iter().enumerate() {
+                consumed += 1;
+                self.scratch.clear();
+                let result = match payload {
+                    Some(p) => decoder.decode_each(p, limits, &mut self.scratch, &mut |s| {
+                        engine.apply_ref(s);
+                    }),
+                    None => Err(no_payload()),
+                };
+                match result {
+                    Ok(()) => self.readings.append(&mut self.scratch.readings),
+                    Err(rejection) => {
+                        self.metrics.event_rejected(rejection.reason);
+                        rejected.push(Rejected { index, rejection });
+                    }
                 }
             }
         }
@@ -549,5 +566,128 @@ impl Pipeline {
             organisations: self.organisation_reports(),
             jobs: self.job_reports(),
         }
+    }
+}
+
+/// Applies a batch of native events in order, reading [`WARM_CHUNK`] of them ahead: their keys
+/// are warmed ([`Engine::warm`]) before the first of them is applied, so that the cache misses of
+/// their look-ups overlap instead of being paid one event after the other. Events the flat-object
+/// reader cannot read are decoded in place by `decoder`. Returns the number of messages.
+fn process_native<'a>(
+    engine: &mut Engine,
+    decoder: &dyn Decoder,
+    metrics: &Metrics,
+    scratch: &mut Decoded,
+    payloads: impl IntoIterator<Item = Option<&'a [u8]>>,
+    limits: DecodeLimits,
+    rejected: &mut Vec<Rejected>,
+) -> u64 {
+    let mut payloads = payloads.into_iter().enumerate().peekable();
+    let mut chunk: Vec<(usize, Option<&'a [u8]>)> = Vec::with_capacity(WARM_CHUNK);
+    let mut flat: Vec<Option<FlatNative<'a>>> = Vec::with_capacity(WARM_CHUNK);
+    let mut consumed = 0u64;
+    while payloads.peek().is_some() {
+        chunk.clear();
+        chunk.extend(payloads.by_ref().take(WARM_CHUNK));
+        consumed += chunk.len() as u64;
+        flat.clear();
+        flat.extend(chunk.iter().map(|(_, p)| p.and_then(FlatNative::read)));
+        let samples: SmallVec<[Option<Result<SampleRef<'_>, Rejection>>; WARM_CHUNK]> = flat
+            .iter()
+            .map(|f| f.as_ref().map(|f| f.sample(limits)))
+            .collect();
+        for s in samples.iter().flatten().flatten() {
+            engine.warm(s);
+        }
+        for ((index, payload), sample) in chunk.iter().zip(samples) {
+            let result = match (sample, payload) {
+                (Some(Ok(s)), _) => {
+                    engine.apply_ref(&s);
+                    Ok(())
+                }
+                (Some(Err(r)), _) => Err(r),
+                (None, Some(p)) => decoder.decode_each(p, limits, scratch, &mut |s| {
+                    engine.apply_ref(s);
+                }),
+                (None, None) => Err(no_payload()),
+            };
+            if let Err(rejection) = result {
+                metrics.event_rejected(rejection.reason);
+                rejected.push(Rejected {
+                    index: *index,
+                    rejection,
+                });
+            }
+        }
+    }
+    consumed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::decode_native;
+
+    #[test]
+    fn native_events_read_ahead_in_chunks_apply_and_reject_exactly_as_one_at_a_time() {
+        const T0: i64 = 1_714_521_600_000;
+        let cfg = Config::default();
+        let mut pipeline = Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap();
+        let shard = Shard::new("gpu-usage", 0);
+        // More than two chunks: flat events, events with an escaped name (which the flat reader
+        // leaves to serde_json), malformed ones and a message without payload, interleaved.
+        let payloads: Vec<Option<Vec<u8>>> = (0..40i64)
+            .map(|i| match i % 7 {
+                3 => Some(
+                    format!(
+                        r#"{{"ts":{},"tenant":"t\"{}","job":"j","interval_s":60,"gpus":4}}"#,
+                        T0 + i * 60_000,
+                        i % 2
+                    )
+                    .into_bytes(),
+                ),
+                5 => Some(b"{\"ts\":".to_vec()),
+                6 if i == 13 => None,
+                _ => Some(
+                    UsageSample::new(T0 + i * 60_000, format!("t{}", i % 3), 2.0, 60.0)
+                        .job(format!("j{}", i % 2))
+                        .to_json()
+                        .into_bytes(),
+                ),
+            })
+            .collect();
+        let rejected = pipeline.process(
+            &shard,
+            payloads.iter().map(|p| p.as_deref()),
+            DecodeLimits::OPEN,
+        );
+
+        let mut one_by_one = Engine::new(&cfg).unwrap();
+        let mut want = Vec::new();
+        for (i, p) in payloads.iter().enumerate() {
+            match p.as_deref().map(|b| decode_native(b, DecodeLimits::OPEN)) {
+                Some(Ok(s)) => {
+                    one_by_one.apply(&s);
+                }
+                Some(Err(r)) => want.push((i, r.reason)),
+                None => want.push((i, no_payload().reason)),
+            }
+        }
+        let got: Vec<(usize, RejectReason)> = rejected
+            .iter()
+            .map(|r| (r.index, r.rejection.reason))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(want.len(), 6, "five malformed and one missing payload");
+        one_by_one.count_rejected(want.len() as u64);
+        let engine = pipeline.shard(&shard).unwrap();
+        assert_eq!(engine.tenant_reports(), one_by_one.tenant_reports());
+        assert_eq!(engine.job_reports(), one_by_one.job_reports());
+        assert_eq!(engine.stats(), one_by_one.stats());
+        assert_eq!(
+            engine.tenant_count(),
+            5,
+            "t0, t1, t2 and the two escaped names"
+        );
     }
 }

@@ -196,6 +196,13 @@ impl Windows {
     }
 
     /// Adds `usage` at event time `ts_ms` to every window that still retains its pane.
+    /// Starts loading the rings' bookkeeping (with their newest panes), which the next
+    /// [`Windows::add`] touches.
+    #[inline]
+    pub fn prefetch(&self) {
+        crate::prefetch::slice(&self.rings);
+    }
+
     pub fn add(&mut self, specs: &[WindowSpec], ts_ms: i64, usage: &Usage) {
         if self.rings.len() != specs.len() {
             self.rings.resize_with(specs.len(), PaneRing::default);
