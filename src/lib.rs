@@ -14,6 +14,7 @@
 //! - [`engine`]: the one owner of all state; applies samples, evaluates at event-time ticks.
 //! - [`stamps`]: exact timestamp sets for de-duplication, as arithmetic runs.
 //! - [`footprint`]: heap bytes of the engine state by owner.
+//! - [`prefetch`]: software prefetch hints, so that the cache misses of a batch's events overlap.
 //! - [`checkpoint`]: a partition's engine state and offset, written atomically and verified.
 //! - [`pipeline`]: a batch of payloads through decode and engine, with metrics; shared by `run`,
 //!   `replay` and `demo`.
