@@ -32,7 +32,7 @@ pub struct AcceleratorSpec {
 pub struct PeakFlops {
     /// Peak dense FLOP/s per device.
     pub flops: f64,
-    /// Index into [`Catalog::names`]; `None` when the model was not recognised.
+    /// The model, by index (its name is [`Catalog::name`]); `None` when it was not recognised.
     pub model: Option<u16>,
 }
 

@@ -22,7 +22,7 @@
 //! - [`registry`]: tenant KYC context (organisation, jurisdiction, verification) and the policy it implies;
 //!   [`registry_topic`] follows its compacted topic of per-tenant updates.
 //! - [`metrics`]: every Prometheus metric, in one registry per pipeline.
-//! - [`report`]: the replay report and API shapes.
+//! - [`pipeline::Report`]: the replay report and API shapes.
 //! - [`replay`]: the pipeline over an NDJSON file.
 //! - [`partitions`]: per-partition engines with the offsets they cover; checkpoint and restore.
 //! - [`kafka`]: the consumer loop, rebalances, dead-letter and alert producers (`run`).
