@@ -14,8 +14,8 @@ use smallvec::SmallVec;
 use crate::alert::{AlertName, AlertRecord};
 use crate::config::{Config, ConfigError, InputFormat};
 use crate::decode::{
-    format_rfc3339_ms, DecodeLimits, Decoded, Decoder, FlatNative, NativeJson, RejectReason,
-    Rejection, SampleRef, UsageSample,
+    decode_native_by_serde, format_rfc3339_ms, DecodeLimits, Decoded, Decoder, FlatNative,
+    NativeJson, RejectReason, Rejection, SampleRef, UsageSample,
 };
 use crate::engine::{
     Engine, EngineStats, Explanation, JobReport, OrganisationReport, TenantReport,
@@ -306,15 +306,7 @@ impl Pipeline {
         let mut consumed = 0u64;
         self.readings.clear();
         if Arc::ptr_eq(&decoder, &self.native) {
-            consumed = process_native(
-                engine,
-                &*decoder,
-                &self.metrics,
-                &mut self.scratch,
-                payloads,
-                limits,
-                &mut rejected,
-            );
+            consumed = process_native(engine, &self.metrics, payloads, limits, &mut rejected);
         } else {
             for (index, payload) in payloads.into_iter().enumerate() {
                 consumed += 1;
@@ -572,12 +564,13 @@ impl Pipeline {
 /// Applies a batch of native events in order, reading [`WARM_CHUNK`] of them ahead: their keys
 /// are warmed ([`Engine::warm`]) before the first of them is applied, so that the cache misses of
 /// their look-ups overlap instead of being paid one event after the other. Events the flat-object
-/// reader cannot read are decoded in place by `decoder`. Returns the number of messages.
+/// reader cannot read are decoded in place by serde_json, as [`decode_native`] does. Returns the
+/// number of messages.
+///
+/// [`decode_native`]: crate::decode::decode_native
 fn process_native<'a>(
     engine: &mut Engine,
-    decoder: &dyn Decoder,
     metrics: &Metrics,
-    scratch: &mut Decoded,
     payloads: impl IntoIterator<Item = Option<&'a [u8]>>,
     limits: DecodeLimits,
     rejected: &mut Vec<Rejected>,
@@ -606,8 +599,8 @@ fn process_native<'a>(
                     Ok(())
                 }
                 (Some(Err(r)), _) => Err(r),
-                (None, Some(p)) => decoder.decode_each(p, limits, scratch, &mut |s| {
-                    engine.apply_ref(s);
+                (None, Some(p)) => decode_native_by_serde(p, limits).map(|s| {
+                    engine.apply(&s);
                 }),
                 (None, None) => Err(no_payload()),
             };

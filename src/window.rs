@@ -195,7 +195,6 @@ impl Windows {
                 .sum::<usize>()
     }
 
-    /// Adds `usage` at event time `ts_ms` to every window that still retains its pane.
     /// Starts loading the rings' bookkeeping (with their newest panes), which the next
     /// [`Windows::add`] touches.
     #[inline]
@@ -203,6 +202,7 @@ impl Windows {
         crate::prefetch::slice(&self.rings);
     }
 
+    /// Adds `usage` at event time `ts_ms` to every window that still retains its pane.
     pub fn add(&mut self, specs: &[WindowSpec], ts_ms: i64, usage: &Usage) {
         if self.rings.len() != specs.len() {
             self.rings.resize_with(specs.len(), PaneRing::default);
