@@ -29,6 +29,7 @@ use crate::footprint::{self, Footprint};
 use crate::join::{JoinBuffer, Reading};
 use crate::prefetch;
 use crate::registry::{Effective, Registry};
+use crate::series::{SeriesKey, SeriesRef, SeriesTable};
 use crate::stamps::StampSet;
 use crate::window::{PaneRing, Windows};
 
@@ -80,12 +81,6 @@ struct JobKey {
     job: Arc<str>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-struct SeriesKey {
-    node: Option<Arc<str>>,
-    gpu: Option<Arc<str>>,
-}
-
 /// A [`JobKey`] by borrowed names, to look one up without building it (hashes alike).
 #[derive(Hash)]
 struct JobRef<'a> {
@@ -96,19 +91,6 @@ struct JobRef<'a> {
 impl Equivalent<JobKey> for JobRef<'_> {
     fn equivalent(&self, k: &JobKey) -> bool {
         *k.tenant == *self.tenant && *k.job == *self.job
-    }
-}
-
-/// A [`SeriesKey`] by borrowed names (hashes alike).
-#[derive(Hash)]
-struct SeriesRef<'a> {
-    node: Option<&'a str>,
-    gpu: Option<&'a str>,
-}
-
-impl Equivalent<SeriesKey> for SeriesRef<'_> {
-    fn equivalent(&self, k: &SeriesKey) -> bool {
-        k.node.as_deref() == self.node && k.gpu.as_deref() == self.gpu
     }
 }
 
@@ -267,7 +249,7 @@ impl Account {
 struct TenantState {
     account: Account,
     /// Series of samples that name no job.
-    series: Table<SeriesKey, SeriesState>,
+    series: SeriesTable<SeriesState>,
     /// Idle for longer than every window: windows and series were freed, the lifetime is kept.
     dormant: bool,
     /// One of its jobs, or a group of them, has been suspected of training.
@@ -291,7 +273,7 @@ struct OrgState {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct JobState {
     account: Account,
-    series: Table<SeriesKey, SeriesState>,
+    series: SeriesTable<SeriesState>,
     detect: PaneRing<DetectPane>,
     max_concurrent: f32,
     score: f64,
@@ -585,8 +567,8 @@ impl Engine {
 
     /// Heap bytes of the state by owner (see [`Footprint`]).
     pub fn footprint(&self) -> Footprint {
-        fn series_bytes(m: &Table<SeriesKey, SeriesState>) -> usize {
-            footprint::table_of::<SeriesKey, SeriesState>(m.capacity())
+        fn series_bytes(m: &SeriesTable<SeriesState>) -> usize {
+            m.heap_bytes()
                 + m.values().map(|s| s.seen.heap_bytes()).sum::<usize>()
         }
         let st = &self.st;
@@ -671,7 +653,7 @@ impl Engine {
                 node: sample.node.as_deref(),
                 gpu: sample.gpu.as_deref(),
             };
-            if let Some(s) = job.series.get(&series) {
+            if let Some(s) = job.series.get(&series, series.hash()) {
                 prefetch::value(s);
             }
         }
@@ -725,16 +707,10 @@ impl Engine {
             node: sample.node.as_deref(),
             gpu: sample.gpu.as_deref(),
         };
-        let series = match series_map.raw_entry_mut().from_key(&series_ref) {
-            RawEntryMut::Occupied(e) => e.into_mut(),
-            RawEntryMut::Vacant(e) => {
-                let key = SeriesKey {
-                    node: series_ref.node.map(|n| names.intern(n)),
-                    gpu: series_ref.gpu.map(|g| names.intern(g)),
-                };
-                e.insert(key, SeriesState::default()).1
-            }
-        };
+        let series = series_map.get_or_insert(&series_ref, series_ref.hash(), || SeriesKey {
+            node: series_ref.node.map(|n| names.intern(n)),
+            gpu: series_ref.gpu.map(|g| names.intern(g)),
+        });
         let unverified = match series.observe(ts, floor) {
             Seen::Duplicate => {
                 st.stats.duplicate += 1;
@@ -1567,7 +1543,7 @@ impl Engine {
             let state = self.st.tenants.get_mut(&t).expect("listed above");
             state.dormant = true;
             state.account.windows = Windows::default();
-            state.series = Table::default();
+            state.series = SeriesTable::default();
             self.reconcile(&Entity::tenant(t), Vec::new(), watermark);
         }
         // Organisations likewise keep their lifetime.
@@ -1591,13 +1567,13 @@ impl Engine {
         let detect_slide = self.s.detect_slide_ms;
         let detect_panes = self.s.detect_window_ms / detect_slide;
         for j in self.st.jobs.values_mut() {
-            retain_series(&mut j.series, series_before);
+            j.series.retain(|s| s.last_ts >= series_before);
             j.account.windows.release_stale(specs, watermark);
             j.detect
                 .release_before(watermark.div_euclid(detect_slide) - detect_panes + 1);
         }
         for t in self.st.tenants.values_mut() {
-            retain_series(&mut t.series, series_before);
+            t.series.retain(|s| s.last_ts >= series_before);
             t.account.windows.release_stale(specs, watermark);
         }
         for o in self.st.orgs.values_mut() {
@@ -1726,13 +1702,6 @@ impl Engine {
     }
 }
 
-/// Drops the series last seen before `before`; a table left mostly empty gives its memory back.
-fn retain_series(series: &mut Table<SeriesKey, SeriesState>, before: i64) {
-    series.retain(|_, s| s.last_ts >= before);
-    if series.capacity() > 2 * series.len() + 4 {
-        series.shrink_to_fit();
-    }
-}
 
 /// Removes and returns the group condition of `entity`, if any.
 fn take_group(groups: &mut Vec<(Entity, Condition)>, entity: &Entity) -> Option<Condition> {

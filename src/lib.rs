@@ -13,6 +13,7 @@
 //! - [`alert`]: alert identity, lifecycle and the CloudEvents rendering.
 //! - [`engine`]: the one owner of all state; applies samples, evaluates at event-time ticks.
 //! - [`stamps`]: exact timestamp sets for de-duplication, as arithmetic runs.
+//! - [`series`]: a job's device series, stored densely in arrival order.
 //! - [`footprint`]: heap bytes of the engine state by owner.
 //! - [`prefetch`]: software prefetch hints, so that the cache misses of a batch's events overlap.
 //! - [`checkpoint`]: a partition's engine state and offset, written atomically and verified.
@@ -67,6 +68,7 @@ pub mod registry;
 pub mod registry_topic;
 pub mod replay;
 pub mod scenario;
+pub mod series;
 pub mod sim;
 pub mod simulate;
 pub mod stamps;

@@ -143,8 +143,11 @@ fn the_engine_footprint_accounts_for_the_heap_it_holds() {
         f.per_series()
     );
     assert!(f.jobs > 0 && f.series > 0);
+    // What is not counted grows with alerts and accelerator models, not with jobs or series:
+    // 20.3 KB on this workload, the same with hash-map series tables (166 KB counted) as with
+    // dense ones (112 KB).
     assert!(
-        counted <= held * 1.01 && counted >= held * 0.85,
+        counted <= held * 1.01 && held - counted <= 24_000.0,
         "footprint {counted} bytes against {held} held"
     );
     drop(engine);
