@@ -23,6 +23,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Tables with up to this many series find one by scanning their tags; larger ones are indexed.
 pub const SCAN_MAX: usize = 32;
 
+/// The most series a checkpoint's stated count reserves room for before any is read.
+const PREALLOC_MAX: usize = 4096;
+
 /// The device a series belongs to: node and GPU as the samples name them (either may be absent).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SeriesKey {
@@ -241,7 +244,10 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for SeriesTable<V> {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let n = map.size_hint().unwrap_or(0);
+                // The length comes from the file: reserve no more than a bounded amount up
+                // front (as serde's own collections do), so a corrupt count is refused when the
+                // entries run out instead of aborting the allocation.
+                let n = map.size_hint().unwrap_or(0).min(PREALLOC_MAX);
                 let mut t = SeriesTable {
                     entries: Vec::with_capacity(n),
                     tags: Vec::with_capacity(n),
@@ -370,6 +376,15 @@ mod tests {
         let bytes = bincode::serialize(&vec![(k.clone(), 1u32), (k, 2u32)]).unwrap();
         let err = bincode::deserialize::<SeriesTable<u32>>(&bytes).unwrap_err();
         assert!(err.to_string().contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_series_count_is_an_error_not_an_allocation() {
+        // bincode states a map's length as a u64 before its entries: claim 2^61 series, give one.
+        let mut bytes = (1u64 << 61).to_le_bytes().to_vec();
+        bytes.extend(bincode::serialize(&(key(Some("a"), Some("0")), 1u32)).unwrap());
+        let err = bincode::deserialize::<SeriesTable<u32>>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("io error"), "{err}");
     }
 
     #[test]
