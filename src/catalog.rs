@@ -5,8 +5,7 @@
 //! and so override the built-in table. An unknown model is never guessed silently: the lookup says
 //! so, the caller counts it, and the configured fallback peak is used.
 
-use std::collections::HashMap;
-
+use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 
 /// Distinct model names remembered; real fleets have a few dozen.
@@ -42,8 +41,9 @@ pub struct Catalog {
     specs: Vec<AcceleratorSpec>,
     fallback_flops: f64,
     /// Resolved names (model names repeat millions of times; tokenising each once is enough).
-    /// The catalog is owned by the state task, so the memo needs no lock.
-    memo: HashMap<String, Option<u16>>,
+    /// The catalog is owned by the state task, so the memo needs no lock. Looked up once per
+    /// sample, so it hashes with aHash rather than SipHash.
+    memo: AHashMap<String, Option<u16>>,
 }
 
 macro_rules! spec {
@@ -101,7 +101,7 @@ impl Catalog {
         Catalog {
             specs,
             fallback_flops: fallback_tflops * 1e12,
-            memo: HashMap::new(),
+            memo: AHashMap::new(),
         }
     }
 

@@ -11,13 +11,13 @@
 //! series, what de-duplication and detection need. Keys idle for longer than the longest window are
 //! evicted (their alerts resolve first).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use ahash::AHashSet;
 use hashbrown::hash_map::RawEntryMut;
 use hashbrown::Equivalent;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::alert::{AlertBook, AlertName, AlertRecord, Condition, Entity, Scope, Severity};
 use crate::catalog::Catalog;
@@ -629,32 +629,81 @@ impl Engine {
         self.apply_ref(&sample.borrowed())
     }
 
-    /// Starts loading what applying `sample` will touch (its tenant, job and series entries and
-    /// their window rings), without waiting for any of it: warming the samples of a batch before
-    /// applying them lets their cache misses overlap. Changes nothing.
-    pub fn warm(&self, sample: &SampleRef<'_>) {
+    /// Starts loading what applying `samples` will touch (their tenants, jobs and series and the
+    /// window rings of each), without waiting for any of it, so that their cache misses overlap.
+    /// Changes nothing. Works in passes over the whole batch, each reading only what the previous
+    /// pass prefetched: entries are located by hash alone (names are not compared: a wrong guess
+    /// only costs a useless prefetch), then read for the addresses of their names, rings and
+    /// series, then the series are located and prefetched the same way.
+    pub fn warm(&self, samples: &[&SampleRef<'_>]) {
+        const N: usize = 16;
+        /// An entry of a table, if the hash found one.
+        type Found<'a, K, V> = Option<(&'a K, &'a V)>;
         let st = &self.st;
-        if let Some(t) = st.tenants.get(&*sample.tenant) {
-            prefetch::value(t);
-            t.account.windows.prefetch();
-        }
-        let Some(j) = sample.job.as_deref() else {
-            return;
-        };
-        let key = JobRef {
-            tenant: &sample.tenant,
-            job: j,
-        };
-        if let Some(job) = st.jobs.get(&key) {
-            prefetch::value(job);
-            job.account.windows.prefetch();
-            prefetch::slice(&job.models);
-            let series = SeriesRef {
-                node: sample.node.as_deref(),
-                gpu: sample.gpu.as_deref(),
-            };
-            if let Some(s) = job.series.get(&series, series.hash()) {
-                prefetch::value(s);
+        for chunk in samples.chunks(N) {
+            let mut tenants: SmallVec<[Found<Arc<str>, TenantState>; N]> = SmallVec::new();
+            let mut jobs: SmallVec<[Found<JobKey, JobState>; N]> = SmallVec::new();
+            // 1. The buckets: only the tables' control bytes are read (small, usually cached).
+            for s in chunk {
+                let tenant: &str = &s.tenant;
+                let t = st
+                    .tenants
+                    .raw_entry()
+                    .from_hash(st.tenants.hasher().hash_one(tenant), |_| true);
+                if let Some((k, v)) = t {
+                    prefetch::value(k);
+                    prefetch::value(v);
+                }
+                tenants.push(t);
+                let j = s.job.as_deref().and_then(|job| {
+                    let key = JobRef { tenant, job };
+                    st.jobs
+                        .raw_entry()
+                        .from_hash(st.jobs.hasher().hash_one(&key), |_| true)
+                });
+                if let Some((k, v)) = j {
+                    prefetch::value(k);
+                    prefetch::value(v);
+                }
+                jobs.push(j);
+            }
+            // 2. What the buckets point to: key names, window rings, series tags, model counts.
+            for (t, j) in tenants.iter().zip(&jobs) {
+                if let Some((k, v)) = t {
+                    prefetch::range(k.as_ptr(), k.len());
+                    v.account.windows.prefetch();
+                }
+                if let Some((k, v)) = j {
+                    prefetch::range(k.tenant.as_ptr(), k.tenant.len());
+                    prefetch::range(k.job.as_ptr(), k.job.len());
+                    v.account.windows.prefetch();
+                    v.series.prefetch();
+                    prefetch::slice(&v.models);
+                }
+            }
+            // 3. The series entries, by hash alone; then 4. their names.
+            let mut series: SmallVec<[Option<&SeriesKey>; N]> = SmallVec::new();
+            for (s, j) in chunk.iter().zip(&jobs) {
+                let e = j.and_then(|(_, v)| {
+                    let key = SeriesRef {
+                        node: s.node.as_deref(),
+                        gpu: s.gpu.as_deref(),
+                    };
+                    v.series.candidate(key.hash())
+                });
+                if let Some((k, v)) = e {
+                    prefetch::value(k);
+                    prefetch::value(v);
+                }
+                series.push(e.map(|(k, _)| k));
+            }
+            for k in series.iter().flatten() {
+                if let Some(n) = &k.node {
+                    prefetch::range(n.as_ptr(), n.len());
+                }
+                if let Some(g) = &k.gpu {
+                    prefetch::range(g.as_ptr(), g.len());
+                }
             }
         }
     }
@@ -1686,22 +1735,18 @@ impl Engine {
         v
     }
 
-    /// Lifetime accelerator-seconds and central FLOP per tenant (for bounded per-tenant metrics).
-    pub fn tenant_totals(&self) -> HashMap<String, (f64, f64)> {
-        self.st
-            .tenants
-            .iter()
-            .map(|(t, s)| {
-                let u = &s.account.lifetime;
-                (
-                    t.to_string(),
-                    (u.accelerator_seconds(), self.estimator.flop(u).central),
-                )
-            })
-            .collect()
+    /// Lifetime accelerator-seconds and central FLOP of each tenant (for bounded per-tenant
+    /// metrics), by borrowed name.
+    pub fn tenant_totals(&self) -> impl Iterator<Item = (&str, (f64, f64))> + '_ {
+        self.st.tenants.iter().map(|(t, s)| {
+            let u = &s.account.lifetime;
+            (
+                &**t,
+                (u.accelerator_seconds(), self.estimator.flop(u).central),
+            )
+        })
     }
 }
-
 
 /// Removes and returns the group condition of `entity`, if any.
 fn take_group(groups: &mut Vec<(Entity, Condition)>, entity: &Entity) -> Option<Condition> {
@@ -1821,7 +1866,8 @@ mod tests {
             j
         };
         assert_eq!(jobs(&e), ["notebook", "pretrain"]);
-        let before = e.tenant_totals()["acme"];
+        let acme = |e: &Engine| e.tenant_totals().find(|(t, _)| *t == "acme").unwrap().1;
+        let before = acme(&e);
         // Three hours of the tenant's next job: past the one-hour retention and a sweep.
         for step in 0..180 {
             e.apply(&gpu_sample(T0 + 3 * 3_600_000 + step * MIN, "next", 0));
@@ -1832,7 +1878,7 @@ mod tests {
             "the ended job never suspected is dropped, the suspected one is kept"
         );
         assert_eq!(
-            e.tenant_totals()["acme"].0,
+            acme(&e).0,
             before.0 + 180.0 * 30.0,
             "the tenant's totals keep the dropped job's usage"
         );

@@ -5,8 +5,6 @@
 //! Names follow `trainspotter_<subsystem>_<name>_<unit>[_total]` in base units. Per-tenant series
 //! exist only for the top-N tenants by accelerator time, the rest summed as `tenant="other"`.
 
-use std::collections::HashMap;
-
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -500,25 +498,40 @@ impl Metrics {
         }
     }
 
-    /// Replaces the per-tenant series with the top `n` tenants by accelerator time plus "other".
-    pub fn tenants(&self, totals: &HashMap<String, (f64, f64)>, n: usize) {
-        let mut v: Vec<(&String, &(f64, f64))> = totals.iter().collect();
-        v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then_with(|| a.0.cmp(b.0)));
+    /// Replaces the per-tenant series with the top `n` tenants by accelerator time (ties by name)
+    /// plus "other", the sum of the rest. A tenant named "other" is counted in "other". Selects
+    /// the top `n` without sorting every tenant: refreshed every second, with 100k tenants.
+    pub fn tenants(&self, mut totals: Vec<(&str, (f64, f64))>, n: usize) {
         let (mut other_s, mut other_f) = (0.0, 0.0);
-        let mut shown = std::collections::BTreeSet::new();
-        for (i, (tenant, (secs, flop))) in v.into_iter().enumerate() {
-            if i < n && tenant != OTHER_TENANT {
-                self.tenant_accelerator_seconds
-                    .with_label_values(&[tenant])
-                    .set(*secs);
-                self.tenant_estimated_flop
-                    .with_label_values(&[tenant])
-                    .set(*flop);
-                shown.insert(tenant.clone());
-            } else {
+        totals.retain(|&(tenant, (secs, flop))| {
+            let other = tenant == OTHER_TENANT;
+            if other {
                 other_s += secs;
                 other_f += flop;
             }
+            !other
+        });
+        if totals.len() > n {
+            totals.select_nth_unstable_by(n, |a, b| {
+                b.1 .0.total_cmp(&a.1 .0).then_with(|| a.0.cmp(b.0))
+            });
+            for (_, (secs, flop)) in totals.drain(n..) {
+                other_s += secs;
+                other_f += flop;
+            }
+        }
+        let set = |tenant: &str, (secs, flop): (f64, f64)| {
+            self.tenant_accelerator_seconds
+                .with_label_values(&[tenant])
+                .set(secs);
+            self.tenant_estimated_flop
+                .with_label_values(&[tenant])
+                .set(flop);
+        };
+        let mut shown = std::collections::BTreeSet::new();
+        for (tenant, total) in totals {
+            set(tenant, total);
+            shown.insert(tenant.to_owned());
         }
         // Series of tenants no longer in the top N go only after the new values are set, so a
         // scrape never sees a partial set.
@@ -531,12 +544,7 @@ impl Metrics {
             let _ = self.tenant_estimated_flop.remove_label_values(&[gone]);
         }
         *exported = shown;
-        self.tenant_accelerator_seconds
-            .with_label_values(&[OTHER_TENANT])
-            .set(other_s);
-        self.tenant_estimated_flop
-            .with_label_values(&[OTHER_TENANT])
-            .set(other_f);
+        set(OTHER_TENANT, (other_s, other_f));
     }
 }
 
@@ -561,12 +569,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_tenant_named_other_is_summed_into_other_and_takes_no_top_n_place() {
+        let m = Metrics::new();
+        let tenant_lines = |m: &Metrics| -> Vec<String> {
+            m.render()
+                .lines()
+                .filter(|l| l.starts_with("trainspotter_tenant_accelerator_seconds{"))
+                .map(str::to_owned)
+                .collect()
+        };
+        let totals = vec![
+            ("other", (100.0, 0.0)),
+            ("b", (5.0, 0.0)),
+            ("a", (5.0, 0.0)),
+            ("c", (1.0, 0.0)),
+        ];
+        m.tenants(totals, 2);
+        assert_eq!(
+            tenant_lines(&m),
+            [
+                "trainspotter_tenant_accelerator_seconds{tenant=\"a\"} 5",
+                "trainspotter_tenant_accelerator_seconds{tenant=\"b\"} 5",
+                "trainspotter_tenant_accelerator_seconds{tenant=\"other\"} 101",
+            ]
+        );
+        // A tenant that drops out of the top N loses its series.
+        m.tenants(vec![("c", (9.0, 0.0)), ("a", (6.0, 0.0)), ("b", (5.0, 0.0))], 2);
+        assert_eq!(
+            tenant_lines(&m),
+            [
+                "trainspotter_tenant_accelerator_seconds{tenant=\"a\"} 6",
+                "trainspotter_tenant_accelerator_seconds{tenant=\"c\"} 9",
+                "trainspotter_tenant_accelerator_seconds{tenant=\"other\"} 5",
+            ]
+        );
+    }
+
+    #[test]
     fn per_tenant_series_are_bounded_to_top_n_plus_other() {
         let m = Metrics::new();
-        let totals: HashMap<String, (f64, f64)> = (0..50)
-            .map(|i| (format!("t{i:02}"), (i as f64, 10.0 * i as f64)))
+        let names: Vec<String> = (0..50).map(|i| format!("t{i:02}")).collect();
+        let totals = names
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), (i as f64, 10.0 * i as f64)))
             .collect();
-        m.tenants(&totals, 3);
+        m.tenants(totals, 3);
         let text = m.render();
         let lines: Vec<_> = text
             .lines()

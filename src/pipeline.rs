@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ahash::AHashMap;
 use serde::Serialize;
 use smallvec::SmallVec;
 
@@ -464,15 +465,19 @@ impl Pipeline {
             now_ms: chrono::Utc::now().timestamp_millis(),
             active_alerts,
         });
-        let mut totals: HashMap<String, (f64, f64)> = HashMap::new();
-        for e in engines() {
-            for (tenant, (secs, flop)) in e.tenant_totals() {
-                let t = totals.entry(tenant).or_default();
+        // A tenant may have state in several partitions: merge by name, without copying names.
+        let totals: Vec<(&str, (f64, f64))> = if self.shards.len() == 1 {
+            engines().flat_map(Engine::tenant_totals).collect()
+        } else {
+            let mut merged: AHashMap<&str, (f64, f64)> = AHashMap::new();
+            for (tenant, (secs, flop)) in engines().flat_map(Engine::tenant_totals) {
+                let t = merged.entry(tenant).or_default();
                 t.0 += secs;
                 t.1 += flop;
             }
-        }
-        self.metrics.tenants(&totals, self.cfg.metrics.top_tenants);
+            merged.into_iter().collect()
+        };
+        self.metrics.tenants(totals, self.cfg.metrics.top_tenants);
     }
 
     /// Every tenant over all shards, sorted by name, windows relative to the latest event time of
@@ -589,8 +594,10 @@ fn process_native<'a>(
             .iter()
             .map(|f| f.as_ref().map(|f| f.sample(limits)))
             .collect();
-        for s in samples.iter().flatten().flatten() {
-            engine.warm(s);
+        {
+            let decoded: SmallVec<[&SampleRef<'_>; WARM_CHUNK]> =
+                samples.iter().flatten().flatten().collect();
+            engine.warm(&decoded);
         }
         for ((index, payload), sample) in chunk.iter().zip(samples) {
             let result = match (sample, payload) {

@@ -128,6 +128,27 @@ impl<V> SeriesTable<V> {
         }
     }
 
+    /// Starts loading what a look-up reads first: the tags (which [`SeriesTable::candidate`]
+    /// reads).
+    #[inline]
+    pub fn prefetch(&self) {
+        crate::prefetch::slice(&self.tags);
+    }
+
+    /// The entry a look-up of `hash` most likely ends at, found by the hash alone (no name is
+    /// compared, so it may be another series, or none when there is one): for prefetching.
+    #[inline]
+    pub fn candidate(&self, hash: u64) -> Option<(&SeriesKey, &V)> {
+        let t = tag(hash);
+        let i = match &self.index {
+            Some(index) => index
+                .find(hash, |&i| self.tags[i as usize] == t)
+                .map(|&i| i as usize),
+            None => self.tags.iter().position(|&x| x == t),
+        }?;
+        self.entries.get(i).map(|(k, v)| (k, v))
+    }
+
     /// The series of `key`, whose [`SeriesRef::hash`] is `hash`.
     pub fn get(&self, key: &SeriesRef<'_>, hash: u64) -> Option<&V> {
         self.position(key, hash).map(|i| &self.entries[i].1)
@@ -368,6 +389,28 @@ mod tests {
                 assert!(cap <= len + len / 8, "{len} series in room for {cap}");
             }
         }
+    }
+
+    #[test]
+    fn the_prefetch_candidate_of_a_held_key_is_its_entry_scanned_or_indexed() {
+        let mut t: SeriesTable<u32> = SeriesTable::default();
+        for n in 0..(2 * SCAN_MAX as u32) {
+            let k = key(Some(&format!("node{}", n / 8)), Some(&(n % 8).to_string()));
+            let r = k.borrowed();
+            *t.get_or_insert(&r, r.hash(), || k.clone()) = n;
+            // The candidate shares the key's tag, and is the key's own entry unless another
+            // entry does too (hashes are seeded per process: a collision is rare, not excluded).
+            let tags: Vec<u16> = t.iter().map(|(k, _)| tag(k.borrowed().hash())).collect();
+            for (i, (k, v)) in t.iter().enumerate() {
+                let (ck, cv) = t.candidate(k.borrowed().hash()).unwrap();
+                assert_eq!(tag(ck.borrowed().hash()), tags[i]);
+                if tags.iter().filter(|&&x| x == tags[i]).count() == 1 {
+                    assert_eq!((ck, cv), (k, v), "entry {i} of {}", t.len());
+                }
+            }
+        }
+        assert!(t.index.is_some());
+        assert!(SeriesTable::<u32>::default().candidate(0).is_none());
     }
 
     #[test]
