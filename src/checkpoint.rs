@@ -357,6 +357,23 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_stating_more_series_than_it_holds_is_a_decode_error() {
+        // The fuzzer's seed checkpoint with one job's count of device series set to 2^61 (the
+        // prefix is rebuilt here so that the checksum matches the changed payload). Reserving
+        // that many entries used to abort the process.
+        let file = include_bytes!("../fuzz/regressions/checkpoint_read/series-count-2e61.ckpt");
+        let payload = &file[PREFIX_LEN..];
+        let mut framed = Vec::new();
+        framed.extend_from_slice(MAGIC);
+        framed.extend_from_slice(&VERSION.to_le_bytes());
+        framed.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        framed.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        framed.extend_from_slice(payload);
+        let err = decode(Path::new("x.ckpt"), &framed).unwrap_err();
+        assert!(matches!(err, CheckpointError::Decode { .. }), "{err}");
+    }
+
+    #[test]
     fn a_corrupt_current_file_falls_back_to_the_previous_one() {
         let dir = tempfile::tempdir().unwrap();
         let e = engine_with_data();
