@@ -568,8 +568,7 @@ impl Engine {
     /// Heap bytes of the state by owner (see [`Footprint`]).
     pub fn footprint(&self) -> Footprint {
         fn series_bytes(m: &SeriesTable<SeriesState>) -> usize {
-            m.heap_bytes()
-                + m.values().map(|s| s.seen.heap_bytes()).sum::<usize>()
+            m.heap_bytes() + m.values().map(|s| s.seen.heap_bytes()).sum::<usize>()
         }
         let st = &self.st;
         let mut f = Footprint {

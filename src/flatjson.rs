@@ -307,7 +307,7 @@ mod tests {
             }
         }
 
-        /// The eight-byte scan finds the same first special byte as a plain scan.
+        /// The table-driven scan stops at the first byte JSON does not allow unescaped.
         #[test]
         fn plain_prefix_matches_a_byte_scan(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
             let expected = bytes.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);

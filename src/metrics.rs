@@ -594,7 +594,10 @@ mod tests {
             ]
         );
         // A tenant that drops out of the top N loses its series.
-        m.tenants(vec![("c", (9.0, 0.0)), ("a", (6.0, 0.0)), ("b", (5.0, 0.0))], 2);
+        m.tenants(
+            vec![("c", (9.0, 0.0)), ("a", (6.0, 0.0)), ("b", (5.0, 0.0))],
+            2,
+        );
         assert_eq!(
             tenant_lines(&m),
             [

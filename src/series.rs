@@ -185,9 +185,7 @@ impl<V> SeriesTable<V> {
         match &mut self.index {
             Some(index) => {
                 let entries = &self.entries;
-                index.insert_unique(hash, i as u32, |&j| {
-                    entries[j as usize].0.borrowed().hash()
-                });
+                index.insert_unique(hash, i as u32, |&j| entries[j as usize].0.borrowed().hash());
             }
             None if self.entries.len() > SCAN_MAX => self.rebuild_index(),
             None => {}
