@@ -135,6 +135,12 @@ impl<V> SeriesTable<V> {
         crate::prefetch::slice(&self.tags);
     }
 
+    /// Starts loading every entry (for a pass over all the series).
+    #[inline]
+    pub fn prefetch_entries(&self) {
+        crate::prefetch::slice(&self.entries);
+    }
+
     /// The entry a look-up of `hash` most likely ends at, found by the hash alone (no name is
     /// compared, so it may be another series, or none when there is one): for prefetching.
     #[inline]

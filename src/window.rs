@@ -159,6 +159,12 @@ impl<T: Default + Clone> PaneRing<T> {
         })
     }
 
+    /// Starts loading the pane array, which reading a range of panes touches.
+    #[inline]
+    pub fn prefetch(&self) {
+        crate::prefetch::slice(&self.panes);
+    }
+
     /// Newest pane index, if any pane was ever written.
     pub fn head(&self) -> Option<i64> {
         (!self.panes.is_empty()).then_some(self.head)
