@@ -36,7 +36,7 @@
 //! - [`eval`]: scenario mixes through [`pipeline`], scored against their labels; the report.
 //! - [`traces`]: readers of the real traces (Helios, openb) used by the report and tests.
 //! - [`svg`]: the report's charts.
-//! - [`bench`]: the throughput and memory harness (`trainspotter bench`).
+//! - [`bench`](mod@bench): the throughput and memory harness (`trainspotter bench`).
 
 pub mod alert;
 pub mod alertmanager;
