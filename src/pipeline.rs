@@ -34,7 +34,7 @@ const GAUGE_REFRESH: Duration = Duration::from_secs(1);
 
 /// Native events are read and their keys warmed (`Engine::warm`) this many at a time before any
 /// of them is applied.
-const WARM_CHUNK: usize = 16;
+const WARM_CHUNK: usize = crate::engine::WARM_BATCH;
 
 /// A message of a batch that the decoder rejected.
 #[derive(Debug, Clone, PartialEq)]
@@ -636,7 +636,7 @@ mod tests {
         let shard = Shard::new("gpu-usage", 0);
         // More than two chunks: flat events, events with an escaped name (which the flat reader
         // leaves to serde_json), malformed ones and a message without payload, interleaved.
-        let payloads: Vec<Option<Vec<u8>>> = (0..40i64)
+        let payloads: Vec<Option<Vec<u8>>> = (0..2 * WARM_CHUNK as i64 + 8)
             .map(|i| match i % 7 {
                 3 => Some(
                     format!(
@@ -678,7 +678,12 @@ mod tests {
             .map(|r| (r.index, r.rejection.reason))
             .collect();
         assert_eq!(got, want);
-        assert_eq!(want.len(), 6, "five malformed and one missing payload");
+        let malformed = (0..payloads.len()).filter(|i| i % 7 == 5).count();
+        assert_eq!(
+            want.len(),
+            malformed + 1,
+            "the malformed and the missing payload"
+        );
         one_by_one.count_rejected(want.len() as u64);
         let engine = pipeline.shard(&shard).unwrap();
         assert_eq!(engine.tenant_reports(), one_by_one.tenant_reports());
