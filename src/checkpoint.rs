@@ -113,13 +113,18 @@ pub fn encode(header: &Header, state: &State) -> Result<Vec<u8>, CheckpointError
     let payload = opts()
         .serialize(&Borrowed { header, state })
         .map_err(|e| CheckpointError::Encode(e.to_string()))?;
+    Ok(frame(&payload))
+}
+
+/// The file bytes of an encoded payload: the prefix (magic, version, length, CRC-32), then it.
+fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(PREFIX_LEN + payload.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    Ok(out)
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
 }
 
 /// Decodes file bytes; `path` only labels errors.
@@ -362,13 +367,7 @@ mod tests {
         // prefix is rebuilt here so that the checksum matches the changed payload). Reserving
         // that many entries used to abort the process.
         let file = include_bytes!("../fuzz/regressions/checkpoint_read/series-count-2e61.ckpt");
-        let payload = &file[PREFIX_LEN..];
-        let mut framed = Vec::new();
-        framed.extend_from_slice(MAGIC);
-        framed.extend_from_slice(&VERSION.to_le_bytes());
-        framed.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        framed.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        framed.extend_from_slice(payload);
+        let framed = frame(&file[PREFIX_LEN..]);
         let err = decode(Path::new("x.ckpt"), &framed).unwrap_err();
         assert!(matches!(err, CheckpointError::Decode { .. }), "{err}");
     }

@@ -102,6 +102,18 @@ pub const WARM_BATCH: usize = 32;
 /// Hash tables of the state: hashbrown's, for look-ups by borrowed names ([`Equivalent`]).
 type Table<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;
 
+/// The entry a look-up of `key` most likely ends at, located by its hash alone: names are not
+/// compared (so it may be another key, with the same 7-bit tag), and only the table's control
+/// bytes are read. For prefetching only.
+fn by_hash<'t, K, V, Q: std::hash::Hash + ?Sized>(
+    table: &'t Table<K, V>,
+    key: &Q,
+) -> Option<(&'t K, &'t V)> {
+    table
+        .raw_entry()
+        .from_hash(table.hasher().hash_one(key), |_| true)
+}
+
 /// One shared copy of each job, node and GPU name, for the keys of new jobs and series (known
 /// keys are looked up by the names as they come). Names no key uses any more are dropped at each
 /// sweep. Not checkpointed:
@@ -636,8 +648,8 @@ impl Engine {
     /// Starts loading what applying `samples` will touch (their tenants, jobs and series and the
     /// window rings of each), without waiting for any of it, so that their cache misses overlap.
     /// Changes nothing. Works in passes over the whole batch, each reading only what the previous
-    /// pass prefetched: entries are located by hash alone (names are not compared: a wrong guess
-    /// only costs a useless prefetch), then read for the addresses of their names, rings and
+    /// pass prefetched: entries are located by hash alone (`by_hash`: names are not compared, a
+    /// wrong guess only costs a useless prefetch), then read for the addresses of their names, rings and
     /// series, then the series are located and prefetched the same way.
     pub fn warm(&self, samples: &[&SampleRef<'_>]) {
         const N: usize = WARM_BATCH;
@@ -650,21 +662,16 @@ impl Engine {
             // 1. The buckets: only the tables' control bytes are read (small, usually cached).
             for s in chunk {
                 let tenant: &str = &s.tenant;
-                let t = st
-                    .tenants
-                    .raw_entry()
-                    .from_hash(st.tenants.hasher().hash_one(tenant), |_| true);
+                let t = by_hash(&st.tenants, tenant);
                 if let Some((k, v)) = t {
                     prefetch::value(k);
                     prefetch::value(v);
                 }
                 tenants.push(t);
-                let j = s.job.as_deref().and_then(|job| {
-                    let key = JobRef { tenant, job };
-                    st.jobs
-                        .raw_entry()
-                        .from_hash(st.jobs.hasher().hash_one(&key), |_| true)
-                });
+                let j = s
+                    .job
+                    .as_deref()
+                    .and_then(|job| by_hash(&st.jobs, &JobRef { tenant, job }));
                 if let Some((k, v)) = j {
                     prefetch::value(k);
                     prefetch::value(v);
@@ -1009,16 +1016,10 @@ impl Engine {
 
     /// Starts loading what evaluating the jobs after `jobs[i]` reads, which lie in name order and
     /// so at random in memory: the names of the job 16 places ahead (hashing and comparing a key
-    /// reads them), the table entry of the one 8 ahead (located by hash alone, as
-    /// [`Engine::warm`] does), and the detection panes and series of the one 4 ahead.
+    /// reads them), the table entry of the one 8 ahead (located by hash alone, [`by_hash`]), and
+    /// the detection panes and series of the one 4 ahead.
     fn prefetch_jobs(&self, jobs: &[JobKey], i: usize) {
-        let table = &self.st.jobs;
-        let entry = |k: &JobKey| {
-            table
-                .raw_entry()
-                .from_hash(table.hasher().hash_one(k), |_| true)
-                .map(|(_, j)| j)
-        };
+        let entry = |k: &JobKey| by_hash(&self.st.jobs, k).map(|(_, j)| j);
         if let Some(k) = jobs.get(i + 16) {
             prefetch::range(k.tenant.as_ptr(), k.tenant.len());
             prefetch::range(k.job.as_ptr(), k.job.len());
