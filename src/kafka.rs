@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::alert::AlertRecord;
-use crate::changelog::Changelog;
+use crate::changelog::{Changelog, SnapshotStore};
 use crate::config::{Config, ConfigError};
 use crate::decode::{DecodeLimits, UsageSample};
 use crate::health::Health;
@@ -361,18 +361,18 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(cfg.kafka.session_timeout.ms()));
     let pipeline = Pipeline::new(&cfg, metrics.clone())?;
-    let mut partitions = Partitions::new(&cfg, pipeline);
-    if !cfg.state.changelog_topic.is_empty() {
-        let changelog = Changelog::new(
+    let changelog: Option<Box<dyn SnapshotStore>> = if cfg.state.changelog_topic.is_empty() {
+        None
+    } else {
+        Some(Box::new(Changelog::new(
             &client_config(&cfg),
             &cfg.state.changelog_topic,
             &cfg.kafka.group_id,
             &cfg.kafka.topics,
             cfg.state.changelog_timeout.0,
-        )?;
-        partitions = partitions.with_changelog(Box::new(changelog));
-    }
-    let partitions = Arc::new(Mutex::new(partitions));
+        )?))
+    };
+    let partitions = Arc::new(Mutex::new(Partitions::new(&cfg, pipeline, changelog)));
     if !cfg.input.repartition_topic.is_empty() {
         let (base, topic, inputs) = (
             client_config(&cfg),
@@ -599,6 +599,7 @@ impl Worker {
         let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
         let mut last_push = Instant::now();
         let generation = self.partitions().generation();
+        let saved = self.partitions().saved_signal();
         loop {
             self.health.beat();
             let first = tokio::select! {
@@ -615,7 +616,11 @@ impl Worker {
                     continue;
                 }
                 _ = checkpoints.tick() => {
-                    let durable = self.partitions().checkpoint(now_ms());
+                    self.partitions().start_checkpoint(now_ms());
+                    continue;
+                }
+                _ = saved.notified() => {
+                    let durable = self.partitions().finished(now_ms());
                     self.commit(durable.into_iter(), CommitMode::Async);
                     continue;
                 }

@@ -61,6 +61,7 @@ pub mod labels;
 pub mod metrics;
 pub mod otlp;
 pub mod partitions;
+pub mod persist;
 pub mod pipeline;
 pub mod prefetch;
 pub mod prom_adapter;

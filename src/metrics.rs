@@ -259,7 +259,7 @@ impl Metrics {
             checkpoint_last: gauge(
                 &r,
                 "trainspotter_checkpoint_last_success_timestamp_seconds",
-                "When every owned partition was last durably checkpointed, Unix time.",
+                "The time as of which every owned partition was last durably checkpointed (the start of the last checkpoint round that completed), Unix time.",
             ),
             checkpoint_bytes: int_gauge(
                 &r,

@@ -9,6 +9,12 @@
 //! and at shutdown) the engine is checkpointed first, to the local directory and to the changelog;
 //! only the offsets that durable checkpoints cover are ever committed.
 //!
+//! A checkpoint is encoded on the consumer's thread (the engine is not shared) and written by the
+//! checkpoint writer's thread ([`crate::persist`]). Periodic checkpoints do not wait for it: the
+//! consumer goes on while the bytes go to disk and to Kafka, and commits when the writer reports
+//! them durable. Revocation and shutdown wait, since the partition's next owner reads what they
+//! write.
+//!
 //! Any snapshot at offset N is the state of the partition's first N messages, whichever instance
 //! wrote it, so choosing the one with the highest offset is always right.
 
@@ -20,11 +26,14 @@ use std::sync::Arc;
 use serde::Serialize;
 use tracing::{error, info, warn};
 
+use tokio::sync::Notify;
+
 use crate::changelog::SnapshotStore;
 use crate::checkpoint::{self, Checkpoint, Header, Loaded};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::Store;
+use crate::persist::{Persister, Save};
 use crate::pipeline::{Pipeline, Shard};
 
 /// Where consumption of an assigned partition starts.
@@ -94,26 +103,51 @@ pub struct Partitions {
     offsets: HashMap<Shard, Offsets>,
     generation: Arc<AtomicU64>,
     dir: PathBuf,
-    changelog: Option<Box<dyn SnapshotStore>>,
+    /// Writes checkpoints (and reads the changelog) on its own thread.
+    persister: Persister,
+    /// The periodic checkpoint round in progress.
+    round: Round,
+    /// Numbers the checkpoints handed to the writer.
+    seq: u64,
+    /// Offsets durable checkpoints cover that were not yet returned to commit.
+    durable: HashMap<Shard, i64>,
     cfg: Config,
 }
 
+/// A periodic checkpoint round: the partitions still to encode, one being written at a time.
+#[derive(Debug, Default)]
+struct Round {
+    active: bool,
+    queue: Vec<Shard>,
+    /// When the round started: once it completes, every partition is durable as of then.
+    started_ms: i64,
+    /// A checkpoint of the round could not be encoded or made durable.
+    failed: bool,
+    /// The checkpoint of the round the writer has (its `seq`).
+    writing: Option<u64>,
+}
+
 impl Partitions {
-    pub fn new(cfg: &Config, pipeline: Pipeline) -> Partitions {
+    /// Partitions whose checkpoints go to `cfg.state.dir` and, when given, to `changelog` too
+    /// (which is then also read on assignment, to restore from when it is newer).
+    pub fn new(
+        cfg: &Config,
+        pipeline: Pipeline,
+        changelog: Option<Box<dyn SnapshotStore>>,
+    ) -> Partitions {
+        let dir = PathBuf::from(&cfg.state.dir);
+        let persister = Persister::start(dir.clone(), changelog, pipeline.metrics().clone());
         Partitions {
             pipeline,
             offsets: HashMap::new(),
             generation: Arc::new(AtomicU64::new(0)),
-            dir: PathBuf::from(&cfg.state.dir),
-            changelog: None,
+            dir,
+            persister,
+            round: Round::default(),
+            seq: 0,
+            durable: HashMap::new(),
             cfg: cfg.clone(),
         }
-    }
-
-    /// Also keeps every checkpoint in `store`, and restores from it when it is newer.
-    pub fn with_changelog(mut self, store: Box<dyn SnapshotStore>) -> Partitions {
-        self.changelog = Some(store);
-        self
     }
 
     /// The assignment generation, readable without the lock (the consumer loop notes it for every
@@ -132,6 +166,10 @@ impl Partitions {
     /// Takes a partition on: restores its engine and says where to start consuming.
     pub fn assign(&mut self, shard: &Shard) -> StartAt {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        // A checkpoint of this partition still being written (it was lost, not revoked) is
+        // finished before the stores are read.
+        self.persister.wait();
+        self.collect();
         let local = match checkpoint::load(&self.dir, &shard.topic, shard.partition) {
             Ok(Loaded::Current(cp)) => Some((cp, Source::Checkpoint)),
             Ok(Loaded::Previous(cp, why)) => {
@@ -147,7 +185,7 @@ impl Partitions {
                 None
             }
         };
-        let remote = self.changelog.as_mut().and_then(|c| match c.load(shard) {
+        let remote = self.persister.load_changelog(shard).and_then(|l| match l {
             Ok(Some(bytes)) => {
                 match checkpoint::decode(std::path::Path::new("changelog"), &bytes) {
                     Ok(cp) => Some((cp, Source::Changelog)),
@@ -237,31 +275,69 @@ impl Partitions {
         }
     }
 
-    /// Checkpoints every partition that moved since its last checkpoint; returns the offsets now
-    /// covered by durable checkpoints (to commit). A partition whose write failed is left out.
+    /// Starts a checkpoint round: every partition that moved is encoded in turn, on this thread,
+    /// and handed to the writer thread; the next one is encoded when the writer reports the one
+    /// before ([`Partitions::finished`]), so one encoded checkpoint at most waits in memory. A
+    /// round still running when the next is due makes that one skip.
+    pub fn start_checkpoint(&mut self, now_ms: i64) {
+        self.collect();
+        if self.round.active {
+            return;
+        }
+        self.round = Round {
+            active: true,
+            queue: self.offsets.keys().cloned().collect(),
+            started_ms: now_ms,
+            failed: false,
+            writing: None,
+        };
+        self.advance(now_ms);
+    }
+
+    /// Takes in what the writer reported, goes on with the round, and returns the offsets that
+    /// durable checkpoints now cover, to commit. Call it when [`Partitions::saved_signal`] fires.
+    pub fn finished(&mut self, now_ms: i64) -> Vec<(Shard, i64)> {
+        self.collect();
+        self.advance(now_ms);
+        self.take_durable()
+    }
+
+    /// Notified when the writer has reported a checkpoint.
+    pub fn saved_signal(&self) -> Arc<Notify> {
+        self.persister.signal()
+    }
+
+    /// Checkpoints every partition that moved since its last checkpoint and waits for the
+    /// checkpoints to be durable (a running round is given up); returns the offsets durable
+    /// checkpoints now cover and no commit was returned for yet. A partition whose write failed
+    /// is left out.
     pub fn checkpoint(&mut self, now_ms: i64) -> Vec<(Shard, i64)> {
+        self.round = Round::default();
         let shards: Vec<Shard> = self.offsets.keys().cloned().collect();
-        let durable: Vec<(Shard, i64)> = shards
-            .into_iter()
-            .filter_map(|s| self.checkpoint_one(&s, now_ms).map(|o| (s, o)))
-            .collect();
+        for shard in &shards {
+            if let Some(save) = self.encode(shard, now_ms) {
+                self.persister.save(save);
+                // One at a time, so one encoded checkpoint at most is in memory.
+                self.persister.wait();
+            }
+        }
+        self.persister.wait();
+        self.collect();
         if self.offsets.values().all(|o| o.checkpointed == o.next) {
             self.pipeline.metrics().checkpoint_complete(now_ms);
         }
-        durable
+        self.take_durable()
     }
 
-    /// Checkpoints one partition if it moved; returns the offset a durable checkpoint now covers,
-    /// or `None` if there is nothing new to commit or a write failed. Durable means written to the
-    /// local directory and, when configured, acknowledged by the changelog.
-    fn checkpoint_one(&mut self, shard: &Shard, now_ms: i64) -> Option<i64> {
-        let o = self.offsets.get_mut(shard)?;
+    /// Encodes the checkpoint of one partition if it moved since its last durable checkpoint;
+    /// `None` if it did not, is not owned, or cannot be encoded (the round then counts as failed).
+    fn encode(&mut self, shard: &Shard, now_ms: i64) -> Option<Save> {
+        let o = self.offsets.get(shard)?;
         let next = o.next?;
         if o.checkpointed == Some(next) {
             return None;
         }
         let engine = self.pipeline.shard(shard)?;
-        let metrics = self.pipeline.metrics();
         let header = Header {
             topic: shard.topic.to_string(),
             partition: shard.partition,
@@ -269,43 +345,96 @@ impl Partitions {
             shape: engine.shape(),
             written_at_ms: now_ms,
         };
-        let bytes = match checkpoint::encode(&header, engine.state()) {
-            Ok(b) => b,
+        match checkpoint::encode(&header, engine.state()) {
+            Ok(bytes) => {
+                self.seq += 1;
+                Some(Save {
+                    shard: shard.clone(),
+                    next,
+                    assigned_at: o.assigned_at,
+                    seq: self.seq,
+                    bytes,
+                })
+            }
             Err(e) => {
                 error!(error = %e, "checkpoint failed; offsets stay uncommitted");
-                metrics.checkpoint_failed(Store::Local);
-                return None;
+                self.pipeline.metrics().checkpoint_failed(Store::Local);
+                self.round.failed = true;
+                None
             }
-        };
-        if let Err(e) = checkpoint::write_bytes(&self.dir, &shard.topic, shard.partition, &bytes) {
-            error!(error = %e, "checkpoint failed; offsets stay uncommitted");
-            metrics.checkpoint_failed(Store::Local);
-            return None;
         }
-        metrics.checkpoint_written(Store::Local, bytes.len());
-        if let Some(changelog) = self.changelog.as_mut() {
-            if let Err(e) = changelog.save(shard, next, &bytes) {
-                error!(error = %e, topic = %shard.topic, partition = shard.partition,
-                       "changelog write failed; offsets stay uncommitted, retried at the next checkpoint");
-                metrics.checkpoint_failed(Store::Changelog);
-                return None;
-            }
-            metrics.checkpoint_written(Store::Changelog, bytes.len());
-        }
-        o.checkpointed = Some(next);
-        Some(next)
     }
 
-    /// Gives a partition up: checkpoints it and drops its state. Returns the offset to commit: the
-    /// one its newest durable checkpoint covers, if that covers everything processed.
+    /// Hands the round's next partition that moved to the writer, unless one is being written;
+    /// ends the round when none is left.
+    fn advance(&mut self, now_ms: i64) {
+        while self.round.active && self.round.writing.is_none() {
+            let Some(shard) = self.round.queue.pop() else {
+                if !self.round.failed {
+                    // Every owned partition is durable as of the round's start (one assigned since
+                    // came from a checkpoint).
+                    self.pipeline
+                        .metrics()
+                        .checkpoint_complete(self.round.started_ms);
+                }
+                self.round = Round::default();
+                return;
+            };
+            if let Some(save) = self.encode(&shard, now_ms) {
+                self.round.writing = Some(save.seq);
+                self.persister.save(save);
+            }
+        }
+    }
+
+    /// Applies the writer's reports: a durable checkpoint moves its partition's checkpointed
+    /// offset, if the partition is still owned under the assignment it was encoded in.
+    fn collect(&mut self) {
+        for saved in self.persister.take_saved() {
+            if self.round.writing == Some(saved.seq) {
+                self.round.writing = None;
+                self.round.failed |= !saved.durable;
+            }
+            if !saved.durable {
+                continue;
+            }
+            let Some(o) = self.offsets.get_mut(&saved.shard) else {
+                continue;
+            };
+            if o.assigned_at == saved.assigned_at && o.checkpointed < Some(saved.next) {
+                o.checkpointed = Some(saved.next);
+                self.durable.insert(saved.shard, saved.next);
+            }
+        }
+    }
+
+    /// The offsets collected as durable since the last call, of partitions still owned.
+    fn take_durable(&mut self) -> Vec<(Shard, i64)> {
+        let mut durable: Vec<(Shard, i64)> = std::mem::take(&mut self.durable)
+            .into_iter()
+            .filter(|(s, _)| self.offsets.contains_key(s))
+            .collect();
+        durable.sort_by(|a, b| (&a.0.topic, a.0.partition).cmp(&(&b.0.topic, b.0.partition)));
+        durable
+    }
+
+    /// Gives a partition up: checkpoints it, waits until that is durable, and drops its state.
+    /// Returns the offset to commit: the one its newest durable checkpoint covers, if that covers
+    /// everything processed.
     pub fn revoke(&mut self, shard: &Shard, now_ms: i64) -> Option<i64> {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.checkpoint_one(shard, now_ms);
+        self.round.queue.retain(|s| s != shard);
+        if let Some(save) = self.encode(shard, now_ms) {
+            self.persister.save(save);
+        }
+        self.persister.wait();
+        self.collect();
         self.pipeline.remove_shard(shard);
         self.pipeline
             .metrics()
             .partition_released(&shard.topic, shard.partition);
         let o = self.offsets.remove(shard)?;
+        self.durable.remove(shard);
         if o.checkpointed == o.next {
             o.checkpointed
         } else {
@@ -317,6 +446,8 @@ impl Partitions {
     /// one was out): no checkpoint, no commit, because the new owner may already be ahead of it.
     pub fn lose(&mut self, shard: &Shard) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.round.queue.retain(|s| s != shard);
+        self.durable.remove(shard);
         self.pipeline.remove_shard(shard);
         self.pipeline
             .metrics()
@@ -391,11 +522,11 @@ mod tests {
     use crate::decode::{DecodeLimits, UsageSample};
     use crate::metrics::Metrics;
 
-    fn partitions(dir: &std::path::Path) -> Partitions {
+    fn partitions(dir: &std::path::Path, changelog: Option<Box<dyn SnapshotStore>>) -> Partitions {
         let mut cfg = Config::default();
         cfg.state.dir = dir.to_string_lossy().into_owned();
         let pipeline = Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap();
-        Partitions::new(&cfg, pipeline)
+        Partitions::new(&cfg, pipeline, changelog)
     }
 
     fn feed(p: &mut Partitions, shard: &Shard, minutes: std::ops::Range<i64>) {
@@ -414,7 +545,7 @@ mod tests {
     fn reassignment_restores_the_checkpoint_and_refuses_messages_fetched_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let shard = Shard::new("gpu-usage", 0);
-        let mut p = partitions(dir.path());
+        let mut p = partitions(dir.path(), None);
         assert_eq!(
             p.assign(&shard),
             StartAt::Beginning,
@@ -469,15 +600,18 @@ mod tests {
         assert_eq!(idx, [0, 1]);
     }
 
-    /// A changelog shared by instances, in memory; `fail` makes writes fail.
+    /// A changelog shared by instances, in memory; `fail` makes writes fail, and a write waits
+    /// while `hold` is locked.
     #[derive(Clone, Default)]
     struct SharedStore {
         snapshots: Arc<std::sync::Mutex<HashMap<Shard, Vec<u8>>>>,
         fail: Arc<std::sync::atomic::AtomicBool>,
+        hold: Arc<std::sync::Mutex<()>>,
     }
 
     impl SnapshotStore for SharedStore {
         fn save(&mut self, shard: &Shard, _: i64, bytes: &[u8]) -> Result<(), String> {
+            drop(self.hold.lock().unwrap());
             if self.fail.load(Ordering::SeqCst) {
                 return Err("broker down".into());
             }
@@ -501,8 +635,8 @@ mod tests {
         let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let store = SharedStore::default();
         let shard = Shard::new("gpu-usage", 2);
-        let mut a = partitions(dir_a.path()).with_changelog(Box::new(store.clone()));
-        let mut b = partitions(dir_b.path()).with_changelog(Box::new(store.clone()));
+        let mut a = partitions(dir_a.path(), Some(Box::new(store.clone())));
+        let mut b = partitions(dir_b.path(), Some(Box::new(store.clone())));
 
         assert_eq!(a.assign(&shard), StartAt::Beginning);
         feed(&mut a, &shard, 0..10);
@@ -537,5 +671,141 @@ mod tests {
         a.lose(&shard);
         assert!(a.status().is_empty());
         assert_eq!(b.assign(&shard), StartAt::Offset(30));
+    }
+
+    fn with_changelog() -> (tempfile::TempDir, SharedStore, Partitions) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SharedStore::default();
+        let p = partitions(dir.path(), Some(Box::new(store.clone())));
+        (dir, store, p)
+    }
+
+    /// Assigns `shard` and processes its first `n` messages.
+    fn owning(p: &mut Partitions, shard: &Shard, n: i64) {
+        p.assign(shard);
+        feed(p, shard, 0..n);
+        p.processed(shard, n);
+    }
+
+    /// Calls `finished` until it returns offsets to commit (the writer works on its own thread).
+    fn finished(p: &mut Partitions) -> Vec<(Shard, i64)> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let durable = p.finished(0);
+            if !durable.is_empty() || std::time::Instant::now() > deadline {
+                return durable;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn last_complete(p: &Partitions) -> String {
+        p.pipeline
+            .metrics()
+            .render()
+            .lines()
+            .find(|l| l.starts_with("trainspotter_checkpoint_last_success_timestamp_seconds "))
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn a_checkpoint_round_writes_off_the_consumer_thread_and_commits_what_each_checkpoint_covers() {
+        let (_dir, store, mut p) = with_changelog();
+        let shards = [Shard::new("gpu-usage", 0), Shard::new("gpu-usage", 1)];
+        for s in &shards {
+            owning(&mut p, s, 10);
+        }
+
+        // The changelog holds the first write back; processing goes on meanwhile.
+        let held = store.hold.lock().unwrap();
+        p.start_checkpoint(7_000);
+        for s in &shards {
+            feed(&mut p, s, 10..20);
+            p.processed(s, 20);
+        }
+        assert!(p.finished(0).is_empty(), "nothing durable yet");
+        p.start_checkpoint(9_000); // a round is running: skipped
+        assert_eq!(p.status()[0].checkpointed_offset, None);
+        assert_eq!(p.status()[1].checkpointed_offset, None);
+        drop(held);
+
+        // The first partition's checkpoint holds what was processed when the round started, the
+        // second one's what was processed when the first was durable.
+        let first = finished(&mut p);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].1, 10);
+        let second = finished(&mut p);
+        assert_eq!(second.len(), 1);
+        assert_ne!(second[0].0, first[0].0);
+        assert_eq!(second[0].1, 20);
+        // Every partition is durable as of the round's start, not of the skipped one's.
+        assert_eq!(
+            last_complete(&p),
+            "trainspotter_checkpoint_last_success_timestamp_seconds 7"
+        );
+
+        // The changelog's snapshots are the checkpoints the round wrote.
+        for (shard, next) in [&first[0], &second[0]] {
+            let bytes = store.snapshots.lock().unwrap()[shard].clone();
+            let cp = checkpoint::decode(std::path::Path::new("changelog"), &bytes).unwrap();
+            assert_eq!(cp.header.next_offset, *next);
+        }
+    }
+
+    #[test]
+    fn a_round_whose_write_fails_commits_nothing_and_is_not_complete_until_written_again() {
+        let (_dir, store, mut p) = with_changelog();
+        let shard = Shard::new("gpu-usage", 0);
+        owning(&mut p, &shard, 10);
+        store.fail.store(true, Ordering::SeqCst);
+        p.start_checkpoint(7_000);
+        p.persister.wait();
+        assert!(p.finished(0).is_empty());
+        assert_eq!(p.status()[0].checkpointed_offset, None);
+        assert_eq!(
+            last_complete(&p),
+            "trainspotter_checkpoint_last_success_timestamp_seconds 0"
+        );
+
+        // The next round writes it again.
+        store.fail.store(false, Ordering::SeqCst);
+        p.start_checkpoint(8_000);
+        assert_eq!(finished(&mut p), vec![(shard.clone(), 10)]);
+        assert_eq!(
+            last_complete(&p),
+            "trainspotter_checkpoint_last_success_timestamp_seconds 8"
+        );
+    }
+
+    #[test]
+    fn revoking_a_partition_being_written_waits_for_that_write_then_writes_the_newer_state() {
+        let (_dir, store, mut p) = with_changelog();
+        let shard = Shard::new("gpu-usage", 0);
+        owning(&mut p, &shard, 10);
+        // Another thread holds the changelog's writes back for a while.
+        let (hold, (locked, is_locked)) = (store.hold.clone(), std::sync::mpsc::channel());
+        let release = std::thread::spawn(move || {
+            let held = hold.lock().unwrap();
+            locked.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(held);
+        });
+        is_locked.recv().unwrap();
+        p.start_checkpoint(7_000);
+        feed(&mut p, &shard, 10..15);
+        p.processed(&shard, 15);
+        // The revocation's checkpoint (15) is written after the round's (10), never before it.
+        assert_eq!(p.revoke(&shard, 0), Some(15));
+        release.join().unwrap();
+        assert!(
+            p.finished(0).is_empty(),
+            "nothing to commit for a revoked partition"
+        );
+        assert_eq!(p.assign(&shard), StartAt::Offset(15));
+        assert_eq!(seconds(&p, &shard), 15.0 * 8.0 * 60.0);
+        let bytes = store.snapshots.lock().unwrap()[&shard].clone();
+        let cp = checkpoint::decode(std::path::Path::new("changelog"), &bytes).unwrap();
+        assert_eq!(cp.header.next_offset, 15);
     }
 }
