@@ -108,23 +108,27 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
     }
 }
 
-/// Encodes a checkpoint into its file bytes.
+/// Encodes a checkpoint into its file bytes. The state is serialised once, straight after room
+/// left for the prefix (bincode's `serialize` would walk it twice, sizing first, and the payload
+/// would then be copied behind the prefix).
 pub fn encode(header: &Header, state: &State) -> Result<Vec<u8>, CheckpointError> {
-    let payload = opts()
-        .serialize(&Borrowed { header, state })
+    let mut out = vec![0; PREFIX_LEN];
+    opts()
+        .serialize_into(&mut out, &Borrowed { header, state })
         .map_err(|e| CheckpointError::Encode(e.to_string()))?;
-    Ok(frame(&payload))
+    let prefix = prefix(&out[PREFIX_LEN..]);
+    out[..PREFIX_LEN].copy_from_slice(&prefix);
+    Ok(out)
 }
 
-/// The file bytes of an encoded payload: the prefix (magic, version, length, CRC-32), then it.
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(PREFIX_LEN + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    out.extend_from_slice(payload);
-    out
+/// The prefix of an encoded payload's file: magic, version, payload length, CRC-32.
+fn prefix(payload: &[u8]) -> [u8; PREFIX_LEN] {
+    let mut p = [0; PREFIX_LEN];
+    p[..8].copy_from_slice(MAGIC);
+    p[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    p[12..20].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    p[20..24].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    p
 }
 
 /// Decodes file bytes; `path` only labels errors.
@@ -367,7 +371,8 @@ mod tests {
         // prefix is rebuilt here so that the checksum matches the changed payload). Reserving
         // that many entries used to abort the process.
         let file = include_bytes!("../fuzz/regressions/checkpoint_read/series-count-2e61.ckpt");
-        let framed = frame(&file[PREFIX_LEN..]);
+        let payload = &file[PREFIX_LEN..];
+        let framed = [prefix(payload).as_slice(), payload].concat();
         let err = decode(Path::new("x.ckpt"), &framed).unwrap_err();
         assert!(matches!(err, CheckpointError::Decode { .. }), "{err}");
     }
