@@ -273,6 +273,13 @@ struct TenantState {
     training: bool,
     /// Listed in `State::touched_tenants`.
     touched: bool,
+    /// Its organisation in the registry (the key of `State::orgs`), as resolved under the registry
+    /// `org_epoch` names: looked up again once the engine's registry changes, not per sample.
+    /// Not checkpointed (a restored tenant resolves it again).
+    #[serde(skip)]
+    org: Option<Arc<str>>,
+    #[serde(skip)]
+    org_epoch: u32,
 }
 
 /// An organisation of the tenant registry: the sum of its tenants' samples since the registry
@@ -478,6 +485,9 @@ pub struct Engine {
     catalog: Catalog,
     /// Tenant context and policy (configuration, replaced on reload; not state).
     registry: Arc<Registry>,
+    /// Changes with every registry set (never 0, which tenants start with): a tenant whose
+    /// `org_epoch` differs resolves its organisation again.
+    registry_epoch: u32,
     names: Names,
     st: State,
     outbox: Vec<AlertRecord>,
@@ -511,6 +521,7 @@ impl Engine {
             estimator: Estimator::new(&cfg.estimate),
             catalog: Catalog::new(&cfg.catalog.accelerators, cfg.catalog.fallback_tflops),
             registry: Arc::new(Registry::default()),
+            registry_epoch: 1,
             names: Names::default(),
             st,
             outbox: Vec::new(),
@@ -522,6 +533,7 @@ impl Engine {
     /// organisation.
     pub fn set_registry(&mut self, registry: Arc<Registry>) {
         self.registry = registry;
+        self.registry_epoch = self.registry_epoch.wrapping_add(1).max(1);
     }
 
     /// The accumulated state, for checkpoints. Alert records not yet drained are not part of it.
@@ -811,10 +823,21 @@ impl Engine {
             &sample.activity,
         );
 
-        if let Some(org) = self.registry.organisation(tenant_name) {
-            let (key, o) = match st.orgs.raw_entry_mut().from_key(org) {
+        if tenant_state.org_epoch != self.registry_epoch {
+            tenant_state.org = self.registry.organisation(tenant_name).map(|org| {
+                match st.orgs.raw_entry_mut().from_key(org) {
+                    RawEntryMut::Occupied(e) => e.key().clone(),
+                    RawEntryMut::Vacant(e) => {
+                        e.insert(Arc::from(org), OrgState::default()).0.clone()
+                    }
+                }
+            });
+            tenant_state.org_epoch = self.registry_epoch;
+        }
+        if let Some(org) = &tenant_state.org {
+            let (key, o) = match st.orgs.raw_entry_mut().from_key(&**org) {
                 RawEntryMut::Occupied(e) => e.into_key_value(),
-                RawEntryMut::Vacant(e) => e.insert(Arc::from(org), OrgState::default()),
+                RawEntryMut::Vacant(e) => e.insert(org.clone(), OrgState::default()),
             };
             o.account.add(&self.s, ts, &usage);
             o.dormant = false;
@@ -2155,6 +2178,45 @@ mod tests {
             .sum();
         let o = &e.st.orgs[&Arc::<str>::from("acme")];
         assert_eq!(o.account.lifetime.accelerator_seconds(), t);
+    }
+
+    #[test]
+    fn a_tenant_counts_toward_the_organisation_of_the_registry_in_force_when_each_sample_arrives() {
+        let cfg = Config::default();
+        let mut e = Engine::new(&cfg).unwrap();
+        let org_of = |name: &str| format!("[tenants.t1]\norganisation = \"{name}\"\n");
+        let minute = |m: i64| UsageSample::new(1_714_521_600_000 + m * 60_000, "t1", 8.0, 60.0);
+        let seconds = |e: &Engine, org: &str| {
+            e.st.orgs
+                .get(org)
+                .map_or(0.0, |o| o.account.lifetime.accelerator_seconds())
+        };
+        e.set_registry(registry(&org_of("acme")));
+        e.apply(&minute(0));
+        e.apply(&minute(1));
+        e.set_registry(registry(&org_of("globex")));
+        e.apply(&minute(2));
+        e.set_registry(registry(""));
+        e.apply(&minute(3));
+        assert_eq!(seconds(&e, "acme"), 2.0 * 8.0 * 60.0);
+        assert_eq!(seconds(&e, "globex"), 8.0 * 60.0);
+
+        // A restored engine resolves the organisation under its own registry.
+        let header = crate::checkpoint::Header {
+            topic: "t".into(),
+            partition: 0,
+            next_offset: 4,
+            shape: e.shape(),
+            written_at_ms: 0,
+        };
+        let bytes = crate::checkpoint::encode(&header, e.state()).unwrap();
+        let cp = crate::checkpoint::decode(std::path::Path::new("x"), &bytes).unwrap();
+        let mut restored = Engine::with_state(&cfg, cp.state).unwrap();
+        restored.apply(&minute(4));
+        restored.set_registry(registry(&org_of("globex")));
+        restored.apply(&minute(5));
+        assert_eq!(seconds(&restored, "acme"), 2.0 * 8.0 * 60.0);
+        assert_eq!(seconds(&restored, "globex"), 2.0 * 8.0 * 60.0);
     }
 
     #[test]

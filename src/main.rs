@@ -209,6 +209,11 @@ enum Command {
         /// Live run: every n-th job runs like a training job (0 for none).
         #[arg(long, default_value_t = 10)]
         training_every: usize,
+        /// In-process measurements: with a tenant registry that spreads the tenants over this
+        /// many organisations (so every sample also counts toward its tenant's organisation);
+        /// 0 for no registry.
+        #[arg(long, default_value_t = 0)]
+        organisations: usize,
         /// Instead of the other measurements: run the pipeline in process for this long of wall
         /// time, as fast as it goes, with job churn, sampling the state's bytes and the RSS, and
         /// report their growth after the warm-up.
@@ -367,6 +372,7 @@ fn main() -> ExitCode {
             no_in_process,
             live,
             training_every,
+            organisations,
             soak,
             job_lifetime,
             warmup,
@@ -384,6 +390,7 @@ fn main() -> ExitCode {
                 batch: batch.max(1),
                 seed,
                 training_every: if live.is_some() { training_every } else { 0 },
+                organisations,
             };
             if let Some(duration) = soak {
                 let opts = trainspotter::bench::soak::SoakOptions {

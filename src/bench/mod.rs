@@ -55,6 +55,9 @@ pub struct Shape {
     /// Every n-th job runs like a training job (the same steady activity on all its devices, 70
     /// GiB of device memory; the others hold 40 GiB); 0 for none. Only the live run uses it.
     pub training_every: usize,
+    /// The in-process measurements run with a tenant registry that puts every tenant in one of
+    /// this many organisations (tenant `i` in organisation `i mod n`); 0 for no registry.
+    pub organisations: usize,
 }
 
 /// One round of events: the payloads back to back, and where each one ends.
@@ -70,6 +73,17 @@ pub struct Round {
 }
 
 impl Round {
+    /// A tenant registry file (TOML) that puts tenant `i` in organisation `org-(i mod n)`.
+    pub fn registry(&self, organisations: usize) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(self.tenants.len() * 64);
+        for (i, t) in self.tenants.iter().enumerate() {
+            let org = i % organisations.max(1);
+            let _ = writeln!(out, "[tenants.\"{t}\"]\norganisation = \"org-{org}\"");
+        }
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.ends.len()
     }
@@ -256,6 +270,13 @@ pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcom
     }
     let yardstick_ns = started.elapsed().as_nanos() as f64 / round.len() as f64;
 
+    let mut cfg = cfg.clone();
+    if shape.organisations > 0 {
+        let file = scratch.join("registry.toml");
+        std::fs::write(&file, round.registry(shape.organisations))?;
+        cfg.registry.file = file.to_string_lossy().into_owned();
+    }
+    let cfg = &cfg;
     let mut pipeline = Pipeline::new(cfg, Arc::new(Metrics::new()))?;
     let shard = Shard::local();
     let mut alerts = 0;
@@ -363,8 +384,18 @@ pub fn table(o: &Outcome) -> String {
         (
             "workload".to_string(),
             format!(
-                "{} devices, {} jobs, {} tenants, one event per device every {} ms, {} rounds, batches of {}; {:.0} B per event",
-                s.gpus, s.jobs, s.tenants, s.interval_ms, s.rounds, s.batch, o.payload_bytes_mean
+                "{} devices, {} jobs, {} tenants{}, one event per device every {} ms, {} rounds, batches of {}; {:.0} B per event",
+                s.gpus,
+                s.jobs,
+                s.tenants,
+                match s.organisations {
+                    0 => String::new(),
+                    n => format!(" in {n} organisations of a tenant registry"),
+                },
+                s.interval_ms,
+                s.rounds,
+                s.batch,
+                o.payload_bytes_mean
             ),
         ),
         ("decode only".into(), format!("{:.0} ns/event", o.decode_ns_per_event)),
@@ -455,6 +486,7 @@ mod tests {
             batch: 16,
             seed: 1,
             training_every: 0,
+            organisations: 0,
         };
         let mut round = shape.round();
         assert_eq!(round.len(), 64);
@@ -478,6 +510,39 @@ mod tests {
     }
 
     #[test]
+    fn the_generated_registry_puts_every_tenant_of_the_round_in_one_of_n_organisations() {
+        let shape = Shape {
+            gpus: 64,
+            jobs: 8,
+            tenants: 5,
+            interval_ms: 10_000,
+            rounds: 2,
+            batch: 16,
+            seed: 1,
+            training_every: 0,
+            organisations: 2,
+        };
+        let round = shape.round();
+        let registry = crate::registry::Registry::parse(&round.registry(2)).unwrap();
+        assert_eq!(registry.len(), 5);
+        let orgs: Vec<Option<&str>> = round
+            .tenants
+            .iter()
+            .map(|t| registry.organisation(t))
+            .collect();
+        assert_eq!(
+            orgs,
+            [
+                Some("org-0"),
+                Some("org-1"),
+                Some("org-0"),
+                Some("org-1"),
+                Some("org-0")
+            ]
+        );
+    }
+
+    #[test]
     fn a_new_generation_renames_only_the_jobs_it_moves() {
         let shape = Shape {
             gpus: 64,
@@ -488,6 +553,7 @@ mod tests {
             batch: 16,
             seed: 1,
             training_every: 4,
+            organisations: 0,
         };
         let mut round = shape.round();
         let jobs_of = |round: &Round| -> Vec<(String, String, String)> {
