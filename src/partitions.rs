@@ -24,9 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
-use tracing::{error, info, warn};
-
 use tokio::sync::Notify;
+use tracing::{error, info, warn};
 
 use crate::changelog::SnapshotStore;
 use crate::checkpoint::{self, Checkpoint, Header, Loaded};
