@@ -174,13 +174,14 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> 
             computed,
         });
     }
-    opts()
-        .with_limit(len)
-        .deserialize(payload)
-        .map_err(|e| CheckpointError::Decode {
-            path: p(),
-            message: e.to_string(),
-        })
+    crate::engine::decoding(
+        || opts().with_limit(len).deserialize::<Checkpoint>(payload),
+        |cp| &mut cp.state,
+    )
+    .map_err(|e| CheckpointError::Decode {
+        path: p(),
+        message: e.to_string(),
+    })
 }
 
 /// The one bincode configuration used for writing and reading (little endian, fixed-width ints).

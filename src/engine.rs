@@ -77,7 +77,9 @@ impl EngineStats {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct JobKey {
+    #[serde(deserialize_with = "decoded_name")]
     tenant: Arc<str>,
+    #[serde(deserialize_with = "decoded_name")]
     job: Arc<str>,
 }
 
@@ -116,8 +118,8 @@ fn by_hash<'t, K, V, Q: std::hash::Hash + ?Sized>(
 
 /// One shared copy of each job, node and GPU name, for the keys of new jobs and series (known
 /// keys are looked up by the names as they come). Names no key uses any more are dropped at each
-/// sweep. Not checkpointed:
-/// restored keys keep their own copies, and new samples intern again.
+/// sweep. Not checkpointed: the keys of a restored state share the names they were decoded with
+/// ([`decoding`]).
 #[derive(Debug, Default)]
 struct Names(AHashSet<Arc<str>>);
 
@@ -136,6 +138,54 @@ impl Names {
     fn sweep(&mut self) {
         self.0.retain(|a| Arc::strong_count(a) > 1);
     }
+}
+
+thread_local! {
+    /// The names of the state being decoded on this thread ([`decoding`]).
+    static DECODING: std::cell::RefCell<Option<Names>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `decode` (of a [`State`]) with the names of the keys it decodes shared, as keys made from
+/// samples share them, and gives the state those names. Without this, decoding would give every
+/// name of every key an allocation of its own (each device series its own copy of its node's
+/// name, each job its own copy of its tenant's).
+pub fn decoding<T, E>(
+    decode: impl FnOnce() -> Result<T, E>,
+    state: impl FnOnce(&mut T) -> &mut State,
+) -> Result<T, E> {
+    let outer = DECODING.with(|d| d.borrow_mut().replace(Names::default()));
+    let decoded = decode();
+    let names = DECODING.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
+    let mut decoded = decoded?;
+    state(&mut decoded).names = names.unwrap_or_default();
+    Ok(decoded)
+}
+
+/// A key's name as decoded: the shared copy while [`decoding`], else a copy of its own.
+pub(crate) fn decoded_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+    struct Name;
+    impl serde::de::Visitor<'_> for Name {
+        type Value = Arc<str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a name")
+        }
+        fn visit_str<E>(self, s: &str) -> Result<Arc<str>, E> {
+            Ok(DECODING.with(|d| match d.borrow_mut().as_mut() {
+                Some(names) => names.intern(s),
+                None => Arc::from(s),
+            }))
+        }
+    }
+    d.deserialize_str(Name)
+}
+
+/// [`decoded_name`] of an optional name.
+pub(crate) fn decoded_opt_name<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Arc<str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Name(#[serde(deserialize_with = "decoded_name")] Arc<str>);
+    Ok(Option::<Name>::deserialize(d)?.map(|n| n.0))
 }
 
 /// One device series (or one aggregate series when the sample names no device).
@@ -435,6 +485,9 @@ pub struct Explanation {
 /// caches are not part of it; they are rebuilt from the configuration on restore.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct State {
+    /// The names the keys decoded with the state share ([`decoding`]); empty otherwise.
+    #[serde(skip)]
+    names: Names,
     tenants: Table<Arc<str>, TenantState>,
     jobs: Table<JobKey, JobState>,
     max_event_ms: Option<i64>,
@@ -522,7 +575,7 @@ impl Engine {
             catalog: Catalog::new(&cfg.catalog.accelerators, cfg.catalog.fallback_tflops),
             registry: Arc::new(Registry::default()),
             registry_epoch: 1,
-            names: Names::default(),
+            names: std::mem::take(&mut st.names),
             st,
             outbox: Vec::new(),
         })
@@ -2180,6 +2233,20 @@ mod tests {
         assert_eq!(o.account.lifetime.accelerator_seconds(), t);
     }
 
+    /// A new engine from a checkpoint of `e`'s state, encoded and decoded as on disk.
+    fn through_checkpoint(e: &Engine, cfg: &Config) -> Engine {
+        let header = crate::checkpoint::Header {
+            topic: "t".into(),
+            partition: 0,
+            next_offset: 0,
+            shape: e.shape(),
+            written_at_ms: 0,
+        };
+        let bytes = crate::checkpoint::encode(&header, e.state()).unwrap();
+        let cp = crate::checkpoint::decode(std::path::Path::new("x"), &bytes).unwrap();
+        Engine::with_state(cfg, cp.state).unwrap()
+    }
+
     #[test]
     fn a_tenant_counts_toward_the_organisation_of_the_registry_in_force_when_each_sample_arrives() {
         let cfg = Config::default();
@@ -2202,21 +2269,61 @@ mod tests {
         assert_eq!(seconds(&e, "globex"), 8.0 * 60.0);
 
         // A restored engine resolves the organisation under its own registry.
-        let header = crate::checkpoint::Header {
-            topic: "t".into(),
-            partition: 0,
-            next_offset: 4,
-            shape: e.shape(),
-            written_at_ms: 0,
-        };
-        let bytes = crate::checkpoint::encode(&header, e.state()).unwrap();
-        let cp = crate::checkpoint::decode(std::path::Path::new("x"), &bytes).unwrap();
-        let mut restored = Engine::with_state(&cfg, cp.state).unwrap();
+        let mut restored = through_checkpoint(&e, &cfg);
         restored.apply(&minute(4));
         restored.set_registry(registry(&org_of("globex")));
         restored.apply(&minute(5));
         assert_eq!(seconds(&restored, "acme"), 2.0 * 8.0 * 60.0);
         assert_eq!(seconds(&restored, "globex"), 2.0 * 8.0 * 60.0);
+    }
+
+    #[test]
+    fn a_restored_state_shares_one_copy_of_each_name_like_the_state_it_was_taken_of() {
+        let cfg = Config::default();
+        let mut e = Engine::new(&cfg).unwrap();
+        for (job, gpu) in [("j1", "0"), ("j1", "1"), ("j2", "0"), ("j2", "1")] {
+            let s = UsageSample::new(1_714_521_600_000, "t", 1.0, 60.0)
+                .job(job)
+                .device("node-a", gpu);
+            e.apply(&s);
+        }
+        let restored = through_checkpoint(&e, &cfg);
+
+        // The job keys of a restored state share a copy of their tenant's name of their own.
+        let shared = [
+            (&e, &["0", "1", "j1", "j2", "node-a"][..]),
+            (&restored, &["0", "1", "j1", "j2", "node-a", "t"][..]),
+        ];
+        for (engine, shared) in shared {
+            let keys: Vec<&JobKey> = engine.st.jobs.keys().collect();
+            assert_eq!(keys.len(), 2);
+            assert!(
+                Arc::ptr_eq(&keys[0].tenant, &keys[1].tenant),
+                "one copy of the tenant"
+            );
+            let series: Vec<&SeriesKey> = engine
+                .st
+                .jobs
+                .values()
+                .flat_map(|j| j.series.iter().map(|(s, _)| s))
+                .collect();
+            assert_eq!(series.len(), 4);
+            let node = series[0].node.as_ref().unwrap();
+            assert!(series
+                .iter()
+                .all(|s| Arc::ptr_eq(s.node.as_ref().unwrap(), node)));
+            let gpu_0: Vec<&Arc<str>> = series
+                .iter()
+                .filter_map(|s| s.gpu.as_ref())
+                .filter(|g| &***g == "0")
+                .collect();
+            assert_eq!(gpu_0.len(), 2);
+            assert!(Arc::ptr_eq(gpu_0[0], gpu_0[1]));
+            // Each name once in the engine's set, which the footprint counts.
+            let mut names: Vec<&str> = engine.names.0.iter().map(|n| &**n).collect();
+            names.sort();
+            assert_eq!(names, shared);
+        }
     }
 
     #[test]
