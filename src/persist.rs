@@ -35,6 +35,19 @@ pub struct Save {
     pub bytes: Vec<u8>,
 }
 
+impl Save {
+    /// Its outcome; the encoded bytes are let go.
+    fn outcome(self, durable: bool) -> Saved {
+        Saved {
+            shard: self.shard,
+            next: self.next,
+            assigned_at: self.assigned_at,
+            seq: self.seq,
+            durable,
+        }
+    }
+}
+
 /// The outcome of a [`Save`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Saved {
@@ -96,13 +109,7 @@ impl Persister {
         if let Err(mpsc::SendError(Job::Save(s))) = self.send(Job::Save(save)) {
             error!(topic = %s.shard.topic, partition = s.shard.partition,
                    "the checkpoint writer has stopped; checkpoint not written");
-            self.reports.push(Saved {
-                shard: s.shard,
-                next: s.next,
-                assigned_at: s.assigned_at,
-                seq: s.seq,
-                durable: false,
-            });
+            self.reports.push(s.outcome(false));
         }
     }
 
@@ -190,15 +197,7 @@ impl Writer {
             match job {
                 Job::Save(s) => {
                     let durable = self.write(&s);
-                    let saved = Saved {
-                        shard: s.shard,
-                        next: s.next,
-                        assigned_at: s.assigned_at,
-                        seq: s.seq,
-                        durable,
-                    };
-                    drop(s.bytes);
-                    self.reports.push(saved);
+                    self.reports.push(s.outcome(durable));
                 }
                 Job::Load(shard, reply) => {
                     let loaded = match self.changelog.as_mut() {
