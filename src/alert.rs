@@ -7,7 +7,7 @@
 //! [`AlertRecord::to_cloudevent`] renders the Kafka record (CloudEvents 1.0, structured JSON).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -110,11 +110,27 @@ impl Entity {
     }
 
     pub fn organisation(org: Arc<str>) -> Entity {
+        static NO_TENANT: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
         Entity {
-            tenant: Arc::from(""),
+            tenant: NO_TENANT.clone(),
             job: None,
             org: Some(org),
         }
+    }
+
+    /// Whether `o` names this entity by the same copies of its names (a quick test of equality
+    /// that reads no name: `false` says nothing).
+    pub fn same_names(&self, o: &Entity) -> bool {
+        fn same(a: Option<&Arc<str>>, b: Option<&Arc<str>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        Arc::ptr_eq(&self.tenant, &o.tenant)
+            && same(self.job.as_ref(), o.job.as_ref())
+            && same(self.org.as_ref(), o.org.as_ref())
     }
 
     pub fn scope(&self) -> Scope {
@@ -223,7 +239,7 @@ struct Active {
 /// configuration.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct AlertBook {
-    active: HashMap<Entity, Vec<Active>>,
+    active: HashMap<Entity, Vec<Active>, ahash::RandomState>,
     #[serde(skip)]
     resend_ms: i64,
 }
@@ -246,7 +262,7 @@ mod json_text {
 impl AlertBook {
     pub fn new(resend_ms: i64) -> Self {
         AlertBook {
-            active: HashMap::new(),
+            active: HashMap::default(),
             resend_ms,
         }
     }
@@ -290,6 +306,9 @@ impl AlertBook {
         now_ms: i64,
         out: &mut Vec<AlertRecord>,
     ) {
+        if conditions.is_empty() && self.active.is_empty() {
+            return;
+        }
         let mut held = self.active.remove(entity).unwrap_or_default();
         let mut next = Vec::with_capacity(conditions.len());
         for c in conditions {

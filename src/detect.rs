@@ -30,7 +30,8 @@
 //!   a gang whose devices vary on their own is not suspected, whatever else it looks like.
 
 use serde::{Deserialize, Serialize};
-use statrs::statistics::{Data, Median, OrderStatistics};
+use smallvec::SmallVec;
+use statrs::statistics::{Data, OrderStatistics};
 
 use crate::config::{DetectionConfig, Ramp};
 use crate::decode::Activity;
@@ -197,7 +198,8 @@ pub fn features(
     if panes.is_empty() {
         return f;
     }
-    f.accelerators = median(panes.iter().map(|p| p.accelerators as f64).collect());
+    let mut values: Values = panes.iter().map(|p| p.accelerators as f64).collect();
+    f.accelerators = median(&mut values);
     let (mw, ms) = panes.iter().fold((0.0f64, 0.0f64), |(w, s), p| {
         (w + p.memory.weight as f64, s + p.memory.sum as f64)
     });
@@ -215,35 +217,47 @@ pub fn features(
         });
         f.signal = Some(*signal);
         let slide_mean = |p: &DetectPane| (p.activity[i].sum / p.activity[i].weight) as f64;
-        let per_pane: Vec<f64> = panes
-            .iter()
-            .filter(|p| p.activity[i].weight > 0.0)
-            .map(slide_mean)
-            .collect();
+        values.clear();
+        values.extend(
+            panes
+                .iter()
+                .filter(|p| p.activity[i].weight > 0.0)
+                .map(slide_mean),
+        );
         // How busy the gang is while it works: checkpoint dips and pauses shorter than a quarter
         // of the window do not lower it, and a run that alternates work and idle minutes to stay
         // under the radar still shows its working level.
-        f.activity = Some(Data::new(per_pane.clone()).quantile(ACTIVITY_QUANTILE));
-        f.temporal_variation = relative_mad(per_pane);
-        let span: Vec<f64> = sync_panes
+        f.activity = Some(Data::new(&mut values[..]).quantile(ACTIVITY_QUANTILE));
+        f.temporal_variation = relative_mad(&mut values);
+        values.clear();
+        values.extend(
+            sync_panes
+                .iter()
+                .filter(|p| p.activity[i].weight > 0.0)
+                .map(slide_mean),
+        );
+        let (var_sum, var_count) = devices
             .iter()
-            .filter(|p| p.activity[i].weight > 0.0)
-            .map(slide_mean)
-            .collect();
-        let device_vars: Vec<f64> = devices.iter().filter_map(|d| d.variance).collect();
+            .filter_map(|d| d.variance)
+            .fold((0.0f64, 0usize), |(s, n), v| (s + v, n + 1));
         let mean = s / w;
-        if !device_vars.is_empty() && mean > 0.0 {
-            let device_var = device_vars.iter().sum::<f64>() / device_vars.len() as f64;
+        if var_count > 0 && mean > 0.0 {
+            let device_var = var_sum / var_count as f64;
             let variation = device_var.sqrt() / mean;
             f.device_variation = Some(variation);
-            if span.len() >= 3 && device_vars.len() >= 2 && variation >= min_variation {
-                f.gang_synchrony = Some((population_variance(&span) / device_var).min(1.0));
+            if values.len() >= 3 && var_count >= 2 && variation >= min_variation {
+                f.gang_synchrony = Some((population_variance(&values) / device_var).min(1.0));
             }
         }
     }
-    f.rank_spread = relative_mad(devices.iter().map(|d| d.activity).collect());
+    values.clear();
+    values.extend(devices.iter().map(|d| d.activity));
+    f.rank_spread = relative_mad(&mut values);
     f
 }
+
+/// Values of the panes or devices of one job, taken in turn (on the stack for most jobs).
+type Values = SmallVec<[f64; 64]>;
 
 fn population_variance(v: &[f64]) -> f64 {
     let n = v.len() as f64;
@@ -251,18 +265,23 @@ fn population_variance(v: &[f64]) -> f64 {
     v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n
 }
 
-fn median(v: Vec<f64>) -> f64 {
+/// The median of `v` (reorders it).
+fn median(v: &mut [f64]) -> f64 {
     Data::new(v).median()
 }
 
 /// Median absolute deviation relative to the median: a spread robust to checkpoint dips and a few
-/// stragglers. `None` with fewer than 3 values; 1.0 (maximal) when the median is zero.
-fn relative_mad(v: Vec<f64>) -> Option<f64> {
+/// stragglers. `None` with fewer than 3 values; 1.0 (maximal) when the median is zero. Overwrites
+/// `v` with the deviations.
+fn relative_mad(v: &mut [f64]) -> Option<f64> {
     if v.len() < 3 {
         return None;
     }
-    let m = median(v.clone());
-    let mad = median(v.into_iter().map(|x| (x - m).abs()).collect());
+    let m = median(v);
+    for x in v.iter_mut() {
+        *x = (*x - m).abs();
+    }
+    let mad = median(v);
     Some(if m > 0.0 { mad / m } else { 1.0 })
 }
 
@@ -291,7 +310,7 @@ pub struct Verdict {
     pub score: f64,
     /// The activity signal the `activity` feature was computed from.
     pub signal: Option<Signal>,
-    pub features: Vec<FeatureScore>,
+    pub features: [FeatureScore; 7],
     /// Every required feature fired.
     pub gates_passed: bool,
 }
@@ -416,7 +435,7 @@ pub fn score(f: &Features, cfg: &DetectionConfig) -> Verdict {
         _ => cfg.accelerators,
     };
     let w = &cfg.weights;
-    let features = vec![
+    let features = [
         ramp(
             FEATURES[0],
             Some(f.accelerators),

@@ -5,15 +5,16 @@
 //! watermark is the latest event time minus the allowed lateness, and every time it crosses a
 //! detection slide boundary the engine evaluates the jobs and tenants that changed (and those with
 //! active alerts) at that boundary. Evaluation therefore depends only on the order of the input, not
-//! on how it was batched. No I/O, no clock, no locks: the state task owns the engine.
+//! on how it was batched. No I/O, no locks, and no clock but the one that times each evaluation for
+//! metrics ([`Evaluation`]): the state task owns the engine.
 //!
 //! State: tenants and jobs by name, each with lifetime [`Usage`], its [`Windows`] and, per device
 //! series, what de-duplication and detection need. Keys idle for longer than the longest window are
 //! evicted (their alerts resolve first).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use ahash::AHashSet;
+use ahash::{AHashMap, AHashSet};
 use hashbrown::hash_map::RawEntryMut;
 use hashbrown::Equivalent;
 use serde::{Deserialize, Serialize};
@@ -111,9 +112,12 @@ fn by_hash<'t, K, V, Q: std::hash::Hash + ?Sized>(
     table: &'t Table<K, V>,
     key: &Q,
 ) -> Option<(&'t K, &'t V)> {
-    table
-        .raw_entry()
-        .from_hash(table.hasher().hash_one(key), |_| true)
+    at_hash(table, table.hasher().hash_one(key))
+}
+
+/// [`by_hash`] of a key whose hash in `table` is known.
+fn at_hash<K, V>(table: &Table<K, V>, hash: u64) -> Option<(&K, &V)> {
+    table.raw_entry().from_hash(hash, |_| true)
 }
 
 /// One shared copy of each job, node and GPU name, for the keys of new jobs and series (known
@@ -544,13 +548,47 @@ pub struct Engine {
     names: Names,
     st: State,
     outbox: Vec<AlertRecord>,
+    /// Evaluations since the last [`Engine::drain_evaluations`] (at most
+    /// [`MAX_PENDING_EVALUATIONS`]).
+    evaluations: Vec<Evaluation>,
 }
+
+/// How long one evaluation took: the wall time of the only clock reading the engine makes, for
+/// metrics (nothing the engine decides depends on it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// Jobs evaluated.
+    pub jobs: usize,
+    pub seconds: f64,
+}
+
+/// Evaluations kept for [`Engine::drain_evaluations`] when nobody drains them (later ones are not
+/// kept).
+const MAX_PENDING_EVALUATIONS: usize = 1024;
+
+/// A hash with fixed seeds, to order group candidates the same way in every process without
+/// comparing names.
+static GROUP_HASH: LazyLock<ahash::RandomState> =
+    LazyLock::new(|| ahash::RandomState::with_seeds(1, 2, 3, 4));
+
+/// The detection panes of a verdict's span (on the stack up to an hour of one-minute slides).
+type Panes = SmallVec<[DetectPane; 64]>;
 
 /// A job that may be one part of a larger run: it passed the duration and activity gates.
 struct GroupCandidate {
     key: JobKey,
+    /// [`GROUP_HASH`] of the key.
+    key_hash: u64,
+    /// The key's hash in the job table (to find the job again without reading its names).
+    table_hash: u64,
+    /// The tenant, or its organisation in the tenant registry, and its [`GROUP_HASH`].
+    owner: Entity,
+    owner_hash: u64,
     first_ts: i64,
     suspected: bool,
+    /// The most accelerators the job had in one detection pane (no pane of a group can hold more
+    /// than the sum of its jobs').
+    max_concurrent: f32,
 }
 
 impl Engine {
@@ -578,6 +616,7 @@ impl Engine {
             names: std::mem::take(&mut st.names),
             st,
             outbox: Vec::new(),
+            evaluations: Vec::new(),
         })
     }
 
@@ -701,6 +740,11 @@ impl Engine {
     /// Alert records produced since the last call, in the order they happened.
     pub fn drain_alerts(&mut self) -> Vec<AlertRecord> {
         std::mem::take(&mut self.outbox)
+    }
+
+    /// The evaluations run since the last call, oldest first.
+    pub fn drain_evaluations(&mut self) -> std::vec::Drain<'_, Evaluation> {
+        self.evaluations.drain(..)
     }
 
     /// Counts one sample: de-duplicates it, adds it to the tenant's and job's lifetime and windows,
@@ -1013,85 +1057,107 @@ impl Engine {
         longest_slide.clamp(self.s.detect_slide_ms, 3_600_000)
     }
 
-    /// Evaluates detection and compute conditions at event time `now`.
+    /// Evaluates detection and compute conditions at event time `now`: the keys that had samples
+    /// since the last evaluation, in the order of their first sample, then those that hold active
+    /// alerts without having had one, in name order (so that their alerts can resolve).
     fn evaluate(&mut self, now: i64) {
+        let started = std::time::Instant::now();
         self.st.last_eval_ms = Some(now);
         let mut jobs: Vec<JobKey> = std::mem::take(&mut self.st.touched_jobs);
-        let mut tenants: Vec<Arc<str>> = std::mem::take(&mut self.st.touched_tenants);
-        let mut orgs: Vec<Arc<str>> = std::mem::take(&mut self.st.touched_orgs);
-        for k in &tenants {
-            if let Some(t) = self.st.tenants.get_mut(k) {
-                t.touched = false;
-            }
-        }
-        for k in &orgs {
-            if let Some(o) = self.st.orgs.get_mut(k) {
-                o.touched = false;
-            }
-        }
+        let touched_tenants: Vec<Arc<str>> = std::mem::take(&mut self.st.touched_tenants);
+        let touched_orgs: Vec<Arc<str>> = std::mem::take(&mut self.st.touched_orgs);
+        let (mut extra_jobs, mut extra_tenants, mut extra_orgs) =
+            (Vec::new(), Vec::new(), Vec::new());
         for e in self.st.alerts.entities() {
             match (e.scope(), e.job, e.org) {
-                (Scope::Job, Some(job), _) => jobs.push(JobKey {
+                (Scope::Job, Some(job), _) => extra_jobs.push(JobKey {
                     tenant: e.tenant,
                     job,
                 }),
-                (Scope::Organisation, _, Some(org)) => orgs.push(org),
-                _ => tenants.push(e.tenant),
+                (Scope::Organisation, _, Some(org)) => extra_orgs.push(org),
+                _ => extra_tenants.push(e.tenant),
             }
         }
-        sort_by_name(&mut jobs);
-        jobs.dedup();
+        extra_jobs.retain(|k| !self.st.jobs.get(k).is_some_and(|j| j.touched));
+        sort_by_name(&mut extra_jobs);
+        let touched = jobs.len();
+        jobs.append(&mut extra_jobs);
         let mut candidates = Vec::new();
         for (i, k) in jobs.iter().enumerate() {
             self.prefetch_jobs(&jobs, i);
-            candidates.extend(self.evaluate_job(k, now));
+            candidates.extend(self.evaluate_job(k, i < touched, now));
         }
-        let mut groups = self.group_conditions(candidates, now);
-        for (e, _) in &groups {
+        let mut groups: AHashMap<Entity, Condition> =
+            self.group_conditions(candidates, now).into_iter().collect();
+        for e in groups.keys() {
             match &e.org {
                 Some(o) => {
-                    orgs.push(o.clone());
+                    extra_orgs.push(o.clone());
                     if let Some(state) = self.st.orgs.get_mut(o) {
                         state.training = true;
                     }
                 }
                 None => {
-                    tenants.push(e.tenant.clone());
+                    extra_tenants.push(e.tenant.clone());
                     self.mark_training(&e.tenant);
                 }
             }
         }
-        tenants.sort();
-        tenants.dedup();
-        orgs.sort();
-        orgs.dedup();
-        for t in tenants {
+        extra_tenants.retain(|t| !self.st.tenants.get(t).is_some_and(|s| s.touched));
+        extra_tenants.sort();
+        extra_tenants.dedup();
+        extra_orgs.retain(|o| !self.st.orgs.get(o).is_some_and(|s| s.touched));
+        extra_orgs.sort();
+        extra_orgs.dedup();
+        let tenants = touched_tenants.iter().map(|t| (t, true));
+        for (t, touched) in tenants.chain(extra_tenants.iter().map(|t| (t, false))) {
+            match self.st.tenants.get_mut(t) {
+                // Listed twice: evaluated already.
+                Some(state) if touched && !state.touched => continue,
+                Some(state) => state.touched = false,
+                None => {}
+            }
+            let state = self.st.tenants.get(t);
             let entity = Entity::tenant(t.clone());
-            let mut conditions = match self.st.tenants.get(&t) {
+            let mut conditions = match state {
                 Some(state) if !state.dormant && self.compute_alerts_for(state.training) => {
                     self.compute_conditions(&entity, &state.account, now)
                 }
                 _ => Vec::new(),
             };
-            conditions.extend(take_group(&mut groups, &entity));
+            conditions.extend(groups.remove(&entity));
             self.reconcile(&entity, conditions, now);
         }
-        for o in orgs {
+        let orgs = touched_orgs.iter().map(|o| (o, true));
+        for (o, touched) in orgs.chain(extra_orgs.iter().map(|o| (o, false))) {
+            match self.st.orgs.get_mut(o) {
+                // Listed twice: evaluated already.
+                Some(state) if touched && !state.touched => continue,
+                Some(state) => state.touched = false,
+                None => {}
+            }
+            let state = self.st.orgs.get(o);
             let entity = Entity::organisation(o.clone());
-            let mut conditions = match self.st.orgs.get(&o) {
+            let mut conditions = match state {
                 Some(state) if !state.dormant && self.compute_alerts_for(state.training) => {
                     self.compute_conditions(&entity, &state.account, now)
                 }
                 _ => Vec::new(),
             };
-            conditions.extend(take_group(&mut groups, &entity));
+            conditions.extend(groups.remove(&entity));
             self.reconcile(&entity, conditions, now);
         }
         self.st.alerts.resend_due(now, &mut self.outbox);
+        if self.evaluations.len() < MAX_PENDING_EVALUATIONS {
+            self.evaluations.push(Evaluation {
+                jobs: jobs.len(),
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
     }
 
-    /// Starts loading what evaluating the jobs after `jobs[i]` reads, which lie in name order and
-    /// so at random in memory: the names of the job 16 places ahead (hashing and comparing a key
+    /// Starts loading what evaluating the jobs after `jobs[i]` reads, which lie in arrival order
+    /// and so at random in memory: the names of the job 16 places ahead (hashing and comparing a key
     /// reads them), the table entry of the one 8 ahead (located by hash alone, [`by_hash`]), and
     /// the detection panes and series of the one 4 ahead.
     fn prefetch_jobs(&self, jobs: &[JobKey], i: usize) {
@@ -1111,9 +1177,15 @@ impl Engine {
 
     /// Evaluates one job; returns it as a group candidate when it passed the duration and
     /// activity gates.
-    fn evaluate_job(&mut self, k: &JobKey, now: i64) -> Option<GroupCandidate> {
+    fn evaluate_job(&mut self, k: &JobKey, touched: bool, now: i64) -> Option<GroupCandidate> {
+        // Hashed once for both look-ups (the second, to update, comes after reading the job).
+        let hash = self.st.jobs.hasher().hash_one(k);
+        let found = self.st.jobs.raw_entry().from_key_hashed_nocheck(hash, k);
+        if touched && found.is_some_and(|(_, j)| !j.touched) {
+            return None; // listed twice: evaluated already
+        }
         let entity = Entity::job(k.tenant.clone(), k.job.clone());
-        let Some(job) = self.st.jobs.get(k) else {
+        let Some((_, job)) = found else {
             self.reconcile(&entity, Vec::new(), now);
             return None;
         };
@@ -1141,12 +1213,35 @@ impl Engine {
         let candidate = verdict
             .as_ref()
             .filter(|v| v.features[1].fired && v.features[2].fired)
-            .map(|_| GroupCandidate {
-                key: k.clone(),
-                first_ts: job.account.first_ts,
-                suspected,
+            .map(|_| {
+                let owner = match self.registry.organisation(&k.tenant) {
+                    // The organisation's own copy of its name, if it has an account.
+                    Some(org) => Entity::organisation(match self.st.orgs.get_key_value(org) {
+                        Some((name, _)) => name.clone(),
+                        None => Arc::from(org),
+                    }),
+                    None => Entity::tenant(k.tenant.clone()),
+                };
+                GroupCandidate {
+                    key: k.clone(),
+                    key_hash: GROUP_HASH.hash_one(k),
+                    table_hash: hash,
+                    owner_hash: GROUP_HASH.hash_one(&owner),
+                    owner,
+                    first_ts: job.account.first_ts,
+                    suspected,
+                    max_concurrent: job.max_concurrent,
+                }
             });
-        let job = self.st.jobs.get_mut(k).expect("checked above");
+        let RawEntryMut::Occupied(entry) = self
+            .st
+            .jobs
+            .raw_entry_mut()
+            .from_key_hashed_nocheck(hash, k)
+        else {
+            unreachable!("found above, and nothing was removed since");
+        };
+        let job = entry.into_mut();
         job.touched = false;
         job.score = score;
         job.suspected = suspected;
@@ -1195,45 +1290,74 @@ impl Engine {
         candidates: Vec<GroupCandidate>,
         now: i64,
     ) -> Vec<(Entity, Condition)> {
-        let mut by_owner: std::collections::BTreeMap<Entity, Vec<GroupCandidate>> =
-            Default::default();
-        for c in candidates {
-            let owner = match self.registry.organisation(&c.key.tenant) {
-                Some(org) => Entity::organisation(Arc::from(org)),
-                None => Entity::tenant(c.key.tenant.clone()),
-            };
-            by_owner.entry(owner).or_default().push(c);
-        }
+        // Candidates by owner (in the order of a fixed hash of the owner, which needs no name
+        // comparison unless two owners' hashes collide), each owner's by start time, then by a
+        // fixed hash of the job's key (its name if two collide).
+        let mut owned = candidates;
+        owned.sort_unstable_by(|a, b| {
+            (a.owner_hash.cmp(&b.owner_hash))
+                .then_with(|| match a.owner.same_names(&b.owner) {
+                    true => std::cmp::Ordering::Equal,
+                    false => a.owner.cmp(&b.owner),
+                })
+                .then_with(|| a.first_ts.cmp(&b.first_ts))
+                .then_with(|| a.key_hash.cmp(&b.key_hash))
+                .then_with(|| (&a.key.tenant, &a.key.job).cmp(&(&b.key.tenant, &b.key.job)))
+        });
+        // The cohorts that could pass: two or more jobs that started together, none suspected on
+        // its own, and enough accelerators between them to reach the gang gate at their peaks.
         let tolerance = self.s.group_start_tolerance_ms;
-        let mut out = Vec::new();
-        for (owner, mut members) in by_owner {
-            members.sort_by_key(|c| c.first_ts);
-            let policy = self.policy(&owner);
-            let threshold = self.score_threshold(&policy);
-            let held = self
-                .st
-                .alerts
-                .is_active(&owner, AlertName::TrainingSuspected);
+        let gate = self.group_accelerator_gate();
+        let mut cohorts: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut start = 0;
+        while start < owned.len() {
+            let mut end = start + 1;
+            while end < owned.len()
+                && owned[end].owner == owned[start].owner
+                && owned[end].first_ts - owned[end - 1].first_ts <= tolerance
+            {
+                end += 1;
+            }
+            let cohort = &owned[start..end];
+            let peak: f64 = cohort.iter().map(|c| c.max_concurrent as f64).sum();
+            if cohort.len() >= 2
+                && !cohort.iter().any(|c| c.suspected)
+                && gate.is_none_or(|g| peak >= g)
+            {
+                cohorts.push(start..end);
+            }
+            start = end;
+        }
+        // Each owner's cohorts; of those that pass, the one with the most accelerators.
+        let mut out: Vec<(Entity, Condition)> = Vec::new();
+        let mut i = 0;
+        for own in cohorts.chunk_by(|a, b| owned[a.start].owner == owned[b.start].owner) {
+            let owner = &owned[own[0].start].owner;
+            let threshold = self.score_threshold(&self.policy(owner));
             let mut best: Option<(f64, Condition)> = None;
-            let mut start = 0;
-            while start < members.len() {
-                let mut end = start + 1;
-                while end < members.len()
-                    && members[end].first_ts - members[end - 1].first_ts <= tolerance
-                {
-                    end += 1;
-                }
-                let cohort = &members[start..end];
-                start = end;
-                if cohort.len() < 2 || cohort.iter().any(|c| c.suspected) {
-                    continue;
-                }
-                let jobs: Vec<(&JobKey, &JobState)> = cohort
+            for range in own {
+                self.prefetch_cohorts(&owned, &cohorts, i);
+                i += 1;
+                let jobs: Vec<(&JobKey, &JobState)> = owned[range.clone()]
                     .iter()
-                    .filter_map(|c| self.st.jobs.get(&c.key).map(|j| (&c.key, j)))
+                    .filter_map(|c| {
+                        let found = self
+                            .st
+                            .jobs
+                            .raw_entry()
+                            .from_key_hashed_nocheck(c.table_hash, &c.key);
+                        found.map(|(_, j)| (&c.key, j))
+                    })
                     .collect();
                 let states: Vec<&JobState> = jobs.iter().map(|(_, j)| *j).collect();
                 let v = self.verdict(&states, now);
+                // Whether the owner holds a group alert matters only to keep one.
+                let may_keep = v.features[0].fired && v.score >= self.detection.resolve_below;
+                let held = may_keep
+                    && self
+                        .st
+                        .alerts
+                        .is_active(owner, AlertName::TrainingSuspected);
                 let passes = v.suspects(threshold, self.detection.resolve_below, held);
                 let accelerators = v.features[0].value.unwrap_or(0.0);
                 if !passes || best.as_ref().is_some_and(|(a, _)| *a >= accelerators) {
@@ -1256,10 +1380,45 @@ impl Engine {
                 ));
             }
             if let Some((_, c)) = best {
-                out.push((owner, c));
+                out.push((owner.clone(), c));
             }
         }
         out
+    }
+
+    /// The accelerators a group needs at its peak to be able to fire the accelerators gate, when
+    /// both accelerator ramps rise (a gate fires at `high`); `None` when one is configured falling.
+    fn group_accelerator_gate(&self) -> Option<f64> {
+        let (a, b) = (
+            self.detection.accelerators,
+            self.detection.accelerators_gpu_util,
+        );
+        (a.low < a.high && b.low < b.high).then(|| {
+            // Pane sums are f32: allow for their rounding.
+            a.high.min(b.high) * (1.0 - 1e-3)
+        })
+    }
+
+    /// Starts loading the job entries of the cohort 8 ahead of `cohorts[i]` (located by hash
+    /// alone) and the detection panes and series of the one 4 ahead.
+    fn prefetch_cohorts(
+        &self,
+        owned: &[GroupCandidate],
+        cohorts: &[std::ops::Range<usize>],
+        i: usize,
+    ) {
+        let entry = |c: &GroupCandidate| at_hash(&self.st.jobs, c.table_hash).map(|(_, j)| j);
+        if let Some(r) = cohorts.get(i + 8) {
+            for j in owned[r.clone()].iter().filter_map(entry) {
+                prefetch::value(j);
+            }
+        }
+        if let Some(r) = cohorts.get(i + 4) {
+            for j in owned[r.clone()].iter().filter_map(entry) {
+                j.detect.prefetch();
+                j.series.prefetch_entries();
+            }
+        }
     }
 
     /// The policy of the tenant registry for an entity. An organisation takes the strictest of its
@@ -1338,7 +1497,8 @@ impl Engine {
         let first_ts = jobs.iter().map(|j| j.account.first_ts).min().unwrap_or(now);
         let first = (last - n + 1).max(first_ts.div_euclid(slide));
         // Slides with no sample are real gaps: they count as zero accelerators.
-        let mut panes = vec![DetectPane::default(); (last - first + 1).max(0) as usize];
+        let mut panes: Panes =
+            smallvec::smallvec![DetectPane::default(); (last - first + 1).max(0) as usize];
         let mut any = false;
         for job in jobs {
             for (i, p) in job.detect.range(first, last) {
@@ -1363,14 +1523,15 @@ impl Engine {
         } else {
             0
         };
-        let mut sync_panes = vec![DetectPane::default(); sync_len.max(0) as usize];
+        let mut sync_panes: Panes =
+            smallvec::smallvec![DetectPane::default(); sync_len.max(0) as usize];
         for job in jobs {
             for (i, p) in job.detect.range(sync_first, head) {
                 sync_panes[(i - sync_first) as usize].add(p);
             }
         }
         let recent = now - 2 * slide;
-        let devices: Vec<detect::DeviceStat> = jobs
+        let devices: SmallVec<[detect::DeviceStat; 32]> = jobs
             .iter()
             .flat_map(|j| j.series.values())
             .filter(|s| s.last_ts >= recent)
@@ -1877,12 +2038,6 @@ fn sort_by_name(jobs: &mut Vec<JobKey>) {
     jobs.extend(keyed.into_iter().map(|(_, _, k)| k));
 }
 
-/// Removes and returns the group condition of `entity`, if any.
-fn take_group(groups: &mut Vec<(Entity, Condition)>, entity: &Entity) -> Option<Condition> {
-    let i = groups.iter().position(|(e, _)| e == entity)?;
-    Some(groups.swap_remove(i).1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2177,6 +2332,78 @@ mod tests {
         assert_eq!(a.evidence["group"]["jobs"].as_array().unwrap().len(), 8);
         assert_eq!(a.evidence["features"][0]["value"], 256.0);
         assert!(e.job_reports().iter().all(|j| !j.suspected));
+    }
+
+    #[test]
+    fn a_group_whose_jobs_together_just_reach_the_gang_gate_is_still_caught() {
+        // 2 x 32 devices: exactly `detection.accelerators.high` (64) at the group's peak, the
+        // most a group can reach; one device fewer and the group can never fire the gate.
+        let mut e = engine();
+        run_split(&mut e, 2, 32, |_| "acme".into(), |_| 0, 120);
+        let alerts = e.drain_alerts();
+        let fired = training_alerts(&alerts);
+        assert_eq!(fired.len(), 1, "{fired:#?}");
+        assert_eq!(fired[0].evidence["features"][0]["value"], 64.0);
+        let mut fewer = engine();
+        for s in (0..240).flat_map(|step| {
+            let ts = T0 + step * 30_000;
+            (0..2).flat_map(move |j| {
+                (0..(32 - j)).map(move |g| {
+                    let mut s = gpu_sample(ts, &format!("part-{j}"), g);
+                    s.tenant = "acme".into();
+                    s.node = Some(format!("node-{j}-{}", g / 8));
+                    s
+                })
+            })
+        }) {
+            fewer.apply(&s);
+        }
+        assert!(training_alerts(&fewer.drain_alerts()).is_empty());
+    }
+
+    #[test]
+    fn a_group_and_its_evidence_do_not_depend_on_which_of_its_jobs_reports_first() {
+        let run = |reverse: bool| {
+            let mut e = engine();
+            for step in 0..240 {
+                let ts = T0 + step * 30_000;
+                let mut order: Vec<usize> = (0..8).collect();
+                if reverse {
+                    order.reverse();
+                }
+                for j in order {
+                    for g in 0..32 {
+                        let mut s = gpu_sample(ts, &format!("part-{j}"), g);
+                        s.tenant = "acme".into();
+                        s.node = Some(format!("node-{j}-{}", g / 8));
+                        e.apply(&s);
+                    }
+                }
+            }
+            let alerts = e.drain_alerts();
+            training_alerts(&alerts)
+                .iter()
+                .map(|a| (a.dedup_key.clone(), a.evidence.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let forward = run(false);
+        assert_eq!(forward.len(), 1, "{forward:#?}");
+        assert_eq!(forward, run(true));
+    }
+
+    #[test]
+    fn every_evaluation_is_reported_once_with_the_jobs_it_evaluated() {
+        let mut e = engine();
+        // Samples every 30 s for 20 minutes from T0 (on a minute): the watermark, 5 minutes
+        // behind, goes from T0 - 5 min to T0 + 14.5 min, across the boundaries T0 - 4 min to
+        // T0 + 14 min.
+        run_split(&mut e, 3, 4, |_| "acme".into(), |_| 0, 20);
+        let evaluations: Vec<Evaluation> = e.drain_evaluations().collect();
+        assert_eq!(evaluations.len(), 19, "{evaluations:?}");
+        assert!(evaluations
+            .iter()
+            .all(|x| x.jobs == 3 && x.seconds >= 0.0 && x.seconds < 60.0));
+        assert_eq!(e.drain_evaluations().count(), 0);
     }
 
     #[test]

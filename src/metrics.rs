@@ -46,6 +46,7 @@ pub struct Metrics {
     tenant_estimated_flop: GaugeVec,
     consumer_lag: IntGaugeVec,
     batch_duration: Histogram,
+    evaluation_duration: Histogram,
     ready: IntGauge,
     checkpoint_written: IntCounterVec,
     checkpoint_failures: IntCounterVec,
@@ -237,6 +238,16 @@ impl Metrics {
                         "Time to decode and apply one batch.",
                     )
                     .buckets(vec![1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+                ),
+            ),
+            evaluation_duration: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "trainspotter_detect_evaluation_duration_seconds",
+                        "Time to evaluate every job, tenant and organisation that changed (or holds an alert) at one detection boundary; the partition's batch waits for it.",
+                    )
+                    .buckets(vec![1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
                 ),
             ),
             ready: int_gauge(
@@ -435,6 +446,18 @@ impl Metrics {
 
     pub fn batch_processed(&self, seconds: f64) {
         self.batch_duration.observe(seconds);
+    }
+
+    pub fn evaluated(&self, seconds: f64) {
+        self.evaluation_duration.observe(seconds);
+    }
+
+    /// Evaluations observed and their total seconds.
+    pub fn evaluation_totals(&self) -> (u64, f64) {
+        (
+            self.evaluation_duration.get_sample_count(),
+            self.evaluation_duration.get_sample_sum(),
+        )
     }
 
     pub fn set_ready(&self, ready: bool) {

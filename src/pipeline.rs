@@ -331,6 +331,9 @@ impl Pipeline {
             engine.apply_readings(self.readings.drain(..));
         }
         engine.count_rejected(rejected.len() as u64);
+        for e in engine.drain_evaluations() {
+            self.metrics.evaluated(e.seconds);
+        }
         self.metrics.events_consumed(consumed);
         self.metrics.engine_progress(&before, &engine.stats());
         self.metrics
@@ -426,6 +429,9 @@ impl Pipeline {
     pub fn finish(&mut self) {
         for engine in self.shards.values_mut() {
             engine.finish();
+            for e in engine.drain_evaluations() {
+                self.metrics.evaluated(e.seconds);
+            }
         }
         self.refresh_gauges(true);
     }

@@ -64,7 +64,7 @@
 //! overlay, so the result does not depend on whether a reload or an update came first. Policy rules
 //! come only from the file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -255,6 +255,8 @@ fn prefix(at: &str) -> String {
 pub struct Registry {
     /// The effective view: `file` with `updates` applied.
     tenants: BTreeMap<String, TenantInfo>,
+    /// The tenants of each organisation named in `tenants`.
+    members: BTreeMap<String, BTreeSet<String>>,
     file: BTreeMap<String, TenantInfo>,
     /// Topic overlay; `None` is a tombstone, kept so that a reload does not resurrect the tenant.
     updates: BTreeMap<String, Option<TenantInfo>>,
@@ -287,6 +289,7 @@ impl Registry {
             }
         }
         Ok(Registry {
+            members: members(&file.tenants),
             tenants: file.tenants.clone(),
             file: file.tenants,
             updates: BTreeMap::new(),
@@ -337,10 +340,24 @@ impl Registry {
                 Some(info)
             }
         };
-        match &info {
+        let before = match &info {
             Some(i) => self.tenants.insert(tenant.to_owned(), i.clone()),
             None => self.tenants.remove(tenant),
         };
+        if let Some(org) = before.and_then(|b| b.organisation) {
+            if let Some(set) = self.members.get_mut(&org) {
+                set.remove(tenant);
+                if set.is_empty() {
+                    self.members.remove(&org);
+                }
+            }
+        }
+        if let Some(org) = info.as_ref().and_then(|i| i.organisation.clone()) {
+            self.members
+                .entry(org)
+                .or_default()
+                .insert(tenant.to_owned());
+        }
         self.updates.insert(tenant.to_owned(), info);
         Ok(())
     }
@@ -353,12 +370,13 @@ impl Registry {
         self.info(tenant)?.organisation.as_deref()
     }
 
-    /// Tenant ids of one organisation, in id order (a scan over all tenants).
+    /// Tenant ids of one organisation, in id order.
     pub fn members<'a>(&'a self, org: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.tenants
-            .iter()
-            .filter(move |(_, info)| info.organisation.as_deref() == Some(org))
-            .map(|(id, _)| id.as_str())
+        self.members
+            .get(org)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
     }
 
     /// Number of registered tenants.
@@ -377,8 +395,11 @@ impl Registry {
 
     /// The policy for `tenant`, composed from every matching rule in order.
     pub fn policy(&self, tenant: &str) -> Effective {
-        let info = self.info(tenant);
         let mut eff = Effective::default();
+        if self.rules.is_empty() {
+            return eff;
+        }
+        let info = self.info(tenant);
         for rule in self
             .rules
             .iter()
@@ -428,8 +449,20 @@ impl Registry {
                 None => tenants.remove(id),
             };
         }
+        self.members = members(&tenants);
         self.tenants = tenants;
     }
+}
+
+/// The tenants of each organisation in `tenants`.
+fn members(tenants: &BTreeMap<String, TenantInfo>) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (id, info) in tenants {
+        if let Some(org) = &info.organisation {
+            out.entry(org.clone()).or_default().insert(id.clone());
+        }
+    }
+    out
 }
 
 /// Watches a registry file for changes; the caller polls (no threads or timers here).
@@ -1037,6 +1070,35 @@ mod tests {
     fn fingerprint_equal_for_equal_content() {
         assert_eq!(example().fingerprint(), example().fingerprint());
         assert_ne!(example().fingerprint(), Registry::default().fingerprint());
+    }
+
+    #[test]
+    fn an_organisation_keeps_its_members_as_updates_move_tenants_between_organisations() {
+        let mut r = example();
+        r.apply_update("acme-ml", Some(br#"{"organisation":"beta"}"#))
+            .unwrap();
+        assert_eq!(r.members("acme").collect::<Vec<_>>(), ["acme-ml-eu"]);
+        assert_eq!(r.members("beta").collect::<Vec<_>>(), ["acme-ml"]);
+        r.apply_update("acme-ml-eu", Some(br#"{"jurisdiction":"DE"}"#))
+            .unwrap();
+        assert_eq!(r.members("acme").count(), 0);
+        r.apply_update("acme-ml", None).unwrap();
+        assert_eq!(r.members("beta").count(), 0);
+        r.apply_update("acme-ml", Some(br#"{"organisation":"acme"}"#))
+            .unwrap();
+        assert_eq!(r.members("acme").collect::<Vec<_>>(), ["acme-ml"]);
+        // The same as a scan of every tenant, and after a reload of the file too.
+        let scan = |r: &Registry, org: &str| -> Vec<String> {
+            let ids = ["acme-ml", "acme-ml-eu", "beta-1", "new"];
+            ids.iter()
+                .filter(|id| r.organisation(id) == Some(org))
+                .map(|id| id.to_string())
+                .collect()
+        };
+        r.replace_file(example());
+        for org in ["acme", "beta"] {
+            assert_eq!(r.members(org).collect::<Vec<_>>(), scan(&r, org), "{org}");
+        }
     }
 
     #[test]

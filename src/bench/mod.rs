@@ -227,6 +227,9 @@ pub struct Outcome {
     /// Events per second of each steady round.
     pub round_events_per_s: Vec<f64>,
     pub alerts: usize,
+    /// Evaluations at detection boundaries during the rounds, and their mean wall time.
+    pub evaluations: u64,
+    pub evaluation_mean_s: f64,
     pub footprint: Footprint,
     pub rss_bytes: Option<u64>,
     pub peak_rss_bytes: Option<u64>,
@@ -277,7 +280,8 @@ pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcom
         cfg.registry.file = file.to_string_lossy().into_owned();
     }
     let cfg = &cfg;
-    let mut pipeline = Pipeline::new(cfg, Arc::new(Metrics::new()))?;
+    let metrics = Arc::new(Metrics::new());
+    let mut pipeline = Pipeline::new(cfg, metrics.clone())?;
     let shard = Shard::local();
     let mut alerts = 0;
     let mut times = Vec::with_capacity(shape.rounds);
@@ -295,6 +299,7 @@ pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcom
         times.push(started.elapsed());
         anyhow::ensure!(rejected == 0, "{rejected} generated events were rejected");
     }
+    let (evaluations, evaluation_s) = metrics.evaluation_totals();
     let rate = |d: &Duration| round.len() as f64 / d.as_secs_f64();
     let steady: Duration = times[1..].iter().sum();
     let engine = pipeline.shard(&shard).expect("processed above");
@@ -337,6 +342,8 @@ pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcom
         steady_events_per_s: (round.len() * (shape.rounds - 1)) as f64 / steady.as_secs_f64(),
         round_events_per_s: times[1..].iter().map(rate).collect(),
         alerts,
+        evaluations,
+        evaluation_mean_s: evaluation_s / evaluations.max(1) as f64,
         footprint,
         rss_bytes: rss,
         peak_rss_bytes: peak,
@@ -417,6 +424,14 @@ pub fn table(o: &Outcome) -> String {
                 o.steady_events_per_s / 1e6,
                 lo / 1e6,
                 hi / 1e6
+            ),
+        ),
+        (
+            "evaluations at detection boundaries (within the steady rounds' time)".into(),
+            format!(
+                "{}, {:.0} ms each on average",
+                o.evaluations,
+                o.evaluation_mean_s * 1e3
             ),
         ),
         ("alerts raised".into(), o.alerts.to_string()),
