@@ -428,15 +428,12 @@ impl Metrics {
 
     /// The delivery histogram: (upper bound, cumulative count) per bucket, and the count.
     pub fn alert_delivery_buckets(&self) -> (Vec<(f64, u64)>, u64) {
-        use prometheus::core::Metric as _;
-        let h = self.alert_delivery.metric();
-        let h = h.get_histogram();
-        let buckets = h
-            .get_bucket()
-            .iter()
-            .map(|b| (b.upper_bound(), b.cumulative_count()))
-            .collect();
-        (buckets, h.get_sample_count())
+        buckets(&self.alert_delivery)
+    }
+
+    /// The evaluation duration histogram, as [`Metrics::alert_delivery_buckets`].
+    pub fn evaluation_buckets(&self) -> (Vec<(f64, u64)>, u64) {
+        buckets(&self.evaluation_duration)
     }
 
     /// Jobs and device series held in state, as last exported.
@@ -585,6 +582,19 @@ pub struct StateGauges {
     /// Wall clock at the refresh, epoch ms.
     pub now_ms: i64,
     pub active_alerts: [(AlertName, usize); 3],
+}
+
+/// A histogram's (upper bound, cumulative count) per bucket, and its count.
+fn buckets(h: &Histogram) -> (Vec<(f64, u64)>, u64) {
+    use prometheus::core::Metric as _;
+    let h = h.metric();
+    let h = h.get_histogram();
+    let buckets = h
+        .get_bucket()
+        .iter()
+        .map(|b| (b.upper_bound(), b.cumulative_count()))
+        .collect();
+    (buckets, h.get_sample_count())
 }
 
 #[cfg(test)]

@@ -72,6 +72,12 @@ pub struct LiveOutcome {
     /// bound of the bucket holding the 99th percentile, seconds.
     pub delivery_count: u64,
     pub delivery_p99_bound_s: Option<f64>,
+    /// The daemon's evaluations at detection boundaries
+    /// (`trainspotter_detect_evaluation_duration_seconds`): how many, their mean, and the upper
+    /// bound of the bucket holding the 99th percentile, seconds.
+    pub evaluations: u64,
+    pub evaluation_mean_s: f64,
+    pub evaluation_p99_bound_s: Option<f64>,
     pub samples: Vec<MemorySample>,
     /// Every record received: evaluation tick (epoch ms), firing, end-to-end latency (ms).
     pub records: Vec<(i64, bool, Option<i64>)>,
@@ -308,6 +314,8 @@ async fn drive(
     sample(&mut samples, &mut max_lag);
     let consumed = running.metrics.events_consumed_total();
     let (buckets, delivery_count) = running.metrics.alert_delivery_buckets();
+    let (evaluation_buckets, evaluations) = running.metrics.evaluation_buckets();
+    let (_, evaluation_s) = running.metrics.evaluation_totals();
     running.stop().await?;
     stop_reader.store(true, Ordering::SeqCst);
     let received = reader
@@ -358,6 +366,9 @@ async fn drive(
         e2e_ms,
         delivery_count,
         delivery_p99_bound_s: bucket_quantile(&buckets, delivery_count, 0.99),
+        evaluations,
+        evaluation_mean_s: evaluation_s / evaluations.max(1) as f64,
+        evaluation_p99_bound_s: bucket_quantile(&evaluation_buckets, evaluations, 0.99),
         samples,
         records,
         rss_growth_pct_per_h: rss_growth,
@@ -415,6 +426,22 @@ pub fn table(o: &LiveOutcome) -> String {
                 Some(b) => format!("p99 <= {b} s ({} records)", o.delivery_count),
                 None if o.delivery_count == 0 => "no records".into(),
                 None => format!("p99 above the last bucket ({} records)", o.delivery_count),
+            },
+        ),
+        (
+            "evaluations at detection boundaries (the batch waits)".into(),
+            match o.evaluation_p99_bound_s {
+                _ if o.evaluations == 0 => "none".into(),
+                Some(b) => format!(
+                    "{}, mean {:.0} ms, p99 <= {b} s",
+                    o.evaluations,
+                    o.evaluation_mean_s * 1e3
+                ),
+                None => format!(
+                    "{}, mean {:.0} ms, p99 above the last bucket",
+                    o.evaluations,
+                    o.evaluation_mean_s * 1e3
+                ),
             },
         ),
         (
