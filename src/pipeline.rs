@@ -110,6 +110,12 @@ pub struct Pipeline {
 }
 
 /// The rejection of a message without a payload (a tombstone).
+/// Counts a rejected message in `metrics` and adds it to the batch's `rejected`.
+fn reject(metrics: &Metrics, rejected: &mut Vec<Rejected>, index: usize, rejection: Rejection) {
+    metrics.event_rejected(rejection.reason);
+    rejected.push(Rejected { index, rejection });
+}
+
 fn no_payload() -> Rejection {
     Rejection {
         reason: RejectReason::MalformedJson,
@@ -320,10 +326,7 @@ impl Pipeline {
                 };
                 match result {
                     Ok(()) => self.readings.append(&mut self.scratch.readings),
-                    Err(rejection) => {
-                        self.metrics.event_rejected(rejection.reason);
-                        rejected.push(Rejected { index, rejection });
-                    }
+                    Err(rejection) => reject(&self.metrics, &mut rejected, index, rejection),
                 }
             }
         }
@@ -372,10 +375,7 @@ impl Pipeline {
                         .extend(self.scratch.samples.drain(..).map(|s| (index, s)));
                     self.readings.append(&mut self.scratch.readings);
                 }
-                Err(rejection) => {
-                    self.metrics.event_rejected(rejection.reason);
-                    rejected.push(Rejected { index, rejection });
-                }
+                Err(rejection) => reject(&self.metrics, &mut rejected, index, rejection),
             }
         }
         (rejected, consumed)
@@ -618,11 +618,7 @@ fn process_native<'a>(
                 (None, None) => Err(no_payload()),
             };
             if let Err(rejection) = result {
-                metrics.event_rejected(rejection.reason);
-                rejected.push(Rejected {
-                    index: *index,
-                    rejection,
-                });
+                reject(metrics, rejected, *index, rejection);
             }
         }
     }
