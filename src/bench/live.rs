@@ -459,7 +459,7 @@ pub fn table(o: &LiveOutcome) -> String {
             }),
         ),
         (
-            "RSS growth after the warm-up".into(),
+            "RSS growth after the warm-up (job churn included: the state grows while ended jobs are retained; `--soak` measures steady memory)".into(),
             o.rss_growth_pct_per_h
                 .map_or("too few samples".into(), |g| format!("{g:+.2}% per hour")),
         ),
