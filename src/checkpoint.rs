@@ -68,6 +68,12 @@ pub struct Header {
     pub written_at_ms: i64,
 }
 
+#[derive(Serialize)]
+struct Borrowed<'a> {
+    header: &'a Header,
+    state: &'a State,
+}
+
 /// A checkpoint read back.
 #[derive(Debug, Deserialize)]
 pub struct Checkpoint {
@@ -104,57 +110,12 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
 
 /// Encodes a checkpoint into its file bytes. The state is serialised once, straight after room
 /// left for the prefix (bincode's `serialize` would walk it twice, sizing first, and the payload
-/// would then be copied behind the prefix), its job table on up to [`ENCODE_THREADS`] threads.
+/// would then be copied behind the prefix).
 pub fn encode(header: &Header, state: &State) -> Result<Vec<u8>, CheckpointError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    encode_on(header, state, threads.min(ENCODE_THREADS))
-}
-
-/// Threads that serialise a checkpoint's job table at most.
-pub const ENCODE_THREADS: usize = 4;
-
-/// Jobs below which a share of the job table is not worth a thread of its own.
-const JOBS_PER_THREAD_MIN: usize = 4096;
-
-/// [`encode`] on `threads` threads. The bytes are those of the state's `Serialize` (one pass,
-/// one thread) whatever the count: the entries of the job table are cut into consecutive shares
-/// in the table's order, the calling thread serialises the first straight into the output, the
-/// others each into a buffer of their own, appended in order.
-fn encode_on(header: &Header, state: &State, threads: usize) -> Result<Vec<u8>, CheckpointError> {
-    let err = |e: bincode::Error| CheckpointError::Encode(e.to_string());
     let mut out = vec![0; PREFIX_LEN];
-    let (head, jobs, tail) = state.parts();
-    opts().serialize_into(&mut out, header).map_err(err)?;
-    opts().serialize_into(&mut out, &head).map_err(err)?;
-    // A map's length, as bincode writes it for the table.
     opts()
-        .serialize_into(&mut out, &(jobs.len() as u64))
-        .map_err(err)?;
-    let share = jobs.len().div_ceil(threads.max(1)).max(JOBS_PER_THREAD_MIN);
-    let mut shares = jobs.chunks(share);
-    let first = shares.next().unwrap_or_default();
-    std::thread::scope(|scope| {
-        let others: Vec<_> = shares
-            .map(|part| {
-                scope.spawn(move || {
-                    let mut buf = Vec::new();
-                    for entry in part {
-                        opts().serialize_into(&mut buf, entry)?;
-                    }
-                    Ok::<_, bincode::Error>(buf)
-                })
-            })
-            .collect();
-        for entry in first {
-            opts().serialize_into(&mut out, entry).map_err(err)?;
-        }
-        for other in others {
-            let buf = other.join().expect("a checkpoint encoder thread panicked");
-            out.extend_from_slice(&buf.map_err(err)?);
-        }
-        Ok::<_, CheckpointError>(())
-    })?;
-    opts().serialize_into(&mut out, &tail).map_err(err)?;
+        .serialize_into(&mut out, &Borrowed { header, state })
+        .map_err(|e| CheckpointError::Encode(e.to_string()))?;
     let prefix = prefix(&out[PREFIX_LEN..]);
     out[..PREFIX_LEN].copy_from_slice(&prefix);
     Ok(out)
@@ -329,47 +290,6 @@ mod tests {
         }
         e.drain_alerts();
         e
-    }
-
-    /// A checkpoint as one pass of the state's `Serialize` makes it, for comparison.
-    fn encoded_in_one_pass(header: &Header, state: &State) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Borrowed<'a> {
-            header: &'a Header,
-            state: &'a State,
-        }
-        let mut out = vec![0; PREFIX_LEN];
-        opts()
-            .serialize_into(&mut out, &Borrowed { header, state })
-            .unwrap();
-        let p = prefix(&out[PREFIX_LEN..]);
-        out[..PREFIX_LEN].copy_from_slice(&p);
-        out
-    }
-
-    #[test]
-    fn a_checkpoint_encoded_on_several_threads_is_the_state_serialised_in_one_pass() {
-        // Alerts, windows and series from the data, and enough jobs for four shares.
-        let mut e = engine_with_data();
-        let jobs = 3 * JOBS_PER_THREAD_MIN + 17;
-        for j in 0..jobs {
-            let s = UsageSample::new(T0 + 90 * 60_000, format!("t{}", j % 50), 1.0, 60.0)
-                .job(format!("job-{j}"))
-                .device(format!("n{j}"), "0")
-                .tensor_active(0.2);
-            e.apply(&s);
-        }
-        assert!(e.job_count() > jobs);
-        assert!(!e.active_alert_records().is_empty());
-        let h = header(&e, 42);
-        let reference = encoded_in_one_pass(&h, e.state());
-        for threads in [1, 2, 4, 8] {
-            let bytes = encode_on(&h, e.state(), threads).unwrap();
-            assert!(bytes == reference, "{threads} threads: other bytes");
-        }
-        let back = decode(Path::new("mem"), &reference).unwrap();
-        let restored = Engine::with_state(&Config::default(), back.state).unwrap();
-        assert_eq!(restored.job_count(), e.job_count());
     }
 
     fn header(e: &Engine, next_offset: i64) -> Header {

@@ -512,61 +512,6 @@ pub struct State {
     last_eval_ms: Option<i64>,
 }
 
-/// The fields of [`State`] before its job table, serialised as the state serialises them.
-#[derive(Serialize)]
-pub(crate) struct StateHead<'a> {
-    tenants: &'a Table<Arc<str>, TenantState>,
-}
-
-/// The fields of [`State`] after its job table, serialised as the state serialises them.
-#[derive(Serialize)]
-pub(crate) struct StateTail<'a> {
-    max_event_ms: &'a Option<i64>,
-    next_tick_ms: &'a i64,
-    next_sweep_ms: &'a i64,
-    touched_jobs: &'a Vec<JobKey>,
-    touched_tenants: &'a Vec<Arc<str>>,
-    orgs: &'a Table<Arc<str>, OrgState>,
-    touched_orgs: &'a Vec<Arc<str>>,
-    alerts: &'a AlertBook,
-    stats: &'a EngineStats,
-    join: &'a JoinBuffer,
-    last_eval_ms: &'a Option<i64>,
-}
-
-impl State {
-    /// The state in three parts whose serialisations, one after another, are the state's (in a
-    /// format without framing, such as the checkpoints'): the fields before the job table, the
-    /// job table's entries in its order (each a key and its value, after the table's length),
-    /// and the fields after it. So that the entries, most of a checkpoint, can be serialised on
-    /// several threads ([`crate::checkpoint::encode`]).
-    pub(crate) fn parts(
-        &self,
-    ) -> (
-        StateHead<'_>,
-        Vec<(impl Serialize + Sync + '_, impl Serialize + Sync + '_)>,
-        StateTail<'_>,
-    ) {
-        let head = StateHead {
-            tenants: &self.tenants,
-        };
-        let tail = StateTail {
-            max_event_ms: &self.max_event_ms,
-            next_tick_ms: &self.next_tick_ms,
-            next_sweep_ms: &self.next_sweep_ms,
-            touched_jobs: &self.touched_jobs,
-            touched_tenants: &self.touched_tenants,
-            orgs: &self.orgs,
-            touched_orgs: &self.touched_orgs,
-            alerts: &self.alerts,
-            stats: &self.stats,
-            join: &self.join,
-            last_eval_ms: &self.last_eval_ms,
-        };
-        (head, self.jobs.iter().collect(), tail)
-    }
-}
-
 impl JobReport {
     /// Adds the same job's values from another shard.
     pub fn merge(&mut self, o: &JobReport) {
