@@ -110,6 +110,18 @@ pub struct Pipeline {
 }
 
 /// The rejection of a message without a payload (a tombstone).
+/// Observes the evaluations `engine` ran since the last call (metrics, and a debug log line each).
+fn record_evaluations(metrics: &Metrics, engine: &mut Engine) {
+    for e in engine.drain_evaluations() {
+        metrics.evaluated(e.seconds);
+        tracing::debug!(
+            jobs = e.jobs,
+            seconds = e.seconds,
+            "evaluated at a detection boundary"
+        );
+    }
+}
+
 /// Counts a rejected message in `metrics` and adds it to the batch's `rejected`.
 fn reject(metrics: &Metrics, rejected: &mut Vec<Rejected>, index: usize, rejection: Rejection) {
     metrics.event_rejected(rejection.reason);
@@ -334,9 +346,7 @@ impl Pipeline {
             engine.apply_readings(self.readings.drain(..));
         }
         engine.count_rejected(rejected.len() as u64);
-        for e in engine.drain_evaluations() {
-            self.metrics.evaluated(e.seconds);
-        }
+        record_evaluations(&self.metrics, engine);
         self.metrics.events_consumed(consumed);
         self.metrics.engine_progress(&before, &engine.stats());
         self.metrics
@@ -429,9 +439,7 @@ impl Pipeline {
     pub fn finish(&mut self) {
         for engine in self.shards.values_mut() {
             engine.finish();
-            for e in engine.drain_evaluations() {
-                self.metrics.evaluated(e.seconds);
-            }
+            record_evaluations(&self.metrics, engine);
         }
         self.refresh_gauges(true);
     }
