@@ -341,6 +341,10 @@ struct TenantState {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct OrgState {
     account: Account,
+    /// The training-score threshold of the organisation's policy, and the registry epoch it was
+    /// taken under (0 for none); not checkpointed.
+    #[serde(skip)]
+    threshold: (u32, f64),
     dormant: bool,
     /// A job of one of its tenants, or a group of them, has been suspected of training.
     training: bool,
@@ -348,8 +352,24 @@ struct OrgState {
     touched: bool,
 }
 
+/// What evaluating a job takes from the tenant registry, kept with the job for the registry it was
+/// taken from (not checkpointed): looking the tenant up in the registry for every job at every
+/// evaluation cost as much as the rest of an evaluation.
+#[derive(Debug, Clone, Default)]
+struct RegistryView {
+    /// [`Engine::registry_epoch`] it was taken under; 0 (never an epoch) for none.
+    epoch: u32,
+    /// The training-score threshold of the tenant's policy.
+    threshold: f64,
+    /// The tenant's organisation (the organisation table's copy of its name when it has one).
+    org: Option<Arc<str>>,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct JobState {
+    /// See [`RegistryView`].
+    #[serde(skip)]
+    view: RegistryView,
     account: Account,
     series: SeriesTable<SeriesState>,
     detect: PaneRing<DetectPane>,
@@ -584,6 +604,8 @@ struct GroupCandidate {
     /// The tenant, or its organisation in the tenant registry, and its [`GROUP_HASH`].
     owner: Entity,
     owner_hash: u64,
+    /// The owner's training-score threshold.
+    threshold: f64,
     first_ts: i64,
     suspected: bool,
     /// The most accelerators the job had in one detection pane (no pane of a group can hold more
@@ -1193,7 +1215,9 @@ impl Engine {
         let mut conditions = Vec::new();
         let verdict = (!ended).then(|| self.verdict(&[job], now));
         let score = verdict.as_ref().map_or(0.0, |v| v.score);
-        let threshold = self.score_threshold(&self.policy(&entity));
+        let new_view = (job.view.epoch != self.registry_epoch).then(|| self.registry_view(&entity));
+        let view = new_view.as_ref().unwrap_or(&job.view);
+        let threshold = view.threshold;
         let suspected = verdict
             .as_ref()
             .is_some_and(|v| v.suspects(threshold, self.detection.resolve_below, job.suspected));
@@ -1214,15 +1238,13 @@ impl Engine {
             .as_ref()
             .filter(|v| v.features[1].fired && v.features[2].fired)
             .map(|_| {
-                let owner = match self.registry.organisation(&k.tenant) {
-                    // The organisation's own copy of its name, if it has an account.
-                    Some(org) => Entity::organisation(match self.st.orgs.get_key_value(org) {
-                        Some((name, _)) => name.clone(),
-                        None => Arc::from(org),
-                    }),
+                let owner = match &view.org {
+                    Some(org) => Entity::organisation(org.clone()),
                     None => Entity::tenant(k.tenant.clone()),
                 };
                 GroupCandidate {
+                    // An organisation's threshold is set below.
+                    threshold,
                     key: k.clone(),
                     key_hash: GROUP_HASH.hash_one(k),
                     table_hash: hash,
@@ -1245,12 +1267,52 @@ impl Engine {
         job.touched = false;
         job.score = score;
         job.suspected = suspected;
+        if let Some(v) = new_view {
+            job.view = v;
+        }
         if suspected {
             job.ever_suspected = true;
             self.mark_training(&k.tenant);
         }
         self.reconcile(&entity, conditions, now);
-        candidate
+        candidate.map(|mut c| {
+            if let Some(org) = &c.owner.org {
+                c.threshold = self.org_threshold(org);
+            }
+            c
+        })
+    }
+
+    /// What evaluating the job `entity` takes from the registry in force.
+    fn registry_view(&self, entity: &Entity) -> RegistryView {
+        let org = self.registry.organisation(&entity.tenant).map(|org| {
+            // The organisation's own copy of its name, if it has an account.
+            match self.st.orgs.get_key_value(org) {
+                Some((name, _)) => name.clone(),
+                None => Arc::from(org),
+            }
+        });
+        RegistryView {
+            epoch: self.registry_epoch,
+            threshold: self.score_threshold(&self.policy(entity)),
+            org,
+        }
+    }
+
+    /// The training-score threshold of organisation `org` (from its state when taken under the
+    /// registry in force; an organisation's policy reads every member tenant's).
+    fn org_threshold(&mut self, org: &Arc<str>) -> f64 {
+        let epoch = self.registry_epoch;
+        if let Some(o) = self.st.orgs.get(org) {
+            if o.threshold.0 == epoch {
+                return o.threshold.1;
+            }
+        }
+        let t = self.score_threshold(&self.policy(&Entity::organisation(org.clone())));
+        if let Some(o) = self.st.orgs.get_mut(org) {
+            o.threshold = (epoch, t);
+        }
+        t
     }
 
     /// Records that `tenant` (and its organisation) has work suspected of training, which makes
@@ -1333,7 +1395,7 @@ impl Engine {
         let mut i = 0;
         for own in cohorts.chunk_by(|a, b| owned[a.start].owner == owned[b.start].owner) {
             let owner = &owned[own[0].start].owner;
-            let threshold = self.score_threshold(&self.policy(owner));
+            let threshold = owned[own[0].start].threshold;
             let mut best: Option<(f64, Condition)> = None;
             for range in own {
                 self.prefetch_cohorts(&owned, &cohorts, i);
@@ -2604,6 +2666,42 @@ mod tests {
         assert!(alerts
             .iter()
             .all(|a| a.threshold.is_none() || a.threshold == Some(1e19)));
+    }
+
+    #[test]
+    fn a_job_is_judged_by_the_policy_of_the_registry_in_force_at_each_evaluation() {
+        let mut e = engine();
+        e.set_registry(registry(
+            r#"
+            [tenants.acme]
+            verification = "verified"
+
+            [[policy]]
+            name = "strict"
+            match = { verification = ["verified"] }
+            score_threshold = 0.99
+            "#,
+        ));
+        let mut step = 0;
+        let mut run = |e: &mut Engine, minutes: i64| {
+            for _ in 0..minutes * 2 {
+                for gpu in 0..128 {
+                    // Devices a little apart: a score below 1.
+                    let a = 0.3 + 0.1 * (gpu % 2) as f64;
+                    let s = gpu_sample(T0 + step * 30_000, "pretrain", gpu).tensor_active(a);
+                    e.apply(&s);
+                }
+                step += 1;
+            }
+        };
+        run(&mut e, 60);
+        let score = e.job_reports()[0].training_score;
+        assert!(score > 0.75 && score < 0.99, "{score}");
+        assert!(training_alerts(&e.drain_alerts()).is_empty());
+        // The same job under a registry without the rule: the default threshold (0.75).
+        e.set_registry(registry("[tenants.acme]\nverification = \"verified\"\n"));
+        run(&mut e, 5);
+        assert_eq!(training_alerts(&e.drain_alerts()).len(), 1);
     }
 
     #[test]

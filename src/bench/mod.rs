@@ -73,10 +73,26 @@ pub struct Round {
 }
 
 impl Round {
-    /// A tenant registry file (TOML) that puts tenant `i` in organisation `org-(i mod n)`.
+    /// A tenant registry file (TOML) that puts tenant `i` in organisation `org-(i mod n)`, with two
+    /// policy rules as a provider would have (every generated tenant is unverified, so the second
+    /// matches all of them).
     pub fn registry(&self, organisations: usize) -> String {
         use std::fmt::Write as _;
         let mut out = String::with_capacity(self.tenants.len() * 64);
+        out.push_str(
+            r#"[[policy]]
+name = "foreign person"
+match = { foreign_person = true }
+threshold_scale = 0.1
+score_threshold = 0.7
+
+[[policy]]
+name = "unverified"
+match = { verification = ["unverified", "pending"] }
+severity = "critical"
+
+"#,
+        );
         for (i, t) in self.tenants.iter().enumerate() {
             let org = i % organisations.max(1);
             let _ = writeln!(out, "[tenants.\"{t}\"]\norganisation = \"org-{org}\"");
@@ -555,6 +571,11 @@ mod tests {
                 Some("org-0")
             ]
         );
+        // Every generated tenant is unverified: the second rule applies to each.
+        assert!(round
+            .tenants
+            .iter()
+            .all(|t| registry.policy(t).rules == ["unverified"]));
     }
 
     #[test]
