@@ -361,6 +361,8 @@ struct RegistryView {
     epoch: u32,
     /// The training-score threshold of the tenant's policy.
     threshold: f64,
+    /// The policy's scale of the compute thresholds.
+    scale: f64,
     /// The tenant's organisation (the organisation table's copy of its name when it has one).
     org: Option<Arc<str>>,
 }
@@ -1143,7 +1145,8 @@ impl Engine {
             let entity = Entity::tenant(t.clone());
             let mut conditions = match state {
                 Some(state) if !state.dormant && self.compute_alerts_for(state.training) => {
-                    self.compute_conditions(&entity, &state.account, now)
+                    let scale = self.policy(&entity).threshold_scale;
+                    self.compute_conditions(&entity, &state.account, scale, now)
                 }
                 _ => Vec::new(),
             };
@@ -1162,7 +1165,8 @@ impl Engine {
             let entity = Entity::organisation(o.clone());
             let mut conditions = match state {
                 Some(state) if !state.dormant && self.compute_alerts_for(state.training) => {
-                    self.compute_conditions(&entity, &state.account, now)
+                    let scale = self.policy(&entity).threshold_scale;
+                    self.compute_conditions(&entity, &state.account, scale, now)
                 }
                 _ => Vec::new(),
             };
@@ -1232,7 +1236,7 @@ impl Engine {
             conditions.push(self.training_condition(&[(k, job)], v, threshold, summary, now));
         }
         if !ended && self.compute_alerts_for(suspected || job.ever_suspected) {
-            conditions.extend(self.compute_conditions(&entity, &job.account, now));
+            conditions.extend(self.compute_conditions(&entity, &job.account, view.scale, now));
         }
         let candidate = verdict
             .as_ref()
@@ -1292,9 +1296,11 @@ impl Engine {
                 None => Arc::from(org),
             }
         });
+        let policy = self.policy(entity);
         RegistryView {
             epoch: self.registry_epoch,
-            threshold: self.score_threshold(&self.policy(entity)),
+            threshold: self.score_threshold(&policy),
+            scale: policy.threshold_scale,
             org,
         }
     }
@@ -1776,14 +1782,21 @@ impl Engine {
     /// `ComputeThresholdCrossed` for every threshold the central estimate reached, and
     /// `ComputeThresholdProjected` for every threshold the current rate reaches within the horizon.
     /// Thresholds are scaled by the tenant registry's policy for the entity.
-    fn compute_conditions(&self, entity: &Entity, account: &Account, now: i64) -> Vec<Condition> {
+    /// The compute conditions of `entity`, whose policy scales the thresholds by `scale`.
+    fn compute_conditions(
+        &self,
+        entity: &Entity,
+        account: &Account,
+        scale: f64,
+        now: i64,
+    ) -> Vec<Condition> {
         let lifetime = self.estimator.flop(&account.lifetime);
-        let who = match (&entity.org, &entity.job) {
+        // Words and evidence are made only for a condition that holds.
+        let who = || match (&entity.org, &entity.job) {
             (Some(o), _) => format!("organisation {o}"),
             (None, Some(j)) => format!("job {j} of tenant {}", entity.tenant),
             (None, None) => format!("tenant {}", entity.tenant),
         };
-        let scale = self.policy(entity).threshold_scale;
         let spec = &self.s.windows[self.s.projection_window];
         let window_end = spec.end_after(now.min(account.last_ts));
         let in_window = self.estimator.flop(&account.windows.value(
@@ -1802,14 +1815,15 @@ impl Engine {
         for &nominal in &self.s.thresholds {
             let t = nominal * scale;
             let policy =
-                serde_json::json!({"nominal_threshold": nominal, "threshold_scale": scale});
+                || serde_json::json!({"nominal_threshold": nominal, "threshold_scale": scale});
             if lifetime.central >= t {
                 out.push(Condition {
                     name: AlertName::ComputeThresholdCrossed,
                     threshold: Some(t),
                     severity: Severity::Critical,
                     summary: format!(
-                        "{who} crossed {t:e} FLOP (central estimate {:.3e})",
+                        "{} crossed {t:e} FLOP (central estimate {:.3e})",
+                        who(),
                         lifetime.central
                     ),
                     evidence: serde_json::json!({
@@ -1817,7 +1831,7 @@ impl Engine {
                         "accelerator_seconds": account.lifetime.accelerator_seconds(),
                         "first_seen": format_rfc3339_ms(account.first_ts),
                         "last_seen": format_rfc3339_ms(account.last_ts),
-                        "threshold_policy": policy,
+                        "threshold_policy": policy(),
                     }),
                     estimated_flop: lifetime,
                     eta_ms: None,
@@ -1836,7 +1850,8 @@ impl Engine {
                     threshold: Some(t),
                     severity: Severity::Warning,
                     summary: format!(
-                        "{who} is projected to cross {t:e} FLOP at {} (central estimate {:.3e}, rate {:.3e} FLOP/s over the last {})",
+                        "{} is projected to cross {t:e} FLOP at {} (central estimate {:.3e}, rate {:.3e} FLOP/s over the last {})",
+                        who(),
                         format_rfc3339_ms(eta_ms),
                         lifetime.central,
                         rate,
@@ -1850,7 +1865,7 @@ impl Engine {
                         "rate_span_seconds": rate_span_ms as f64 / 1000.0,
                         "horizon_seconds": self.s.projection_horizon_ms as f64 / 1000.0,
                         "seconds_to_threshold": eta_s,
-                        "threshold_policy": policy,
+                        "threshold_policy": policy(),
                     }),
                     estimated_flop: lifetime,
                     eta_ms: Some(eta_ms),
