@@ -1781,8 +1781,8 @@ impl Engine {
 
     /// `ComputeThresholdCrossed` for every threshold the central estimate reached, and
     /// `ComputeThresholdProjected` for every threshold the current rate reaches within the horizon.
-    /// Thresholds are scaled by the tenant registry's policy for the entity.
-    /// The compute conditions of `entity`, whose policy scales the thresholds by `scale`.
+    /// Thresholds are scaled by `scale`, the threshold scale of the entity's policy in the tenant
+    /// registry.
     fn compute_conditions(
         &self,
         entity: &Entity,
