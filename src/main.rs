@@ -210,8 +210,8 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         training_every: usize,
         /// In-process measurements: with a tenant registry that spreads the tenants over this
-        /// many organisations (so every sample also counts toward its tenant's organisation);
-        /// 0 for no registry.
+        /// many organisations (so every sample also counts toward its tenant's organisation) and
+        /// has two policy rules, one matching every generated tenant; 0 for no registry.
         #[arg(long, default_value_t = 0)]
         organisations: usize,
         /// Instead of the other measurements: run the pipeline in process for this long of wall
