@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use trainspotter::config::Config;
 use trainspotter::config::InputFormat;
 use trainspotter::decode::{
-    decode_native, decode_native_by_serde, DecodeLimits, Decoded, UsageSample,
+    decode_native, decode_native_by_serde, DecodeLimits, Decoded, FlatNative, UsageSample,
 };
 use trainspotter::detect::{self, DetectPane, DeviceStat};
 use trainspotter::engine::Engine;
@@ -84,6 +84,15 @@ fn decode(c: &mut Criterion) {
             })
         },
     );
+    // What the pipeline does with a native event: the flat read, then validation into a sample
+    // that borrows the payload's names.
+    g.bench_function(format!("native_borrowed_sample_{}_bytes", native.len()), |b| {
+        b.iter(|| {
+            let flat = FlatNative::read(std::hint::black_box(native.as_bytes())).unwrap();
+            let sample = flat.sample(DecodeLimits::OPEN).unwrap();
+            std::hint::black_box((sample.ts_ms, sample.tenant.len(), sample.gpus));
+        })
+    });
     g.bench_function(format!("native_owned_sample_{}_bytes", native.len()), |b| {
         b.iter(|| {
             decode_native(std::hint::black_box(native.as_bytes()), DecodeLimits::OPEN).unwrap()

@@ -20,9 +20,9 @@ pub enum FlatValue<'a> {
 /// Calls `field` with each key and value of the flat object in `payload`, in order; `None` when
 /// the payload is not such an object (the caller falls back to a full JSON parser).
 pub fn scan<'a>(payload: &'a [u8], mut field: impl FnMut(&'a str, FlatValue<'a>)) -> Option<()> {
-    // One UTF-8 check of the whole payload lets every string below be sliced without another.
-    let text = std::str::from_utf8(payload).ok()?;
-    let b = text.as_bytes();
+    // Outside strings only ASCII bytes of the grammar are accepted, so checking each string's
+    // bytes (below) makes the whole payload valid UTF-8 without a separate pass over it.
+    let b = payload;
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
@@ -32,13 +32,13 @@ pub fn scan<'a>(payload: &'a [u8], mut field: impl FnMut(&'a str, FlatValue<'a>)
         return (skip_ws(b, i + 1) == b.len()).then_some(());
     }
     loop {
-        let (key, next) = string(text, i)?;
+        let (key, next) = string(b, i)?;
         i = skip_ws(b, next);
         if b.get(i) != Some(&b':') {
             return None;
         }
         i = skip_ws(b, i + 1);
-        let (value, next) = value(text, i)?;
+        let (value, next) = value(b, i)?;
         field(key, value);
         i = skip_ws(b, next);
         match b.get(i) {
@@ -57,15 +57,25 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 }
 
 /// A string without escapes starting at `i` (the opening quote); the text and the index after it.
-fn string(text: &str, i: usize) -> Option<(&str, usize)> {
-    let b = text.as_bytes();
+fn string(b: &[u8], i: usize) -> Option<(&str, usize)> {
     if b.get(i) != Some(&b'"') {
         return None;
     }
     let start = i + 1;
-    let end = start + plain_prefix(&b[start..])?;
-    // The payload is valid UTF-8 and both ends are ASCII, so these are character boundaries.
-    (b[end] == b'"').then(|| (&text[start..end], end + 1))
+    let (len, ascii) = plain_prefix(&b[start..])?;
+    let end = start + len;
+    if b[end] != b'"' {
+        return None;
+    }
+    let bytes = &b[start..end];
+    let text = if ascii {
+        // SAFETY: every byte is below 0x80 (`plain_prefix` saw no high bit), and a sequence of
+        // ASCII bytes is valid UTF-8.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    } else {
+        std::str::from_utf8(bytes).ok()?
+    };
+    Some((text, end + 1))
 }
 
 /// Bytes that may appear unescaped in a JSON string (not a quote, backslash or control byte).
@@ -81,19 +91,47 @@ static PLAIN: [bool; 256] = {
     t
 };
 
-/// Length of the longest prefix of plain bytes; `None` if every byte is plain.
-fn plain_prefix(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| !PLAIN[c as usize])
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `w` that is a quote, a backslash or a control byte, and possibly
+/// of bytes above such a byte (a borrow carries upwards only from a flagged byte), so the lowest
+/// flag is always the first such byte.
+fn stops(w: u64) -> u64 {
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    zero(w ^ (ONES * b'"' as u64)) | zero(w ^ (ONES * b'\\' as u64)) | control
 }
 
-fn value(text: &str, i: usize) -> Option<(FlatValue<'_>, usize)> {
-    let b = text.as_bytes();
+/// Length of the longest prefix of plain bytes, and whether all of them are ASCII; `None` if
+/// every byte is plain. Reads eight bytes at a time while eight are left.
+fn plain_prefix(b: &[u8]) -> Option<(usize, bool)> {
+    let mut high = 0u64;
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let stop = stops(w);
+        if stop != 0 {
+            let at = stop.trailing_zeros() as usize / 8;
+            // The high bits of the bytes before the stop.
+            let below = (1u64 << (at * 8)) - 1;
+            high |= w & below & HIGH;
+            return Some((i + at, high == 0));
+        }
+        high |= w & HIGH;
+        i += 8;
+    }
+    let at = i + b[i..].iter().position(|&c| !PLAIN[c as usize])?;
+    Some((at, high == 0 && b[i..at].is_ascii()))
+}
+
+fn value(b: &[u8], i: usize) -> Option<(FlatValue<'_>, usize)> {
     match *b.get(i)? {
-        b'"' => string(text, i).map(|(s, n)| (FlatValue::Str(s), n)),
+        b'"' => string(b, i).map(|(s, n)| (FlatValue::Str(s), n)),
         b't' => literal(b, i, b"true", FlatValue::Bool),
         b'f' => literal(b, i, b"false", FlatValue::Bool),
         b'n' => literal(b, i, b"null", FlatValue::Null),
-        b'-' | b'0'..=b'9' => number(text, i),
+        b'-' | b'0'..=b'9' => number(b, i),
         _ => None,
     }
 }
@@ -110,8 +148,7 @@ fn literal<'a>(
 /// A JSON number at `i`. Integers of up to 18 digits are exact `Int`s; other numbers go through
 /// the standard library's correctly rounded parser, as serde_json's `float_roundtrip` does.
 /// Negative zero, longer integers and non-finite results are left to serde_json.
-fn number(text: &str, i: usize) -> Option<(FlatValue<'_>, usize)> {
-    let b = text.as_bytes();
+fn number(b: &[u8], i: usize) -> Option<(FlatValue<'static>, usize)> {
     let mut j = i;
     let negative = b[j] == b'-';
     if negative {
@@ -155,7 +192,7 @@ fn number(text: &str, i: usize) -> Option<(FlatValue<'_>, usize)> {
     }
     let v = match decimal(&b[i..j]) {
         Some(v) => v,
-        None => text[i..j].parse().ok()?,
+        None => std::str::from_utf8(&b[i..j]).ok()?.parse().ok()?,
     };
     v.is_finite().then_some((FlatValue::Float(v), j))
 }
@@ -259,6 +296,28 @@ mod tests {
             ]
         );
         assert_eq!(fields("{}").unwrap(), vec![]);
+        let text = r#"{"städte":"Zürich, 東京 and Zagreb","x":"ok"}"#;
+        assert_eq!(
+            fields(text).unwrap(),
+            vec![
+                ("städte".into(), FlatValue::Str("Zürich, 東京 and Zagreb")),
+                ("x".into(), FlatValue::Str("ok")),
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_invalid_utf8_in_any_string_at_any_position() {
+        let valid = r#"{"key name":"a value of some length","k":"v"}"#.as_bytes();
+        assert!(scan(valid, |_, _| {}).is_some());
+        let strings: Vec<usize> = (0..valid.len())
+            .filter(|&i| valid[i].is_ascii_alphabetic() || valid[i] == b' ')
+            .collect();
+        for i in strings {
+            let mut bad = valid.to_vec();
+            bad[i] = 0xff;
+            assert!(scan(&bad, |_, _| {}).is_none(), "byte {i}");
+        }
     }
 
     #[test]
@@ -307,10 +366,17 @@ mod tests {
             }
         }
 
-        /// The table-driven scan stops at the first byte JSON does not allow unescaped.
+        /// The word-at-a-time scan stops at the first byte JSON does not allow unescaped, wherever
+        /// it lies in a word, and tells whether the bytes before it are all ASCII.
         #[test]
-        fn plain_prefix_matches_a_byte_scan(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
-            let expected = bytes.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+        fn plain_prefix_matches_a_byte_scan(bytes in proptest::collection::vec(
+            proptest::prop_oneof![8 => b'a'..=b'z', 1 => proptest::prelude::any::<u8>()],
+            0..40,
+        )) {
+            let expected = bytes
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                .map(|at| (at, bytes[..at].is_ascii()));
             proptest::prop_assert_eq!(plain_prefix(&bytes), expected);
         }
     }
