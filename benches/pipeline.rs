@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use trainspotter::bench::Shape;
 use trainspotter::config::Config;
 use trainspotter::config::InputFormat;
 use trainspotter::decode::{
@@ -85,14 +86,33 @@ fn decode(c: &mut Criterion) {
         },
     );
     // What the pipeline does with a native event: the flat read, then validation into a sample
-    // that borrows the payload's names.
-    g.bench_function(format!("native_borrowed_sample_{}_bytes", native.len()), |b| {
-        b.iter(|| {
-            let flat = FlatNative::read(std::hint::black_box(native.as_bytes())).unwrap();
-            let sample = flat.sample(DecodeLimits::OPEN).unwrap();
-            std::hint::black_box((sample.ts_ms, sample.tenant.len(), sample.gpus));
-        })
-    });
+    // that borrows the payload's names. Two events: the simulator's (full-precision floats) and
+    // the fleet harness's (three decimals, as exporters print DCGM readings).
+    let fleet = Shape {
+        gpus: 8,
+        jobs: 1,
+        tenants: 1,
+        interval_ms: 10_000,
+        rounds: 1,
+        batch: 1,
+        seed: 1,
+        training_every: 0,
+        organisations: 0,
+    }
+    .round();
+    let fleet = fleet.payloads().next().expect("one event").to_vec();
+    for (name, payload) in [("simulator", native.as_bytes()), ("fleet", &fleet[..])] {
+        g.bench_function(
+            format!("native_borrowed_sample_{name}_{}_bytes", payload.len()),
+            |b| {
+                b.iter(|| {
+                    let flat = FlatNative::read(std::hint::black_box(payload)).unwrap();
+                    let sample = flat.sample(DecodeLimits::OPEN).unwrap();
+                    std::hint::black_box((sample.ts_ms, sample.tenant.len(), sample.gpus));
+                })
+            },
+        );
+    }
     g.bench_function(format!("native_owned_sample_{}_bytes", native.len()), |b| {
         b.iter(|| {
             decode_native(std::hint::black_box(native.as_bytes()), DecodeLimits::OPEN).unwrap()

@@ -1161,8 +1161,14 @@ mod tests {
             nvlink_tx_bytes: Some(17.0),
             nvlink_rx_bytes: Some(18.0),
         };
-        assert_eq!(decode_native(text.as_bytes(), DecodeLimits::OPEN).unwrap(), want);
-        assert_eq!(decode_native_by_serde(text.as_bytes(), DecodeLimits::OPEN).unwrap(), want);
+        assert_eq!(
+            decode_native(text.as_bytes(), DecodeLimits::OPEN).unwrap(),
+            want
+        );
+        assert_eq!(
+            decode_native_by_serde(text.as_bytes(), DecodeLimits::OPEN).unwrap(),
+            want
+        );
     }
 
     /// Numbers are parsed correctly rounded, so a sample forwarded as JSON (the repartition step)

@@ -49,6 +49,7 @@ pub fn scan<'a>(payload: &'a [u8], mut field: impl FnMut(&'a str, FlatValue<'a>)
     }
 }
 
+#[inline(always)]
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
         i += 1;
@@ -57,6 +58,7 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 }
 
 /// A string without escapes starting at `i` (the opening quote); the text and the index after it.
+#[inline(always)]
 fn string(b: &[u8], i: usize) -> Option<(&str, usize)> {
     if b.get(i) != Some(&b'"') {
         return None;
@@ -125,6 +127,7 @@ fn plain_prefix(b: &[u8]) -> Option<(usize, bool)> {
     Some((at, high == 0 && b[i..at].is_ascii()))
 }
 
+#[inline(always)]
 fn value(b: &[u8], i: usize) -> Option<(FlatValue<'_>, usize)> {
     match *b.get(i)? {
         b'"' => string(b, i).map(|(s, n)| (FlatValue::Str(s), n)),
@@ -145,134 +148,153 @@ fn literal<'a>(
     b[i..].starts_with(word).then_some((v, i + word.len()))
 }
 
-/// A JSON number at `i`. Integers of up to 18 digits are exact `Int`s; other numbers go through
-/// the standard library's correctly rounded parser, as serde_json's `float_roundtrip` does.
-/// Negative zero, longer integers and non-finite results are left to serde_json.
+/// A JSON number at `i`, read in one pass. Integers of up to 18 digits are exact `Int`s; other
+/// numbers take Clinger's fast path ([`Number::fast`]) or go through the standard library's
+/// correctly rounded parser, as serde_json's `float_roundtrip` does. Negative zero, longer
+/// integers and non-finite results are left to serde_json.
+#[inline(always)]
 fn number(b: &[u8], i: usize) -> Option<(FlatValue<'static>, usize)> {
-    let mut j = i;
-    let negative = b[j] == b'-';
-    if negative {
-        j += 1;
-    }
-    let int_start = j;
-    match b.get(j) {
-        Some(b'0') => j += 1,
-        Some(b'1'..=b'9') => {
-            while let Some(b'0'..=b'9') = b.get(j) {
-                j += 1;
-            }
-        }
-        _ => return None,
-    }
-    let int_end = j;
-    let mut integral = true;
-    if b.get(j) == Some(&b'.') {
-        integral = false;
-        j = digits(b, j + 1)?;
-    }
-    if let Some(b'e' | b'E') = b.get(j) {
-        integral = false;
-        j += 1;
-        if let Some(b'+' | b'-') = b.get(j) {
-            j += 1;
-        }
-        j = digits(b, j)?;
-    }
-    if integral {
-        let digits = &b[int_start..int_end];
-        if digits.len() > 18 {
+    let (n, j) = Number::read(b, i)?;
+    if n.integral {
+        if n.int_digits > 18 || (n.negative && n.mantissa == 0) {
             return None;
         }
-        let magnitude = digits.iter().fold(0i64, |v, &d| v * 10 + (d - b'0') as i64);
-        if negative && magnitude == 0 {
-            return None;
-        }
-        let v = if negative { -magnitude } else { magnitude };
+        // At most 18 digits: below 10^18, exact in an i64.
+        let magnitude = n.mantissa as i64;
+        let v = if n.negative { -magnitude } else { magnitude };
         return Some((FlatValue::Int(v), j));
     }
-    let v = match decimal(&b[i..j]) {
+    let v = match n.fast() {
         Some(v) => v,
         None => std::str::from_utf8(&b[i..j]).ok()?.parse().ok()?,
     };
     v.is_finite().then_some((FlatValue::Float(v), j))
 }
 
-/// The index after the ASCII digits starting at `j`; `None` if there are none.
-fn digits(b: &[u8], mut j: usize) -> Option<usize> {
-    let from = j;
-    while let Some(b'0'..=b'9') = b.get(j) {
-        j += 1;
-    }
-    (j > from).then_some(j)
+/// A JSON number's parts: its digits as one integer (while it stays exact) and the decimal
+/// exponent of its last digit.
+#[derive(Default)]
+struct Number {
+    negative: bool,
+    /// No fraction and no exponent part.
+    integral: bool,
+    int_digits: usize,
+    /// The digits after any leading zeros, as an integer; exact while `significant <= 19`.
+    mantissa: u64,
+    significant: u32,
+    /// The value is `mantissa * 10^exponent` (when exact).
+    exponent: i32,
 }
 
-/// Clinger's fast path: a number whose digits form an integer below 2^53 and whose decimal
-/// exponent is within ±22 is that integer times or divided by an exact power of ten, and one
-/// correctly rounded IEEE operation gives the correctly rounded result. `None` otherwise (the
-/// caller uses the full parser). `b` is a valid JSON number.
-fn decimal(b: &[u8]) -> Option<f64> {
-    const POW10: [f64; 23] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
-        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
-    ];
-    let (negative, b) = match b.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, b),
-    };
-    let mut mantissa = 0u64;
-    let mut digits = 0;
-    let mut exponent = 0i32;
-    let mut k = 0;
-    let mut in_fraction = false;
-    while k < b.len() {
-        match b[k] {
-            d @ b'0'..=b'9' => {
-                if mantissa > 0 || d != b'0' {
-                    digits += 1;
-                }
-                if digits > 15 {
-                    return None;
-                }
-                mantissa = mantissa * 10 + (d - b'0') as u64;
-                exponent -= in_fraction as i32;
-            }
-            b'.' => in_fraction = true,
-            _ => break,
-        }
-        k += 1;
-    }
-    if k < b.len() {
-        // An exponent part: [eE][+-]?digits.
-        let mut e = &b[k + 1..];
-        let sign = match e.first() {
-            Some(b'-') => {
-                e = &e[1..];
-                -1
-            }
-            Some(b'+') => {
-                e = &e[1..];
-                1
-            }
-            _ => 1,
+impl Number {
+    /// The valid JSON number starting at `i`, and the index after it; `None` if there is none.
+    #[inline(always)]
+    fn read(b: &[u8], i: usize) -> Option<(Number, usize)> {
+        let negative = b.get(i) == Some(&b'-');
+        let mut n = Number {
+            negative,
+            integral: true,
+            ..Number::default()
         };
-        if e.len() > 3 {
+        let mut j = i + negative as usize;
+        let int_start = j;
+        match b.get(j) {
+            Some(b'0') => j += 1,
+            Some(b'1'..=b'9') => {
+                while let Some(&d @ b'0'..=b'9') = b.get(j) {
+                    n.push(d);
+                    j += 1;
+                }
+            }
+            _ => return None,
+        }
+        n.int_digits = j - int_start;
+        if b.get(j) == Some(&b'.') {
+            n.integral = false;
+            j += 1;
+            let from = j;
+            while let Some(&d @ b'0'..=b'9') = b.get(j) {
+                n.push(d);
+                n.exponent -= 1;
+                j += 1;
+            }
+            if j == from {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = b.get(j) {
+            n.integral = false;
+            j += 1;
+            let negative_exponent = match b.get(j) {
+                Some(b'-') => {
+                    j += 1;
+                    true
+                }
+                Some(b'+') => {
+                    j += 1;
+                    false
+                }
+                _ => false,
+            };
+            let from = j;
+            let mut e = 0i32;
+            while let Some(&d @ b'0'..=b'9') = b.get(j) {
+                // Past 100,000 the number is far outside the fast path's range either way.
+                if e < 100_000 {
+                    e = e * 10 + (d - b'0') as i32;
+                }
+                j += 1;
+            }
+            if j == from {
+                return None;
+            }
+            n.exponent += if negative_exponent { -e } else { e };
+        }
+        Some((n, j))
+    }
+
+    #[inline(always)]
+    fn push(&mut self, d: u8) {
+        if self.mantissa != 0 || d != b'0' {
+            self.significant += 1;
+        }
+        if self.significant <= 19 {
+            self.mantissa = self.mantissa * 10 + (d - b'0') as u64;
+        }
+    }
+
+    /// Clinger's fast path: digits that form an integer below 2^53 (15 significant digits) and
+    /// a decimal exponent within ±22 make the number that integer times or divided by an exact
+    /// power of ten, and one correctly rounded IEEE operation gives the correctly rounded result.
+    /// `None` otherwise (the caller uses the full parser).
+    fn fast(&self) -> Option<f64> {
+        const POW10: [f64; 23] = [
+            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+            1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+        ];
+        if self.significant > 15 {
             return None;
         }
-        let value = e.iter().fold(0i32, |v, &d| v * 10 + (d - b'0') as i32);
-        exponent += sign * value;
+        let m = self.mantissa as f64;
+        let v = match self.exponent {
+            0..=22 => m * POW10[self.exponent as usize],
+            -22..=-1 => m / POW10[(-self.exponent) as usize],
+            _ => return None,
+        };
+        Some(if self.negative { -v } else { v })
     }
-    let m = mantissa as f64;
-    let v = match exponent {
-        0..=22 => m * POW10[exponent as usize],
-        -22..=-1 => m / POW10[(-exponent) as usize],
-        _ => return None,
-    };
-    Some(if negative { -v } else { v })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast path's value of a whole JSON number text, if it takes it.
+    fn decimal(text: &[u8]) -> Option<f64> {
+        let (n, end) = Number::read(text, 0)?;
+        assert_eq!(end, text.len(), "one number");
+        n.fast()
+    }
 
     fn fields(s: &str) -> Option<Vec<(String, FlatValue<'_>)>> {
         let mut out = Vec::new();
