@@ -120,6 +120,17 @@ fn at_hash<K, V>(table: &Table<K, V>, hash: u64) -> Option<(&K, &V)> {
     table.raw_entry().from_hash(hash, |_| true)
 }
 
+/// Where a sample's keys lie in the engine's tables: the hashes of its tenant, its job (if it
+/// names one) and its series, computed once when its batch is warmed ([`Engine::warm`]) and used
+/// again to apply it ([`Engine::apply_warmed`]). A table's hasher never changes after the table is
+/// made, so a hash stays valid however the tables grow or shrink in between.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyHashes {
+    tenant: u64,
+    job: u64,
+    series: u64,
+}
+
 /// One shared copy of each job, node and GPU name, for the keys of new jobs and series (known
 /// keys are looked up by the names as they come). Names no key uses any more are dropped at each
 /// sweep. Not checkpointed: the keys of a restored state share the names they were decoded with
@@ -781,30 +792,30 @@ impl Engine {
     /// Starts loading what applying `samples` will touch (their tenants, jobs and series and the
     /// window rings of each), without waiting for any of it, so that their cache misses overlap.
     /// Changes nothing. Works in passes over the whole batch, each reading only what the previous
-    /// pass prefetched: entries are located by hash alone (`by_hash`: names are not compared, a
+    /// pass prefetched: entries are located by hash alone ([`at_hash`]: names are not compared, a
     /// wrong guess only costs a useless prefetch), then read for the addresses of their names, rings and
-    /// series, then the series are located and prefetched the same way.
-    pub fn warm(&self, samples: &[&SampleRef<'_>]) {
+    /// series, then the series are located and prefetched the same way. Returns the hashes of
+    /// each sample's keys, in order, for [`Engine::apply_warmed`]: each name is hashed once.
+    pub fn warm(&self, samples: &[&SampleRef<'_>]) -> SmallVec<[KeyHashes; WARM_BATCH]> {
         const N: usize = WARM_BATCH;
         /// An entry of a table, if the hash found one.
         type Found<'a, K, V> = Option<(&'a K, &'a V)>;
         let st = &self.st;
-        for chunk in samples.chunks(N) {
+        let mut hashes: SmallVec<[KeyHashes; N]> = SmallVec::with_capacity(samples.len());
+        for (c, chunk) in samples.chunks(N).enumerate() {
             let mut tenants: SmallVec<[Found<Arc<str>, TenantState>; N]> = SmallVec::new();
             let mut jobs: SmallVec<[Found<JobKey, JobState>; N]> = SmallVec::new();
             // 1. The buckets: only the tables' control bytes are read (small, usually cached).
             for s in chunk {
-                let tenant: &str = &s.tenant;
-                let t = by_hash(&st.tenants, tenant);
+                let h = self.key_hashes(s);
+                hashes.push(h);
+                let t = at_hash(&st.tenants, h.tenant);
                 if let Some((k, v)) = t {
                     prefetch::value(k);
                     prefetch::value(v);
                 }
                 tenants.push(t);
-                let j = s
-                    .job
-                    .as_deref()
-                    .and_then(|job| by_hash(&st.jobs, &JobRef { tenant, job }));
+                let j = s.job.as_ref().and_then(|_| at_hash(&st.jobs, h.job));
                 if let Some((k, v)) = j {
                     prefetch::value(k);
                     prefetch::value(v);
@@ -827,14 +838,8 @@ impl Engine {
             }
             // 3. The series entries, by hash alone; then 4. their names.
             let mut series: SmallVec<[Option<&SeriesKey>; N]> = SmallVec::new();
-            for (s, j) in chunk.iter().zip(&jobs) {
-                let e = j.and_then(|(_, v)| {
-                    let key = SeriesRef {
-                        node: s.node.as_deref(),
-                        gpu: s.gpu.as_deref(),
-                    };
-                    v.series.candidate(key.hash())
-                });
+            for (h, j) in hashes[c * N..].iter().zip(&jobs) {
+                let e = j.and_then(|(_, v)| v.series.candidate(h.series));
                 if let Some((k, v)) = e {
                     prefetch::value(k);
                     prefetch::value(v);
@@ -850,11 +855,42 @@ impl Engine {
                 }
             }
         }
+        hashes
     }
 
     /// [`Engine::apply`] of a sample with borrowed names. A known key costs one look-up of each
     /// table by the names as they came (no interning, no reference counting) and allocates nothing.
     pub fn apply_ref(&mut self, sample: &SampleRef<'_>) -> Applied {
+        self.apply_warmed(sample, self.key_hashes(sample))
+    }
+
+    /// The hashes of `sample`'s keys in this engine's tables.
+    fn key_hashes(&self, sample: &SampleRef<'_>) -> KeyHashes {
+        let tenant: &str = &sample.tenant;
+        KeyHashes {
+            tenant: self.st.tenants.hasher().hash_one(tenant),
+            job: sample.job.as_deref().map_or(0, |job| {
+                self.st.jobs.hasher().hash_one(JobRef { tenant, job })
+            }),
+            series: SeriesRef {
+                node: sample.node.as_deref(),
+                gpu: sample.gpu.as_deref(),
+            }
+            .hash(),
+        }
+    }
+
+    /// [`Engine::apply_ref`] of a sample whose keys' hashes are known: the `KeyHashes` that
+    /// [`Engine::warm`] gave for it (and for no other sample).
+    pub fn apply_warmed(&mut self, sample: &SampleRef<'_>, hashes: KeyHashes) -> Applied {
+        debug_assert!(
+            {
+                let again = self.key_hashes(sample);
+                (again.tenant, again.job, again.series)
+                    == (hashes.tenant, hashes.job, hashes.series)
+            },
+            "hashes of another sample"
+        );
         let ts = sample.ts_ms;
         let watermark_before = self.watermark_ms();
         if self.st.max_event_ms.is_none_or(|m| ts > m) {
@@ -870,18 +906,31 @@ impl Engine {
         let st = &mut self.st;
         let names = &mut self.names;
         let tenant_name: &str = &sample.tenant;
-        let (tenant_key, tenant_state) = match st.tenants.raw_entry_mut().from_key(tenant_name) {
+        let (tenant_key, tenant_state) = match st
+            .tenants
+            .raw_entry_mut()
+            .from_key_hashed_nocheck(hashes.tenant, tenant_name)
+        {
             RawEntryMut::Occupied(e) => e.into_key_value(),
-            RawEntryMut::Vacant(e) => e.insert(Arc::from(tenant_name), TenantState::default()),
+            RawEntryMut::Vacant(e) => e.insert_hashed_nocheck(
+                hashes.tenant,
+                Arc::from(tenant_name),
+                TenantState::default(),
+            ),
         };
         let mut job = sample.job.as_deref().map(|j| {
             let r = JobRef {
                 tenant: tenant_name,
                 job: j,
             };
-            match st.jobs.raw_entry_mut().from_key(&r) {
+            match st
+                .jobs
+                .raw_entry_mut()
+                .from_key_hashed_nocheck(hashes.job, &r)
+            {
                 RawEntryMut::Occupied(e) => e.into_key_value(),
-                RawEntryMut::Vacant(e) => e.insert(
+                RawEntryMut::Vacant(e) => e.insert_hashed_nocheck(
+                    hashes.job,
                     JobKey {
                         tenant: tenant_key.clone(),
                         job: names.intern(j),
@@ -900,7 +949,7 @@ impl Engine {
             node: sample.node.as_deref(),
             gpu: sample.gpu.as_deref(),
         };
-        let series = series_map.get_or_insert(&series_ref, series_ref.hash(), || SeriesKey {
+        let series = series_map.get_or_insert(&series_ref, hashes.series, || SeriesKey {
             node: series_ref.node.map(|n| names.intern(n)),
             gpu: series_ref.gpu.map(|g| names.intern(g)),
         });

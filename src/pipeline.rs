@@ -608,15 +608,18 @@ fn process_native<'a>(
             .iter()
             .map(|f| f.as_ref().map(|f| f.sample(limits)))
             .collect();
-        {
+        let hashes = {
             let decoded: SmallVec<[&SampleRef<'_>; WARM_CHUNK]> =
                 samples.iter().flatten().flatten().collect();
-            engine.warm(&decoded);
-        }
+            engine.warm(&decoded)
+        };
+        // The decoded samples, in order, each with its keys' hashes from the warm.
+        let mut hashes = hashes.into_iter();
         for ((index, payload), sample) in chunk.iter().zip(samples) {
             let result = match (sample, payload) {
                 (Some(Ok(s)), _) => {
-                    engine.apply_ref(&s);
+                    let h = hashes.next().expect("one hash per decoded sample");
+                    engine.apply_warmed(&s, h);
                     Ok(())
                 }
                 (Some(Err(r)), _) => Err(r),
