@@ -663,6 +663,12 @@ impl Engine {
         self.registry_epoch = self.registry_epoch.wrapping_add(1).max(1);
     }
 
+    /// Lets go of the registry in force (holding an empty one) so that its owner can change it in
+    /// place; [`Engine::set_registry`] must follow before the next sample or evaluation.
+    pub fn release_registry(&mut self) {
+        self.registry = Arc::default();
+    }
+
     /// The accumulated state, for checkpoints. Alert records not yet drained are not part of it.
     pub fn state(&self) -> &State {
         &self.st

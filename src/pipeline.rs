@@ -213,11 +213,12 @@ impl Pipeline {
         *last = Instant::now();
         match watcher.poll() {
             Ok(Some(file)) => {
-                let mut next = (*self.registry).clone();
                 // Keeps updates that came from elsewhere than the file.
-                next.replace_file(file);
-                self.metrics.registry_reloaded(true, next.len());
-                self.set_registry(Arc::new(next));
+                let len = self.change_registry(|r| {
+                    r.replace_file(file);
+                    r.len()
+                });
+                self.metrics.registry_reloaded(true, len);
                 Ok(true)
             }
             Ok(None) => Ok(false),
@@ -234,28 +235,36 @@ impl Pipeline {
         &mut self,
         updates: &[crate::registry_topic::Update],
     ) -> Vec<crate::registry::RegistryError> {
-        let mut next = (*self.registry).clone();
-        let mut errors = Vec::new();
-        for u in updates {
-            let ok = match next.apply_update(&u.tenant, u.value.as_deref()) {
-                Ok(()) => true,
-                Err(e) => {
-                    errors.push(e);
-                    false
-                }
-            };
-            self.metrics.registry_updated(ok);
-        }
-        self.metrics.registry_loaded(next.len());
-        self.set_registry(Arc::new(next));
-        errors
+        let metrics = self.metrics.clone();
+        self.change_registry(|next| {
+            let mut errors = Vec::new();
+            for u in updates {
+                let ok = match next.apply_update(&u.tenant, u.value.as_deref()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        errors.push(e);
+                        false
+                    }
+                };
+                metrics.registry_updated(ok);
+            }
+            metrics.registry_loaded(next.len());
+            errors
+        })
     }
 
-    fn set_registry(&mut self, registry: Arc<Registry>) {
+    /// Changes the registry in force and hands it to every engine. The engines let go of it
+    /// first, so that the pipeline holds the only reference and the registry (100k tenants and
+    /// more) is changed in place instead of copied for each batch of updates.
+    fn change_registry<R>(&mut self, change: impl FnOnce(&mut Registry) -> R) -> R {
         for e in self.shards.values_mut() {
-            e.set_registry(registry.clone());
+            e.release_registry();
         }
-        self.registry = registry;
+        let out = change(Arc::make_mut(&mut self.registry));
+        for e in self.shards.values_mut() {
+            e.set_registry(self.registry.clone());
+        }
+        out
     }
 
     /// Reads `topic` in `format` from now on (replay's `--format`).
@@ -640,6 +649,66 @@ fn process_native<'a>(
 mod tests {
     use super::*;
     use crate::decode::decode_native;
+
+    /// Updates from the registry topic reach the engine of every partition, an invalid one
+    /// changes nothing, and the registry in force is changed in place (its maps of every tenant
+    /// are not copied for each batch of updates) unless someone else still holds it, who keeps
+    /// what they hold.
+    #[test]
+    fn registry_updates_reach_every_engine_and_change_the_registry_in_place() {
+        use crate::registry_topic::Update;
+        const T0: i64 = 1_714_521_600_000;
+        let cfg = Config::default();
+        let mut pipeline = Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap();
+        let shards = [Shard::new("gpu-usage", 0), Shard::new("gpu-usage", 1)];
+        let tenants = ["acme", "globex"];
+        // 2 accelerators for 60 s: 120 accelerator-seconds per event.
+        let event = |tenant: &str, minute: i64| {
+            UsageSample::new(T0 + minute * 60_000, tenant, 2.0, 60.0)
+                .job("j")
+                .to_json()
+                .into_bytes()
+        };
+        for (shard, tenant) in shards.iter().zip(tenants) {
+            let e = event(tenant, 0);
+            pipeline.process(shard, [Some(&e[..])], DecodeLimits::OPEN);
+        }
+        let before = Arc::as_ptr(pipeline.registry());
+        let update = |tenant: &str, value: &str| Update {
+            tenant: tenant.into(),
+            value: Some(value.as_bytes().to_vec()),
+        };
+        let errors = pipeline.apply_registry_updates(&[
+            update("acme", r#"{"organisation":"conglomerate"}"#),
+            update("globex", r#"{"organisation":"conglomerate"}"#),
+            update("initech", r#"{"organisation":7}"#),
+        ]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(pipeline.registry().info("initech"), None);
+        assert_eq!(Arc::as_ptr(pipeline.registry()), before, "changed in place");
+        for (shard, tenant) in shards.iter().zip(tenants) {
+            let e = event(tenant, 1);
+            pipeline.process(shard, [Some(&e[..])], DecodeLimits::OPEN);
+        }
+        // Organisations count from the update on: one event of each tenant, one per partition.
+        let orgs = pipeline.organisation_reports();
+        assert_eq!(orgs.len(), 1);
+        assert_eq!(orgs[0].organisation, "conglomerate");
+        assert_eq!(orgs[0].accelerator_seconds, 240.0);
+
+        let held = pipeline.registry().clone();
+        let errors = pipeline.apply_registry_updates(&[Update {
+            tenant: "acme".into(),
+            value: None,
+        }]);
+        assert!(errors.is_empty());
+        assert_eq!(held.organisation("acme"), Some("conglomerate"));
+        assert_eq!(pipeline.registry().organisation("acme"), None);
+        assert_eq!(
+            pipeline.registry().organisation("globex"),
+            Some("conglomerate")
+        );
+    }
 
     #[test]
     fn native_events_read_ahead_in_chunks_apply_and_reject_exactly_as_one_at_a_time() {
