@@ -1134,7 +1134,8 @@ mod tests {
     }
 
     /// Each of the sixteen fields of the native format is read into its own place, by both
-    /// readers (the flat reader's field dispatch and serde_json's share no test otherwise).
+    /// readers. They share the field dispatch (`RawEvent::slot`), so the property test that
+    /// compares them cannot catch a field read into the wrong place; this one can.
     #[test]
     fn every_native_field_is_read_into_its_own_place() {
         let text = r#"{"ts":1714564830000,"tenant":"t","job":"j","node":"n","gpu":"g",

@@ -124,7 +124,7 @@ fn at_hash<K, V>(table: &Table<K, V>, hash: u64) -> Option<(&K, &V)> {
 /// names one) and its series, computed once when its batch is warmed ([`Engine::warm`]) and used
 /// again to apply it ([`Engine::apply_warmed`]). A table's hasher never changes after the table is
 /// made, so a hash stays valid however the tables grow or shrink in between.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyHashes {
     tenant: u64,
     job: u64,
@@ -889,14 +889,7 @@ impl Engine {
     /// [`Engine::apply_ref`] of a sample whose keys' hashes are known: the `KeyHashes` that
     /// [`Engine::warm`] gave for it (and for no other sample).
     pub fn apply_warmed(&mut self, sample: &SampleRef<'_>, hashes: KeyHashes) -> Applied {
-        debug_assert!(
-            {
-                let again = self.key_hashes(sample);
-                (again.tenant, again.job, again.series)
-                    == (hashes.tenant, hashes.job, hashes.series)
-            },
-            "hashes of another sample"
-        );
+        debug_assert_eq!(self.key_hashes(sample), hashes, "hashes of another sample");
         let ts = sample.ts_ms;
         let watermark_before = self.watermark_ms();
         if self.st.max_event_ms.is_none_or(|m| ts > m) {
