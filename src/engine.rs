@@ -798,7 +798,7 @@ impl Engine {
     /// Starts loading what applying `samples` will touch (their tenants, jobs and series and the
     /// window rings of each), without waiting for any of it, so that their cache misses overlap.
     /// Changes nothing. Works in passes over the whole batch, each reading only what the previous
-    /// pass prefetched: entries are located by hash alone ([`at_hash`]: names are not compared, a
+    /// pass prefetched: entries are located by hash alone (`at_hash`: names are not compared, a
     /// wrong guess only costs a useless prefetch), then read for the addresses of their names, rings and
     /// series, then the series are located and prefetched the same way. Returns the hashes of
     /// each sample's keys, in order, for [`Engine::apply_warmed`]: each name is hashed once.
