@@ -624,14 +624,15 @@ fn process_native<'a>(
         };
         // The decoded samples, in order, each with its keys' hashes from the warm.
         let mut hashes = hashes.into_iter();
-        for ((index, payload), sample) in chunk.iter().zip(samples) {
+        // By reference: moving each sample out would copy its 272 bytes once more.
+        for ((index, payload), sample) in chunk.iter().zip(&samples) {
             let result = match (sample, payload) {
                 (Some(Ok(s)), _) => {
                     let h = hashes.next().expect("one hash per decoded sample");
-                    engine.apply_warmed(&s, h);
+                    engine.apply_warmed(s, h);
                     Ok(())
                 }
-                (Some(Err(r)), _) => Err(r),
+                (Some(Err(r)), _) => Err(r.clone()),
                 (None, Some(p)) => decode_native_by_serde(p, limits).map(|s| {
                     engine.apply(&s);
                 }),
