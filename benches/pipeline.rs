@@ -1,6 +1,7 @@
 //! Throughput of the hot path: decoding (each input format), window update, detection, the engine,
-//! and a whole pipeline batch. Run with `cargo bench --bench pipeline`; results depend on the
-//! machine (report it with them). The fleet-scale harness is `trainspotter bench` (BENCHMARKS.md).
+//! a batch of tenant registry updates, and a whole pipeline batch. Run with `cargo bench --bench
+//! pipeline`; results depend on the machine (report it with them). The fleet-scale harness is
+//! `trainspotter bench` (BENCHMARKS.md).
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use trainspotter::engine::Engine;
 use trainspotter::estimate::Usage;
 use trainspotter::metrics::Metrics;
 use trainspotter::pipeline::{Pipeline, Shard};
+use trainspotter::registry_topic::Update;
 use trainspotter::sim::Fleet;
 use trainspotter::window::Windows;
 
@@ -208,6 +210,45 @@ fn engine(c: &mut Criterion) {
     g.finish();
 }
 
+/// A batch of registry topic updates against a registry of 100k tenants in 1,000 organisations
+/// (with the bench harness's two policy rules), and a copy of that registry, which is what every
+/// batch of updates cost before the registry was changed in place.
+fn registry(c: &mut Criterion) {
+    let shape = Shape {
+        gpus: 8,
+        jobs: 1,
+        tenants: 100_000,
+        interval_ms: 10_000,
+        rounds: 1,
+        batch: 1,
+        seed: 1,
+        training_every: 0,
+        organisations: 1000,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("registry.toml");
+    std::fs::write(&file, shape.round().registry(shape.organisations)).unwrap();
+    let mut cfg = Config::default();
+    cfg.registry.file = file.to_string_lossy().into_owned();
+    let mut p = Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap();
+    for partition in 0..2 {
+        p.insert_shard(Shard::new("gpu-usage", partition), p.new_engine());
+    }
+    assert_eq!(p.registry().len(), 100_000);
+    let update = [Update {
+        tenant: "tenant-new".into(),
+        value: Some(br#"{"organisation":"org-1"}"#.to_vec()),
+    }];
+    let mut g = c.benchmark_group("registry");
+    g.bench_function("update_batch_of_one_100k_tenants", |b| {
+        b.iter(|| assert!(p.apply_registry_updates(&update).is_empty()))
+    });
+    g.bench_function("copy_of_100k_tenants", |b| {
+        b.iter(|| std::hint::black_box((**p.registry()).clone()))
+    });
+    g.finish();
+}
+
 fn pipeline(c: &mut Criterion) {
     let payloads: Vec<String> = fleet_samples(7)
         .iter()
@@ -235,5 +276,5 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, windows, detection, engine, pipeline);
+criterion_group!(benches, decode, windows, detection, engine, registry, pipeline);
 criterion_main!(benches);

@@ -109,7 +109,6 @@ pub struct Pipeline {
     watcher: Option<(RegistryWatcher, Instant)>,
 }
 
-/// The rejection of a message without a payload (a tombstone).
 /// Observes the evaluations `engine` ran since the last call (metrics, and a debug log line each).
 fn record_evaluations(metrics: &Metrics, engine: &mut Engine) {
     for e in engine.drain_evaluations() {
@@ -128,6 +127,7 @@ fn reject(metrics: &Metrics, rejected: &mut Vec<Rejected>, index: usize, rejecti
     rejected.push(Rejected { index, rejection });
 }
 
+/// The rejection of a message without a payload (a tombstone).
 fn no_payload() -> Rejection {
     Rejection {
         reason: RejectReason::MalformedJson,
