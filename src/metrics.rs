@@ -184,7 +184,7 @@ impl Metrics {
                         "trainspotter_alerts_delivery_seconds",
                         "Time from receiving the batch whose events raised an alert record (its evaluation runs within that batch) to the broker's acknowledgement of the record.",
                     )
-                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 30.0]),
                 ),
             ),
             jobs_suspected: int_gauge(&r, "trainspotter_detect_jobs_suspected", "Jobs currently suspected of training."),
@@ -447,6 +447,14 @@ impl Metrics {
 
     pub fn evaluated(&self, seconds: f64) {
         self.evaluation_duration.observe(seconds);
+    }
+
+    /// Alert records delivered and their total seconds from batch received to acknowledged.
+    pub fn alert_delivery_totals(&self) -> (u64, f64) {
+        (
+            self.alert_delivery.get_sample_count(),
+            self.alert_delivery.get_sample_sum(),
+        )
     }
 
     /// Evaluations observed and their total seconds.
