@@ -892,6 +892,7 @@ impl Worker {
             let headers = &headers;
             async move {
                 let body = a.to_cloudevent(source).to_string();
+                let handed = Instant::now();
                 self.produce_until_acked(
                     &self.cfg.kafka.alert_topic,
                     Some(a.dedup_key.as_bytes()),
@@ -900,8 +901,10 @@ impl Worker {
                     || self.metrics.alert_produce_error(),
                 )
                 .await;
-                self.metrics
-                    .alert_delivered(received.elapsed().as_secs_f64());
+                self.metrics.alert_delivered(
+                    received.elapsed().as_secs_f64(),
+                    handed.elapsed().as_secs_f64(),
+                );
                 debug!(alertname = a.alertname.as_str(), status = a.status.as_str(), tenant = %a.tenant,
                        job = a.job.as_deref().unwrap_or(""), "alert delivered");
             }

@@ -254,7 +254,18 @@ async fn consumes_windows_and_alerts_round_trip() {
         fired.contains(&"accelerators") && fired.contains(&"activity"),
         "{fired:?}"
     );
+    let metrics = running.metrics.clone();
     running.stop().await.unwrap();
+    // Every record acknowledged is timed twice: from its batch's arrival and from its hand-over to
+    // the producer, which comes later.
+    let (delivered, since_batch) = metrics.alert_delivery_totals();
+    let (acknowledged, since_produced) = metrics.alert_acknowledgement_totals();
+    assert!(delivered >= 1);
+    assert_eq!(acknowledged, delivered);
+    assert!(
+        since_produced <= since_batch,
+        "{since_produced} s after hand-over, {since_batch} s after arrival"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,6 +74,9 @@ pub struct LiveOutcome {
     /// and the upper bound of the bucket holding the 99th percentile, seconds.
     pub delivery_count: u64,
     pub delivery_mean_s: f64,
+    /// Of the daemon's part, the mean wait for the broker's acknowledgement
+    /// (`trainspotter_alerts_acknowledgement_seconds`), seconds.
+    pub acknowledgement_mean_s: f64,
     pub delivery_p99_bound_s: Option<f64>,
     /// The daemon's evaluations at detection boundaries
     /// (`trainspotter_detect_evaluation_duration_seconds`): how many, their mean, and the upper
@@ -318,6 +321,7 @@ async fn drive(
     let consumed = running.metrics.events_consumed_total();
     let (buckets, delivery_count) = running.metrics.alert_delivery_buckets();
     let (_, delivery_s) = running.metrics.alert_delivery_totals();
+    let (_, acknowledgement_s) = running.metrics.alert_acknowledgement_totals();
     let (evaluation_buckets, evaluations) = running.metrics.evaluation_buckets();
     let (_, evaluation_s) = running.metrics.evaluation_totals();
     running.stop().await?;
@@ -370,6 +374,7 @@ async fn drive(
         e2e_ms,
         delivery_count,
         delivery_mean_s: delivery_s / delivery_count.max(1) as f64,
+        acknowledgement_mean_s: acknowledgement_s / delivery_count.max(1) as f64,
         delivery_p99_bound_s: bucket_quantile(&buckets, delivery_count, 0.99),
         evaluations,
         evaluation_mean_s: evaluation_s / evaluations.max(1) as f64,
@@ -430,13 +435,15 @@ pub fn table(o: &LiveOutcome) -> String {
             match o.delivery_p99_bound_s {
                 _ if o.delivery_count == 0 => "no records".into(),
                 Some(b) => format!(
-                    "mean {:.0} ms, p99 <= {b} s ({} records)",
+                    "mean {:.0} ms (of it {:.0} ms waiting for the acknowledgement), p99 <= {b} s ({} records)",
                     o.delivery_mean_s * 1e3,
+                    o.acknowledgement_mean_s * 1e3,
                     o.delivery_count
                 ),
                 None => format!(
-                    "mean {:.0} ms, p99 above the last bucket ({} records)",
+                    "mean {:.0} ms (of it {:.0} ms waiting for the acknowledgement), p99 above the last bucket ({} records)",
                     o.delivery_mean_s * 1e3,
+                    o.acknowledgement_mean_s * 1e3,
                     o.delivery_count
                 ),
             },
