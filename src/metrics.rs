@@ -432,7 +432,6 @@ impl Metrics {
         self.alert_produce_errors.inc();
     }
 
-    /// An alert record acknowledged `seconds` after its batch was received.
     /// An alert record acknowledged: `since_batch` seconds after its batch was received,
     /// `since_produced` after it was handed to the producer.
     pub fn alert_delivered(&self, since_batch: f64, since_produced: f64) {

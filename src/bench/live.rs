@@ -74,10 +74,10 @@ pub struct LiveOutcome {
     /// and the upper bound of the bucket holding the 99th percentile, seconds.
     pub delivery_count: u64,
     pub delivery_mean_s: f64,
+    pub delivery_p99_bound_s: Option<f64>,
     /// Of the daemon's part, the mean wait for the broker's acknowledgement
     /// (`trainspotter_alerts_acknowledgement_seconds`), seconds.
     pub acknowledgement_mean_s: f64,
-    pub delivery_p99_bound_s: Option<f64>,
     /// The daemon's evaluations at detection boundaries
     /// (`trainspotter_detect_evaluation_duration_seconds`): how many, their mean, and the upper
     /// bound of the bucket holding the 99th percentile, seconds.
