@@ -434,16 +434,11 @@ pub fn table(o: &LiveOutcome) -> String {
             "alert latency, daemon (batch received to acknowledged)".into(),
             match o.delivery_p99_bound_s {
                 _ if o.delivery_count == 0 => "no records".into(),
-                Some(b) => format!(
-                    "mean {:.0} ms (of it {:.0} ms waiting for the acknowledgement), p99 <= {b} s ({} records)",
+                p99 => format!(
+                    "mean {:.0} ms (of it {:.0} ms waiting for the acknowledgement), p99 {} ({} records)",
                     o.delivery_mean_s * 1e3,
                     o.acknowledgement_mean_s * 1e3,
-                    o.delivery_count
-                ),
-                None => format!(
-                    "mean {:.0} ms (of it {:.0} ms waiting for the acknowledgement), p99 above the last bucket ({} records)",
-                    o.delivery_mean_s * 1e3,
-                    o.acknowledgement_mean_s * 1e3,
+                    p99.map_or("above the last bucket".into(), |b| format!("<= {b} s")),
                     o.delivery_count
                 ),
             },
