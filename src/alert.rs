@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::format_rfc3339_ms;
 use crate::estimate::FlopEstimate;
+use crate::evidence::Evidence;
 
 /// Alert names are part of the public interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -150,7 +151,7 @@ pub struct Condition {
     pub severity: Severity,
     pub summary: String,
     #[serde(with = "json_text")]
-    pub evidence: serde_json::Value,
+    pub evidence: Evidence,
     pub estimated_flop: FlopEstimate,
     pub eta_ms: Option<i64>,
     /// The organisation the entity belongs to (from the tenant registry), if any.
@@ -245,17 +246,21 @@ pub struct AlertBook {
 }
 
 /// Evidence is free-form JSON; binary checkpoint formats cannot carry a self-describing value, so it
-/// is stored as JSON text.
+/// is stored as JSON text (rendered, when it is held as values), and restored as JSON.
 mod json_text {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(v: &serde_json::Value, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&v.to_string())
+    use crate::evidence::Evidence;
+
+    pub fn serialize<S: Serializer>(v: &Evidence, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_json().to_string())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Evidence, D::Error> {
         let text = String::deserialize(d)?;
-        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+        serde_json::from_str(&text)
+            .map(Evidence::Json)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -289,7 +294,7 @@ impl AlertBook {
             starts_at: format_rfc3339_ms(a.starts_ms),
             ends_at: (status == Status::Resolved).then(|| format_rfc3339_ms(now_ms)),
             summary: c.summary.clone(),
-            evidence: c.evidence.clone(),
+            evidence: c.evidence.to_json(),
             estimated_flop: c.estimated_flop,
             threshold: c.threshold,
             eta: c.eta_ms.map(format_rfc3339_ms),
@@ -407,7 +412,7 @@ mod tests {
             threshold,
             severity: Severity::Warning,
             summary: "s".into(),
-            evidence: serde_json::json!({}),
+            evidence: serde_json::json!({}).into(),
             estimated_flop: FlopEstimate::default(),
             eta_ms: None,
             organisation: None,

@@ -26,6 +26,7 @@ use crate::config::{Config, ConfigError, DetectionConfig, Settings};
 use crate::decode::{format_rfc3339_ms, SampleRef, UsageSample};
 use crate::detect::{self, DetectPane, Signal, Verdict};
 use crate::estimate::{Estimator, FlopEstimate, Usage};
+use crate::evidence::{Evidence, TrainingEvidence};
 use crate::footprint::{self, Footprint};
 use crate::join::{JoinBuffer, Reading};
 use crate::prefetch;
@@ -1594,9 +1595,7 @@ impl Engine {
             for c in &mut conditions {
                 c.severity = policy.raise(c.severity);
                 c.organisation = organisation.clone();
-                if let Some(ev) = c.evidence.as_object_mut() {
-                    ev.insert("tenant_context".into(), context.clone());
-                }
+                c.evidence.insert("tenant_context", context.clone());
             }
         }
         self.st
@@ -1679,17 +1678,21 @@ impl Engine {
         now: i64,
     ) -> Condition {
         let states: Vec<&JobState> = jobs.iter().map(|(_, j)| *j).collect();
-        let mut evidence = self.training_evidence(&states, v, threshold, now);
+        let mut evidence =
+            Evidence::Training(Box::new(self.training_evidence(&states, v, threshold, now)));
         if jobs.len() > 1 {
-            evidence["group"] = serde_json::json!({
-                "start_tolerance_seconds": self.s.group_start_tolerance_ms as f64 / 1000.0,
-                "jobs": jobs.iter().map(|(k, j)| serde_json::json!({
-                    "tenant": k.tenant.as_ref(),
-                    "job": k.job.as_ref(),
-                    "first_seen": format_rfc3339_ms(j.account.first_ts),
-                    "max_concurrent_accelerators": j.max_concurrent,
-                })).collect::<Vec<_>>(),
-            });
+            evidence.insert(
+                "group",
+                serde_json::json!({
+                    "start_tolerance_seconds": self.s.group_start_tolerance_ms as f64 / 1000.0,
+                    "jobs": jobs.iter().map(|(k, j)| serde_json::json!({
+                        "tenant": k.tenant.as_ref(),
+                        "job": k.job.as_ref(),
+                        "first_seen": format_rfc3339_ms(j.account.first_ts),
+                        "max_concurrent_accelerators": j.max_concurrent,
+                    })).collect::<Vec<_>>(),
+                }),
+            );
         }
         let mut flop = FlopEstimate::default();
         for j in &states {
@@ -1715,21 +1718,20 @@ impl Engine {
         v: &Verdict,
         threshold: f64,
         now: i64,
-    ) -> serde_json::Value {
+    ) -> TrainingEvidence {
         let slide = self.s.detect_slide_ms;
         let first_ts = jobs.iter().map(|j| j.account.first_ts).min().unwrap_or(now);
         let last_ts = jobs.iter().map(|j| j.account.last_ts).max().unwrap_or(now);
-        let window_start = (now - self.s.detect_window_ms).max(first_ts.div_euclid(slide) * slide);
         let recent = now - 2 * slide;
-        let mut nodes: Vec<&str> = jobs
+        let mut nodes: Vec<&Arc<str>> = jobs
             .iter()
             .flat_map(|j| j.series.iter())
             .filter(|(_, s)| s.last_ts >= recent)
-            .filter_map(|(key, _)| key.node.as_deref())
+            .filter_map(|(key, _)| key.node.as_ref())
             .collect();
         nodes.sort_unstable();
         nodes.dedup();
-        let mut signals: Vec<&str> = jobs
+        let mut signals: Vec<&'static str> = jobs
             .iter()
             .flat_map(|j| self.signals_available(j, now))
             .collect();
@@ -1738,26 +1740,25 @@ impl Engine {
         let mut models: Vec<String> = jobs.iter().flat_map(|j| self.model_names(j)).collect();
         models.sort_unstable();
         models.dedup();
-        serde_json::json!({
-            "score": v.score,
-            "score_threshold": threshold,
-            "gates_passed": v.gates_passed,
-            "window": {"start": format_rfc3339_ms(window_start), "end": format_rfc3339_ms(now)},
-            "features": v.features,
-            "reasons": v.reasons(),
-            "activity_signal": v.signal.map(Signal::name),
-            "signals_available": signals,
-            "nodes": nodes.len(),
-            "node_sample": nodes.iter().take(16).collect::<Vec<_>>(),
-            "devices_reporting": jobs
+        TrainingEvidence {
+            verdict: v.clone(),
+            score_threshold: threshold,
+            window_start_ms: (now - self.s.detect_window_ms)
+                .max(first_ts.div_euclid(slide) * slide),
+            window_end_ms: now,
+            signals_available: signals,
+            nodes: nodes.len(),
+            node_sample: nodes.into_iter().take(16).cloned().collect(),
+            devices_reporting: jobs
                 .iter()
                 .flat_map(|j| j.series.values())
                 .filter(|s| s.last_ts >= recent)
                 .count(),
-            "accelerator_models": models,
-            "first_seen": format_rfc3339_ms(first_ts),
-            "last_seen": format_rfc3339_ms(last_ts),
-        })
+            accelerator_models: models,
+            first_seen_ms: first_ts,
+            last_seen_ms: last_ts,
+            extra: Vec::new(),
+        }
     }
 
     /// Why job `job` of `tenant` is or is not suspected of training, evaluated at the engine's
@@ -1785,7 +1786,9 @@ impl Engine {
         let v = self.verdict(&[state], now);
         let entity = Entity::job(key.tenant.clone(), key.job.clone());
         let threshold = self.score_threshold(&self.policy(&entity));
-        let mut evidence = self.training_evidence(&[state], &v, threshold, now);
+        let mut evidence = self
+            .training_evidence(&[state], &v, threshold, now)
+            .to_json();
         evidence["tenant_context"] =
             serde_json::to_value(self.registry.context(tenant)).unwrap_or_default();
         Some(Explanation {
@@ -1880,7 +1883,8 @@ impl Engine {
                         "first_seen": format_rfc3339_ms(account.first_ts),
                         "last_seen": format_rfc3339_ms(account.last_ts),
                         "threshold_policy": policy(),
-                    }),
+                    })
+                    .into(),
                     estimated_flop: lifetime,
                     eta_ms: None,
                     organisation: None,
@@ -1914,7 +1918,8 @@ impl Engine {
                         "horizon_seconds": self.s.projection_horizon_ms as f64 / 1000.0,
                         "seconds_to_threshold": eta_s,
                         "threshold_policy": policy(),
-                    }),
+                    })
+                    .into(),
                     estimated_flop: lifetime,
                     eta_ms: Some(eta_ms),
                     organisation: None,

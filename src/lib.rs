@@ -11,6 +11,7 @@
 //! - [`window`]: event-time sliding windows by pane aggregation (exact integer sums).
 //! - [`detect`]: per-job features and the training-likeness score.
 //! - [`alert`]: alert identity, lifecycle and the CloudEvents rendering.
+//! - [`evidence`]: what an alert condition rests on, rendered to JSON when a record is made.
 //! - [`engine`]: the one owner of all state; applies samples, evaluates at event-time ticks.
 //! - [`stamps`]: exact timestamp sets for de-duplication, as arithmetic runs.
 //! - [`series`]: a job's device series, stored densely in arrival order.
@@ -51,6 +52,7 @@ pub mod detect;
 pub mod engine;
 pub mod estimate;
 pub mod eval;
+pub mod evidence;
 pub mod flatjson;
 pub mod footprint;
 pub mod health;

@@ -206,9 +206,11 @@ enum Command {
         /// and the alert topic (kafka.alert_topic) too.
         #[arg(long, value_parser = humantime::parse_duration)]
         live: Option<std::time::Duration>,
-        /// Live run: every n-th job runs like a training job (0 for none).
-        #[arg(long, default_value_t = 10)]
-        training_every: usize,
+        /// Every n-th job runs like a training job: the same steady activity on all its devices
+        /// and 70 GiB of device memory, against 40 GiB and activity spread across devices for the
+        /// others (0 for none). Default: 10 in the live run, 0 in process.
+        #[arg(long)]
+        training_every: Option<usize>,
         /// In-process measurements: with a tenant registry that spreads the tenants over this
         /// many organisations (so every sample also counts toward its tenant's organisation) and
         /// has two policy rules, one matching every generated tenant; 0 for no registry.
@@ -389,7 +391,7 @@ fn main() -> ExitCode {
                 rounds,
                 batch: batch.max(1),
                 seed,
-                training_every: if live.is_some() { training_every } else { 0 },
+                training_every: training_every.unwrap_or(if live.is_some() { 10 } else { 0 }),
                 organisations,
             };
             if let Some(duration) = soak {

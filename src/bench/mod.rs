@@ -53,7 +53,7 @@ pub struct Shape {
     pub batch: usize,
     pub seed: u64,
     /// Every n-th job runs like a training job (the same steady activity on all its devices, 70
-    /// GiB of device memory; the others hold 40 GiB); 0 for none. Only the live run uses it.
+    /// GiB of device memory; the others hold 40 GiB); 0 for none.
     pub training_every: usize,
     /// The in-process measurements run with a tenant registry that puts every tenant in one of
     /// this many organisations (tenant `i` in organisation `i mod n`); 0 for no registry.
@@ -424,9 +424,13 @@ pub fn table(o: &Outcome) -> String {
         (
             "workload".to_string(),
             format!(
-                "{} devices, {} jobs, {} tenants{}, one event per device every {} ms, {} rounds, batches of {}; {:.0} B per event",
+                "{} devices, {} jobs{}, {} tenants{}, one event per device every {} ms, {} rounds, batches of {}; {:.0} B per event",
                 s.gpus,
                 s.jobs,
+                match s.training_every {
+                    0 => String::new(),
+                    n => format!(" (every {n}th running like training)"),
+                },
                 s.tenants,
                 match s.organisations {
                     0 => String::new(),
