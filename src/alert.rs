@@ -150,7 +150,6 @@ pub struct Condition {
     pub threshold: Option<f64>,
     pub severity: Severity,
     pub summary: String,
-    #[serde(with = "json_text")]
     pub evidence: Evidence,
     pub estimated_flop: FlopEstimate,
     pub eta_ms: Option<i64>,
@@ -243,25 +242,6 @@ pub struct AlertBook {
     active: HashMap<Entity, Vec<Active>, ahash::RandomState>,
     #[serde(skip)]
     resend_ms: i64,
-}
-
-/// Evidence is free-form JSON; binary checkpoint formats cannot carry a self-describing value, so it
-/// is stored as JSON text (rendered, when it is held as values), and restored as JSON.
-mod json_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::evidence::Evidence;
-
-    pub fn serialize<S: Serializer>(v: &Evidence, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&v.to_json().to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Evidence, D::Error> {
-        let text = String::deserialize(d)?;
-        serde_json::from_str(&text)
-            .map(Evidence::Json)
-            .map_err(serde::de::Error::custom)
-    }
 }
 
 impl AlertBook {

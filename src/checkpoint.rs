@@ -23,8 +23,9 @@ const MAGIC: &[u8; 8] = b"TSCKPT\0\0";
 /// activity moments of gang synchrony; version 4 pane rings sized to the span written, timestamp
 /// sets as runs, and lists of keys touched since the last evaluation; version 5 each job's
 /// arrival clock (the event time its latest sample arrived at), which decides when it leaves state,
-/// and the newest pane of each ring held inline.
-pub const VERSION: u32 = 5;
+/// and the newest pane of each ring held inline; version 6 a training verdict's evidence in active
+/// alerts as its values instead of JSON text.
+pub const VERSION: u32 = 6;
 const PREFIX_LEN: usize = 8 + 4 + 8 + 4;
 /// Refuse payloads larger than this rather than allocate on a corrupt length field.
 const MAX_PAYLOAD: u64 = 64 << 30;
@@ -185,7 +186,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> 
 }
 
 /// The one bincode configuration used for writing and reading (little endian, fixed-width ints).
-fn opts() -> impl bincode::Options {
+pub(crate) fn opts() -> impl bincode::Options {
     bincode::options()
         .with_fixint_encoding()
         .with_little_endian()

@@ -41,7 +41,7 @@ pub const ACTIVITY_QUANTILE: f64 = 0.75;
 
 /// Activity signals, best first: tensor-pipe activity separates training from other busy work best;
 /// GPU_UTIL is near 100% for almost any busy job and is the weakest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Signal {
     TensorActive,

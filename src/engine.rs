@@ -1731,11 +1731,11 @@ impl Engine {
             .collect();
         nodes.sort_unstable();
         nodes.dedup();
-        let mut signals: Vec<&'static str> = jobs
+        let mut signals: Vec<Signal> = jobs
             .iter()
             .flat_map(|j| self.signals_available(j, now))
             .collect();
-        signals.sort_unstable();
+        signals.sort_unstable_by_key(|s| s.name());
         signals.dedup();
         let mut models: Vec<String> = jobs.iter().flat_map(|j| self.model_names(j)).collect();
         models.sort_unstable();
@@ -1803,7 +1803,7 @@ impl Engine {
         })
     }
 
-    fn signals_available(&self, job: &JobState, now: i64) -> Vec<&'static str> {
+    fn signals_available(&self, job: &JobState, now: i64) -> Vec<Signal> {
         let slide = self.s.detect_slide_ms;
         let last = now.div_euclid(slide) - 1;
         let first = last - self.s.detect_window_ms / slide + 1;
@@ -1814,7 +1814,7 @@ impl Engine {
                     .range(first, last)
                     .any(|(_, p)| p.activity[**s as usize].weight > 0.0)
             })
-            .map(|s| s.name())
+            .copied()
             .collect()
     }
 

@@ -8,31 +8,38 @@
 //! renders it when a record needs it. Building the JSON tree at every evaluation instead cost more
 //! than the evaluation itself once thousands of jobs were suspected.
 
+//!
+//! Checkpoints store evidence as it is held: JSON as text (binary formats cannot carry a
+//! self-describing value), a training verdict as its values, its features' names and meanings
+//! given by their position in [`crate::detect::FEATURES`].
+
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use crate::decode::format_rfc3339_ms;
 use crate::detect::{Signal, Verdict};
 
 /// The evidence of one condition.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Evidence {
-    /// Already JSON: the compute conditions' evidence, and any evidence restored from a
-    /// checkpoint.
-    Json(serde_json::Value),
+    /// Already JSON: the compute conditions' evidence.
+    Json(#[serde(with = "json_text")] serde_json::Value),
     /// A training verdict's evidence, rendered by [`Evidence::to_json`].
     Training(Box<TrainingEvidence>),
 }
 
 /// A training verdict and what it was computed from: the same in alerts and `explain`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingEvidence {
+    #[serde(with = "stored_verdict")]
     pub verdict: Verdict,
     pub score_threshold: f64,
     /// The detection window the features cover, epoch ms.
     pub window_start_ms: i64,
     pub window_end_ms: i64,
-    /// The activity signals present in the window.
-    pub signals_available: Vec<&'static str>,
+    /// The activity signals present in the window, in name order.
+    pub signals_available: Vec<Signal>,
     /// Nodes with a device reporting lately, and the first 16 of them in name order.
     pub nodes: usize,
     pub node_sample: Vec<Arc<str>>,
@@ -40,9 +47,13 @@ pub struct TrainingEvidence {
     pub accelerator_models: Vec<String>,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
-    /// Members added to the rendered object (`group`, `tenant_context`), by name.
+    /// Members added to the rendered object, by name: one of [`EXTRA_MEMBERS`].
+    #[serde(with = "stored_extra")]
     pub extra: Vec<(&'static str, serde_json::Value)>,
 }
+
+/// The members [`Evidence::insert`] adds to a training verdict's evidence.
+pub const EXTRA_MEMBERS: [&str; 2] = ["group", "tenant_context"];
 
 impl Evidence {
     /// The JSON object an alert record carries.
@@ -90,7 +101,7 @@ impl TrainingEvidence {
             "features": v.features,
             "reasons": v.reasons(),
             "activity_signal": v.signal.map(Signal::name),
-            "signals_available": self.signals_available,
+            "signals_available": self.signals_available.iter().map(|s| s.name()).collect::<Vec<_>>(),
             "nodes": self.nodes,
             "node_sample": self.node_sample.iter().map(|n| n.as_ref()).collect::<Vec<_>>(),
             "devices_reporting": self.devices_reporting,
@@ -107,10 +118,104 @@ impl TrainingEvidence {
     }
 }
 
+/// JSON as text.
+mod json_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &serde_json::Value, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A verdict as its values; each feature's name and meaning come from its position.
+mod stored_verdict {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::detect::{FeatureScore, Signal, Verdict, FEATURES};
+
+    /// value, low, high, score, weight, fired, required.
+    type Feature = (Option<f64>, f64, f64, Option<f64>, f64, bool, bool);
+    type Stored = (f64, Option<Signal>, bool, [Feature; 7]);
+
+    pub fn serialize<S: Serializer>(v: &Verdict, s: S) -> Result<S::Ok, S::Error> {
+        let features = v.features.each_ref().map(|f| {
+            (
+                f.value, f.low, f.high, f.score, f.weight, f.fired, f.required,
+            )
+        });
+        (v.score, v.signal, v.gates_passed, features).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Verdict, D::Error> {
+        let (score, signal, gates_passed, features) = Stored::deserialize(d)?;
+        let mut i = 0;
+        let features = features.map(|(value, low, high, score, weight, fired, required)| {
+            let (name, meaning) = FEATURES[i];
+            i += 1;
+            FeatureScore {
+                name,
+                meaning,
+                value,
+                low,
+                high,
+                score,
+                weight,
+                fired,
+                required,
+            }
+        });
+        Ok(Verdict {
+            score,
+            signal,
+            features,
+            gates_passed,
+        })
+    }
+}
+
+/// Added members by name, their values as JSON text.
+mod stored_extra {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::EXTRA_MEMBERS;
+
+    pub fn serialize<S: Serializer>(
+        extra: &[(&'static str, serde_json::Value)],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let stored: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        stored.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(&'static str, serde_json::Value)>, D::Error> {
+        let stored = Vec::<(String, String)>::deserialize(d)?;
+        stored
+            .into_iter()
+            .map(|(k, v)| {
+                let key = EXTRA_MEMBERS
+                    .into_iter()
+                    .find(|m| *m == k)
+                    .ok_or_else(|| D::Error::custom(format!("unknown evidence member {k:?}")))?;
+                let value = serde_json::from_str(&v).map_err(D::Error::custom)?;
+                Ok((key, value))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::DetectionConfig;
+    use bincode::Options as _;
 
     fn training() -> TrainingEvidence {
         let detection = DetectionConfig::default();
@@ -123,7 +228,7 @@ mod tests {
             score_threshold: 0.7,
             window_start_ms: 1_700_000_000_000,
             window_end_ms: 1_700_003_600_000,
-            signals_available: vec!["tensor_active"],
+            signals_available: vec![Signal::SmActive, Signal::TensorActive],
             nodes: 20,
             node_sample: (0..16).map(|i| Arc::from(format!("node-{i:02}"))).collect(),
             devices_reporting: 160,
@@ -163,6 +268,10 @@ mod tests {
             ]
         );
         assert_eq!(json["window"]["start"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(
+            json["signals_available"],
+            serde_json::json!(["sm_active", "tensor_active"])
+        );
         assert_eq!(json["node_sample"][15], "node-15");
         assert_eq!(json["nodes"], 20);
         assert_eq!(
@@ -184,5 +293,28 @@ mod tests {
         let mut j = Evidence::from(serde_json::json!({"threshold": 1e25}));
         j.insert("tenant_context", serde_json::json!({}));
         assert_eq!(j.to_json()["tenant_context"], serde_json::json!({}));
+    }
+
+    fn round_trip(e: &Evidence) -> Evidence {
+        let bytes = crate::checkpoint::opts().serialize(e).unwrap();
+        crate::checkpoint::opts().deserialize(&bytes).unwrap()
+    }
+
+    #[test]
+    fn evidence_survives_the_checkpoint_encoding_and_renders_the_same() {
+        let mut t = training();
+        t.verdict.signal = Some(Signal::TensorActive);
+        let mut e = Evidence::Training(Box::new(t));
+        e.insert(
+            "tenant_context",
+            serde_json::json!({"organisation": "a", "labels": {}}),
+        );
+        e.insert("group", serde_json::json!({"jobs": [{"job": "j1"}]}));
+        let back = round_trip(&e);
+        assert_eq!(back, e);
+        assert_eq!(back.to_json().to_string(), e.to_json().to_string());
+
+        let j = Evidence::from(serde_json::json!({"lifetime_flop": {"central": 1.5e25}}));
+        assert_eq!(round_trip(&j), j);
     }
 }
