@@ -5,9 +5,8 @@
 //! record, and the active set an Alertmanager sink is told, show the evidence of the latest
 //! evaluation. Most restatements are never rendered: a training verdict's evidence is therefore
 //! held as the numbers and names it is made of ([`TrainingEvidence`]), and [`Evidence::to_json`]
-//! renders it when a record needs it. Building the JSON tree at every evaluation instead cost more
-//! than the evaluation itself once thousands of jobs were suspected.
-
+//! renders it when a record needs it. Building the JSON tree at every evaluation instead took about
+//! 40% of the evaluation's time with 20,000 jobs suspected (BENCHMARKS.md).
 //!
 //! Checkpoints store evidence as it is held: JSON as text (binary formats cannot carry a
 //! self-describing value), a training verdict as its values, its features' names and meanings

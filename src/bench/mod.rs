@@ -429,7 +429,7 @@ pub fn table(o: &Outcome) -> String {
                 s.jobs,
                 match s.training_every {
                     0 => String::new(),
-                    n => format!(" (every {n}th running like training)"),
+                    n => format!(" (one in {n} running like training)"),
                 },
                 s.tenants,
                 match s.organisations {
