@@ -64,8 +64,12 @@ impl Evidence {
     }
 
     /// Adds (or replaces) the member `key` of the rendered object; on evidence that is not an
-    /// object, nothing.
+    /// object, nothing. `key` is one of [`EXTRA_MEMBERS`], the names a checkpoint can restore.
     pub fn insert(&mut self, key: &'static str, value: serde_json::Value) {
+        debug_assert!(
+            EXTRA_MEMBERS.contains(&key),
+            "{key} is not in EXTRA_MEMBERS"
+        );
         match self {
             Evidence::Json(v) => {
                 if let Some(o) = v.as_object_mut() {
