@@ -344,7 +344,12 @@ impl Partitions {
             shape: engine.shape(),
             written_at_ms: now_ms,
         };
-        match checkpoint::encode(&header, engine.state()) {
+        let started = std::time::Instant::now();
+        let encoded = checkpoint::encode(&header, engine.state());
+        self.pipeline
+            .metrics()
+            .checkpoint_encoded(started.elapsed().as_secs_f64());
+        match encoded {
             Ok(bytes) => {
                 self.seq += 1;
                 Some(Save {
@@ -743,6 +748,8 @@ mod tests {
             last_complete(&p),
             "trainspotter_checkpoint_last_success_timestamp_seconds 7"
         );
+        // Each encoding was timed.
+        assert_eq!(p.pipeline.metrics().checkpoint_encode_totals().0, 2);
 
         // The changelog's snapshots are the checkpoints the round wrote.
         for (shard, next) in [&first[0], &second[0]] {

@@ -15,6 +15,10 @@
 //!   raised a record to the broker's acknowledgement of it (its mean, and the bucket holding its
 //!   p99); the rest of the end-to-end time lies before the daemon receives the batch (the
 //!   producer, the broker, the consumer's lag) or after the acknowledgement (the reader's fetch);
+//! - what the consumer's thread stops for: the evaluations at detection boundaries
+//!   (`trainspotter_detect_evaluation_duration_seconds`) and the checkpoint encodings
+//!   (`trainspotter_checkpoint_encode_seconds`), how many, their mean and the bucket holding
+//!   their p99;
 //! - **memory over time**: the process's RSS (daemon and harness share it; the harness's part,
 //!   the rendered round and the producer's bounded queue, does not grow) and the state gauges,
 //!   sampled every 10 s; growth is the least-squares slope after the warm-up, per hour, as a share
@@ -84,6 +88,11 @@ pub struct LiveOutcome {
     pub evaluations: u64,
     pub evaluation_mean_s: f64,
     pub evaluation_p99_bound_s: Option<f64>,
+    /// The daemon's checkpoint encodings, on its consumer's thread
+    /// (`trainspotter_checkpoint_encode_seconds`), as the evaluations.
+    pub checkpoint_encodings: u64,
+    pub checkpoint_encode_mean_s: f64,
+    pub checkpoint_encode_p99_bound_s: Option<f64>,
     pub samples: Vec<MemorySample>,
     /// Every record received: evaluation tick (epoch ms), firing, end-to-end latency (ms).
     pub records: Vec<(i64, bool, Option<i64>)>,
@@ -324,6 +333,8 @@ async fn drive(
     let (_, acknowledgement_s) = running.metrics.alert_acknowledgement_totals();
     let (evaluation_buckets, evaluations) = running.metrics.evaluation_buckets();
     let (_, evaluation_s) = running.metrics.evaluation_totals();
+    let (encode_buckets, encodings) = running.metrics.checkpoint_encode_buckets();
+    let (_, encode_s) = running.metrics.checkpoint_encode_totals();
     running.stop().await?;
     stop_reader.store(true, Ordering::SeqCst);
     let received = reader
@@ -379,6 +390,9 @@ async fn drive(
         evaluations,
         evaluation_mean_s: evaluation_s / evaluations.max(1) as f64,
         evaluation_p99_bound_s: bucket_quantile(&evaluation_buckets, evaluations, 0.99),
+        checkpoint_encodings: encodings,
+        checkpoint_encode_mean_s: encode_s / encodings.max(1) as f64,
+        checkpoint_encode_p99_bound_s: bucket_quantile(&encode_buckets, encodings, 0.99),
         samples,
         records,
         rss_growth_pct_per_h: rss_growth,
@@ -401,6 +415,18 @@ pub fn run(
 }
 
 /// The outcome as a markdown table.
+/// How many of a timed step, their mean, and the bucket holding their p99.
+fn timed(count: u64, mean_s: f64, p99_bound_s: Option<f64>) -> String {
+    match p99_bound_s {
+        _ if count == 0 => "none".into(),
+        Some(b) => format!("{count}, mean {:.0} ms, p99 <= {b} s", mean_s * 1e3),
+        None => format!(
+            "{count}, mean {:.0} ms, p99 above the last bucket",
+            mean_s * 1e3
+        ),
+    }
+}
+
 pub fn table(o: &LiveOutcome) -> String {
     let first = o.samples.first();
     let last = o.samples.last();
@@ -445,19 +471,19 @@ pub fn table(o: &LiveOutcome) -> String {
         ),
         (
             "evaluations at detection boundaries (the batch waits)".into(),
-            match o.evaluation_p99_bound_s {
-                _ if o.evaluations == 0 => "none".into(),
-                Some(b) => format!(
-                    "{}, mean {:.0} ms, p99 <= {b} s",
-                    o.evaluations,
-                    o.evaluation_mean_s * 1e3
-                ),
-                None => format!(
-                    "{}, mean {:.0} ms, p99 above the last bucket",
-                    o.evaluations,
-                    o.evaluation_mean_s * 1e3
-                ),
-            },
+            timed(
+                o.evaluations,
+                o.evaluation_mean_s,
+                o.evaluation_p99_bound_s,
+            ),
+        ),
+        (
+            "checkpoint encodings (the consumer waits)".into(),
+            timed(
+                o.checkpoint_encodings,
+                o.checkpoint_encode_mean_s,
+                o.checkpoint_encode_p99_bound_s,
+            ),
         ),
         (
             "RSS first / last sample".into(),
