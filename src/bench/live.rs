@@ -414,7 +414,6 @@ pub fn run(
     runtime.block_on(drive(cfg, shape, topic, opts, state_dir))
 }
 
-/// The outcome as a markdown table.
 /// How many of a timed step, their mean, and the bucket holding their p99.
 fn timed(count: u64, mean_s: f64, p99_bound_s: Option<f64>) -> String {
     match p99_bound_s {
@@ -427,6 +426,7 @@ fn timed(count: u64, mean_s: f64, p99_bound_s: Option<f64>) -> String {
     }
 }
 
+/// The outcome as a markdown table.
 pub fn table(o: &LiveOutcome) -> String {
     let first = o.samples.first();
     let last = o.samples.last();
