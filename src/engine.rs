@@ -5,8 +5,9 @@
 //! watermark is the latest event time minus the allowed lateness, and every time it crosses a
 //! detection slide boundary the engine evaluates the jobs and tenants that changed (and those with
 //! active alerts) at that boundary. Evaluation therefore depends only on the order of the input, not
-//! on how it was batched. No I/O, no locks, and no clock but the one that times each evaluation for
-//! metrics ([`Evaluation`]): the state task owns the engine.
+//! on how it was batched. No I/O, no locks, and no clock but the one that times each evaluation (for
+//! metrics, [`Evaluation`], and for the checkpoint encodings that wait for a gap between evaluations,
+//! [`Engine::evaluated_at_ms`]): the state task owns the engine.
 //!
 //! State: tenants and jobs by name, each with lifetime [`Usage`], its [`Windows`] and, per device
 //! series, what de-duplication and detection need. Keys idle for longer than the longest window are
@@ -585,6 +586,8 @@ pub struct Engine {
     /// Evaluations since the last [`Engine::drain_evaluations`] (at most
     /// [`MAX_PENDING_EVALUATIONS`]).
     evaluations: Vec<Evaluation>,
+    /// [`Engine::evaluated_at_ms`] (not state: nothing the engine decides depends on it).
+    evaluated_at_ms: Option<i64>,
 }
 
 /// How long one evaluation took: the wall time of the only clock reading the engine makes, for
@@ -653,6 +656,7 @@ impl Engine {
             st,
             outbox: Vec::new(),
             evaluations: Vec::new(),
+            evaluated_at_ms: None,
         })
     }
 
@@ -708,6 +712,12 @@ impl Engine {
     /// Latest event time minus the allowed lateness.
     pub fn watermark_ms(&self) -> Option<i64> {
         self.st.max_event_ms.map(|m| m - self.s.allowed_lateness_ms)
+    }
+
+    /// When (wall clock, epoch ms) this engine's latest evaluation at a detection boundary ended;
+    /// `None` before its first.
+    pub fn evaluated_at_ms(&self) -> Option<i64> {
+        self.evaluated_at_ms
     }
 
     pub fn tenant_count(&self) -> usize {
@@ -1229,6 +1239,10 @@ impl Engine {
                 seconds: started.elapsed().as_secs_f64(),
             });
         }
+        self.evaluated_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as i64);
     }
 
     /// Starts loading what evaluating the jobs after `jobs[i]` reads, which lie in arrival order

@@ -628,6 +628,7 @@ impl Worker {
                     self.metrics.set_ready(self.health.check().is_ok());
                     // Gauges follow the state also when no batch arrives (the watermark lag grows).
                     self.partitions().pipeline.refresh_gauges(false);
+                    self.partitions().resume_checkpoint(now_ms());
                     match self.partitions().pipeline.poll_registry() {
                         Ok(true) => info!(file = %self.cfg.registry.file, "tenant registry reloaded"),
                         Ok(false) => {}
@@ -741,6 +742,7 @@ impl Worker {
             if stopping {
                 return Ended::Clean;
             }
+            parts.resume_checkpoint(now_ms());
         }
     }
 

@@ -156,7 +156,9 @@ enum Command {
     },
     /// Measure throughput and memory on a generated fleet (see BENCHMARKS.md): decoding alone,
     /// the whole pipeline on one thread, the state's bytes per job and per device series, RSS,
-    /// and writing and restoring a checkpoint of the state. Prints a markdown table.
+    /// and writing and restoring a checkpoint of the state. Prints a markdown table. Logs nothing
+    /// unless TRAINSPOTTER_LOG sets a filter (e.g. trainspotter=debug: the daemon's log in a live
+    /// run, on standard error).
     Bench {
         /// Devices, one event each per round.
         #[arg(long, default_value_t = 1_000_000)]
@@ -383,6 +385,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if std::env::var_os("TRAINSPOTTER_LOG").is_some() {
+                init_logging(&cfg);
+            }
             let shape = trainspotter::bench::Shape {
                 gpus,
                 jobs,

@@ -10,9 +10,11 @@
 //! only the offsets that durable checkpoints cover are ever committed.
 //!
 //! A checkpoint is encoded on the consumer's thread (the engine is not shared) and written by the
-//! checkpoint writer's thread ([`crate::persist`]). Periodic checkpoints do not wait for it: the
-//! consumer goes on while the bytes go to disk and to Kafka, and commits when the writer reports
-//! them durable. Revocation and shutdown wait, since the partition's next owner reads what they
+//! checkpoint writer's thread ([`crate::persist`]). The consumer takes no batch while it encodes,
+//! so a periodic round encodes each partition in a gap between evaluations at detection
+//! boundaries, where the pause delays no alert. Periodic checkpoints do not wait for the writer:
+//! the consumer goes on while the bytes go to disk and to Kafka, and commits when the writer
+//! reports them durable. Revocation and shutdown wait, since the partition's next owner reads what they
 //! write.
 //!
 //! Any snapshot at offset N is the state of the partition's first N messages, whichever instance
@@ -74,6 +76,8 @@ struct Offsets {
     /// `next` at the last durable checkpoint.
     checkpointed: Option<i64>,
     source: Source,
+    /// How long (wall ms) the partition's last checkpoint took to encode, since it was assigned.
+    encode_ms: Option<i64>,
 }
 
 /// One owned partition, as `GET /api/v1/partitions` shows it.
@@ -236,6 +240,7 @@ impl Partitions {
                 next: at,
                 checkpointed: at,
                 source,
+                encode_ms: None,
             },
         );
         start
@@ -278,6 +283,10 @@ impl Partitions {
     /// and handed to the writer thread; the next one is encoded when the writer reports the one
     /// before ([`Partitions::finished`]), so one encoded checkpoint at most waits in memory. A
     /// round still running when the next is due makes that one skip.
+    ///
+    /// The consumer takes no batch while it encodes, so an encoding waits for a gap between
+    /// evaluations (see [`Partitions::gap_for`]); call [`Partitions::resume_checkpoint`] after
+    /// every batch and now and then when none arrives.
     pub fn start_checkpoint(&mut self, now_ms: i64) {
         self.collect();
         if self.round.active {
@@ -290,6 +299,11 @@ impl Partitions {
             failed: false,
             writing: None,
         };
+        self.advance(now_ms);
+    }
+
+    /// Goes on with a round waiting for a gap between evaluations.
+    pub fn resume_checkpoint(&mut self, now_ms: i64) {
         self.advance(now_ms);
     }
 
@@ -346,16 +360,24 @@ impl Partitions {
         };
         let started = std::time::Instant::now();
         let encoded = checkpoint::encode(&header, engine.state());
+        let took = started.elapsed();
         self.pipeline
             .metrics()
-            .checkpoint_encoded(started.elapsed().as_secs_f64());
+            .checkpoint_encoded(took.as_secs_f64());
+        tracing::debug!(topic = %shard.topic, partition = shard.partition, seconds = took.as_secs_f64(),
+                        round_started_ms_ago = self.round.active.then(|| now_ms - self.round.started_ms),
+                        "checkpoint encoded");
+        let assigned_at = o.assigned_at;
+        if let Some(o) = self.offsets.get_mut(shard) {
+            o.encode_ms = Some(took.as_millis() as i64);
+        }
         match encoded {
             Ok(bytes) => {
                 self.seq += 1;
                 Some(Save {
                     shard: shard.clone(),
                     next,
-                    assigned_at: o.assigned_at,
+                    assigned_at,
                     seq: self.seq,
                     bytes,
                 })
@@ -369,11 +391,11 @@ impl Partitions {
         }
     }
 
-    /// Hands the round's next partition that moved to the writer, unless one is being written;
-    /// ends the round when none is left.
+    /// Hands the round's next partition that moved to the writer, unless one is being written or
+    /// there is no gap to encode it in; ends the round when none is left.
     fn advance(&mut self, now_ms: i64) {
         while self.round.active && self.round.writing.is_none() {
-            let Some(shard) = self.round.queue.pop() else {
+            let Some(shard) = self.round.queue.last().cloned() else {
                 if !self.round.failed {
                     // Every owned partition is durable as of the round's start (one assigned since
                     // came from a checkpoint).
@@ -384,11 +406,36 @@ impl Partitions {
                 self.round = Round::default();
                 return;
             };
+            if !self.gap_for(&shard, now_ms) {
+                return;
+            }
+            self.round.queue.pop();
             if let Some(save) = self.encode(&shard, now_ms) {
                 self.round.writing = Some(save.seq);
                 self.persister.save(save);
             }
         }
+    }
+
+    /// Whether the round may encode `shard` now without delaying an evaluation (and the alerts it
+    /// raises): the next evaluation is expected ([`Pipeline::next_evaluation_expected_ms`]) no
+    /// sooner than three times the partition's last encoding time from now (the encoding, the
+    /// consumer catching up with what arrived meanwhile, and as much again in reserve). A first
+    /// encoding, or one longer than a sixth of a detection slide, starts in the first half of a
+    /// slide, just after an evaluation. A round waits for such a gap at most two slides and at
+    /// most one checkpoint interval.
+    fn gap_for(&self, shard: &Shard, now_ms: i64) -> bool {
+        let Some(next) = self.pipeline.next_evaluation_expected_ms(now_ms) else {
+            return true;
+        };
+        let slide = self.cfg.detection.slide.ms();
+        let needed = self
+            .offsets
+            .get(shard)
+            .and_then(|o| o.encode_ms)
+            .map_or(slide / 2, |last| (3 * last).min(slide / 2));
+        let max_wait = (2 * slide).min(self.cfg.state.checkpoint_interval.ms());
+        next - now_ms >= needed || now_ms - self.round.started_ms >= max_wait
     }
 
     /// Applies the writer's reports: a durable checkpoint moves its partition's checkpointed
@@ -782,6 +829,56 @@ mod tests {
             last_complete(&p),
             "trainspotter_checkpoint_last_success_timestamp_seconds 8"
         );
+    }
+
+    #[test]
+    fn a_checkpoint_round_encodes_in_a_gap_between_evaluations_or_once_it_waited_an_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.state.dir = dir.path().to_string_lossy().into_owned();
+        let slide = cfg.detection.slide.ms();
+        // Shorter than two slides: the round waits at most this long.
+        cfg.state.checkpoint_interval =
+            crate::config::HumanDuration(std::time::Duration::from_secs(15));
+        let pipeline = Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap();
+        let mut p = Partitions::new(&cfg, pipeline, None);
+        let shard = Shard::new("gpu-usage", 0);
+        owning(&mut p, &shard, 10);
+        let evaluated = p.pipeline.shard(&shard).unwrap().evaluated_at_ms();
+        let evaluated = evaluated.expect("ten minutes of input pass detection boundaries");
+        assert_eq!(
+            p.pipeline.next_evaluation_expected_ms(evaluated),
+            Some(evaluated + slide)
+        );
+        // A shard that has not evaluated for two slides is not expected to.
+        assert_eq!(
+            p.pipeline
+                .next_evaluation_expected_ms(evaluated + 2 * slide),
+            None
+        );
+        let metrics = p.pipeline.metrics().clone();
+        let encodings = || metrics.checkpoint_encode_totals().0;
+
+        // The last encoding took half a slide: with 40 % of the slide left it does not fit.
+        p.offsets.get_mut(&shard).unwrap().encode_ms = Some(slide / 2);
+        let start = evaluated + slide * 6 / 10;
+        p.start_checkpoint(start);
+        p.resume_checkpoint(start + 14_999);
+        assert_eq!(encodings(), 0, "waits for a gap");
+        assert_eq!(p.round.queue, std::slice::from_ref(&shard));
+        // Once it has waited a checkpoint interval it encodes anyway.
+        p.resume_checkpoint(start + 15_000);
+        assert_eq!(encodings(), 1);
+        assert_eq!(finished(&mut p), [(shard.clone(), 10)]);
+
+        // Just after an evaluation there is room for it.
+        feed(&mut p, &shard, 10..20);
+        p.processed(&shard, 20);
+        let evaluated = p.pipeline.shard(&shard).unwrap().evaluated_at_ms().unwrap();
+        p.offsets.get_mut(&shard).unwrap().encode_ms = Some(slide / 2);
+        p.start_checkpoint(evaluated + 1_000);
+        assert_eq!(encodings(), 2);
+        assert_eq!(finished(&mut p), [(shard.clone(), 20)]);
     }
 
     #[test]

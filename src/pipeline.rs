@@ -309,6 +309,20 @@ impl Pipeline {
         self.shards.iter()
     }
 
+    /// When (wall clock, epoch ms) the next evaluation at a detection boundary is expected: one
+    /// detection slide after the oldest of the shards' latest evaluations, as when consumption
+    /// keeps up with live input. A shard that has not evaluated for two slides as of `now_ms` (its
+    /// input stopped, or it was just assigned) is left out; `None` when every shard is.
+    pub fn next_evaluation_expected_ms(&self, now_ms: i64) -> Option<i64> {
+        let slide = self.cfg.detection.slide.ms();
+        self.shards
+            .values()
+            .filter_map(Engine::evaluated_at_ms)
+            .filter(|&at| now_ms - at < 2 * slide)
+            .min()
+            .map(|at| at + slide)
+    }
+
     /// Decodes and applies one batch of `shard`'s input, in order. `None` payloads (tombstones)
     /// are rejected as malformed. Returns the rejections by position in the batch.
     pub fn process<'a, I>(
