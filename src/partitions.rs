@@ -76,8 +76,6 @@ struct Offsets {
     /// `next` at the last durable checkpoint.
     checkpointed: Option<i64>,
     source: Source,
-    /// How long (wall ms) the partition's last checkpoint took to encode, since it was assigned.
-    encode_ms: Option<i64>,
 }
 
 /// One owned partition, as `GET /api/v1/partitions` shows it.
@@ -240,7 +238,6 @@ impl Partitions {
                 next: at,
                 checkpointed: at,
                 source,
-                encode_ms: None,
             },
         );
         start
@@ -285,7 +282,7 @@ impl Partitions {
     /// round still running when the next is due makes that one skip.
     ///
     /// The consumer takes no batch while it encodes, so an encoding waits for a gap between
-    /// evaluations (see [`Partitions::gap_for`]); call [`Partitions::resume_checkpoint`] after
+    /// evaluations (see [`Partitions::in_gap`]); call [`Partitions::resume_checkpoint`] after
     /// every batch and now and then when none arrives.
     pub fn start_checkpoint(&mut self, now_ms: i64) {
         self.collect();
@@ -368,9 +365,6 @@ impl Partitions {
                         round_started_ms_ago = self.round.active.then(|| now_ms - self.round.started_ms),
                         "checkpoint encoded");
         let assigned_at = o.assigned_at;
-        if let Some(o) = self.offsets.get_mut(shard) {
-            o.encode_ms = Some(took.as_millis() as i64);
-        }
         match encoded {
             Ok(bytes) => {
                 self.seq += 1;
@@ -406,7 +400,7 @@ impl Partitions {
                 self.round = Round::default();
                 return;
             };
-            if !self.gap_for(&shard, now_ms) {
+            if !self.in_gap(now_ms) {
                 return;
             }
             self.round.queue.pop();
@@ -417,25 +411,20 @@ impl Partitions {
         }
     }
 
-    /// Whether the round may encode `shard` now without delaying an evaluation (and the alerts it
-    /// raises): the next evaluation is expected ([`Pipeline::next_evaluation_expected_ms`]) no
-    /// sooner than three times the partition's last encoding time from now (the encoding, the
-    /// consumer catching up with what arrived meanwhile, and as much again in reserve). A first
-    /// encoding, or one longer than a sixth of a detection slide, starts in the first half of a
-    /// slide, just after an evaluation. A round waits for such a gap at most two slides and at
-    /// most one checkpoint interval.
-    fn gap_for(&self, shard: &Shard, now_ms: i64) -> bool {
+    /// Whether the round may encode now without delaying an evaluation (and the alerts it raises):
+    /// in the first half of a detection slide, just after the shards' evaluations, when the next
+    /// is expected ([`Pipeline::next_evaluation_expected_ms`]) half a slide or more from now. That
+    /// leaves the encoding, and the consumer catching up with what arrived meanwhile, half a slide
+    /// at least, however long the encoding happens to take (in a live run it varies threefold for
+    /// the same partition, with what else runs on the cores). A round waits for such a gap at most
+    /// two slides and at most one checkpoint interval.
+    fn in_gap(&self, now_ms: i64) -> bool {
         let Some(next) = self.pipeline.next_evaluation_expected_ms(now_ms) else {
             return true;
         };
         let slide = self.cfg.detection.slide.ms();
-        let needed = self
-            .offsets
-            .get(shard)
-            .and_then(|o| o.encode_ms)
-            .map_or(slide / 2, |last| (3 * last).min(slide / 2));
         let max_wait = (2 * slide).min(self.cfg.state.checkpoint_interval.ms());
-        next - now_ms >= needed || now_ms - self.round.started_ms >= max_wait
+        next - now_ms >= slide / 2 || now_ms - self.round.started_ms >= max_wait
     }
 
     /// Applies the writer's reports: a durable checkpoint moves its partition's checkpointed
@@ -832,7 +821,7 @@ mod tests {
     }
 
     #[test]
-    fn a_checkpoint_round_encodes_in_a_gap_between_evaluations_or_once_it_waited_an_interval() {
+    fn a_checkpoint_round_encodes_in_the_first_half_of_a_slide_or_once_it_waited_an_interval() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::default();
         cfg.state.dir = dir.path().to_string_lossy().into_owned();
@@ -859,8 +848,7 @@ mod tests {
         let metrics = p.pipeline.metrics().clone();
         let encodings = || metrics.checkpoint_encode_totals().0;
 
-        // The last encoding took half a slide: with 40 % of the slide left it does not fit.
-        p.offsets.get_mut(&shard).unwrap().encode_ms = Some(slide / 2);
+        // With 40 % of the slide left until the next evaluation, the round waits.
         let start = evaluated + slide * 6 / 10;
         p.start_checkpoint(start);
         p.resume_checkpoint(start + 14_999);
@@ -875,7 +863,6 @@ mod tests {
         feed(&mut p, &shard, 10..20);
         p.processed(&shard, 20);
         let evaluated = p.pipeline.shard(&shard).unwrap().evaluated_at_ms().unwrap();
-        p.offsets.get_mut(&shard).unwrap().encode_ms = Some(slide / 2);
         p.start_checkpoint(evaluated + 1_000);
         assert_eq!(encodings(), 2);
         assert_eq!(finished(&mut p), [(shard.clone(), 20)]);
