@@ -14,8 +14,8 @@
 //! so a periodic round encodes each partition in a gap between evaluations at detection
 //! boundaries, where the pause delays no alert. Periodic checkpoints do not wait for the writer:
 //! the consumer goes on while the bytes go to disk and to Kafka, and commits when the writer
-//! reports them durable. Revocation and shutdown wait, since the partition's next owner reads what they
-//! write.
+//! reports them durable. Revocation and shutdown wait, since the partition's next owner reads
+//! what they write.
 //!
 //! Any snapshot at offset N is the state of the partition's first N messages, whichever instance
 //! wrote it, so choosing the one with the highest offset is always right.
@@ -364,14 +364,13 @@ impl Partitions {
         tracing::debug!(topic = %shard.topic, partition = shard.partition, seconds = took.as_secs_f64(),
                         round_started_ms_ago = self.round.active.then(|| now_ms - self.round.started_ms),
                         "checkpoint encoded");
-        let assigned_at = o.assigned_at;
         match encoded {
             Ok(bytes) => {
                 self.seq += 1;
                 Some(Save {
                     shard: shard.clone(),
                     next,
-                    assigned_at,
+                    assigned_at: o.assigned_at,
                     seq: self.seq,
                     bytes,
                 })
@@ -415,9 +414,9 @@ impl Partitions {
     /// in the first half of a detection slide, just after the shards' evaluations, when the next
     /// is expected ([`Pipeline::next_evaluation_expected_ms`]) half a slide or more from now. That
     /// leaves the encoding, and the consumer catching up with what arrived meanwhile, half a slide
-    /// at least, however long the encoding happens to take (in a live run it varies threefold for
-    /// the same partition, with what else runs on the cores). A round waits for such a gap at most
-    /// two slides and at most one checkpoint interval.
+    /// at least, however long the encoding happens to take (in a live run the same partition's
+    /// took from 0.3 to 5 s, with what else ran on the cores). A round waits for such a gap at
+    /// most two slides and at most one checkpoint interval.
     fn in_gap(&self, now_ms: i64) -> bool {
         let Some(next) = self.pipeline.next_evaluation_expected_ms(now_ms) else {
             return true;
