@@ -817,6 +817,11 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
+/// The wall clock, epoch milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// Formats epoch milliseconds as RFC 3339 UTC with millisecond precision.
 pub fn format_rfc3339_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)

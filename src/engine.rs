@@ -1239,10 +1239,7 @@ impl Engine {
                 seconds: started.elapsed().as_secs_f64(),
             });
         }
-        self.evaluated_at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_millis() as i64);
+        self.evaluated_at_ms = Some(crate::decode::now_ms());
     }
 
     /// Starts loading what evaluating the jobs after `jobs[i]` reads, which lie in arrival order

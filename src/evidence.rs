@@ -156,10 +156,9 @@ mod stored_verdict {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Verdict, D::Error> {
         let (score, signal, gates_passed, features) = Stored::deserialize(d)?;
-        let mut i = 0;
-        let features = features.map(|(value, low, high, score, weight, fired, required)| {
+        let features = std::array::from_fn(|i| {
+            let (value, low, high, score, weight, fired, required) = features[i];
             let (name, meaning) = FEATURES[i];
-            i += 1;
             FeatureScore {
                 name,
                 meaning,

@@ -10,6 +10,8 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;
 
+use crate::decode::now_ms;
+
 #[derive(Debug)]
 pub struct Health {
     assigned: AtomicBool,
@@ -76,10 +78,6 @@ impl Health {
         }
         Ok(())
     }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 #[cfg(test)]

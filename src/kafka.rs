@@ -16,7 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::future::join_all;
 use rdkafka::client::ClientContext;
@@ -38,7 +38,7 @@ use tracing::{debug, error, info, warn};
 use crate::alert::AlertRecord;
 use crate::changelog::{Changelog, SnapshotStore};
 use crate::config::{Config, ConfigError};
-use crate::decode::{DecodeLimits, UsageSample};
+use crate::decode::{now_ms, DecodeLimits, UsageSample};
 use crate::health::Health;
 use crate::http::{self, HttpState, Query};
 use crate::metrics::Metrics;
@@ -931,10 +931,4 @@ fn source_headers(headers: OwnedHeaders, m: &BorrowedMessage<'_>) -> OwnedHeader
             key: "trainspotter.source.offset",
             value: Some(&m.offset().to_string()),
         })
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

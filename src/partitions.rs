@@ -388,7 +388,10 @@ impl Partitions {
     /// there is no gap to encode it in; ends the round when none is left.
     fn advance(&mut self, now_ms: i64) {
         while self.round.active && self.round.writing.is_none() {
-            let Some(shard) = self.round.queue.last().cloned() else {
+            if !self.round.queue.is_empty() && !self.in_gap(now_ms) {
+                return;
+            }
+            let Some(shard) = self.round.queue.pop() else {
                 if !self.round.failed {
                     // Every owned partition is durable as of the round's start (one assigned since
                     // came from a checkpoint).
@@ -399,10 +402,6 @@ impl Partitions {
                 self.round = Round::default();
                 return;
             };
-            if !self.in_gap(now_ms) {
-                return;
-            }
-            self.round.queue.pop();
             if let Some(save) = self.encode(&shard, now_ms) {
                 self.round.writing = Some(save.seq);
                 self.persister.save(save);

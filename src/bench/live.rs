@@ -28,7 +28,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use super::Shape;
 use crate::config::Config;
-use crate::decode::parse_rfc3339_ms;
+use crate::decode::{now_ms, parse_rfc3339_ms};
 use crate::kafka::client_config;
 
 #[derive(Debug, Clone)]
@@ -111,12 +111,6 @@ fn spread(ms: impl Iterator<Item = i64>) -> Option<(f64, f64, f64)> {
     v.sort_by(f64::total_cmp);
     let max = *v.last()?;
     Some((quantile(&v, 0.5), quantile(&v, 0.99), max))
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A received alert record: its evaluation tick, status and when it arrived (epoch ms).
