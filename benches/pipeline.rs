@@ -1,7 +1,7 @@
 //! Throughput of the hot path: decoding (each input format), window update, detection, the engine,
-//! a batch of tenant registry updates, and a whole pipeline batch. Run with `cargo bench --bench
-//! pipeline`; results depend on the machine (report it with them). The fleet-scale harness is
-//! `trainspotter bench` (BENCHMARKS.md).
+//! a batch of tenant registry updates, a whole pipeline batch, and rendering an alert. Run with
+//! `cargo bench --bench pipeline`; results depend on the machine (report it with them). The
+//! fleet-scale harness is `trainspotter bench` (BENCHMARKS.md).
 
 use std::sync::Arc;
 
@@ -276,5 +276,31 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, windows, detection, engine, registry, pipeline);
+/// Rendering an alert: the record of a transition (`AlertBook` makes one for every new or resolved
+/// alert) as the Kafka record's CloudEvent, the demo's pretraining run's `TrainingSuspected`.
+fn alerts(c: &mut Criterion) {
+    let mut engine = Engine::new(&Config::default()).unwrap();
+    let mut fleet = Fleet::demo(T0, 4, 7);
+    let mut samples = Vec::new();
+    let mut records = Vec::new();
+    for m in 0..4 * 60 {
+        samples.clear();
+        fleet.samples_at(T0 + m * 60_000, &mut samples);
+        for s in &samples {
+            engine.apply(s);
+        }
+        records.extend(engine.drain_alerts());
+    }
+    let record = records
+        .iter()
+        .find(|r| r.job.as_deref() == Some("pretrain-70b"))
+        .expect("the pretraining run is suspected within 4 hours");
+    let mut g = c.benchmark_group("alerts");
+    g.bench_function("cloudevent_of_a_training_alert", |b| {
+        b.iter(|| record.to_cloudevent("/trainspotter"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode, windows, detection, engine, registry, pipeline, alerts);
 criterion_main!(benches);

@@ -184,46 +184,78 @@ pub fn dedup_key(name: AlertName, entity: &Entity, threshold: Option<f64>) -> St
 }
 
 /// One alert transition or re-send: the `data` of the CloudEvent and one line of `replay` output.
+/// Its members are serialized in name order (as a JSON object with sorted keys would be).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertRecord {
-    pub status: Status,
     pub alertname: AlertName,
-    pub severity: Severity,
-    pub scope: Scope,
-    /// The tenant (empty for an organisation alert).
-    pub tenant: String,
+    #[serde(rename = "dedup_key")]
+    pub dedup_key: String,
+    pub ends_at: Option<String>,
+    #[serde(rename = "estimated_flop", serialize_with = "flop_by_name")]
+    pub estimated_flop: FlopEstimate,
+    pub eta: Option<String>,
+    pub evidence: serde_json::Value,
     pub job: Option<String>,
     /// The organisation alerted on, or the organisation of the tenant.
     pub organisation: Option<String>,
+    pub scope: Scope,
+    pub severity: Severity,
     pub starts_at: String,
-    pub ends_at: Option<String>,
+    pub status: Status,
     pub summary: String,
-    pub evidence: serde_json::Value,
-    #[serde(rename = "estimated_flop")]
-    pub estimated_flop: FlopEstimate,
+    /// The tenant (empty for an organisation alert).
+    pub tenant: String,
     pub threshold: Option<f64>,
-    pub eta: Option<String>,
-    #[serde(rename = "dedup_key")]
-    pub dedup_key: String,
     /// Event time of this record (evaluation time), epoch ms.
     #[serde(skip)]
     pub time_ms: i64,
 }
 
+/// A FLOP estimate's members in name order.
+fn flop_by_name<S: serde::Serializer>(f: &FlopEstimate, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("FlopEstimate", 3)?;
+    st.serialize_field("central", &f.central)?;
+    st.serialize_field("high", &f.high)?;
+    st.serialize_field("low", &f.low)?;
+    st.end()
+}
+
+/// The CloudEvents 1.0 structured-mode envelope of a record, its members in name order.
+#[derive(Serialize)]
+struct CloudEvent<'a> {
+    data: &'a AlertRecord,
+    datacontenttype: &'static str,
+    id: String,
+    source: &'a str,
+    specversion: &'static str,
+    subject: &'a str,
+    time: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
 impl AlertRecord {
-    /// The CloudEvents 1.0 structured-mode JSON envelope for the alert topic.
-    pub fn to_cloudevent(&self, source: &str) -> serde_json::Value {
-        serde_json::json!({
-            "specversion": "1.0",
-            "type": "io.trainspotter.alert",
-            "source": source,
-            "id": format!("{}|{}|{}", self.dedup_key, self.status.as_str(), self.time_ms),
-            "time": format_rfc3339_ms(self.time_ms),
-            "subject": self.dedup_key,
-            "datacontenttype": "application/json",
-            "data": self,
+    /// The CloudEvents 1.0 structured-mode JSON envelope for the alert topic, serialized in one
+    /// pass (no intermediate JSON tree).
+    pub fn to_cloudevent(&self, source: &str) -> String {
+        serde_json::to_string(&CloudEvent {
+            data: self,
+            datacontenttype: "application/json",
+            id: format!(
+                "{}|{}|{}",
+                self.dedup_key,
+                self.status.as_str(),
+                self.time_ms
+            ),
+            source,
+            specversion: "1.0",
+            subject: &self.dedup_key,
+            time: format_rfc3339_ms(self.time_ms),
+            kind: "io.trainspotter.alert",
         })
+        .expect("an alert record serializes")
     }
 }
 
@@ -502,8 +534,10 @@ mod tests {
             1_714_564_800_000,
             &mut out,
         );
-        let ce = out[0].to_cloudevent("/trainspotter");
+        let ce: serde_json::Value =
+            serde_json::from_str(&out[0].to_cloudevent("/trainspotter")).unwrap();
         assert_eq!(ce["specversion"], "1.0");
+        assert_eq!(ce["type"], "io.trainspotter.alert");
         assert_eq!(ce["time"], "2024-05-01T12:00:00.000Z");
         assert_eq!(ce["data"]["status"], "firing");
         assert_eq!(ce["data"]["alertname"], "TrainingSuspected");

@@ -893,7 +893,7 @@ impl Worker {
         let sends = alerts.iter().map(|a| {
             let headers = &headers;
             async move {
-                let body = a.to_cloudevent(source).to_string();
+                let body = a.to_cloudevent(source);
                 let handed = Instant::now();
                 self.produce_until_acked(
                     &self.cfg.kafka.alert_topic,
