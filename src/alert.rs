@@ -195,7 +195,10 @@ pub struct AlertRecord {
     #[serde(rename = "estimated_flop", serialize_with = "flop_by_name")]
     pub estimated_flop: FlopEstimate,
     pub eta: Option<String>,
-    pub evidence: serde_json::Value,
+    /// What the condition rests on, as held; serialized as the JSON object
+    /// ([`crate::evidence::render`]).
+    #[serde(serialize_with = "crate::evidence::render")]
+    pub evidence: Evidence,
     pub job: Option<String>,
     /// The organisation alerted on, or the organisation of the tenant.
     pub organisation: Option<String>,
@@ -306,7 +309,7 @@ impl AlertBook {
             starts_at: format_rfc3339_ms(a.starts_ms),
             ends_at: (status == Status::Resolved).then(|| format_rfc3339_ms(now_ms)),
             summary: c.summary.clone(),
-            evidence: c.evidence.to_json(),
+            evidence: c.evidence.clone(),
             estimated_flop: c.estimated_flop,
             threshold: c.threshold,
             eta: c.eta_ms.map(format_rfc3339_ms),

@@ -146,7 +146,7 @@ fn alert(a: &AlertRecord, ends_at: &str, generator_url: &str) -> serde_json::Val
     }
     let mut annotations = json!({
         "summary": a.summary,
-        "evidence": a.evidence.to_string(),
+        "evidence": a.evidence.to_json_string(),
         "estimated_flop": format!("{:e}", a.estimated_flop.central),
         "dedup_key": a.dedup_key,
     });

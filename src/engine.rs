@@ -2470,8 +2470,14 @@ mod tests {
         assert_eq!(a.scope, crate::alert::Scope::Tenant);
         assert_eq!(a.tenant, "acme");
         assert_eq!(a.job, None);
-        assert_eq!(a.evidence["group"]["jobs"].as_array().unwrap().len(), 8);
-        assert_eq!(a.evidence["features"][0]["value"], 256.0);
+        assert_eq!(
+            a.evidence.to_json()["group"]["jobs"]
+                .as_array()
+                .unwrap()
+                .len(),
+            8
+        );
+        assert_eq!(a.evidence.to_json()["features"][0]["value"], 256.0);
         assert!(e.job_reports().iter().all(|j| !j.suspected));
     }
 
@@ -2484,7 +2490,7 @@ mod tests {
         let alerts = e.drain_alerts();
         let fired = training_alerts(&alerts);
         assert_eq!(fired.len(), 1, "{fired:#?}");
-        assert_eq!(fired[0].evidence["features"][0]["value"], 64.0);
+        assert_eq!(fired[0].evidence.to_json()["features"][0]["value"], 64.0);
         let mut fewer = engine();
         for s in (0..240).flat_map(|step| {
             let ts = T0 + step * 30_000;
@@ -2524,7 +2530,7 @@ mod tests {
             let alerts = e.drain_alerts();
             training_alerts(&alerts)
                 .iter()
-                .map(|a| (a.dedup_key.clone(), a.evidence.to_string()))
+                .map(|a| (a.dedup_key.clone(), a.evidence.to_json_string()))
                 .collect::<Vec<_>>()
         };
         let forward = run(false);
@@ -2583,8 +2589,9 @@ mod tests {
         assert_eq!(a.scope, crate::alert::Scope::Organisation);
         assert_eq!(a.organisation.as_deref(), Some("acme"));
         assert_eq!(a.dedup_key, "TrainingSuspected||||acme");
-        assert_eq!(a.evidence["features"][0]["value"], 128.0);
-        let members: Vec<&str> = a.evidence["tenant_context"]["tenants"]
+        let evidence = a.evidence.to_json();
+        assert_eq!(evidence["features"][0]["value"], 128.0);
+        let members: Vec<&str> = evidence["tenant_context"]["tenants"]
             .as_array()
             .unwrap()
             .iter()
@@ -2728,7 +2735,7 @@ mod tests {
         assert_eq!(crossed[0].threshold, Some(1e19));
         assert_eq!(crossed[0].severity, Severity::Critical);
         assert_eq!(
-            crossed[0].evidence["threshold_policy"]["nominal_threshold"],
+            crossed[0].evidence.to_json()["threshold_policy"]["nominal_threshold"],
             1e23
         );
         let training = training_alerts(&alerts);
@@ -2737,7 +2744,7 @@ mod tests {
             Severity::Critical,
             "raised from warning"
         );
-        let ctx = &training[0].evidence["tenant_context"];
+        let ctx = &training[0].evidence.to_json()["tenant_context"];
         assert_eq!(ctx["jurisdiction"], "DE");
         assert_eq!(ctx["verification"], "pending");
         assert_eq!(ctx["policy_rules"][0], "foreign");

@@ -157,8 +157,10 @@ enum Command {
     /// Measure throughput and memory on a generated fleet (see BENCHMARKS.md): decoding alone,
     /// the whole pipeline on one thread, the state's bytes per job and per device series, RSS,
     /// and writing and restoring a checkpoint of the state. Prints a markdown table. Logs nothing
-    /// unless TRAINSPOTTER_LOG sets a filter (e.g. trainspotter=debug: the daemon's log in a live
-    /// run, on standard error).
+    /// unless TRAINSPOTTER_LOG sets a filter, on standard error (e.g.
+    /// trainspotter::partitions=debug,trainspotter::pipeline=debug: each evaluation and checkpoint
+    /// encoding of a live run; trainspotter=debug also logs every alert delivered, which slows a
+    /// run with thousands of alerts).
     Bench {
         /// Devices, one event each per round.
         #[arg(long, default_value_t = 1_000_000)]
