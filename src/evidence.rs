@@ -1,12 +1,14 @@
 //! What an alert condition rests on, kept as values and rendered to JSON only when a record is
-//! made.
+//! serialized.
 //!
 //! The engine restates every held condition at every evaluation, so that a re-sent or resolved
 //! record, and the active set an Alertmanager sink is told, show the evidence of the latest
 //! evaluation. Most restatements are never rendered: a training verdict's evidence is therefore
-//! held as the numbers and names it is made of ([`TrainingEvidence`]), and [`Evidence::to_json`]
-//! renders it when a record needs it. Building the JSON tree at every evaluation instead took about
-//! 40% of the evaluation's time with 20,000 jobs suspected (BENCHMARKS.md).
+//! held as the numbers and names it is made of ([`TrainingEvidence`]). Building the JSON tree at
+//! every evaluation instead took about 40% of the evaluation's time with 20,000 jobs suspected
+//! (BENCHMARKS.md). An alert record holds the evidence as values too, and [`render`] serializes
+//! it straight to the JSON object when the record is written ([`Evidence::to_json`] builds the
+//! tree, for whoever needs one).
 //!
 //! Checkpoints store evidence as it is held: JSON as text (binary formats cannot carry a
 //! self-describing value), a training verdict as its values, its features' names and meanings
