@@ -102,9 +102,12 @@ impl TrainingEvidence {
 impl Evidence {
     /// The JSON object an alert record carries, as text, serialized straight from the values.
     pub fn to_json_string(&self) -> String {
-        let mut out = Vec::new();
-        render(self, &mut serde_json::Serializer::new(&mut out)).expect("evidence serializes");
-        String::from_utf8(out).expect("serde_json writes UTF-8")
+        match self {
+            Evidence::Json(v) => v.to_string(),
+            Evidence::Training(t) => {
+                serde_json::to_string(&Rendered(t)).expect("evidence serializes to JSON")
+            }
+        }
     }
 }
 
