@@ -208,6 +208,14 @@ impl Windows {
         crate::prefetch::slice(&self.rings);
     }
 
+    /// Starts loading every ring's panes (for a pass over all of them).
+    #[inline]
+    pub fn prefetch_panes(&self) {
+        for ring in &self.rings {
+            ring.prefetch();
+        }
+    }
+
     /// Adds `usage` at event time `ts_ms` to every window that still retains its pane.
     pub fn add(&mut self, specs: &[WindowSpec], ts_ms: i64, usage: &Usage) {
         if self.rings.len() != specs.len() {
