@@ -65,6 +65,16 @@ impl Evidence {
         }
     }
 
+    /// The JSON object an alert record carries, as text, serialized straight from the values.
+    pub fn to_json_string(&self) -> String {
+        match self {
+            Evidence::Json(v) => v.to_string(),
+            Evidence::Training(t) => {
+                serde_json::to_string(&Rendered(t)).expect("evidence serializes to JSON")
+            }
+        }
+    }
+
     /// Adds (or replaces) the member `key` of the rendered object; on evidence that is not an
     /// object, nothing. `key` is one of [`EXTRA_MEMBERS`], the names a checkpoint can restore.
     pub fn insert(&mut self, key: &'static str, value: serde_json::Value) {
@@ -96,18 +106,6 @@ impl TrainingEvidence {
     /// The JSON object alerts carry (what [`Rendered`] serializes).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(Rendered(self)).expect("evidence serializes to JSON")
-    }
-}
-
-impl Evidence {
-    /// The JSON object an alert record carries, as text, serialized straight from the values.
-    pub fn to_json_string(&self) -> String {
-        match self {
-            Evidence::Json(v) => v.to_string(),
-            Evidence::Training(t) => {
-                serde_json::to_string(&Rendered(t)).expect("evidence serializes to JSON")
-            }
-        }
     }
 }
 
