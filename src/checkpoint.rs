@@ -113,13 +113,29 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
 /// left for the prefix (bincode's `serialize` would walk it twice, sizing first, and the payload
 /// would then be copied behind the prefix).
 pub fn encode(header: &Header, state: &State) -> Result<Vec<u8>, CheckpointError> {
-    let mut out = vec![0; PREFIX_LEN];
+    let mut out = Vec::new();
+    encode_into(header, state, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode`] into `out`, replacing what it held. Encoding into a buffer kept from the previous
+/// checkpoint writes to memory the process already has: a new buffer of a few hundred MiB is
+/// paged in on first write, each page zeroed by the kernel (and, on a virtual machine that gives
+/// freed memory back to its host, fetched from the host first), which can take longer than the
+/// encoding itself.
+pub fn encode_into(
+    header: &Header,
+    state: &State,
+    out: &mut Vec<u8>,
+) -> Result<(), CheckpointError> {
+    out.clear();
+    out.resize(PREFIX_LEN, 0);
     opts()
-        .serialize_into(&mut out, &Borrowed { header, state })
+        .serialize_into(&mut *out, &Borrowed { header, state })
         .map_err(|e| CheckpointError::Encode(e.to_string()))?;
     let prefix = prefix(&out[PREFIX_LEN..]);
     out[..PREFIX_LEN].copy_from_slice(&prefix);
-    Ok(out)
+    Ok(())
 }
 
 /// The prefix of an encoded payload's file: magic, version, payload length, CRC-32.
@@ -326,6 +342,22 @@ mod tests {
         restored.finish();
         assert_eq!(restored.job_reports(), original.job_reports());
         assert_eq!(restored.drain_alerts(), original.drain_alerts());
+    }
+
+    #[test]
+    fn encoding_into_a_used_buffer_gives_the_bytes_of_a_fresh_encoding() {
+        let big = engine_with_data();
+        let small = Engine::new(&Config::default()).unwrap();
+        let mut buf = Vec::new();
+        encode_into(&header(&big, 7200), big.state(), &mut buf).unwrap();
+        let big_len = buf.len();
+        // A smaller checkpoint after a larger one: nothing of the larger is left behind.
+        encode_into(&header(&small, 1), small.state(), &mut buf).unwrap();
+        assert!(buf.len() < big_len);
+        assert_eq!(buf, encode(&header(&small, 1), small.state()).unwrap());
+        assert!(decode(Path::new("buf"), &buf).is_ok());
+        encode_into(&header(&big, 7200), big.state(), &mut buf).unwrap();
+        assert_eq!(buf, encode(&header(&big, 7200), big.state()).unwrap());
     }
 
     #[test]

@@ -356,7 +356,8 @@ impl Partitions {
             written_at_ms: now_ms,
         };
         let started = std::time::Instant::now();
-        let encoded = checkpoint::encode(&header, engine.state());
+        let mut bytes = self.persister.buffer();
+        let encoded = checkpoint::encode_into(&header, engine.state(), &mut bytes);
         let took = started.elapsed();
         self.pipeline
             .metrics()
@@ -365,7 +366,7 @@ impl Partitions {
                         round_started_ms_ago = self.round.active.then(|| now_ms - self.round.started_ms),
                         "checkpoint encoded");
         match encoded {
-            Ok(bytes) => {
+            Ok(()) => {
                 self.seq += 1;
                 Some(Save {
                     shard: shard.clone(),

@@ -36,15 +36,16 @@ pub struct Save {
 }
 
 impl Save {
-    /// Its outcome; the encoded bytes are let go.
-    fn outcome(self, durable: bool) -> Saved {
-        Saved {
+    /// Its outcome, and the buffer that held the encoded bytes.
+    fn outcome(self, durable: bool) -> (Saved, Vec<u8>) {
+        let saved = Saved {
             shard: self.shard,
             next: self.next,
             assigned_at: self.assigned_at,
             seq: self.seq,
             durable,
-        }
+        };
+        (saved, self.bytes)
     }
 }
 
@@ -109,8 +110,17 @@ impl Persister {
         if let Err(mpsc::SendError(Job::Save(s))) = self.send(Job::Save(save)) {
             error!(topic = %s.shard.topic, partition = s.shard.partition,
                    "the checkpoint writer has stopped; checkpoint not written");
-            self.reports.push(s.outcome(false));
+            self.reports.push(s.outcome(false).0);
         }
+    }
+
+    /// A buffer to encode the next checkpoint into ([`checkpoint::encode_into`]): the one the
+    /// largest save written since the last call was in, or a new one. The writer keeps one such
+    /// buffer (its pages stay with the process, so the next encoding does not wait for the kernel
+    /// to provide and zero them); the memory it holds is that of the largest checkpoint, which
+    /// the process needs at every checkpoint anyway.
+    pub fn buffer(&self) -> Vec<u8> {
+        lock(&self.reports.spare).take().unwrap_or_default()
     }
 
     /// The newest complete snapshot of `shard` in the changelog, read after every job handed over
@@ -140,7 +150,7 @@ impl Persister {
 
     /// The outcomes reported since the last call, in the order the saves were handed over.
     pub fn take_saved(&self) -> Vec<Saved> {
-        std::mem::take(&mut *self.reports.saved.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *lock(&self.reports.saved))
     }
 
     /// Notified after each outcome is reported (a notification given while nobody waits is kept
@@ -162,16 +172,33 @@ impl Persister {
 struct Reports {
     saved: Mutex<Vec<Saved>>,
     signal: Arc<Notify>,
+    /// The buffer of a written save, for the next encoding ([`Persister::buffer`]).
+    spare: Mutex<Option<Vec<u8>>>,
 }
 
 impl Reports {
     fn push(&self, saved: Saved) {
-        self.saved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(saved);
+        lock(&self.saved).push(saved);
         self.signal.notify_one();
     }
+
+    /// Keeps the larger of `bytes` and the spare buffer. A buffer more than twice as large as
+    /// what it held is first cut down to twice that, so it follows a state that shrank (ended
+    /// jobs let go, partitions given up).
+    fn recycle(&self, mut bytes: Vec<u8>) {
+        bytes.shrink_to(bytes.len().saturating_mul(2));
+        let mut spare = lock(&self.spare);
+        if spare
+            .as_ref()
+            .is_none_or(|s| s.capacity() < bytes.capacity())
+        {
+            *spare = Some(bytes);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Drop for Persister {
@@ -197,7 +224,10 @@ impl Writer {
             match job {
                 Job::Save(s) => {
                     let durable = self.write(&s);
-                    self.reports.push(s.outcome(durable));
+                    let (saved, bytes) = s.outcome(durable);
+                    // Before the report, so the encoding it lets start finds the buffer.
+                    self.reports.recycle(bytes);
+                    self.reports.push(saved);
                 }
                 Job::Load(shard, reply) => {
                     let loaded = match self.changelog.as_mut() {
@@ -234,5 +264,43 @@ impl Writer {
                 .checkpoint_written(Store::Changelog, s.bytes.len());
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn save(seq: u64, bytes: Vec<u8>) -> Save {
+        Save {
+            shard: Shard::new("gpu-usage", 0),
+            next: seq as i64,
+            assigned_at: 0,
+            seq,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn the_buffer_of_the_largest_written_save_is_handed_back_for_the_next_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Persister::start(dir.path().into(), None, Arc::new(Metrics::new()));
+        assert_eq!(p.buffer().capacity(), 0, "a new buffer before any save");
+        let mut large = Vec::with_capacity(4096);
+        large.resize(3000, 1);
+        p.save(save(1, large));
+        p.save(save(2, vec![2; 64]));
+        p.wait();
+        assert_eq!(p.take_saved().len(), 2);
+        let kept = p.buffer();
+        assert!(kept.capacity() >= 4096, "the larger buffer is kept");
+        assert_eq!(p.buffer().capacity(), 0, "a buffer is handed out once");
+        // A buffer much larger than what it held is cut down.
+        let mut oversized = Vec::with_capacity(1 << 20);
+        oversized.resize(100, 3);
+        p.save(save(3, oversized));
+        p.wait();
+        let kept = p.buffer();
+        assert!(kept.capacity() < 1 << 20 && kept.capacity() >= 100);
     }
 }
