@@ -79,6 +79,9 @@ pub struct LiveOutcome {
     /// The same without the records of the first evaluation tick that raised any: the jobs of the
     /// generated fleet all start with the run, so that tick fires every training job at once.
     pub e2e_after_first_tick_ms: Option<(f64, f64, f64)>,
+    /// The end-to-end latency of the slowest record of each evaluation tick that raised records,
+    /// in tick order, milliseconds: a tick is as late as its slowest record.
+    pub slowest_per_tick_ms: Vec<i64>,
     /// The daemon's part (`trainspotter_alerts_delivery_seconds`): records observed, their mean,
     /// and the upper bound of the bucket holding the 99th percentile, seconds.
     pub delivery_count: u64,
@@ -103,6 +106,18 @@ pub struct LiveOutcome {
     pub records: Vec<(i64, bool, Option<i64>)>,
     /// RSS growth after the warm-up, percent per hour of the mean RSS.
     pub rss_growth_pct_per_h: Option<f64>,
+}
+
+/// The largest latency of each tick's records, in tick order (records of unknown latency left out).
+fn slowest_per_tick(records: &[(i64, bool, Option<i64>)]) -> Vec<i64> {
+    let mut by_tick: std::collections::BTreeMap<i64, i64> = std::collections::BTreeMap::new();
+    for &(tick, _, latency) in records {
+        if let Some(ms) = latency {
+            let slowest = by_tick.entry(tick).or_insert(ms);
+            *slowest = (*slowest).max(ms);
+        }
+    }
+    by_tick.into_values().collect()
 }
 
 /// Median, 99th percentile and largest of `ms`; `None` when empty.
@@ -387,6 +402,7 @@ async fn drive(
         alerts_resolved: received.iter().filter(|a| !a.firing).count(),
         e2e_ms,
         e2e_after_first_tick_ms,
+        slowest_per_tick_ms: slowest_per_tick(&records),
         delivery_count,
         delivery_mean_s: delivery_s / delivery_count.max(1) as f64,
         acknowledgement_mean_s: acknowledgement_s / delivery_count.max(1) as f64,
@@ -470,6 +486,22 @@ pub fn table(o: &LiveOutcome) -> String {
             latencies(o.e2e_after_first_tick_ms),
         ),
         (
+            "slowest record of each tick, in order".into(),
+            match o.slowest_per_tick_ms.split_first() {
+                None => "no records".into(),
+                Some((first, rest)) => format!(
+                    "{} ms; after the first tick, {} of {} ticks slower than 1 s",
+                    std::iter::once(first)
+                        .chain(rest)
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    rest.iter().filter(|&&ms| ms > 1000).count(),
+                    rest.len()
+                ),
+            },
+        ),
+        (
             "alert latency, daemon (batch received to acknowledged)".into(),
             match o.delivery_p99_bound_s {
                 _ if o.delivery_count == 0 => "no records".into(),
@@ -526,7 +558,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slope_of_a_line_and_quantiles_by_nearest_rank_and_latency_spreads() {
+    fn slope_of_a_line_and_quantiles_by_nearest_rank_and_latency_spreads_and_each_ticks_slowest() {
         let line: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 3.0 + 2.0 * i as f64)).collect();
         assert!((slope(&line).unwrap() - 2.0).abs() < 1e-12);
         assert_eq!(slope(&line[..2]), None);
@@ -536,6 +568,14 @@ mod tests {
         assert_eq!(quantile(&v[..1], 0.99), 1.0);
         assert_eq!(spread([30, 10, 20].into_iter()), Some((20.0, 30.0, 30.0)));
         assert_eq!(spread(std::iter::empty()), None);
+        let records = [
+            (20, true, Some(900)),
+            (10, true, Some(2500)),
+            (20, false, Some(1300)),
+            (10, true, Some(800)),
+            (30, true, None),
+        ];
+        assert_eq!(slowest_per_tick(&records), [2500, 1300]);
         let buckets = [(0.01, 90), (0.1, 99), (1.0, 100)];
         assert_eq!(bucket_quantile(&buckets, 100, 0.99), Some(0.1));
         assert_eq!(bucket_quantile(&buckets, 100, 1.0), Some(1.0));
