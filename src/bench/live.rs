@@ -489,10 +489,10 @@ pub fn table(o: &LiveOutcome) -> String {
             "slowest record of each tick, in order".into(),
             match o.slowest_per_tick_ms.split_first() {
                 None => "no records".into(),
-                Some((first, rest)) => format!(
+                Some((_, rest)) => format!(
                     "{} ms; after the first tick, {} of {} ticks slower than 1 s",
-                    std::iter::once(first)
-                        .chain(rest)
+                    o.slowest_per_tick_ms
+                        .iter()
                         .map(i64::to_string)
                         .collect::<Vec<_>>()
                         .join(", "),
