@@ -234,7 +234,7 @@ pub struct KafkaConfig {
     pub alert_topic: String,
     /// Topic rejected events are produced to, with the reason in headers.
     pub dead_letter_topic: String,
-    /// Most messages handled as one batch.
+    /// Most messages handled as one batch (which also holds at most 16 MiB of payloads).
     pub batch_max: usize,
     /// Longest wait to fill a batch once its first message arrived.
     pub batch_wait: HumanDuration,
@@ -270,7 +270,7 @@ impl Default for KafkaConfig {
             topics: vec!["gpu-usage".into()],
             alert_topic: "trainspotter-alerts".into(),
             dead_letter_topic: "trainspotter-dead-letter".into(),
-            batch_max: 4096,
+            batch_max: 16_384,
             batch_wait: HumanDuration(Duration::from_millis(50)),
             session_timeout: HumanDuration::secs(45),
             drain_timeout: None,

@@ -2,7 +2,8 @@
 //! producer and the HTTP server.
 //!
 //! One task owns the state ([`Partitions`]: one engine per assigned partition). It reads a batch (up
-//! to `batch_max` messages or `batch_wait`), decodes and applies it partition by partition, writes
+//! to `batch_max` messages or 16 MiB of payloads, or what arrives within `batch_wait`), decodes and
+//! applies it partition by partition, writes
 //! every rejected message to the dead-letter topic and every alert record to the alert topic, and
 //! waits for the broker to acknowledge all of them before it records the batch's offsets as
 //! processed. Every `state.checkpoint_interval`, on revocation and at shutdown, the state of each
@@ -258,6 +259,15 @@ pub const FETCH_PROPERTIES: [(&str, &str); 5] = [
     ("fetch.wait.max.ms", "100"),
     ("queued.max.messages.kbytes", "16384"),
 ];
+
+/// Most payload bytes in one batch (besides `kafka.batch_max` messages): the messages of a batch
+/// are held in librdkafka's fetch buffers until it is processed, so this bounds that memory
+/// whatever the messages' size, at the pre-fetch queue's bound.
+const BATCH_MAX_BYTES: usize = 16 << 20;
+
+fn payload_len(m: &BorrowedMessage<'_>) -> usize {
+    m.payload().map_or(0, <[u8]>::len)
+}
 
 fn consumer(cfg: &Config, ctx: Context) -> Result<StreamConsumer<Context>, KafkaError> {
     let mut c = client_config(cfg);
@@ -672,9 +682,11 @@ impl Worker {
             // Alert records raised by this batch are timed from here to their acknowledgement.
             let received = Instant::now();
             let deadline = received + batch_wait;
-            while batch.len() < batch_max {
+            let mut bytes = batch.iter().map(payload_len).sum::<usize>();
+            while batch.len() < batch_max && bytes < BATCH_MAX_BYTES {
                 match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                     Ok(Ok(m)) => {
+                        bytes += payload_len(&m);
                         batch.push(m);
                         received_at.push(generation.load(Ordering::SeqCst));
                     }
@@ -685,12 +697,22 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            let collected = Instant::now();
             let Applied {
                 rejected,
                 forward,
                 alerts,
                 next_offsets,
             } = self.apply(&batch, &received_at);
+            let applied = Instant::now();
+            debug!(
+                messages = batch.len(),
+                partitions = ?next_offsets.iter().map(|(s, _)| s.partition).collect::<Vec<_>>(),
+                alerts = alerts.len(),
+                collect_ms = (collected - received).as_millis(),
+                apply_ms = (applied - collected).as_millis(),
+                "batch applied"
+            );
             // Dead letters and alerts must be acknowledged before the offsets move on.
             // A shutdown request waits for them, within the grace period, so the batch can be
             // checkpointed.
@@ -724,6 +746,12 @@ impl Worker {
                 }
             }
             let stopping = stop_by.is_some();
+            debug!(
+                alerts = alerts.len(),
+                dead_letters = rejected.len(),
+                deliver_ms = applied.elapsed().as_millis(),
+                "batch delivered"
+            );
             self.metrics.dead_letter_produced(rejected.len() as u64);
             self.metrics.events_forwarded(forward.len() as u64);
             if !alerts.is_empty() {
