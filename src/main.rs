@@ -159,8 +159,9 @@ enum Command {
     /// and writing and restoring a checkpoint of the state. Prints a markdown table. Logs nothing
     /// unless TRAINSPOTTER_LOG sets a filter, on standard error (e.g.
     /// trainspotter::partitions=debug,trainspotter::pipeline=debug: each evaluation and checkpoint
-    /// encoding of a live run; trainspotter=debug also logs every alert delivered, which slows a
-    /// run with thousands of alerts).
+    /// encoding of a live run; trainspotter::kafka=debug (or trainspotter=debug) also logs each
+    /// batch, with its partitions, alerts and the time to apply and to deliver it, and every alert
+    /// delivered, which slows a run with thousands of alerts).
     Bench {
         /// Devices, one event each per round.
         #[arg(long, default_value_t = 1_000_000)]
