@@ -5,12 +5,13 @@
 //! to `batch_max` messages or 16 MiB of payloads, or what arrives within `batch_wait`), decodes and
 //! applies it partition by partition, writes every rejected message to the dead-letter topic and
 //! every alert record to the alert topic, and waits for the broker to acknowledge all of them
-//! before it records the batch's offsets as processed. Every `state.checkpoint_interval`, on revocation and at shutdown, the state of each
-//! partition is checkpointed together with the offset it covers, and only then is that offset
-//! committed to the group. On assignment a partition's state is restored from its checkpoint and
-//! consumption starts at the checkpoint's offset, whatever the group had committed: every message is
-//! in the state exactly once. With `state.changelog_topic` set, checkpoints also go to a compacted
-//! topic ([`crate::changelog`]) so that another instance can restore a partition it takes over.
+//! before it records the batch's offsets as processed. Every `state.checkpoint_interval`, on
+//! revocation and at shutdown, the state of each partition is checkpointed together with the offset
+//! it covers, and only then is that offset committed to the group. On assignment a partition's
+//! state is restored from its checkpoint and consumption starts at the checkpoint's offset, whatever
+//! the group had committed: every message is in the state exactly once. With
+//! `state.changelog_topic` set, checkpoints also go to a compacted topic ([`crate::changelog`]) so
+//! that another instance can restore a partition it takes over.
 
 use std::future::Future;
 use std::net::SocketAddr;
