@@ -269,6 +269,11 @@ fn payload_len(m: &BorrowedMessage<'_>) -> usize {
     m.payload().map_or(0, <[u8]>::len)
 }
 
+/// Whether a batch of `messages` holding `bytes` of payloads may take another message.
+fn batch_has_room(messages: usize, bytes: usize, batch_max: usize) -> bool {
+    messages < batch_max && bytes < BATCH_MAX_BYTES
+}
+
 fn consumer(cfg: &Config, ctx: Context) -> Result<StreamConsumer<Context>, KafkaError> {
     let mut c = client_config(cfg);
     c.set("group.id", &cfg.kafka.group_id)
@@ -683,7 +688,7 @@ impl Worker {
             let received = Instant::now();
             let deadline = received + batch_wait;
             let mut bytes = batch.iter().map(payload_len).sum::<usize>();
-            while batch.len() < batch_max && bytes < BATCH_MAX_BYTES {
+            while batch_has_room(batch.len(), bytes, batch_max) {
                 match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                     Ok(Ok(m)) => {
                         bytes += payload_len(&m);
@@ -959,4 +964,23 @@ fn source_headers(headers: OwnedHeaders, m: &BorrowedMessage<'_>) -> OwnedHeader
             key: "trainspotter.source.offset",
             value: Some(&m.offset().to_string()),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch takes messages until it holds `kafka.batch_max` of them or 16 MiB of payloads,
+    /// whichever comes first; a message larger than that makes a batch of its own.
+    #[test]
+    fn a_batch_stops_at_batch_max_messages_or_16_mib_of_payloads() {
+        const MIB: usize = 1 << 20;
+        assert!(batch_has_room(0, 0, 16_384));
+        assert!(batch_has_room(16_383, 16_383 * 300, 16_384));
+        assert!(!batch_has_room(16_384, 16_384 * 300, 16_384));
+        assert!(batch_has_room(15, 15 * MIB, 16_384));
+        assert!(!batch_has_room(16, 16 * MIB, 16_384));
+        assert!(!batch_has_room(1, 20 * MIB, 16_384));
+        assert!(!batch_has_room(1, 300, 1));
+    }
 }
