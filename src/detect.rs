@@ -198,7 +198,9 @@ pub fn features(
     if panes.is_empty() {
         return f;
     }
-    let mut values: Values = panes.iter().map(|p| p.accelerators as f64).collect();
+    // Filled in place (collecting would build the array and then move it).
+    let mut values = Values::new();
+    values.extend(panes.iter().map(|p| p.accelerators as f64));
     f.accelerators = median(&mut values);
     let (mw, ms) = panes.iter().fold((0.0f64, 0.0f64), |(w, s), p| {
         (w + p.memory.weight as f64, s + p.memory.sum as f64)

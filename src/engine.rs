@@ -679,6 +679,17 @@ pub struct Engine {
     evaluations: Vec<Evaluation>,
     /// [`Engine::evaluated_at_ms`] (not state: nothing the engine decides depends on it).
     evaluated_at_ms: Option<i64>,
+    /// Each tenant's context under the registry in force, as alert evidence carries it, shared by
+    /// the conditions that hold it (not state: taken again from the registry).
+    contexts: TenantContexts,
+}
+
+/// Tenants' alert contexts under one registry (by its epoch): made once for each tenant, not once
+/// for each condition at every evaluation.
+#[derive(Default)]
+struct TenantContexts {
+    epoch: u32,
+    by_tenant: AHashMap<Arc<str>, (Option<String>, Arc<serde_json::Value>)>,
 }
 
 /// How long one evaluation took: the wall time of the only clock reading the engine makes, for
@@ -702,16 +713,23 @@ static GROUP_HASH: LazyLock<ahash::RandomState> =
 /// The detection panes of a verdict's span (on the stack up to an hour of one-minute slides).
 type Panes = SmallVec<[DetectPane; 64]>;
 
-/// A job that may be one part of a larger run: it passed the duration and activity gates.
+/// A job that may be one part of a larger run: it passed the duration and activity gates. It
+/// names its job by position in the evaluation's list of jobs and its owner by hash, so that
+/// ordering and grouping the candidates reads no names unless two hashes tie.
 struct GroupCandidate {
-    key: JobKey,
+    /// The job's position in the list of jobs being evaluated.
+    job: u32,
     /// [`GROUP_HASH`] of the key.
     key_hash: u64,
     /// The key's hash in the job table (to find the job again without reading its names).
     table_hash: u64,
-    /// The tenant, or its organisation in the tenant registry, and its [`GROUP_HASH`].
-    owner: Entity,
+    /// The owner: the tenant's organisation in the tenant registry, or else the tenant (the
+    /// job's); and the owner's [`GROUP_HASH`] (of its kind and name).
+    org: Option<Arc<str>>,
     owner_hash: u64,
+    /// The address of the owner's name (equal addresses: the same owner, without reading the
+    /// list of jobs or the name).
+    owner_name_at: *const u8,
     /// The owner's training-score threshold.
     threshold: f64,
     first_ts: i64,
@@ -719,6 +737,50 @@ struct GroupCandidate {
     /// The most accelerators the job had in one detection pane (no pane of a group can hold more
     /// than the sum of its jobs').
     max_concurrent: f32,
+}
+
+impl GroupCandidate {
+    /// The owner's name: the organisation's, or the tenant's (of `jobs[self.job]`).
+    fn owner_name<'a>(&'a self, jobs: &'a [JobKey]) -> (&'a str, &'a str) {
+        match &self.org {
+            Some(org) => ("", org),
+            None => (&jobs[self.job as usize].tenant, ""),
+        }
+    }
+
+    /// Whether `o` has the same owner: by hash, then by the names' copies, then by the names.
+    fn same_owner(&self, o: &GroupCandidate, jobs: &[JobKey]) -> bool {
+        if self.owner_hash != o.owner_hash {
+            return false;
+        }
+        if self.owner_name_at == o.owner_name_at {
+            return true;
+        }
+        match (&self.org, &o.org) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => jobs[self.job as usize].tenant == jobs[o.job as usize].tenant,
+            _ => false,
+        }
+    }
+
+    /// Orders owners by hash, then (when two hashes tie) as their entities order.
+    fn cmp_owner(&self, o: &GroupCandidate, jobs: &[JobKey]) -> std::cmp::Ordering {
+        self.owner_hash.cmp(&o.owner_hash).then_with(|| {
+            if self.same_owner(o, jobs) {
+                std::cmp::Ordering::Equal
+            } else {
+                self.owner_name(jobs).cmp(&o.owner_name(jobs))
+            }
+        })
+    }
+
+    /// The owner as an alert entity.
+    fn owner(&self, jobs: &[JobKey]) -> Entity {
+        match &self.org {
+            Some(org) => Entity::organisation(org.clone()),
+            None => Entity::tenant(jobs[self.job as usize].tenant.clone()),
+        }
+    }
 }
 
 impl Engine {
@@ -748,6 +810,7 @@ impl Engine {
             outbox: Vec::new(),
             evaluations: Vec::new(),
             evaluated_at_ms: None,
+            contexts: TenantContexts::default(),
         })
     }
 
@@ -1259,10 +1322,12 @@ impl Engine {
         let mut candidates = Vec::new();
         for (i, k) in jobs.iter().enumerate() {
             self.prefetch_jobs(&jobs, i);
-            candidates.extend(self.evaluate_job(k, i < touched, now));
+            candidates.extend(self.evaluate_job(k, i, i < touched, now));
         }
-        let mut groups: AHashMap<Entity, Condition> =
-            self.group_conditions(candidates, now).into_iter().collect();
+        let mut groups: AHashMap<Entity, Condition> = self
+            .group_conditions(&jobs, candidates, now)
+            .into_iter()
+            .collect();
         for e in groups.keys() {
             match &e.org {
                 Some(o) => {
@@ -1352,9 +1417,15 @@ impl Engine {
         }
     }
 
-    /// Evaluates one job; returns it as a group candidate when it passed the duration and
-    /// activity gates.
-    fn evaluate_job(&mut self, k: &JobKey, touched: bool, now: i64) -> Option<GroupCandidate> {
+    /// Evaluates one job, at position `i` of the list of jobs evaluated; returns it as a group
+    /// candidate when it passed the duration and activity gates.
+    fn evaluate_job(
+        &mut self,
+        k: &JobKey,
+        i: usize,
+        touched: bool,
+        now: i64,
+    ) -> Option<GroupCandidate> {
         // Hashed once for both look-ups (the second, to update, comes after reading the job).
         let hash = self.st.jobs.hasher().hash_one(k);
         let found = self.st.jobs.raw_entry().from_key_hashed_nocheck(hash, k);
@@ -1393,18 +1464,22 @@ impl Engine {
             .as_ref()
             .filter(|v| v.features[1].fired && v.features[2].fired)
             .map(|_| {
-                let owner = match &view.org {
-                    Some(org) => Entity::organisation(org.clone()),
-                    None => Entity::tenant(k.tenant.clone()),
+                let owner_hash = match &view.org {
+                    Some(org) => GROUP_HASH.hash_one((1u8, &**org)),
+                    None => GROUP_HASH.hash_one((0u8, &*k.tenant)),
                 };
                 GroupCandidate {
+                    job: u32::try_from(i).expect("fewer than 2^32 jobs"),
                     // An organisation's threshold is set below.
                     threshold,
-                    key: k.clone(),
                     key_hash: GROUP_HASH.hash_one(k),
                     table_hash: hash,
-                    owner_hash: GROUP_HASH.hash_one(&owner),
-                    owner,
+                    owner_name_at: match &view.org {
+                        Some(org) => org.as_ptr(),
+                        None => k.tenant.as_ptr(),
+                    },
+                    org: view.org.clone(),
+                    owner_hash,
                     first_ts: job.account.first_ts,
                     suspected,
                     max_concurrent: job.max_concurrent,
@@ -1431,7 +1506,7 @@ impl Engine {
         }
         self.reconcile(&entity, conditions, now);
         candidate.map(|mut c| {
-            if let Some(org) = &c.owner.org {
+            if let Some(org) = &c.org {
                 c.threshold = self.org_threshold(org);
             }
             c
@@ -1506,6 +1581,7 @@ impl Engine {
     /// one tenant or organisation, the one with the most accelerators is reported.
     fn group_conditions(
         &self,
+        jobs: &[JobKey],
         candidates: Vec<GroupCandidate>,
         now: i64,
     ) -> Vec<(Entity, Condition)> {
@@ -1514,14 +1590,13 @@ impl Engine {
         // fixed hash of the job's key (its name if two collide).
         let mut owned = candidates;
         owned.sort_unstable_by(|a, b| {
-            (a.owner_hash.cmp(&b.owner_hash))
-                .then_with(|| match a.owner.same_names(&b.owner) {
-                    true => std::cmp::Ordering::Equal,
-                    false => a.owner.cmp(&b.owner),
-                })
+            a.cmp_owner(b, jobs)
                 .then_with(|| a.first_ts.cmp(&b.first_ts))
                 .then_with(|| a.key_hash.cmp(&b.key_hash))
-                .then_with(|| (&a.key.tenant, &a.key.job).cmp(&(&b.key.tenant, &b.key.job)))
+                .then_with(|| {
+                    let (ka, kb) = (&jobs[a.job as usize], &jobs[b.job as usize]);
+                    (&ka.tenant, &ka.job).cmp(&(&kb.tenant, &kb.job))
+                })
         });
         // The cohorts that could pass: two or more jobs that started together, none suspected on
         // its own, and enough accelerators between them to reach the gang gate at their peaks.
@@ -1532,7 +1607,7 @@ impl Engine {
         while start < owned.len() {
             let mut end = start + 1;
             while end < owned.len()
-                && owned[end].owner == owned[start].owner
+                && owned[end].same_owner(&owned[start], jobs)
                 && owned[end].first_ts - owned[end - 1].first_ts <= tolerance
             {
                 end += 1;
@@ -1550,25 +1625,29 @@ impl Engine {
         // Each owner's cohorts; of those that pass, the one with the most accelerators.
         let mut out: Vec<(Entity, Condition)> = Vec::new();
         let mut i = 0;
-        for own in cohorts.chunk_by(|a, b| owned[a.start].owner == owned[b.start].owner) {
-            let owner = &owned[own[0].start].owner;
-            let threshold = owned[own[0].start].threshold;
+        let mut members: SmallVec<[(&JobKey, &JobState); 8]> = SmallVec::new();
+        let mut states: SmallVec<[&JobState; 8]> = SmallVec::new();
+        for own in cohorts.chunk_by(|a, b| owned[a.start].same_owner(&owned[b.start], jobs)) {
+            let first = &owned[own[0].start];
+            // Made only when needed: reading the owner's name is a cache miss.
+            let owner = || first.owner(jobs);
+            let threshold = first.threshold;
             let mut best: Option<(f64, Condition)> = None;
             for range in own {
                 self.prefetch_cohorts(&owned, &cohorts, i);
                 i += 1;
-                let jobs: Vec<(&JobKey, &JobState)> = owned[range.clone()]
-                    .iter()
-                    .filter_map(|c| {
-                        let found = self
-                            .st
-                            .jobs
-                            .raw_entry()
-                            .from_key_hashed_nocheck(c.table_hash, &c.key);
-                        found.map(|(_, j)| (&c.key, j))
-                    })
-                    .collect();
-                let states: Vec<&JobState> = jobs.iter().map(|(_, j)| *j).collect();
+                members.clear();
+                members.extend(owned[range.clone()].iter().filter_map(|c| {
+                    let key = &jobs[c.job as usize];
+                    let found = self
+                        .st
+                        .jobs
+                        .raw_entry()
+                        .from_key_hashed_nocheck(c.table_hash, key);
+                    found.map(|(_, j)| (key, j))
+                }));
+                states.clear();
+                states.extend(members.iter().map(|(_, j)| *j));
                 let v = self.verdict(&states, now);
                 // Whether the owner holds a group alert matters only to keep one.
                 let may_keep = v.features[0].fired && v.score >= self.detection.resolve_below;
@@ -1576,30 +1655,30 @@ impl Engine {
                     && self
                         .st
                         .alerts
-                        .is_active(owner, AlertName::TrainingSuspected);
+                        .is_active(&owner(), AlertName::TrainingSuspected);
                 let passes = v.suspects(threshold, self.detection.resolve_below, held);
                 let accelerators = v.features[0].value.unwrap_or(0.0);
                 if !passes || best.as_ref().is_some_and(|(a, _)| *a >= accelerators) {
                     continue;
                 }
-                let who = match (&owner.org, jobs.iter().map(|(k, _)| &k.tenant).min()) {
+                let who = match (&first.org, members.iter().map(|(k, _)| &k.tenant).min()) {
                     (Some(org), _) => format!("organisation {org}"),
                     (None, Some(t)) => format!("tenant {t}"),
                     (None, None) => continue,
                 };
                 let summary = format!(
                     "{} jobs of {who}, started together, look like one large-model training run: score {:.2}, {:.0} accelerators",
-                    jobs.len(),
+                    members.len(),
                     v.score,
                     accelerators
                 );
                 best = Some((
                     accelerators,
-                    self.training_condition(&jobs, &v, threshold, summary, now),
+                    self.training_condition(&members, &v, threshold, summary, now),
                 ));
             }
             if let Some((_, c)) = best {
-                out.push((owner.clone(), c));
+                out.push((owner(), c));
             }
         }
         out
@@ -1680,19 +1759,13 @@ impl Engine {
             let (organisation, context) = match &entity.org {
                 Some(org) => (
                     Some(org.to_string()),
-                    serde_json::json!({
+                    Arc::new(serde_json::json!({
                         "organisation": org.as_ref(),
                         "tenants": self.registry.members(org).collect::<Vec<_>>(),
                         "policy_rules": policy.rules,
-                    }),
+                    })),
                 ),
-                None => {
-                    let ctx = self.registry.context(&entity.tenant);
-                    (
-                        ctx.organisation.clone(),
-                        serde_json::to_value(&ctx).unwrap_or_default(),
-                    )
-                }
+                None => self.tenant_context(&entity.tenant),
             };
             for c in &mut conditions {
                 c.severity = policy.raise(c.severity);
@@ -1705,6 +1778,24 @@ impl Engine {
             .reconcile(entity, conditions, now, &mut self.outbox);
     }
 
+    /// The organisation and alert context of `tenant` under the registry in force.
+    fn tenant_context(&mut self, tenant: &Arc<str>) -> (Option<String>, Arc<serde_json::Value>) {
+        if self.contexts.epoch != self.registry_epoch {
+            self.contexts.by_tenant.clear();
+            self.contexts.epoch = self.registry_epoch;
+        }
+        if let Some(c) = self.contexts.by_tenant.get(tenant) {
+            return c.clone();
+        }
+        let ctx = self.registry.context(tenant);
+        let c = (
+            ctx.organisation.clone(),
+            Arc::new(serde_json::to_value(&ctx).unwrap_or_default()),
+        );
+        self.contexts.by_tenant.insert(tenant.clone(), c.clone());
+        c
+    }
+
     /// Features of one job, or of a group of jobs taken as one gang, over `[now - window, now)`,
     /// and the score.
     fn verdict(&self, jobs: &[&JobState], now: i64) -> Verdict {
@@ -1714,8 +1805,9 @@ impl Engine {
         let first_ts = jobs.iter().map(|j| j.account.first_ts).min().unwrap_or(now);
         let first = (last - n + 1).max(first_ts.div_euclid(slide));
         // Slides with no sample are real gaps: they count as zero accelerators.
-        let mut panes: Panes =
-            smallvec::smallvec![DetectPane::default(); (last - first + 1).max(0) as usize];
+        // Filled in place: `smallvec!` would build the 2.3 KB array and then move it.
+        let mut panes = Panes::new();
+        panes.resize((last - first + 1).max(0) as usize, DetectPane::default());
         let mut any = false;
         for job in jobs {
             for (i, p) in job.detect.range(first, last) {
@@ -1740,20 +1832,21 @@ impl Engine {
         } else {
             0
         };
-        let mut sync_panes: Panes =
-            smallvec::smallvec![DetectPane::default(); sync_len.max(0) as usize];
+        let mut sync_panes = Panes::new();
+        sync_panes.resize(sync_len.max(0) as usize, DetectPane::default());
         for job in jobs {
             for (i, p) in job.detect.range(sync_first, head) {
                 sync_panes[(i - sync_first) as usize].add(p);
             }
         }
         let recent = now - 2 * slide;
-        let devices: SmallVec<[detect::DeviceStat; 32]> = jobs
-            .iter()
-            .flat_map(|j| j.series.values())
-            .filter(|s| s.last_ts >= recent)
-            .filter_map(|s| s.device_stat(current))
-            .collect();
+        let mut devices: SmallVec<[detect::DeviceStat; 32]> = SmallVec::new();
+        devices.extend(
+            jobs.iter()
+                .flat_map(|j| j.series.values())
+                .filter(|s| s.last_ts >= recent)
+                .filter_map(|s| s.device_stat(current)),
+        );
         let duration_ms = jobs
             .iter()
             .map(|j| (j.account.last_ts.min(now) - j.account.first_ts).max(0))
@@ -2125,6 +2218,10 @@ impl Engine {
             o.account.windows.release_stale(specs, watermark);
         }
         self.names.sweep();
+        // Contexts no condition holds any more.
+        self.contexts
+            .by_tenant
+            .retain(|_, (_, c)| Arc::strong_count(c) > 1);
     }
 
     fn window_values(
@@ -2687,6 +2784,58 @@ mod tests {
         assert_eq!(e.drain_evaluations().count(), 0);
     }
 
+    /// Group candidates are told apart by their owner's hash, then by the address of its name,
+    /// and only when both hashes tie and the addresses differ by the names themselves: equal
+    /// names in separate copies are one owner, and two owners whose hashes collide stay two.
+    #[test]
+    fn group_candidates_have_one_owner_exactly_when_their_owners_names_are_equal() {
+        let key = |tenant: &str, job: &str| JobKey {
+            tenant: Arc::from(tenant),
+            job: Arc::from(job),
+        };
+        // Two copies of tenant a's name, and tenant b's.
+        let jobs = [key("a", "j1"), key("a", "j2"), key("b", "j3")];
+        let candidate = |job: u32, owner_hash: u64, org: Option<&Arc<str>>| GroupCandidate {
+            job,
+            key_hash: 0,
+            table_hash: 0,
+            owner_name_at: match org {
+                Some(o) => o.as_ptr(),
+                None => jobs[job as usize].tenant.as_ptr(),
+            },
+            org: org.cloned(),
+            owner_hash,
+            threshold: 0.75,
+            first_ts: 0,
+            suspected: false,
+            max_concurrent: 1.0,
+        };
+        let (a1, a2, b) = (
+            candidate(0, 7, None),
+            candidate(1, 7, None),
+            candidate(2, 7, None),
+        );
+        assert!(a1.same_owner(&a2, &jobs), "equal names in two copies");
+        assert_eq!(a1.cmp_owner(&a2, &jobs), std::cmp::Ordering::Equal);
+        assert!(
+            !a1.same_owner(&b, &jobs),
+            "a hash collision is not one owner"
+        );
+        assert_eq!(a1.cmp_owner(&b, &jobs), std::cmp::Ordering::Less);
+        assert_eq!(b.cmp_owner(&a1, &jobs), std::cmp::Ordering::Greater);
+        assert!(
+            !a1.same_owner(&candidate(0, 8, None), &jobs),
+            "another hash"
+        );
+        // An organisation is never the same owner as a tenant, even one of the same name.
+        let org: Arc<str> = Arc::from("a");
+        let o1 = candidate(0, 7, Some(&org));
+        assert!(!o1.same_owner(&a1, &jobs));
+        assert!(o1.same_owner(&candidate(2, 7, Some(&Arc::from("a"))), &jobs));
+        assert_eq!(o1.owner(&jobs), Entity::organisation(org.clone()));
+        assert_eq!(b.owner(&jobs), Entity::tenant(Arc::from("b")));
+    }
+
     #[test]
     fn jobs_that_did_not_start_together_are_not_grouped() {
         let mut e = engine();
@@ -2886,6 +3035,54 @@ mod tests {
         assert!(alerts
             .iter()
             .all(|a| a.threshold.is_none() || a.threshold == Some(1e19)));
+    }
+
+    /// Held alerts carry their tenant's context from the registry in force: a registry change
+    /// reaches every held condition of the tenant at the next evaluation.
+    #[test]
+    fn held_alerts_take_the_tenant_context_of_the_registry_in_force() {
+        let mut e = engine();
+        let with_jurisdiction =
+            |j: &str| registry(&format!("[tenants.acme]\njurisdiction = \"{j}\"\n"));
+        e.set_registry(with_jurisdiction("DE"));
+        // Two jobs of 128 H100, each suspected of training on its own.
+        let mut step = 0;
+        let mut run = |e: &mut Engine, steps: i64| {
+            for _ in 0..steps {
+                for job in ["pretrain", "finetune"] {
+                    for gpu in 0..128 {
+                        e.apply(&gpu_sample(T0 + step * 30_000, job, gpu));
+                    }
+                }
+                step += 1;
+            }
+        };
+        run(&mut e, 120);
+        let contexts = |e: &Engine| -> Vec<(Option<String>, serde_json::Value)> {
+            let records = e.active_alert_records();
+            training_alerts(&records)
+                .iter()
+                .map(|a| {
+                    let ctx = a.evidence.to_json()["tenant_context"].clone();
+                    (a.job.clone(), ctx["jurisdiction"].clone())
+                })
+                .collect()
+        };
+        let jobs = |j: &str| {
+            vec![
+                (Some("finetune".to_string()), serde_json::json!(j)),
+                (Some("pretrain".to_string()), serde_json::json!(j)),
+            ]
+        };
+        let mut held = contexts(&e);
+        held.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(held, jobs("DE"));
+        e.set_registry(with_jurisdiction("FR"));
+        // Past the next detection boundary (1 minute slides).
+        run(&mut e, 4);
+        let mut held = contexts(&e);
+        held.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(held, jobs("FR"));
     }
 
     #[test]

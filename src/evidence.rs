@@ -50,7 +50,8 @@ pub struct TrainingEvidence {
     pub last_seen_ms: i64,
     /// Members added to the rendered object, by name: one of [`EXTRA_MEMBERS`].
     #[serde(with = "stored_extra")]
-    pub extra: Vec<(&'static str, serde_json::Value)>,
+    /// Shared: the same tenant context is in every condition of the tenant.
+    pub extra: Vec<(&'static str, Arc<serde_json::Value>)>,
 }
 
 /// The members [`Evidence::insert`] adds to a training verdict's evidence.
@@ -77,7 +78,8 @@ impl Evidence {
 
     /// Adds (or replaces) the member `key` of the rendered object; on evidence that is not an
     /// object, nothing. `key` is one of [`EXTRA_MEMBERS`], the names a checkpoint can restore.
-    pub fn insert(&mut self, key: &'static str, value: serde_json::Value) {
+    pub fn insert(&mut self, key: &'static str, value: impl Into<Arc<serde_json::Value>>) {
+        let value = value.into();
         debug_assert!(
             EXTRA_MEMBERS.contains(&key),
             "{key} is not in EXTRA_MEMBERS"
@@ -85,7 +87,7 @@ impl Evidence {
         match self {
             Evidence::Json(v) => {
                 if let Some(o) = v.as_object_mut() {
-                    o.insert(key.into(), value);
+                    o.insert(key.into(), Arc::unwrap_or_clone(value));
                 }
             }
             Evidence::Training(t) => match t.extra.iter_mut().find(|(k, _)| *k == key) {
@@ -303,13 +305,15 @@ mod stored_verdict {
 
 /// Added members by name, their values as JSON text.
 mod stored_extra {
+    use std::sync::Arc;
+
     use serde::de::Error as _;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     use super::EXTRA_MEMBERS;
 
     pub fn serialize<S: Serializer>(
-        extra: &[(&'static str, serde_json::Value)],
+        extra: &[(&'static str, Arc<serde_json::Value>)],
         s: S,
     ) -> Result<S::Ok, S::Error> {
         let stored: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, v.to_string())).collect();
@@ -318,7 +322,7 @@ mod stored_extra {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
-    ) -> Result<Vec<(&'static str, serde_json::Value)>, D::Error> {
+    ) -> Result<Vec<(&'static str, Arc<serde_json::Value>)>, D::Error> {
         let stored = Vec::<(String, String)>::deserialize(d)?;
         stored
             .into_iter()
@@ -328,7 +332,7 @@ mod stored_extra {
                     .find(|m| *m == k)
                     .ok_or_else(|| D::Error::custom(format!("unknown evidence member {k:?}")))?;
                 let value = serde_json::from_str(&v).map_err(D::Error::custom)?;
-                Ok((key, value))
+                Ok((key, Arc::new(value)))
             })
             .collect()
     }
@@ -426,11 +430,11 @@ mod tests {
         t.extra = vec![
             (
                 "tenant_context",
-                serde_json::json!({"organisation": "a", "labels": {}}),
+                Arc::new(serde_json::json!({"organisation": "a", "labels": {}})),
             ),
             (
                 "group",
-                serde_json::json!({"jobs": [{"job": "j1"}, {"job": "j2"}]}),
+                Arc::new(serde_json::json!({"jobs": [{"job": "j1"}, {"job": "j2"}]})),
             ),
         ];
         let v = &t.verdict;
@@ -456,7 +460,7 @@ mod tests {
         for (k, value) in &t.extra {
             tree.as_object_mut()
                 .unwrap()
-                .insert((*k).into(), value.clone());
+                .insert((*k).into(), (**value).clone());
         }
         let e = Evidence::Training(Box::new(t));
         assert_eq!(e.to_json_string(), tree.to_string());
