@@ -234,7 +234,9 @@ pub struct KafkaConfig {
     pub alert_topic: String,
     /// Topic rejected events are produced to, with the reason in headers.
     pub dead_letter_topic: String,
-    /// Most messages handled as one batch (which also holds at most 16 MiB of payloads).
+    /// Most messages handled as one batch (which also holds at most 16 MiB of payloads). A batch
+    /// that raised alerts at a detection boundary another partition has not reached yet takes in
+    /// up to twice as many, so that the other partition's crossing is evaluated first.
     pub batch_max: usize,
     /// Longest wait to fill a batch once its first message arrived.
     pub batch_wait: HumanDuration,

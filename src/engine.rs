@@ -868,6 +868,12 @@ impl Engine {
         self.st.max_event_ms.map(|m| m - self.s.allowed_lateness_ms)
     }
 
+    /// The detection boundary (event time, epoch ms) of this engine's latest evaluation; `None`
+    /// before its first.
+    pub fn evaluated_boundary_ms(&self) -> Option<i64> {
+        self.st.last_eval_ms
+    }
+
     /// When (wall clock, epoch ms) this engine's latest evaluation at a detection boundary ended;
     /// `None` before its first.
     pub fn evaluated_at_ms(&self) -> Option<i64> {

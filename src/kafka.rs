@@ -5,7 +5,10 @@
 //! to `batch_max` messages or 16 MiB of payloads, or what arrives within `batch_wait`), decodes and
 //! applies it partition by partition, writes every rejected message to the dead-letter topic and
 //! every alert record to the alert topic, and waits for the broker to acknowledge all of them
-//! before it records the batch's offsets as processed. Every `state.checkpoint_interval`, on
+//! before it records the batch's offsets as processed. A batch whose alerts were raised at a
+//! detection boundary that another partition has not reached yet first takes in more messages (up
+//! to twice `batch_max` in all), so that the other partition's crossing, usually next in the
+//! queue, is evaluated and its records go out with these. Every `state.checkpoint_interval`, on
 //! revocation and at shutdown, the state of each partition is checkpointed together with the offset
 //! it covers, and only then is that offset committed to the group. On assignment a partition's
 //! state is restored from its checkpoint and consumption starts at the checkpoint's offset, whatever
@@ -264,6 +267,12 @@ pub const FETCH_PROPERTIES: [(&str, &str); 5] = [
 /// are held in librdkafka's fetch buffers until it is processed, so this bounds that memory
 /// whatever the messages' size, at the pre-fetch queue's bound.
 const BATCH_MAX_BYTES: usize = 16 << 20;
+
+/// A batch that raised alerts at a detection boundary some partition has not reached yet takes in
+/// up to this many times `kafka.batch_max` messages (within [`BATCH_MAX_BYTES`]) before its
+/// records are handed over, so that the other partition's crossing, usually next in the queue, is
+/// evaluated first.
+const EXTENDED_BATCHES: usize = 2;
 
 fn payload_len(m: &BorrowedMessage<'_>) -> usize {
     m.payload().map_or(0, <[u8]>::len)
@@ -526,6 +535,20 @@ struct Applied {
     next_offsets: Vec<(Shard, i64)>,
 }
 
+impl Applied {
+    /// Adds what the messages after the first `start` of the batch gave.
+    fn append(&mut self, more: Applied, start: usize) {
+        self.rejected.extend(more.rejected.into_iter().map(|mut r| {
+            r.index += start;
+            r
+        }));
+        self.forward
+            .extend(more.forward.into_iter().map(|(i, s)| (i + start, s)));
+        self.alerts.extend(more.alerts);
+        self.next_offsets.extend(more.next_offsets);
+    }
+}
+
 /// How a run of the worker loop ended.
 enum Ended {
     /// Every processed message is acknowledged: the state may be checkpointed.
@@ -688,32 +711,50 @@ impl Worker {
             let received = Instant::now();
             let deadline = received + batch_wait;
             let mut bytes = batch.iter().map(payload_len).sum::<usize>();
-            while batch_has_room(batch.len(), bytes, batch_max) {
-                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                    Ok(Ok(m)) => {
-                        bytes += payload_len(&m);
-                        batch.push(m);
-                        received_at.push(generation.load(Ordering::SeqCst));
-                    }
-                    Ok(Err(e)) => {
-                        warn!(error = %e, "kafka consumption error");
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
+            self.fill(
+                &mut batch,
+                &mut received_at,
+                &mut bytes,
+                batch_max,
+                deadline,
+            )
+            .await;
             let collected = Instant::now();
+            let mut applied_batch = self.apply(&batch, &received_at);
+            // A detection boundary that a partition has just crossed, raising alerts, and another
+            // has not reached yet: the other's crossing is most likely next in the queue
+            // (librdkafka hands each partition's fetched messages over in runs of thousands). Its
+            // evaluation then runs before these records are handed over, and its records go out
+            // with them, instead of after they are acknowledged (a second delay of their size).
+            let mut extended = 0;
+            while !applied_batch.alerts.is_empty()
+                && batch_has_room(batch.len(), bytes, EXTENDED_BATCHES * batch_max)
+                && self.partitions().pipeline.boundary_pending(now_ms())
+            {
+                let start = batch.len();
+                let limit = batch.len() + batch_max;
+                let deadline = Instant::now() + batch_wait;
+                self.fill(&mut batch, &mut received_at, &mut bytes, limit, deadline)
+                    .await;
+                if batch.len() == start {
+                    break;
+                }
+                let more = self.apply(&batch[start..], &received_at[start..]);
+                applied_batch.append(more, start);
+                extended += 1;
+            }
             let Applied {
                 rejected,
                 forward,
                 alerts,
                 next_offsets,
-            } = self.apply(&batch, &received_at);
+            } = applied_batch;
             let applied = Instant::now();
             debug!(
                 messages = batch.len(),
                 partitions = ?next_offsets.iter().map(|(s, _)| s.partition).collect::<Vec<_>>(),
                 alerts = alerts.len(),
+                extended,
                 collect_ms = (collected - received).as_millis(),
                 apply_ms = (applied - collected).as_millis(),
                 "batch applied"
@@ -779,6 +820,34 @@ impl Worker {
         }
     }
 
+    /// Adds the messages that arrive by `deadline` to `batch`, while it has room for `limit`
+    /// messages (and [`BATCH_MAX_BYTES`] of payloads), each with the assignment generation current
+    /// when it was received.
+    async fn fill<'c>(
+        &'c self,
+        batch: &mut Vec<BorrowedMessage<'c>>,
+        received_at: &mut Vec<u64>,
+        bytes: &mut usize,
+        limit: usize,
+        deadline: Instant,
+    ) {
+        let generation = self.partitions().generation();
+        while batch_has_room(batch.len(), *bytes, limit) {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    *bytes += payload_len(&m);
+                    batch.push(m);
+                    received_at.push(generation.load(Ordering::SeqCst));
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "kafka consumption error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Decodes and applies a batch, partition by partition in offset order. Messages whose
     /// partition was revoked or re-assigned after they were received are skipped: the partition's
     /// owner fetches them again from its checkpoint's offset. With the repartition step, messages
@@ -832,6 +901,8 @@ impl Worker {
                 r
             }));
             let last = idx.last().expect("a group has at least one message");
+            // Until its records are acknowledged, a revocation takes no checkpoint of it.
+            parts.applied(&shard);
             out.next_offsets.push((shard, batch[*last].offset() + 1));
         }
         out.alerts = parts.pipeline.drain_alerts();

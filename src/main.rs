@@ -160,8 +160,9 @@ enum Command {
     /// unless TRAINSPOTTER_LOG sets a filter, on standard error (e.g.
     /// trainspotter::partitions=debug,trainspotter::pipeline=debug: each evaluation and checkpoint
     /// encoding of a live run; trainspotter::kafka=debug (or trainspotter=debug) also logs each
-    /// batch, with its partitions, alerts and the time to collect, apply and deliver it, and every
-    /// alert delivered, which slows a run with thousands of alerts).
+    /// batch, with its partitions, alerts, how many more batches it took in for another partition's
+    /// detection boundary, and the time to collect, apply and deliver it, and every alert
+    /// delivered, which slows a run with thousands of alerts).
     Bench {
         /// Devices, one event each per round.
         #[arg(long, default_value_t = 1_000_000)]

@@ -75,6 +75,9 @@ struct Offsets {
     next: Option<i64>,
     /// `next` at the last durable checkpoint.
     checkpointed: Option<i64>,
+    /// The engine holds messages from `next` on: applied, their dead letters and alerts not yet
+    /// acknowledged ([`Partitions::applied`] until [`Partitions::processed`]).
+    ahead: bool,
     source: Source,
 }
 
@@ -237,6 +240,7 @@ impl Partitions {
                 assigned_at: generation,
                 next: at,
                 checkpointed: at,
+                ahead: false,
                 source,
             },
         );
@@ -273,6 +277,16 @@ impl Partitions {
     pub fn processed(&mut self, shard: &Shard, next: i64) {
         if let Some(o) = self.offsets.get_mut(shard) {
             o.next = Some(next);
+            o.ahead = false;
+        }
+    }
+
+    /// Records that messages of `shard` from its next offset on were applied and await the
+    /// acknowledgement of their dead letters and alerts ([`Partitions::processed`] follows). A
+    /// revocation meanwhile takes no checkpoint of the partition.
+    pub fn applied(&mut self, shard: &Shard) {
+        if let Some(o) = self.offsets.get_mut(shard) {
+            o.ahead = true;
         }
     }
 
@@ -459,8 +473,17 @@ impl Partitions {
 
     /// Gives a partition up: checkpoints it, waits until that is durable, and drops its state.
     /// Returns the offset to commit: the one its newest durable checkpoint covers, if that covers
-    /// everything processed.
+    /// everything processed. A partition with messages applied but not yet processed (see
+    /// [`Partitions::applied`]) is dropped without a checkpoint, as a lost one is.
     pub fn revoke(&mut self, shard: &Shard, now_ms: i64) -> Option<i64> {
+        if self.offsets.get(shard).is_some_and(|o| o.ahead) {
+            // Its engine holds messages beyond the offset a checkpoint would carry: the next owner
+            // restores the last durable checkpoint and reads them again.
+            warn!(topic = %shard.topic, partition = shard.partition,
+                  "partition revoked while a batch of it awaits acknowledgements: given up as of its last durable checkpoint");
+            self.lose(shard);
+            return None;
+        }
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.round.queue.retain(|s| s != shard);
         if let Some(save) = self.encode(shard, now_ms) {
@@ -620,6 +643,44 @@ mod tests {
         p.revoke(&shard, 0);
         p.processed(&shard, 99);
         assert!(p.checkpoint(0).is_empty());
+    }
+
+    /// A partition revoked between applying messages and their acknowledgement (possible while a
+    /// batch takes in more messages, which polls the consumer) is given up without a checkpoint:
+    /// its engine holds messages beyond the offset the checkpoint would carry, and the next owner
+    /// restores the last durable checkpoint and reads them again. Once processed, a revocation
+    /// checkpoints as before.
+    #[test]
+    fn a_partition_revoked_with_messages_applied_but_unacknowledged_is_not_checkpointed() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = Shard::new("gpu-usage", 0);
+        let mut p = partitions(dir.path(), None);
+        p.assign(&shard);
+        feed(&mut p, &shard, 0..10);
+        p.processed(&shard, 10);
+        assert_eq!(p.checkpoint(0), vec![(shard.clone(), 10)]);
+        // Ten more applied, not yet acknowledged.
+        feed(&mut p, &shard, 10..20);
+        p.applied(&shard);
+        assert_eq!(p.revoke(&shard, 0), None, "nothing to commit");
+        assert!(!p.accepts(&shard, p.generation().load(Ordering::SeqCst)));
+        assert_eq!(
+            p.assign(&shard),
+            StartAt::Offset(10),
+            "the last durable checkpoint"
+        );
+        assert_eq!(
+            seconds(&p, &shard),
+            10.0 * 8.0 * 60.0,
+            "none of the ten counted"
+        );
+        // Applied and processed: revoked with a checkpoint of everything.
+        feed(&mut p, &shard, 10..20);
+        p.applied(&shard);
+        p.processed(&shard, 20);
+        assert_eq!(p.revoke(&shard, 0), Some(20));
+        assert_eq!(p.assign(&shard), StartAt::Offset(20));
+        assert_eq!(seconds(&p, &shard), 20.0 * 8.0 * 60.0);
     }
 
     #[test]

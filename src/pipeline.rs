@@ -323,6 +323,26 @@ impl Pipeline {
             .map(|at| at + slide)
     }
 
+    /// Whether a shard has evaluated a detection boundary that another has not reached yet. Shards
+    /// that have not evaluated for two slides as of `now_ms` (wall clock) are left out, as in
+    /// [`Pipeline::next_evaluation_expected_ms`]: their input stopped, or they were just assigned.
+    pub fn boundary_pending(&self, now_ms: i64) -> bool {
+        let slide = self.cfg.detection.slide.ms();
+        let mut boundaries = self
+            .shards
+            .values()
+            .filter(|e| {
+                e.evaluated_at_ms()
+                    .is_some_and(|at| now_ms - at < 2 * slide)
+            })
+            .filter_map(Engine::evaluated_boundary_ms);
+        let Some(first) = boundaries.next() else {
+            return false;
+        };
+        let (min, max) = boundaries.fold((first, first), |(lo, hi), b| (lo.min(b), hi.max(b)));
+        min < max
+    }
+
     /// Decodes and applies one batch of `shard`'s input, in order. `None` payloads (tombstones)
     /// are rejected as malformed. Returns the rejections by position in the batch.
     pub fn process<'a, I>(
@@ -723,6 +743,52 @@ mod tests {
             pipeline.registry().organisation("globex"),
             Some("conglomerate")
         );
+    }
+
+    /// A detection boundary is pending while one partition has evaluated it and another, which
+    /// evaluates too, has not reached it yet.
+    #[test]
+    fn a_boundary_is_pending_from_one_partitions_evaluation_to_the_others() {
+        const T0: i64 = 1_714_521_600_000;
+        let cfg = Config::default();
+        let mut pipeline = Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap();
+        let shards = [Shard::new("gpu-usage", 0), Shard::new("gpu-usage", 1)];
+        let event = |minute: i64| {
+            UsageSample::new(T0 + minute * 60_000, "acme", 2.0, 60.0)
+                .job("j")
+                .to_json()
+                .into_bytes()
+        };
+        let send = |pipeline: &mut Pipeline, shard: &Shard, minute: i64| {
+            let e = event(minute);
+            pipeline.process(shard, [Some(&e[..])], DecodeLimits::OPEN);
+        };
+        let now = crate::decode::now_ms;
+        // Neither has evaluated yet, then only one has: nothing to wait for.
+        assert!(!pipeline.boundary_pending(now()));
+        for minute in 0..10 {
+            send(&mut pipeline, &shards[0], minute);
+        }
+        assert!(pipeline
+            .shard(&shards[0])
+            .unwrap()
+            .evaluated_boundary_ms()
+            .is_some());
+        assert!(!pipeline.boundary_pending(now()));
+        // Both at the same boundary.
+        for minute in 0..10 {
+            send(&mut pipeline, &shards[1], minute);
+        }
+        assert!(!pipeline.boundary_pending(now()));
+        // The first crosses the next boundary: pending until the second does too.
+        send(&mut pipeline, &shards[0], 10);
+        assert!(pipeline.boundary_pending(now()));
+        send(&mut pipeline, &shards[1], 10);
+        assert!(!pipeline.boundary_pending(now()));
+        // Shards that have not evaluated for two slides (wall clock) are not waited for.
+        send(&mut pipeline, &shards[0], 11);
+        assert!(pipeline.boundary_pending(now()));
+        assert!(!pipeline.boundary_pending(now() + 2 * cfg.detection.slide.ms()));
     }
 
     #[test]
