@@ -274,6 +274,12 @@ const BATCH_MAX_BYTES: usize = 16 << 20;
 /// evaluated first.
 const EXTENDED_BATCHES: usize = 2;
 
+/// How many messages a batch of `messages` may hold after taking in more for another partition's
+/// boundary: one more `batch_max` at a time, and at most [`EXTENDED_BATCHES`] times it in all.
+fn extended_limit(messages: usize, batch_max: usize) -> usize {
+    (messages + batch_max).min(EXTENDED_BATCHES * batch_max)
+}
+
 fn payload_len(m: &BorrowedMessage<'_>) -> usize {
     m.payload().map_or(0, <[u8]>::len)
 }
@@ -732,7 +738,7 @@ impl Worker {
                 && self.partitions().pipeline.boundary_pending(now_ms())
             {
                 let start = batch.len();
-                let limit = batch.len() + batch_max;
+                let limit = extended_limit(batch.len(), batch_max);
                 let deadline = Instant::now() + batch_wait;
                 self.fill(&mut batch, &mut received_at, &mut bytes, limit, deadline)
                     .await;
@@ -1053,5 +1059,17 @@ mod tests {
         assert!(!batch_has_room(16, 16 * MIB, 16_384));
         assert!(!batch_has_room(1, 20 * MIB, 16_384));
         assert!(!batch_has_room(1, 300, 1));
+    }
+
+    /// A batch that takes in more messages for another partition's boundary grows by at most
+    /// `batch_max` at a time and never beyond twice `batch_max` in all, however small its first
+    /// part was.
+    #[test]
+    fn a_batch_taking_in_more_holds_at_most_twice_batch_max() {
+        assert_eq!(extended_limit(6_605, 16_384), 22_989);
+        assert_eq!(extended_limit(22_989, 16_384), 32_768);
+        assert_eq!(extended_limit(16_384, 16_384), 32_768);
+        assert_eq!(extended_limit(32_768, 16_384), 32_768);
+        assert!(!batch_has_room(32_768, 0, extended_limit(32_768, 16_384)));
     }
 }
