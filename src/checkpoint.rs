@@ -24,8 +24,9 @@ const MAGIC: &[u8; 8] = b"TSCKPT\0\0";
 /// sets as runs, and lists of keys touched since the last evaluation; version 5 each job's
 /// arrival clock (the event time its latest sample arrived at), which decides when it leaves state,
 /// and the newest pane of each ring held inline; version 6 a training verdict's evidence in active
-/// alerts as its values instead of JSON text.
-pub const VERSION: u32 = 6;
+/// alerts as its values instead of JSON text; version 7 the sum of each key's newest span held
+/// apart from its window rings.
+pub const VERSION: u32 = 7;
 const PREFIX_LEN: usize = 8 + 4 + 8 + 4;
 /// Refuse payloads larger than this rather than allocate on a corrupt length field.
 const MAX_PAYLOAD: u64 = 64 << 30;

@@ -400,8 +400,10 @@ struct JobState {
     arrived_ms: i64,
     /// Listed in `State::touched_jobs`.
     touched: bool,
-    /// Accelerator models seen (catalog index; `None` = unknown or unspecified) with sample counts.
-    models: Vec<(Option<u16>, u64)>,
+    /// Accelerator models seen (catalog index; `None` = unknown or unspecified) with sample counts;
+    /// the first inline, where every sample of a job of one model counts without touching another
+    /// allocation.
+    models: SmallVec<[(Option<u16>, u64); 1]>,
 }
 
 /// The window values of one key, in configured order (serialises as a JSON object).
@@ -924,7 +926,11 @@ impl Engine {
         for j in st.jobs.values() {
             f.job_bytes += j.account.windows.heap_bytes()
                 + j.detect.capacity() * std::mem::size_of::<DetectPane>()
-                + j.models.capacity() * std::mem::size_of::<(Option<u16>, u64)>();
+                + if j.models.spilled() {
+                    j.models.capacity() * std::mem::size_of::<(Option<u16>, u64)>()
+                } else {
+                    0
+                };
             f.series += j.series.len();
             f.series_bytes += series_bytes(&j.series);
         }
@@ -999,16 +1005,21 @@ impl Engine {
                 }
                 jobs.push(j);
             }
-            // 2. What the buckets point to: key names, window rings, series tags, model counts.
-            for (t, j) in tenants.iter().zip(&jobs) {
+            // 2. What the buckets point to: key names, series tags, model counts, and the window
+            // rings of keys whose sample falls outside their pending span.
+            for ((t, j), s) in tenants.iter().zip(&jobs).zip(chunk) {
                 if let Some((k, v)) = t {
                     prefetch::range(k.as_ptr(), k.len());
-                    v.account.windows.prefetch();
+                    if v.account.windows.touches_rings(s.ts_ms) {
+                        v.account.windows.prefetch();
+                    }
                 }
                 if let Some((k, v)) = j {
                     prefetch::range(k.tenant.as_ptr(), k.tenant.len());
                     prefetch::range(k.job.as_ptr(), k.job.len());
-                    v.account.windows.prefetch();
+                    if v.account.windows.touches_rings(s.ts_ms) {
+                        v.account.windows.prefetch();
+                    }
                     v.series.prefetch();
                     prefetch::slice(&v.models);
                 }

@@ -4,8 +4,9 @@
 //! buckets to a power of two at most 7/8 full, so a 5-device job pays for 8 entries and an
 //! 8-device job for 16. A [`SeriesTable`] keeps its entries in one vector in arrival order, grown
 //! one entry at a time up to [`SCAN_MAX`] entries and by an eighth beyond. A table of up to
-//! [`SCAN_MAX`] series finds one by scanning a separate array of 16-bit hash tags (one cache line)
-//! and comparing names only where the tag matches; a larger one keeps an index of positions.
+//! [`SCAN_MAX`] series finds one by scanning an array of 16-bit hash tags (held inline for up to
+//! [`INLINE_TAGS`] series, one cache line of its own beyond) and comparing names only where the tag
+//! matches; a larger one keeps an index of positions.
 //!
 //! Hashes live only in memory: a table serialises as a map from key to value (the same bytes a hash
 //! map gives in bincode) and rebuilds its tags when read.
@@ -19,9 +20,13 @@ use hashbrown::HashTable;
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use smallvec::SmallVec;
 
 /// Tables with up to this many series find one by scanning their tags; larger ones are indexed.
 pub const SCAN_MAX: usize = 32;
+
+/// Tables with up to this many series (a node's devices) hold their tags inline.
+pub const INLINE_TAGS: usize = 8;
 
 /// The most series a checkpoint's stated count reserves room for before any is read.
 const PREALLOC_MAX: usize = 4096;
@@ -71,8 +76,9 @@ fn tag(hash: u64) -> u16 {
 #[derive(Clone)]
 pub struct SeriesTable<V> {
     entries: Vec<(SeriesKey, V)>,
-    /// `tag(hash)` of each entry's key, at the same position.
-    tags: Vec<u16>,
+    /// `tag(hash)` of each entry's key, at the same position; held inline for up to
+    /// [`INLINE_TAGS`] series, so the look-up of a node's devices touches no separate allocation.
+    tags: SmallVec<[u16; INLINE_TAGS]>,
     /// Positions in `entries` by hash, when there are more than [`SCAN_MAX`] of them.
     index: Option<Box<HashTable<u32>>>,
 }
@@ -81,7 +87,7 @@ impl<V> Default for SeriesTable<V> {
     fn default() -> Self {
         SeriesTable {
             entries: Vec::new(),
-            tags: Vec::new(),
+            tags: SmallVec::new(),
             index: None,
         }
     }
@@ -241,7 +247,11 @@ impl<V> SeriesTable<V> {
     /// Heap bytes the table asks for (its value's own heap allocations not included).
     pub fn heap_bytes(&self) -> usize {
         self.entries.capacity() * size_of::<(SeriesKey, V)>()
-            + self.tags.capacity() * size_of::<u16>()
+            + if self.tags.spilled() {
+                self.tags.capacity() * size_of::<u16>()
+            } else {
+                0
+            }
             + self.index.as_ref().map_or(0, |index| {
                 size_of::<HashTable<u32>>()
                     + crate::footprint::table_bytes(index.capacity(), size_of::<u32>())
@@ -277,7 +287,7 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for SeriesTable<V> {
                 let n = map.size_hint().unwrap_or(0).min(PREALLOC_MAX);
                 let mut t = SeriesTable {
                     entries: Vec::with_capacity(n),
-                    tags: Vec::with_capacity(n),
+                    tags: SmallVec::with_capacity(n),
                     index: None,
                 };
                 while let Some((k, v)) = map.next_entry::<SeriesKey, V>()? {
@@ -437,13 +447,21 @@ mod tests {
     }
 
     #[test]
-    fn a_five_device_job_costs_five_entries_and_a_tag_each() {
+    fn a_five_device_job_costs_five_entries_and_its_tags_are_inline_up_to_a_node() {
         let mut t: SeriesTable<[u64; 10]> = SeriesTable::default();
+        let entry = size_of::<SeriesKey>() + 80;
         for g in 0..5 {
             let k = key(Some("node"), Some(&g.to_string()));
             let r = k.borrowed();
             t.get_or_insert(&r, r.hash(), || k.clone());
         }
-        assert_eq!(t.heap_bytes(), 5 * (size_of::<SeriesKey>() + 80) + 5 * 2);
+        assert_eq!(t.heap_bytes(), 5 * entry, "five entries, the tags inline");
+        for g in 5..INLINE_TAGS + 1 {
+            let k = key(Some("node"), Some(&g.to_string()));
+            let r = k.borrowed();
+            t.get_or_insert(&r, r.hash(), || k.clone());
+        }
+        let n = INLINE_TAGS + 1;
+        assert_eq!(t.heap_bytes(), n * entry + n * 2, "past a node, a tag array of its own");
     }
 }
