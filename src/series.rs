@@ -462,6 +462,10 @@ mod tests {
             t.get_or_insert(&r, r.hash(), || k.clone());
         }
         let n = INLINE_TAGS + 1;
-        assert_eq!(t.heap_bytes(), n * entry + n * 2, "past a node, a tag array of its own");
+        assert_eq!(
+            t.heap_bytes(),
+            n * entry + n * 2,
+            "past a node, a tag array of its own"
+        );
     }
 }
