@@ -227,8 +227,10 @@ impl<V> SeriesTable<V> {
         let mut k = 0;
         for i in 0..self.entries.len() {
             if keep(&self.entries[i].1) {
-                self.entries.swap(k, i);
-                self.tags.swap(k, i);
+                if k != i {
+                    self.entries.swap(k, i);
+                    self.tags.swap(k, i);
+                }
                 k += 1;
             }
         }

@@ -305,11 +305,21 @@ impl Windows {
     }
 
     /// Frees each ring that no window ending after `watermark_ms` reads (its newest pane is older
-    /// than such a window's first): values at and after the watermark are unchanged.
+    /// than such a window's first), and the pending sum if no such window reads it either: values
+    /// at and after the watermark are unchanged.
     pub fn release_stale(&mut self, specs: &[WindowSpec], watermark_ms: i64) {
-        self.flush(specs);
+        let first_read =
+            |spec: &WindowSpec| watermark_ms.div_euclid(spec.slide_ms) - spec.panes() as i64 + 1;
         for (ring, spec) in self.rings.iter_mut().zip(specs) {
-            ring.release_before(watermark_ms.div_euclid(spec.slide_ms) - spec.panes() as i64 + 1);
+            ring.release_before(first_read(spec));
+        }
+        let p = &self.pending;
+        if !p.is_empty()
+            && specs
+                .iter()
+                .all(|spec| p.start_ms.div_euclid(spec.slide_ms) < first_read(spec))
+        {
+            self.pending = Pending::default();
         }
     }
 
@@ -538,12 +548,19 @@ mod tests {
                     "watermark {watermark}, at {at}"
                 );
             }
+            // Minutes 0-3 are in the rings, minute 4 pending (read by the hour's window until
+            // the 60th minute, by the 10-minute one until the 14th).
             let kept: Vec<usize> = released.rings.iter().map(PaneRing::capacity).collect();
             let expected = [
-                if watermark < 14 * MIN { 8 } else { 0 },
+                if watermark < 13 * MIN { 4 } else { 0 },
                 if watermark < 60 * MIN { 1 } else { 0 },
             ];
             assert_eq!(kept, expected, "watermark {watermark}");
+            assert_eq!(
+                released.pending.is_empty(),
+                watermark >= 60 * MIN,
+                "watermark {watermark}"
+            );
         }
     }
 
