@@ -127,6 +127,33 @@ fn plain_prefix(b: &[u8]) -> Option<(usize, bool)> {
     Some((at, high == 0 && b[i..at].is_ascii()))
 }
 
+/// How many of the eight bytes of `w` (the first in the lowest byte) are ASCII digits before the
+/// first byte that is not.
+#[inline(always)]
+fn digit_run(w: u64) -> usize {
+    // A digit's byte becomes 0-9; adding 0x76 leaves the high bit clear exactly for 0-9 (a byte
+    // above 0x89 carries into the next byte, but only bytes above a non-digit are changed).
+    let x = w ^ (ONES * b'0' as u64);
+    let non_digit = (x.wrapping_add(ONES * 0x76) | x) & HIGH;
+    match non_digit {
+        0 => 8,
+        _ => non_digit.trailing_zeros() as usize / 8,
+    }
+}
+
+/// The number the first `run` (1 to 8) bytes of `w` spell, all ASCII digits, the first in the
+/// lowest byte: the digits are moved to the top bytes, and pairs, then fours, then the eight are
+/// combined by multiplications, the usual way of reading eight digits at once.
+#[inline(always)]
+fn digit_values(w: u64, run: usize) -> u64 {
+    let d = (w ^ (ONES * b'0' as u64)) << (64 - 8 * run);
+    let pairs = d.wrapping_mul(10).wrapping_add(d >> 8);
+    let mask = 0x0000_00FF_0000_00FF;
+    ((pairs & mask).wrapping_mul(100 + (1_000_000 << 32))
+        + ((pairs >> 16) & mask).wrapping_mul(1 + (10_000 << 32)))
+        >> 32
+}
+
 #[inline(always)]
 fn value(b: &[u8], i: usize) -> Option<(FlatValue<'_>, usize)> {
     match *b.get(i)? {
@@ -200,12 +227,7 @@ impl Number {
         let int_start = j;
         match b.get(j) {
             Some(b'0') => j += 1,
-            Some(b'1'..=b'9') => {
-                while let Some(&d @ b'0'..=b'9') = b.get(j) {
-                    n.push(d);
-                    j += 1;
-                }
-            }
+            Some(b'1'..=b'9') => j = n.digits(b, j, false),
             _ => return None,
         }
         n.int_digits = j - int_start;
@@ -213,11 +235,7 @@ impl Number {
             n.integral = false;
             j += 1;
             let from = j;
-            while let Some(&d @ b'0'..=b'9') = b.get(j) {
-                n.push(d);
-                n.exponent -= 1;
-                j += 1;
-            }
+            j = n.digits(b, j, true);
             if j == from {
                 return None;
             }
@@ -251,6 +269,60 @@ impl Number {
             n.exponent += if negative_exponent { -e } else { e };
         }
         Some((n, j))
+    }
+
+    /// Adds the run of digits at `j` (none if `b[j]` is not one), eight at a time while eight
+    /// bytes are left; each digit of a `fraction` also lowers the exponent. Returns the index
+    /// after the run.
+    #[inline(always)]
+    fn digits(&mut self, b: &[u8], mut j: usize, fraction: bool) -> usize {
+        const POW10: [u64; 9] = [
+            1,
+            10,
+            100,
+            1_000,
+            10_000,
+            100_000,
+            1_000_000,
+            10_000_000,
+            100_000_000,
+        ];
+        while let Some(chunk) = b.get(j..j + 8) {
+            let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            let run = digit_run(w);
+            if run == 0 {
+                return j;
+            }
+            if self.significant as usize + run <= 19 {
+                // Exact: at most 19 significant digits fit a u64.
+                let value = digit_values(w, run);
+                self.significant += match self.mantissa {
+                    // Leading zeros are not significant.
+                    0 => value.checked_ilog10().map_or(0, |d| d + 1),
+                    _ => run as u32,
+                };
+                self.mantissa = self.mantissa * POW10[run] + value;
+            } else {
+                for &d in &chunk[..run] {
+                    self.push(d);
+                }
+            }
+            if fraction {
+                self.exponent -= run as i32;
+            }
+            j += run;
+            if run < 8 {
+                return j;
+            }
+        }
+        while let Some(&d @ b'0'..=b'9') = b.get(j) {
+            self.push(d);
+            if fraction {
+                self.exponent -= 1;
+            }
+            j += 1;
+        }
+        j
     }
 
     #[inline(always)]
@@ -386,6 +458,51 @@ mod tests {
             if let Some(v) = decimal(text.as_bytes()) {
                 proptest::prop_assert_eq!(v.to_bits(), expected.to_bits(), "{}", text);
             }
+        }
+
+        /// Digits read eight at a time give the numbers, and stop where the digits stop, as a
+        /// byte-by-byte reading does.
+        #[test]
+        fn digit_runs_read_eight_at_a_time_match_a_byte_scan(bytes in proptest::collection::vec(
+            proptest::prop_oneof![8 => b'0'..=b'9', 1 => proptest::prelude::any::<u8>()],
+            8..9,
+        )) {
+            let w = u64::from_le_bytes(bytes[..].try_into().unwrap());
+            let run = bytes.iter().take_while(|c| c.is_ascii_digit()).count();
+            proptest::prop_assert_eq!(digit_run(w), run);
+            if run > 0 {
+                let text = std::str::from_utf8(&bytes[..run]).unwrap();
+                proptest::prop_assert_eq!(digit_values(w, run), text.parse::<u64>().unwrap());
+            }
+        }
+
+        /// Integers and their parts as a byte-by-byte reading gives them, whatever the length of
+        /// the digit runs and the bytes after them.
+        #[test]
+        fn numbers_read_eight_digits_at_a_time_match_one_at_a_time(
+            int in "[1-9][0-9]{0,24}|0",
+            fraction in proptest::option::of("[0-9]{1,24}"),
+            tail in "[,} ]{0,9}",
+        ) {
+            let text = match &fraction {
+                Some(f) => format!("{int}.{f}{tail}"),
+                None => format!("{int}{tail}"),
+            };
+            let (n, end) = Number::read(text.as_bytes(), 0).unwrap();
+            let mut one = Number::default();
+            for &d in int.as_bytes() {
+                if int != "0" {
+                    one.push(d);
+                }
+            }
+            for &d in fraction.iter().flat_map(|f| f.as_bytes()) {
+                one.push(d);
+                one.exponent -= 1;
+            }
+            proptest::prop_assert_eq!(end, text.len() - tail.len());
+            proptest::prop_assert_eq!(n.significant, one.significant);
+            proptest::prop_assert_eq!(n.exponent, one.exponent);
+            proptest::prop_assert_eq!(n.mantissa, one.mantissa);
         }
 
         /// The word-at-a-time scan stops at the first byte JSON does not allow unescaped, wherever
