@@ -195,10 +195,11 @@ impl<T: Default + Clone> PaneRing<T> {
 /// none of the rings: at fleet scale every ring touched is a cache miss, and the rings of a tenant
 /// and of a job were a third of the memory an event touched. `pending` spans what lies in one pane
 /// of every window (with the default windows, one minute). It is added to the rings when a sample
-/// past its end arrives and before the rings are released; a sample before its start (a late one)
-/// goes straight to the rings. Reads add it in, so every value is what adding each sample to every
-/// ring gives (accelerator milliseconds exactly; the FLOP sums, floating point, may round
-/// differently in the last bits, as they do for another arrival order).
+/// past its end arrives; a sample before its start (a late one) goes straight to the rings; it is
+/// let go with the stale rings once no window reads it ([`Windows::release_stale`]). Reads add it
+/// in, so every value is what adding each sample to every ring gives (accelerator milliseconds
+/// exactly; the FLOP sums, floating point, may round differently in the last bits, as they do for
+/// another arrival order).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Windows {
     pending: Pending,
