@@ -81,8 +81,11 @@ static SERIAL: Mutex<()> = Mutex::new(());
 #[test]
 fn steady_state_allocations_per_event_stay_within_budget() {
     let _serial = SERIAL.lock().unwrap();
-    // Measured on the code at the time the budget was set (allocations per event, steady state).
-    const MEASURED: f64 = 0.78;
+    // Measured on the code at the time the budget was set (allocations per event, steady state):
+    // 0.78 when the guard was first set, 0.21 on the code of 2026-12-05 (8,196 allocations for
+    // 38,872 events). Set again to the lower figure, so that a tenth of an allocation more per
+    // event fails.
+    const MEASURED: f64 = 0.21;
     const BUDGET: f64 = MEASURED * 1.5;
 
     let mut fleet = Fleet::demo(T0, 8, 7);
