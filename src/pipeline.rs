@@ -309,38 +309,38 @@ impl Pipeline {
         self.shards.iter()
     }
 
-    /// When (wall clock, epoch ms) the next evaluation at a detection boundary is expected: one
-    /// detection slide after the oldest of the shards' latest evaluations, as when consumption
-    /// keeps up with live input. A shard that has not evaluated for two slides as of `now_ms` (its
-    /// input stopped, or it was just assigned) is left out; `None` when every shard is.
-    pub fn next_evaluation_expected_ms(&self, now_ms: i64) -> Option<i64> {
+    /// The engines of the shards that evaluated at a detection boundary within two slides before
+    /// `now_ms` (wall clock): a shard that has not (its input stopped, or it was just assigned) is
+    /// neither expected nor waited for.
+    fn evaluating(&self, now_ms: i64) -> impl Iterator<Item = &Engine> + '_ {
         let slide = self.cfg.detection.slide.ms();
-        self.shards
-            .values()
-            .filter_map(Engine::evaluated_at_ms)
-            .filter(|&at| now_ms - at < 2 * slide)
-            .min()
-            .map(|at| at + slide)
+        self.shards.values().filter(move |e| {
+            e.evaluated_at_ms()
+                .is_some_and(|at| now_ms - at < 2 * slide)
+        })
     }
 
-    /// Whether a shard has evaluated a detection boundary that another has not reached yet. Shards
-    /// that have not evaluated for two slides as of `now_ms` (wall clock) are left out, as in
-    /// [`Pipeline::next_evaluation_expected_ms`]: their input stopped, or they were just assigned.
+    /// When (wall clock, epoch ms) the next evaluation at a detection boundary is expected: one
+    /// detection slide after the oldest of the latest evaluations of the shards that evaluate
+    /// (within two slides of `now_ms`), as when consumption keeps up with live input; `None` when
+    /// no shard does.
+    pub fn next_evaluation_expected_ms(&self, now_ms: i64) -> Option<i64> {
+        self.evaluating(now_ms)
+            .filter_map(Engine::evaluated_at_ms)
+            .min()
+            .map(|at| at + self.cfg.detection.slide.ms())
+    }
+
+    /// Whether a shard that evaluates (within two slides of `now_ms`) has evaluated a detection
+    /// boundary that another has not reached yet.
     pub fn boundary_pending(&self, now_ms: i64) -> bool {
-        let slide = self.cfg.detection.slide.ms();
         let mut boundaries = self
-            .shards
-            .values()
-            .filter(|e| {
-                e.evaluated_at_ms()
-                    .is_some_and(|at| now_ms - at < 2 * slide)
-            })
+            .evaluating(now_ms)
             .filter_map(Engine::evaluated_boundary_ms);
         let Some(first) = boundaries.next() else {
             return false;
         };
-        let (min, max) = boundaries.fold((first, first), |(lo, hi), b| (lo.min(b), hi.max(b)));
-        min < max
+        boundaries.any(|b| b != first)
     }
 
     /// Decodes and applies one batch of `shard`'s input, in order. `None` payloads (tombstones)
