@@ -926,11 +926,7 @@ impl Engine {
         for j in st.jobs.values() {
             f.job_bytes += j.account.windows.heap_bytes()
                 + j.detect.capacity() * std::mem::size_of::<DetectPane>()
-                + if j.models.spilled() {
-                    j.models.capacity() * std::mem::size_of::<(Option<u16>, u64)>()
-                } else {
-                    0
-                };
+                + footprint::small_vec_bytes(&j.models);
             f.series += j.series.len();
             f.series_bytes += series_bytes(&j.series);
         }

@@ -90,6 +90,15 @@ pub fn set_bytes<K, S>(m: &HashSet<K, S>) -> usize {
     table_bytes(m.capacity(), size_of::<K>())
 }
 
+/// Heap bytes of a `SmallVec`: none while its elements are held inline.
+pub fn small_vec_bytes<A: smallvec::Array>(v: &smallvec::SmallVec<A>) -> usize {
+    if v.spilled() {
+        v.capacity() * size_of::<A::Item>()
+    } else {
+        0
+    }
+}
+
 /// Bytes of one `Arc<str>` allocation (two reference counts and the text).
 pub fn arc_str_bytes(s: &str) -> usize {
     2 * size_of::<usize>() + s.len()

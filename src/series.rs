@@ -249,11 +249,7 @@ impl<V> SeriesTable<V> {
     /// Heap bytes the table asks for (its value's own heap allocations not included).
     pub fn heap_bytes(&self) -> usize {
         self.entries.capacity() * size_of::<(SeriesKey, V)>()
-            + if self.tags.spilled() {
-                self.tags.capacity() * size_of::<u16>()
-            } else {
-                0
-            }
+            + crate::footprint::small_vec_bytes(&self.tags)
             + self.index.as_ref().map_or(0, |index| {
                 size_of::<HashTable<u32>>()
                     + crate::footprint::table_bytes(index.capacity(), size_of::<u32>())

@@ -123,11 +123,7 @@ impl StampSet {
 
     /// Heap bytes (zero while one run is held inline).
     pub fn heap_bytes(&self) -> usize {
-        if self.runs.spilled() {
-            self.runs.capacity() * std::mem::size_of::<Run>()
-        } else {
-            0
-        }
+        crate::footprint::small_vec_bytes(&self.runs)
     }
 
     #[cfg(test)]
