@@ -154,6 +154,14 @@ fn digit_values(w: u64, run: usize) -> u64 {
         >> 32
 }
 
+/// How many of the first `run` (1 to 8) bytes of `w`, all ASCII digits, are leading `0`s.
+#[inline(always)]
+fn leading_zero_digits(w: u64, run: usize) -> usize {
+    // A `0` becomes a zero byte; the run's lowest non-zero byte is its first other digit.
+    let d = (w ^ (ONES * b'0' as u64)) & (u64::MAX >> (64 - 8 * run));
+    (d.trailing_zeros() as usize / 8).min(run)
+}
+
 #[inline(always)]
 fn value(b: &[u8], i: usize) -> Option<(FlatValue<'_>, usize)> {
     match *b.get(i)? {
@@ -298,7 +306,7 @@ impl Number {
                 let value = digit_values(w, run);
                 self.significant += match self.mantissa {
                     // Leading zeros are not significant.
-                    0 => value.checked_ilog10().map_or(0, |d| d + 1),
+                    0 => (run - leading_zero_digits(w, run)) as u32,
                     _ => run as u32,
                 };
                 self.mantissa = self.mantissa * POW10[run] + value;
@@ -464,7 +472,11 @@ mod tests {
         /// byte-by-byte reading does.
         #[test]
         fn digit_runs_read_eight_at_a_time_match_a_byte_scan(bytes in proptest::collection::vec(
-            proptest::prop_oneof![8 => b'0'..=b'9', 1 => proptest::prelude::any::<u8>()],
+            proptest::prop_oneof![
+                8 => b'0'..=b'9',
+                4 => proptest::strategy::Just(b'0'),
+                1 => proptest::prelude::any::<u8>(),
+            ],
             8..9,
         )) {
             let w = u64::from_le_bytes(bytes[..].try_into().unwrap());
@@ -473,6 +485,8 @@ mod tests {
             if run > 0 {
                 let text = std::str::from_utf8(&bytes[..run]).unwrap();
                 proptest::prop_assert_eq!(digit_values(w, run), text.parse::<u64>().unwrap());
+                let zeros = text.bytes().take_while(|&c| c == b'0').count();
+                proptest::prop_assert_eq!(leading_zero_digits(w, run), zeros);
             }
         }
 
