@@ -15,6 +15,7 @@ use trainspotter::decode::{
 use trainspotter::detect::{self, DetectPane, DeviceStat};
 use trainspotter::engine::Engine;
 use trainspotter::estimate::Usage;
+use trainspotter::flatjson::KeyOrder;
 use trainspotter::metrics::Metrics;
 use trainspotter::pipeline::{Pipeline, Shard};
 use trainspotter::registry_topic::Update;
@@ -107,8 +108,9 @@ fn decode(c: &mut Criterion) {
         g.bench_function(
             format!("native_borrowed_sample_{name}_{}_bytes", payload.len()),
             |b| {
+                let mut order = KeyOrder::default();
                 b.iter(|| {
-                    let flat = FlatNative::read(std::hint::black_box(payload)).unwrap();
+                    let flat = FlatNative::read(std::hint::black_box(payload), &mut order).unwrap();
                     let sample = flat.sample(DecodeLimits::OPEN).unwrap();
                     std::hint::black_box((sample.ts_ms, sample.tenant.len(), sample.gpus));
                 })

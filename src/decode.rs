@@ -13,7 +13,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::flatjson::{self, FlatValue};
+use crate::flatjson::{self, FlatValue, KeyOrder, KnownKey};
 
 /// Earliest accepted event time: 2000-01-01T00:00:00Z. Anything earlier is almost always epoch
 /// seconds sent where milliseconds were expected.
@@ -435,7 +435,7 @@ pub fn decode_native_with<R>(
     limits: DecodeLimits,
     f: impl FnOnce(SampleRef<'_>) -> R,
 ) -> Result<R, Rejection> {
-    match FlatEvent::read(payload) {
+    match FlatEvent::read(payload, &mut KeyOrder::default()) {
         Some(flat) => validate(&flat, limits).map(f),
         None => decode_native_by_serde(payload, limits).map(|s| f(s.borrowed())),
     }
@@ -448,9 +448,11 @@ pub struct FlatNative<'a>(FlatEvent<'a>);
 
 impl<'a> FlatNative<'a> {
     /// `None` when the payload is not a flat object of plain values; [`decode_native_with`] then
-    /// reads it with serde_json.
-    pub fn read(payload: &'a [u8]) -> Option<FlatNative<'a>> {
-        FlatEvent::read(payload).map(FlatNative)
+    /// reads it with serde_json. `order` carries where the keys were from one event to the next
+    /// (a stream's events have their keys in the same order), which makes reading them cheaper;
+    /// the result is the same whatever it holds.
+    pub fn read(payload: &'a [u8], order: &mut KeyOrder) -> Option<FlatNative<'a>> {
+        FlatEvent::read(payload, order).map(FlatNative)
     }
 
     /// The sample, exactly as [`decode_native_with`] gives it for the same payload.
@@ -601,32 +603,65 @@ enum Field {
 const FIELDS: usize = 16;
 
 impl Field {
-    /// The field named `key`; `None` for fields this version does not know (skipped). Dispatches
-    /// on the length first, so that a key is compared with at most two names.
-    #[inline(always)]
+    const ALL: [Field; FIELDS] = [
+        Field::Ts,
+        Field::Tenant,
+        Field::Job,
+        Field::Node,
+        Field::Gpu,
+        Field::Accelerator,
+        Field::Gpus,
+        Field::IntervalS,
+        Field::TensorActive,
+        Field::SmActive,
+        Field::GpuUtil,
+        Field::DramActive,
+        Field::PowerW,
+        Field::FbUsedBytes,
+        Field::NvlinkTxBytes,
+        Field::NvlinkRxBytes,
+    ];
+
+    const fn name(self) -> &'static str {
+        match self {
+            Field::Ts => "ts",
+            Field::Tenant => "tenant",
+            Field::Job => "job",
+            Field::Node => "node",
+            Field::Gpu => "gpu",
+            Field::Accelerator => "accelerator",
+            Field::Gpus => "gpus",
+            Field::IntervalS => "interval_s",
+            Field::TensorActive => "tensor_active",
+            Field::SmActive => "sm_active",
+            Field::GpuUtil => "gpu_util",
+            Field::DramActive => "dram_active",
+            Field::PowerW => "power_w",
+            Field::FbUsedBytes => "fb_used_bytes",
+            Field::NvlinkTxBytes => "nvlink_tx_bytes",
+            Field::NvlinkRxBytes => "nvlink_rx_bytes",
+        }
+    }
+
+    /// The field named `key`; `None` for fields this version does not know (skipped).
     fn named(key: &str) -> Option<Field> {
-        let k = key.as_bytes();
-        Some(match k.len() {
-            2 if k == b"ts" => Field::Ts,
-            3 if k == b"job" => Field::Job,
-            3 if k == b"gpu" => Field::Gpu,
-            4 if k == b"node" => Field::Node,
-            4 if k == b"gpus" => Field::Gpus,
-            6 if k == b"tenant" => Field::Tenant,
-            7 if k == b"power_w" => Field::PowerW,
-            8 if k == b"gpu_util" => Field::GpuUtil,
-            9 if k == b"sm_active" => Field::SmActive,
-            10 if k == b"interval_s" => Field::IntervalS,
-            11 if k == b"accelerator" => Field::Accelerator,
-            11 if k == b"dram_active" => Field::DramActive,
-            13 if k == b"tensor_active" => Field::TensorActive,
-            13 if k == b"fb_used_bytes" => Field::FbUsedBytes,
-            15 if k == b"nvlink_tx_bytes" => Field::NvlinkTxBytes,
-            15 if k == b"nvlink_rx_bytes" => Field::NvlinkRxBytes,
-            _ => return None,
-        })
+        NATIVE_KEYS
+            .iter()
+            .position(|k| k.name() == key)
+            .map(|i| Field::ALL[i])
     }
 }
+
+/// The native event's keys for the flat reader, at their fields' indexes.
+static NATIVE_KEYS: [KnownKey; FIELDS] = {
+    let mut keys = [KnownKey::new(""); FIELDS];
+    let mut i = 0;
+    while i < FIELDS {
+        keys[i] = KnownKey::new(Field::ALL[i].name());
+        i += 1;
+    }
+    keys
+};
 
 /// A field's value as validation sees it, from either reader.
 #[derive(Debug, Clone, Copy)]
@@ -686,9 +721,10 @@ enum Kind {
 }
 
 impl<'a> FlatEvent<'a> {
-    /// The fields of a flat object; `None` if [`flatjson::scan`] could not read it.
+    /// The fields of a flat object; `None` if [`flatjson::scan`] could not read it. `order`
+    /// says where the native keys are expected (see [`KeyOrder`]).
     #[inline(always)]
-    fn read(payload: &'a [u8]) -> Option<FlatEvent<'a>> {
+    fn read(payload: &'a [u8], order: &mut KeyOrder) -> Option<FlatEvent<'a>> {
         // Offsets and lengths are kept in 32 bits.
         if payload.len() > u32::MAX as usize {
             return None;
@@ -696,8 +732,8 @@ impl<'a> FlatEvent<'a> {
         let mut kinds = [Kind::Absent; FIELDS];
         let mut words = [0u64; FIELDS];
         let base = payload.as_ptr() as usize;
-        flatjson::scan(payload, |key, value| {
-            let Some(f) = Field::named(key) else {
+        flatjson::scan(payload, &NATIVE_KEYS, order, |key, value| {
+            let Some(f) = key else {
                 return;
             };
             let (kind, word) = match value {
@@ -710,8 +746,8 @@ impl<'a> FlatEvent<'a> {
                 FlatValue::Bool => (Kind::Bool, 0),
                 FlatValue::Null => (Kind::Null, 0),
             };
-            kinds[f as usize] = kind;
-            words[f as usize] = word;
+            kinds[f] = kind;
+            words[f] = word;
         })?;
         // SAFETY: `scan` accepted the payload as JSON, so it is valid UTF-8 (see its doc).
         let payload = unsafe { std::str::from_utf8_unchecked(payload) };
@@ -1064,14 +1100,42 @@ mod tests {
             }
         }
 
+        proptest! {
+            /// Events read one after the other with the key order carried from each to the next
+            /// (as the pipeline reads a batch) give what a fresh order gives, and what serde_json
+            /// gives, whatever the orders of their keys.
+            #[test]
+            fn the_key_order_carried_between_events_changes_no_result(
+                a in payload(),
+                b in payload(),
+            ) {
+                let mut order = KeyOrder::default();
+                for p in [&a, &a, &b, &b, &a] {
+                    let read = |order: &mut KeyOrder| {
+                        FlatNative::read(p.as_bytes(), order)
+                            .map(|f| f.sample(DecodeLimits::OPEN).map(|s| s.to_sample()))
+                    };
+                    let carried = read(&mut order);
+                    prop_assert_eq!(&carried, &read(&mut KeyOrder::default()));
+                    if let Some(sample) = carried {
+                        prop_assert_eq!(
+                            sample,
+                            decode_native_by_serde(p.as_bytes(), DecodeLimits::OPEN)
+                        );
+                    }
+                }
+            }
+        }
+
         #[test]
         fn the_usual_event_is_read_by_the_fast_path() {
             let sample = UsageSample::new(1_714_521_600_000, "t", 8.0, 10.0)
                 .job("j")
                 .device("n", "3")
                 .tensor_active(0.25);
-            assert!(FlatEvent::read(sample.to_json().as_bytes()).is_some());
-            assert!(FlatEvent::read(br#"{"tenant":"a\"b"}"#).is_none());
+            let mut order = KeyOrder::default();
+            assert!(FlatEvent::read(sample.to_json().as_bytes(), &mut order).is_some());
+            assert!(FlatEvent::read(br#"{"tenant":"a\"b"}"#, &mut order).is_none());
         }
     }
 

@@ -6,6 +6,11 @@
 //! cannot represent exactly as serde_json would) it answers `None`, and the caller decodes the
 //! payload with serde_json, which then also words the rejection. Strings are borrowed from the
 //! payload; nothing is allocated.
+//!
+//! The caller names the keys it wants ([`KnownKey`]) and gets each one's index instead of its
+//! text. Producers write their keys in the same order in every event, so the reader expects each
+//! known key where the last object had it ([`KeyOrder`]) and, when the payload has it there,
+//! takes the key and its colon with three word comparisons instead of reading it as a string.
 
 /// A value as it appeared.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,12 +22,130 @@ pub enum FlatValue<'a> {
     Null,
 }
 
-/// Calls `field` with each key and value of the flat object in `payload`, in order; `None` when
-/// the payload is not such an object (the caller falls back to a full JSON parser).
-pub fn scan<'a>(payload: &'a [u8], mut field: impl FnMut(&'a str, FlatValue<'a>)) -> Option<()> {
+/// Most keys a reader can know.
+pub const MAX_KNOWN: usize = 31;
+
+/// An object key known in advance, held as a compact payload spells it: quoted and followed by
+/// its colon (`"key":`), in at most 24 bytes (names of up to 21 bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct KnownKey {
+    name: &'static str,
+    /// The quoted key and colon, then zeros.
+    bytes: [u8; 24],
+    len: usize,
+    /// `bytes` as three little-endian words, and for each the mask of its bytes that count.
+    words: [u64; 3],
+    masks: [u64; 3],
+}
+
+impl KnownKey {
+    /// Panics (at compile time for a constant) if `name` is longer than 21 bytes or holds a byte
+    /// that JSON would have to escape.
+    pub const fn new(name: &'static str) -> KnownKey {
+        let n = name.as_bytes();
+        assert!(n.len() <= 21, "a known key has at most 21 bytes");
+        let mut bytes = [0u8; 24];
+        bytes[0] = b'"';
+        let mut i = 0;
+        while i < n.len() {
+            assert!(
+                n[i] >= 0x20 && n[i] < 0x80 && n[i] != b'"' && n[i] != b'\\',
+                "a known key is printable ASCII without quotes or backslashes"
+            );
+            bytes[i + 1] = n[i];
+            i += 1;
+        }
+        bytes[n.len() + 1] = b'"';
+        bytes[n.len() + 2] = b':';
+        let len = n.len() + 3;
+        let mut words = [0u64; 3];
+        let mut masks = [0u64; 3];
+        let mut w = 0;
+        while w < 3 {
+            let mut word = [0u8; 8];
+            let mut j = 0;
+            while j < 8 {
+                word[j] = bytes[w * 8 + j];
+                j += 1;
+            }
+            words[w] = u64::from_le_bytes(word);
+            let counted = len.saturating_sub(w * 8);
+            masks[w] = match counted {
+                0 => 0,
+                1..=7 => (1u64 << (8 * counted)) - 1,
+                _ => u64::MAX,
+            };
+            w += 1;
+        }
+        KnownKey {
+            name,
+            bytes,
+            len,
+            words,
+            masks,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Whether `b` spells this key and its colon at `i`.
+    #[inline(always)]
+    fn at(&self, b: &[u8], i: usize) -> bool {
+        match b.get(i..i + 24) {
+            Some(chunk) => {
+                let word = |w: usize| {
+                    u64::from_le_bytes(chunk[w * 8..w * 8 + 8].try_into().expect("eight bytes"))
+                };
+                ((word(0) ^ self.words[0]) & self.masks[0]
+                    | (word(1) ^ self.words[1]) & self.masks[1]
+                    | (word(2) ^ self.words[2]) & self.masks[2])
+                    == 0
+            }
+            None => b.get(i..i + self.len) == Some(&self.bytes[..self.len]),
+        }
+    }
+}
+
+/// Where the next object's known keys are expected: for each known key, and for the object's
+/// start, the known key that followed it in the last object read. At first, the keys in the
+/// order they are known.
+#[derive(Debug, Clone)]
+pub struct KeyOrder {
+    next: [u8; MAX_KNOWN + 1],
+}
+
+impl Default for KeyOrder {
+    fn default() -> KeyOrder {
+        let mut next = [0u8; MAX_KNOWN + 1];
+        for (k, n) in next.iter_mut().enumerate().take(MAX_KNOWN) {
+            *n = k as u8 + 1;
+        }
+        next[START] = 0;
+        KeyOrder { next }
+    }
+}
+
+/// The index in [`KeyOrder::next`] of an object's start.
+const START: usize = MAX_KNOWN;
+
+/// Calls `field` with each key and value of the flat object in `payload`, in order: the key as
+/// its index in `known`, or `None` for a key not among them. `None` when the payload is not such
+/// an object (the caller falls back to a full JSON parser). `order` says where known keys are
+/// expected, and learns where they were.
+pub fn scan<'a>(
+    payload: &'a [u8],
+    known: &[KnownKey],
+    order: &mut KeyOrder,
+    mut field: impl FnMut(Option<usize>, FlatValue<'a>),
+) -> Option<()> {
+    assert!(known.len() <= MAX_KNOWN, "at most {MAX_KNOWN} known keys");
     // Outside strings only ASCII bytes of the grammar are accepted, so checking each string's
-    // bytes (below) makes the whole payload valid UTF-8 without a separate pass over it.
+    // bytes (below) makes the whole payload valid UTF-8 without a separate pass over it. (A known
+    // key matched in place is ASCII.)
     let b = payload;
+    let mut previous = START;
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
@@ -32,12 +155,30 @@ pub fn scan<'a>(payload: &'a [u8], mut field: impl FnMut(&'a str, FlatValue<'a>)
         return (skip_ws(b, i + 1) == b.len()).then_some(());
     }
     loop {
-        let (key, next) = string(b, i)?;
-        i = skip_ws(b, next);
-        if b.get(i) != Some(&b':') {
-            return None;
+        let expected = order.next[previous] as usize;
+        let key = match known.get(expected) {
+            Some(k) if k.at(b, i) => {
+                i += k.len;
+                Some(expected)
+            }
+            _ => {
+                let (name, next) = string(b, i)?;
+                i = skip_ws(b, next);
+                if b.get(i) != Some(&b':') {
+                    return None;
+                }
+                i += 1;
+                let key = known.iter().position(|k| k.name == name);
+                if let Some(k) = key {
+                    order.next[previous] = k as u8;
+                }
+                key
+            }
+        };
+        if let Some(k) = key {
+            previous = k;
         }
-        i = skip_ws(b, i + 1);
+        i = skip_ws(b, i);
         let (value, next) = value(b, i)?;
         field(key, value);
         i = skip_ws(b, next);
@@ -376,10 +517,68 @@ mod tests {
         n.fast()
     }
 
-    fn fields(s: &str) -> Option<Vec<(String, FlatValue<'_>)>> {
+    /// The keys the tests know; any other key reads as `?`.
+    const KNOWN: [KnownKey; 10] = [
+        KnownKey::new("a"),
+        KnownKey::new("b"),
+        KnownKey::new("c"),
+        KnownKey::new("d"),
+        KnownKey::new("e"),
+        KnownKey::new("f"),
+        KnownKey::new("x"),
+        KnownKey::new("gpu"),
+        KnownKey::new("gpus"),
+        KnownKey::new("twenty_one_bytes_long"),
+    ];
+
+    fn fields_in<'a>(
+        s: &'a str,
+        order: &mut KeyOrder,
+    ) -> Option<Vec<(&'static str, FlatValue<'a>)>> {
         let mut out = Vec::new();
-        scan(s.as_bytes(), |k, v| out.push((k.to_string(), v)))?;
+        scan(s.as_bytes(), &KNOWN, order, |k, v| {
+            out.push((k.map_or("?", |k| KNOWN[k].name()), v))
+        })?;
         Some(out)
+    }
+
+    fn fields(s: &str) -> Option<Vec<(&'static str, FlatValue<'_>)>> {
+        fields_in(s, &mut KeyOrder::default())
+    }
+
+    fn scan_all(b: &[u8]) -> Option<()> {
+        scan(b, &KNOWN, &mut KeyOrder::default(), |_, _| {})
+    }
+
+    #[test]
+    fn known_keys_are_read_in_any_order_and_expected_where_the_last_object_had_them() {
+        let mut order = KeyOrder::default();
+        let one = r#"{"gpus":2,"x":"v","gpu":"3","other":1,"twenty_one_bytes_long":0}"#;
+        let expected = vec![
+            ("gpus", FlatValue::Int(2)),
+            ("x", FlatValue::Str("v")),
+            ("gpu", FlatValue::Str("3")),
+            ("?", FlatValue::Int(1)),
+            ("twenty_one_bytes_long", FlatValue::Int(0)),
+        ];
+        // Against the default order, then against the order just learned.
+        assert_eq!(fields_in(one, &mut order).unwrap(), expected);
+        assert_eq!(order.next[START], 8, "gpus first");
+        assert_eq!(order.next[8], 6, "x after gpus");
+        assert_eq!(order.next[7], 9, "an unknown key is passed over");
+        assert_eq!(fields_in(one, &mut order).unwrap(), expected);
+        // `"gpu":` is expected first now, but must not be taken from `"gpus":`.
+        let mut order = KeyOrder::default();
+        fields_in(r#"{"gpu":"1","a":1}"#, &mut order).unwrap();
+        assert_eq!(
+            fields_in(r#"{"gpus":"1","gpu":2}"#, &mut order).unwrap(),
+            vec![("gpus", FlatValue::Str("1")), ("gpu", FlatValue::Int(2))]
+        );
+        // A key expected at the very end of a payload, with fewer than 24 bytes left.
+        let mut order = KeyOrder::default();
+        let short = r#"{"e":1,"f":2}"#;
+        assert_eq!(fields_in(short, &mut order), fields_in(short, &mut order));
+        assert_eq!(fields(short).unwrap()[1], ("f", FlatValue::Int(2)));
     }
 
     #[test]
@@ -389,12 +588,12 @@ mod tests {
         assert_eq!(
             f,
             vec![
-                ("a".into(), FlatValue::Str("x y")),
-                ("b".into(), FlatValue::Int(-12)),
-                ("c".into(), FlatValue::Float(5.0)),
-                ("d".into(), FlatValue::Bool),
-                ("e".into(), FlatValue::Null),
-                ("f".into(), FlatValue::Int(0)),
+                ("a", FlatValue::Str("x y")),
+                ("b", FlatValue::Int(-12)),
+                ("c", FlatValue::Float(5.0)),
+                ("d", FlatValue::Bool),
+                ("e", FlatValue::Null),
+                ("f", FlatValue::Int(0)),
             ]
         );
         assert_eq!(fields("{}").unwrap(), vec![]);
@@ -402,8 +601,8 @@ mod tests {
         assert_eq!(
             fields(text).unwrap(),
             vec![
-                ("städte".into(), FlatValue::Str("Zürich, 東京 and Zagreb")),
-                ("x".into(), FlatValue::Str("ok")),
+                ("?", FlatValue::Str("Zürich, 東京 and Zagreb")),
+                ("x", FlatValue::Str("ok")),
             ]
         );
     }
@@ -411,14 +610,14 @@ mod tests {
     #[test]
     fn rejects_invalid_utf8_in_any_string_at_any_position() {
         let valid = r#"{"key name":"a value of some length","k":"v"}"#.as_bytes();
-        assert!(scan(valid, |_, _| {}).is_some());
+        assert!(scan_all(valid).is_some());
         let strings: Vec<usize> = (0..valid.len())
             .filter(|&i| valid[i].is_ascii_alphabetic() || valid[i] == b' ')
             .collect();
         for i in strings {
             let mut bad = valid.to_vec();
             bad[i] = 0xff;
-            assert!(scan(&bad, |_, _| {}).is_none(), "byte {i}");
+            assert!(scan_all(&bad).is_none(), "byte {i}");
         }
     }
 
@@ -556,6 +755,6 @@ mod tests {
         ] {
             assert!(fields(s).is_none(), "{s}");
         }
-        assert!(scan(b"{\"a\":\"\xff\"}", |_, _| {}).is_none());
+        assert!(scan_all(b"{\"a\":\"\xff\"}").is_none());
     }
 }

@@ -21,6 +21,7 @@ use crate::decode::{
 use crate::engine::{
     Engine, EngineStats, Explanation, JobReport, OrganisationReport, TenantReport,
 };
+use crate::flatjson::KeyOrder;
 use crate::join::Reading;
 use crate::labels::LabelMap;
 use crate::metrics::{Metrics, StateGauges};
@@ -640,13 +641,18 @@ fn process_native<'a>(
     let mut payloads = payloads.into_iter().enumerate().peekable();
     let mut chunk: Vec<(usize, Option<&'a [u8]>)> = Vec::with_capacity(WARM_CHUNK);
     let mut flat: Vec<Option<FlatNative<'a>>> = Vec::with_capacity(WARM_CHUNK);
+    let mut order = KeyOrder::default();
     let mut consumed = 0u64;
     while payloads.peek().is_some() {
         chunk.clear();
         chunk.extend(payloads.by_ref().take(WARM_CHUNK));
         consumed += chunk.len() as u64;
         flat.clear();
-        flat.extend(chunk.iter().map(|(_, p)| p.and_then(FlatNative::read)));
+        flat.extend(
+            chunk
+                .iter()
+                .map(|(_, p)| p.and_then(|p| FlatNative::read(p, &mut order))),
+        );
         let samples: SmallVec<[Option<Result<SampleRef<'_>, Rejection>>; WARM_CHUNK]> = flat
             .iter()
             .map(|f| f.as_ref().map(|f| f.sample(limits)))

@@ -11,6 +11,8 @@
 //!   payloads accepted under `DecodeLimits::OPEN` whose timestamp is within the bound, and yields
 //!   the same sample;
 //! - the one-pass fast path and serde_json agree: the same sample, or the same rejection;
+//! - the fast path reads the same again with the key order it learned from the payload (every
+//!   known key then expected where it is);
 //! - an accepted sample survives `UsageSample::to_json`: the JSON decodes again, to the same
 //!   strings, timestamp and numbers (bit for bit: numbers are parsed correctly rounded).
 #![no_main]
@@ -20,9 +22,10 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use trainspotter::decode::{
-    DecodeLimits, Decoded, Decoder, NativeJson, UsageSample, MAX_EVENT_TIME_MS, MAX_GPUS,
-    MAX_INTERVAL_S, MIN_EVENT_TIME_MS,
+    DecodeLimits, Decoded, Decoder, FlatNative, NativeJson, UsageSample, MAX_EVENT_TIME_MS,
+    MAX_GPUS, MAX_INTERVAL_S, MIN_EVENT_TIME_MS,
 };
+use trainspotter::flatjson::KeyOrder;
 
 /// Decodes into `out.samples` (the native format never yields readings).
 fn decode(
@@ -54,6 +57,19 @@ fuzz_target!(|data: &[u8]| {
         (Ok(()), Ok(r)) => assert_eq!(out.last(), Some(r), "fast path and serde_json differ"),
         (Err(a), Err(b)) => assert_eq!(a, b, "fast path and serde_json reject differently"),
         _ => panic!("fast path {open:?}, serde_json {reference:?}"),
+    }
+    let mut order = KeyOrder::default();
+    let mut flat = || {
+        FlatNative::read(data, &mut order)
+            .map(|f| f.sample(DecodeLimits::OPEN).map(|s| s.to_sample()))
+    };
+    let first = flat();
+    assert_eq!(first, flat(), "the learned key order changed the result");
+    if let Some(first) = first {
+        assert_eq!(
+            first, reference,
+            "the fast path's batch reading and serde_json differ"
+        );
     }
     let accepted = match open {
         Ok(()) => {

@@ -9,9 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use trainspotter::config::LabelsConfig;
-use trainspotter::decode::{
-    DecodeLimits, Decoded, Decoder, MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS,
-};
+use trainspotter::decode::{DecodeLimits, Decoded, Decoder, MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS};
 use trainspotter::join::Field;
 use trainspotter::labels::LabelMap;
 use trainspotter::otlp::{OtlpJson, OtlpProto};
@@ -49,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!r.detail.is_empty(), "rejection without detail");
             }
             Ok(()) => {
-                assert!(out.samples.is_empty(), "an exporter format yielded a whole sample");
+                assert!(
+                    out.samples.is_empty(),
+                    "an exporter format yielded a whole sample"
+                );
                 for r in &out.readings {
                     assert!(!r.device.tenant.is_empty(), "reading without tenant");
                     assert!(
@@ -59,12 +60,22 @@ fuzz_target!(|data: &[u8]| {
                         r.ts_ms,
                         limit.max_ts_ms
                     );
-                    assert!(r.value.is_finite() && r.value >= 0.0, "{:?} = {}", r.field, r.value);
+                    assert!(
+                        r.value.is_finite() && r.value >= 0.0,
+                        "{:?} = {}",
+                        r.field,
+                        r.value
+                    );
                     let fraction = matches!(
                         r.field,
                         Field::TensorActive | Field::SmActive | Field::GpuUtil | Field::DramActive
                     );
-                    assert!(!fraction || r.value <= 1.0, "{:?} = {} above 1", r.field, r.value);
+                    assert!(
+                        !fraction || r.value <= 1.0,
+                        "{:?} = {} above 1",
+                        r.field,
+                        r.value
+                    );
                 }
             }
         }

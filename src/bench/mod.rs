@@ -25,6 +25,7 @@ use crate::checkpoint;
 use crate::config::Config;
 use crate::decode::{decode_native, decode_native_by_serde, DecodeLimits, FlatNative};
 use crate::engine::Engine;
+use crate::flatjson::KeyOrder;
 use crate::footprint::Footprint;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Shard};
@@ -290,8 +291,9 @@ pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcom
     // The pipeline's own path: the flat read, then a sample borrowing the payload's names.
     let started = Instant::now();
     let mut decoded = 0usize;
+    let mut order = KeyOrder::default();
     for p in round.payloads() {
-        if let Some(flat) = FlatNative::read(std::hint::black_box(p)) {
+        if let Some(flat) = FlatNative::read(std::hint::black_box(p), &mut order) {
             decoded += std::hint::black_box(flat.sample(limits)).is_ok() as usize;
         }
     }
