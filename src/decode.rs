@@ -8,6 +8,7 @@
 //! field (carried to the dead-letter topic).
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -435,10 +436,22 @@ pub fn decode_native_with<R>(
     limits: DecodeLimits,
     f: impl FnOnce(SampleRef<'_>) -> R,
 ) -> Result<R, Rejection> {
-    match FlatEvent::read(payload, &mut KeyOrder::default()) {
+    let flat = KEY_ORDER.with(|order| {
+        let mut o = order.get();
+        let flat = FlatEvent::read(payload, &mut o);
+        order.set(o);
+        flat
+    });
+    match flat {
         Some(flat) => validate(&flat, limits).map(f),
         None => decode_native_by_serde(payload, limits).map(|s| f(s.borrowed())),
     }
+}
+
+thread_local! {
+    /// Where [`decode_native_with`] expects the native keys, learned from the events this thread
+    /// decoded one by one (see [`KeyOrder`]); it makes reading cheaper and changes no result.
+    static KEY_ORDER: Cell<KeyOrder> = Cell::new(KeyOrder::default());
 }
 
 /// A native event read by the flat-object reader, not validated yet: batches are read first and

@@ -111,7 +111,7 @@ impl KnownKey {
 /// Where the next object's known keys are expected: for each known key, and for the object's
 /// start, the known key that followed it in the last object read. At first, the keys in the
 /// order they are known.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct KeyOrder {
     next: [u8; MAX_KNOWN + 1],
 }

@@ -165,9 +165,12 @@ fn labels(cfg: &Config) -> Result<LabelMap, ConfigError> {
 impl Pipeline {
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Pipeline, ConfigError> {
         cfg.validate()?;
+        // Native topics are left to `native`, whose batches take the warmed path (`process`).
         let mut decoders = HashMap::new();
         for (topic, format) in &cfg.input.formats {
-            decoders.insert(topic.clone(), decoder(cfg, *format)?);
+            if *format != InputFormat::Native {
+                decoders.insert(topic.clone(), decoder(cfg, *format)?);
+            }
         }
         let (registry, watcher) = if cfg.registry.file.is_empty() {
             (Registry::default(), None)
@@ -270,8 +273,12 @@ impl Pipeline {
 
     /// Reads `topic` in `format` from now on (replay's `--format`).
     pub fn set_format(&mut self, topic: &str, format: InputFormat) -> Result<(), ConfigError> {
-        self.decoders
-            .insert(topic.to_string(), decoder(&self.cfg, format)?);
+        match format {
+            InputFormat::Native => self.decoders.remove(topic),
+            _ => self
+                .decoders
+                .insert(topic.to_string(), decoder(&self.cfg, format)?),
+        };
         Ok(())
     }
 
@@ -690,6 +697,32 @@ fn process_native<'a>(
 mod tests {
     use super::*;
     use crate::decode::decode_native;
+
+    /// A topic named native in `input.formats`, or set to it later, is read by the native
+    /// decoder whose batches take the warmed path, as a topic left to the default is; another
+    /// format set and then set back to native returns the topic to it.
+    #[test]
+    fn topics_configured_as_native_take_the_batched_native_path() {
+        let mut cfg = Config::default();
+        cfg.input.formats = [
+            ("named-native".to_string(), InputFormat::Native),
+            ("vector".to_string(), InputFormat::Vector),
+        ]
+        .into();
+        let mut pipeline = Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap();
+        let batched = |p: &Pipeline, topic: &str| Arc::ptr_eq(&p.decoder_of(topic), &p.native);
+        assert!(batched(&pipeline, "gpu-usage"));
+        assert!(batched(&pipeline, "named-native"));
+        assert!(!batched(&pipeline, "vector"));
+        pipeline
+            .set_format("gpu-usage", InputFormat::Vector)
+            .unwrap();
+        assert!(!batched(&pipeline, "gpu-usage"));
+        pipeline
+            .set_format("gpu-usage", InputFormat::Native)
+            .unwrap();
+        assert!(batched(&pipeline, "gpu-usage"));
+    }
 
     /// Updates from the registry topic reach the engine of every partition, an invalid one
     /// changes nothing, and the registry in force is changed in place (its maps of every tenant
