@@ -592,7 +592,8 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-/// The fields of a native event, in the order both readers store them.
+/// The fields of a native event, in the order both readers store them, which is also the order a
+/// fresh [`KeyOrder`] expects them in (the schema's order in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
     Ts,

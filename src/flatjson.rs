@@ -86,6 +86,7 @@ impl KnownKey {
         }
     }
 
+    /// The key as the caller named it.
     pub fn name(&self) -> &'static str {
         self.name
     }
