@@ -296,7 +296,7 @@ impl Partitions {
     /// round still running when the next is due makes that one skip.
     ///
     /// The consumer takes no batch while it encodes, so an encoding waits for a gap between
-    /// evaluations (see [`Partitions::in_gap`]); call [`Partitions::resume_checkpoint`] after
+    /// evaluations (see `Partitions::in_gap`); call [`Partitions::resume_checkpoint`] after
     /// every batch and now and then when none arrives.
     pub fn start_checkpoint(&mut self, now_ms: i64) {
         self.collect();
