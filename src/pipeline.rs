@@ -162,15 +162,28 @@ fn labels(cfg: &Config) -> Result<LabelMap, ConfigError> {
     })
 }
 
+/// Routes `topic` to the decoder of `format` in `decoders`. A native topic gets no entry: it is
+/// left to [`Pipeline`]'s `native` decoder, whose batches take the warmed path (`process` tells
+/// it by pointer).
+fn route(
+    decoders: &mut HashMap<String, Arc<dyn Decoder>>,
+    cfg: &Config,
+    topic: &str,
+    format: InputFormat,
+) -> Result<(), ConfigError> {
+    match format {
+        InputFormat::Native => decoders.remove(topic),
+        _ => decoders.insert(topic.to_string(), decoder(cfg, format)?),
+    };
+    Ok(())
+}
+
 impl Pipeline {
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Pipeline, ConfigError> {
         cfg.validate()?;
-        // Native topics are left to `native`, whose batches take the warmed path (`process`).
         let mut decoders = HashMap::new();
         for (topic, format) in &cfg.input.formats {
-            if *format != InputFormat::Native {
-                decoders.insert(topic.clone(), decoder(cfg, *format)?);
-            }
+            route(&mut decoders, cfg, topic, *format)?;
         }
         let (registry, watcher) = if cfg.registry.file.is_empty() {
             (Registry::default(), None)
@@ -273,13 +286,7 @@ impl Pipeline {
 
     /// Reads `topic` in `format` from now on (replay's `--format`).
     pub fn set_format(&mut self, topic: &str, format: InputFormat) -> Result<(), ConfigError> {
-        match format {
-            InputFormat::Native => self.decoders.remove(topic),
-            _ => self
-                .decoders
-                .insert(topic.to_string(), decoder(&self.cfg, format)?),
-        };
-        Ok(())
+        route(&mut self.decoders, &self.cfg, topic, format)
     }
 
     fn decoder_of(&self, topic: &str) -> Arc<dyn Decoder> {
