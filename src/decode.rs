@@ -863,8 +863,9 @@ fn wrong_type(field: &str, v: Value<'_>, expected: &str) -> Rejection {
 }
 
 #[inline(always)]
-fn number(field: &str, v: Option<Value<'_>>) -> Result<Option<f64>, Rejection> {
-    match present(v) {
+fn number<F: Fields>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
+    let field = f.name();
+    match present(fields.value(f)) {
         None => Ok(None),
         Some(Value::Int(i)) => Ok(Some(i as f64)),
         Some(Value::Float(f)) if f.is_finite() => Ok(Some(f)),
@@ -877,8 +878,9 @@ fn number(field: &str, v: Option<Value<'_>>) -> Result<Option<f64>, Rejection> {
 }
 
 #[inline(always)]
-fn fraction(field: &str, v: Option<Value<'_>>) -> Result<Option<f64>, Rejection> {
-    match number(field, v)? {
+fn fraction<F: Fields>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
+    let field = f.name();
+    match number(fields, f)? {
         Some(x) if !(0.0..=1.0).contains(&x) => Err(Rejection::new(
             RejectReason::OutOfRange,
             format!("field `{field}` must be a fraction in 0..1, got {x}"),
@@ -888,8 +890,9 @@ fn fraction(field: &str, v: Option<Value<'_>>) -> Result<Option<f64>, Rejection>
 }
 
 #[inline(always)]
-fn non_negative(field: &str, v: Option<Value<'_>>) -> Result<Option<f64>, Rejection> {
-    match number(field, v)? {
+fn non_negative<F: Fields>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
+    let field = f.name();
+    match number(fields, f)? {
         Some(x) if x < 0.0 => Err(Rejection::new(
             RejectReason::OutOfRange,
             format!("field `{field}` must not be negative, got {x}"),
@@ -899,8 +902,9 @@ fn non_negative(field: &str, v: Option<Value<'_>>) -> Result<Option<f64>, Reject
 }
 
 #[inline(always)]
-fn positive(field: &str, v: Option<Value<'_>>) -> Result<Option<f64>, Rejection> {
-    match number(field, v)? {
+fn positive<F: Fields>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
+    let field = f.name();
+    match number(fields, f)? {
         Some(x) if x <= 0.0 => Err(Rejection::new(
             RejectReason::NonPositive,
             format!("field `{field}` must be positive, got {x}"),
@@ -910,8 +914,9 @@ fn positive(field: &str, v: Option<Value<'_>>) -> Result<Option<f64>, Rejection>
 }
 
 #[inline(always)]
-fn string<'s>(field: &str, v: Option<Value<'s>>) -> Result<Option<Cow<'s, str>>, Rejection> {
-    match present(v) {
+fn string<F: Fields>(fields: &F, f: Field) -> Result<Option<Cow<'_, str>>, Rejection> {
+    let field = f.name();
+    match present(fields.value(f)) {
         None => Ok(None),
         Some(Value::Str("")) => Err(Rejection::new(
             RejectReason::EmptyString,
@@ -919,7 +924,7 @@ fn string<'s>(field: &str, v: Option<Value<'s>>) -> Result<Option<Cow<'s, str>>,
         )),
         Some(Value::Str(s)) => Ok(Some(Cow::Borrowed(s))),
         // Scheduler ids and GPU indexes are often emitted as numbers; accept integers as ids.
-        Some(Value::Int(i)) if field != "tenant" => Ok(Some(Cow::Owned(i.to_string()))),
+        Some(Value::Int(i)) if f != Field::Tenant => Ok(Some(Cow::Owned(i.to_string()))),
         Some(v) => Err(wrong_type(field, v, "a string")),
     }
 }
@@ -994,12 +999,10 @@ trait Fields {
 /// A native event's sample from its fields, or the rejection naming the first field that is
 /// wrong; the same for both readers.
 fn validate<F: Fields>(fields: &F, limits: DecodeLimits) -> Result<SampleRef<'_>, Rejection> {
-    let get = |f| fields.value(f);
-    let ts_ms = timestamp(get(Field::Ts), limits)?;
-    let tenant = string("tenant", get(Field::Tenant))?.ok_or_else(|| missing("tenant"))?;
-    let interval_s =
-        positive("interval_s", get(Field::IntervalS))?.ok_or_else(|| missing("interval_s"))?;
-    let gpus = positive("gpus", get(Field::Gpus))?.unwrap_or(1.0);
+    let ts_ms = timestamp(fields.value(Field::Ts), limits)?;
+    let tenant = string(fields, Field::Tenant)?.ok_or_else(|| missing("tenant"))?;
+    let interval_s = positive(fields, Field::IntervalS)?.ok_or_else(|| missing("interval_s"))?;
+    let gpus = positive(fields, Field::Gpus)?.unwrap_or(1.0);
     if interval_s > MAX_INTERVAL_S {
         return Err(Rejection::new(
             RejectReason::OutOfRange,
@@ -1015,22 +1018,22 @@ fn validate<F: Fields>(fields: &F, limits: DecodeLimits) -> Result<SampleRef<'_>
     Ok(SampleRef {
         ts_ms,
         tenant,
-        job: string("job", get(Field::Job))?,
-        node: string("node", get(Field::Node))?,
-        gpu: string("gpu", get(Field::Gpu))?,
-        accelerator: string("accelerator", get(Field::Accelerator))?,
+        job: string(fields, Field::Job)?,
+        node: string(fields, Field::Node)?,
+        gpu: string(fields, Field::Gpu)?,
+        accelerator: string(fields, Field::Accelerator)?,
         gpus,
         interval_s,
         activity: Activity {
-            tensor_active: fraction("tensor_active", get(Field::TensorActive))?,
-            sm_active: fraction("sm_active", get(Field::SmActive))?,
-            gpu_util: fraction("gpu_util", get(Field::GpuUtil))?,
-            dram_active: fraction("dram_active", get(Field::DramActive))?,
+            tensor_active: fraction(fields, Field::TensorActive)?,
+            sm_active: fraction(fields, Field::SmActive)?,
+            gpu_util: fraction(fields, Field::GpuUtil)?,
+            dram_active: fraction(fields, Field::DramActive)?,
         },
-        power_w: non_negative("power_w", get(Field::PowerW))?,
-        fb_used_bytes: non_negative("fb_used_bytes", get(Field::FbUsedBytes))?,
-        nvlink_tx_bytes: non_negative("nvlink_tx_bytes", get(Field::NvlinkTxBytes))?,
-        nvlink_rx_bytes: non_negative("nvlink_rx_bytes", get(Field::NvlinkRxBytes))?,
+        power_w: non_negative(fields, Field::PowerW)?,
+        fb_used_bytes: non_negative(fields, Field::FbUsedBytes)?,
+        nvlink_tx_bytes: non_negative(fields, Field::NvlinkTxBytes)?,
+        nvlink_rx_bytes: non_negative(fields, Field::NvlinkRxBytes)?,
     })
 }
 
