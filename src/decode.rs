@@ -1000,8 +1000,9 @@ trait Fields {
 /// wrong; the same for both readers.
 fn validate<F: Fields>(fields: &F, limits: DecodeLimits) -> Result<SampleRef<'_>, Rejection> {
     let ts_ms = timestamp(fields.value(Field::Ts), limits)?;
-    let tenant = string(fields, Field::Tenant)?.ok_or_else(|| missing("tenant"))?;
-    let interval_s = positive(fields, Field::IntervalS)?.ok_or_else(|| missing("interval_s"))?;
+    let tenant = string(fields, Field::Tenant)?.ok_or_else(|| missing(Field::Tenant.name()))?;
+    let interval_s =
+        positive(fields, Field::IntervalS)?.ok_or_else(|| missing(Field::IntervalS.name()))?;
     let gpus = positive(fields, Field::Gpus)?.unwrap_or(1.0);
     if interval_s > MAX_INTERVAL_S {
         return Err(Rejection::new(
