@@ -7,13 +7,13 @@
 //! [`AlertRecord::to_cloudevent`] renders the Kafka record (CloudEvents 1.0, structured JSON).
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
 
 use serde::{Deserialize, Serialize};
 
 use crate::decode::format_rfc3339_ms;
 use crate::estimate::FlopEstimate;
 use crate::evidence::Evidence;
+use crate::name::Name;
 
 /// Alert names are part of the public interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -68,10 +68,10 @@ impl Status {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Entity {
     /// The tenant of a job or tenant entity; empty for an organisation.
-    pub tenant: Arc<str>,
-    pub job: Option<Arc<str>>,
+    pub tenant: Name,
+    pub job: Option<Name>,
     /// The organisation of an organisation entity; `None` otherwise.
-    pub org: Option<Arc<str>>,
+    pub org: Option<Name>,
 }
 
 /// What kind of entity an alert is about.
@@ -94,7 +94,7 @@ impl Scope {
 }
 
 impl Entity {
-    pub fn job(tenant: Arc<str>, job: Arc<str>) -> Entity {
+    pub fn job(tenant: Name, job: Name) -> Entity {
         Entity {
             tenant,
             job: Some(job),
@@ -102,7 +102,7 @@ impl Entity {
         }
     }
 
-    pub fn tenant(tenant: Arc<str>) -> Entity {
+    pub fn tenant(tenant: Name) -> Entity {
         Entity {
             tenant,
             job: None,
@@ -110,28 +110,12 @@ impl Entity {
         }
     }
 
-    pub fn organisation(org: Arc<str>) -> Entity {
-        static NO_TENANT: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+    pub fn organisation(org: Name) -> Entity {
         Entity {
-            tenant: NO_TENANT.clone(),
+            tenant: Name::new(""),
             job: None,
             org: Some(org),
         }
-    }
-
-    /// Whether `o` names this entity by the same copies of its names (a quick test of equality
-    /// that reads no name: `false` says nothing).
-    pub fn same_names(&self, o: &Entity) -> bool {
-        fn same(a: Option<&Arc<str>>, b: Option<&Arc<str>>) -> bool {
-            match (a, b) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            }
-        }
-        Arc::ptr_eq(&self.tenant, &o.tenant)
-            && same(self.job.as_ref(), o.job.as_ref())
-            && same(self.org.as_ref(), o.org.as_ref())
     }
 
     pub fn scope(&self) -> Scope {

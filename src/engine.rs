@@ -15,7 +15,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashMap;
 use hashbrown::hash_map::RawEntryMut;
 use hashbrown::Equivalent;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,7 @@ use crate::estimate::{Estimator, FlopEstimate, Usage};
 use crate::evidence::{Evidence, TrainingEvidence};
 use crate::footprint::{self, Footprint};
 use crate::join::{JoinBuffer, Reading};
+use crate::name::{Name, Names};
 use crate::prefetch;
 use crate::registry::{Effective, Registry};
 use crate::series::{SeriesKey, SeriesRef, SeriesTable};
@@ -80,10 +81,8 @@ impl EngineStats {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct JobKey {
-    #[serde(deserialize_with = "decoded_name")]
-    tenant: Arc<str>,
-    #[serde(deserialize_with = "decoded_name")]
-    job: Arc<str>,
+    tenant: Name,
+    job: Name,
 }
 
 /// A [`JobKey`] by borrowed names, to look one up without building it (hashes alike).
@@ -133,76 +132,16 @@ pub struct KeyHashes {
     series: u64,
 }
 
-/// One shared copy of each job, node and GPU name, for the keys of new jobs and series (known
-/// keys are looked up by the names as they come). Names no key uses any more are dropped at each
-/// sweep. Not checkpointed: the keys of a restored state share the names they were decoded with
-/// ([`decoding`]).
-#[derive(Debug, Default)]
-struct Names(AHashSet<Arc<str>>);
-
-impl Names {
-    fn intern(&mut self, s: &str) -> Arc<str> {
-        match self.0.get(s) {
-            Some(a) => a.clone(),
-            None => {
-                let a: Arc<str> = Arc::from(s);
-                self.0.insert(a.clone());
-                a
-            }
-        }
-    }
-
-    fn sweep(&mut self) {
-        self.0.retain(|a| Arc::strong_count(a) > 1);
-    }
-}
-
-thread_local! {
-    /// The names of the state being decoded on this thread ([`decoding`]).
-    static DECODING: std::cell::RefCell<Option<Names>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Runs `decode` (of a [`State`]) with the names of the keys it decodes shared, as keys made from
-/// samples share them, and gives the state those names. Without this, decoding would give every
-/// name of every key an allocation of its own (each device series its own copy of its node's
-/// name, each job its own copy of its tenant's).
+/// Runs `decode` (of a [`State`]) with the long names of the keys it decodes shared, as keys
+/// made from samples share them ([`Names::collecting`]), and gives the state those names.
 pub fn decoding<T, E>(
     decode: impl FnOnce() -> Result<T, E>,
     state: impl FnOnce(&mut T) -> &mut State,
 ) -> Result<T, E> {
-    let outer = DECODING.with(|d| d.borrow_mut().replace(Names::default()));
-    let decoded = decode();
-    let names = DECODING.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
+    let (decoded, names) = Names::collecting(decode);
     let mut decoded = decoded?;
-    state(&mut decoded).names = names.unwrap_or_default();
+    state(&mut decoded).names = names;
     Ok(decoded)
-}
-
-/// A key's name as decoded: the shared copy while [`decoding`], else a copy of its own.
-pub(crate) fn decoded_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
-    struct Name;
-    impl serde::de::Visitor<'_> for Name {
-        type Value = Arc<str>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a name")
-        }
-        fn visit_str<E>(self, s: &str) -> Result<Arc<str>, E> {
-            Ok(DECODING.with(|d| match d.borrow_mut().as_mut() {
-                Some(names) => names.intern(s),
-                None => Arc::from(s),
-            }))
-        }
-    }
-    d.deserialize_str(Name)
-}
-
-/// [`decoded_name`] of an optional name.
-pub(crate) fn decoded_opt_name<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Arc<str>>, D::Error> {
-    #[derive(Deserialize)]
-    struct Name(#[serde(deserialize_with = "decoded_name")] Arc<str>);
-    Ok(Option::<Name>::deserialize(d)?.map(|n| n.0))
 }
 
 /// One device series (or one aggregate series when the sample names no device).
@@ -344,7 +283,7 @@ struct TenantState {
     /// `org_epoch` names: looked up again once the engine's registry changes, not per sample.
     /// Not checkpointed (a restored tenant resolves it again).
     #[serde(skip)]
-    org: Option<Arc<str>>,
+    org: Option<Name>,
     #[serde(skip)]
     org_epoch: u32,
 }
@@ -377,7 +316,7 @@ struct RegistryView {
     /// The policy's scale of the compute thresholds.
     scale: f64,
     /// The tenant's organisation (the organisation table's copy of its name when it has one).
-    org: Option<Arc<str>>,
+    org: Option<Name>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -530,7 +469,7 @@ pub struct State {
     #[serde(skip)]
     names: Names,
     #[serde(serialize_with = "serialize_tenants")]
-    tenants: Table<Arc<str>, TenantState>,
+    tenants: Table<Name, TenantState>,
     #[serde(serialize_with = "serialize_jobs")]
     jobs: Table<JobKey, JobState>,
     max_event_ms: Option<i64>,
@@ -540,9 +479,9 @@ pub struct State {
     next_sweep_ms: i64,
     /// Keys with samples since the last evaluation (each once: its state's `touched` is set).
     touched_jobs: Vec<JobKey>,
-    touched_tenants: Vec<Arc<str>>,
-    orgs: Table<Arc<str>, OrgState>,
-    touched_orgs: Vec<Arc<str>>,
+    touched_tenants: Vec<Name>,
+    orgs: Table<Name, OrgState>,
+    touched_orgs: Vec<Name>,
     alerts: AlertBook,
     stats: EngineStats,
     /// Readings of metric-per-message formats not yet joined into samples.
@@ -599,14 +538,14 @@ fn serialize_jobs<S: serde::Serializer>(
 
 /// The tenant table, as [`serialize_prefetched`].
 fn serialize_tenants<S: serde::Serializer>(
-    tenants: &Table<Arc<str>, TenantState>,
+    tenants: &Table<Name, TenantState>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     serialize_prefetched(
         tenants,
         s,
         |name, t| {
-            prefetch::range(name.as_ptr(), name.len());
+            name.prefetch();
             t.account.windows.prefetch();
             t.series.prefetch_entries();
         },
@@ -615,12 +554,12 @@ fn serialize_tenants<S: serde::Serializer>(
 }
 
 impl JobState {
-    /// Starts loading the key's names and what the job's entry points to: its series, its window
-    /// rings' heads, its detection panes and its model counts.
+    /// Starts loading the key's long names and what the job's entry points to: its series, its
+    /// window rings' heads, its detection panes and its model counts.
     #[inline]
     fn prefetch_parts(&self, k: &JobKey) {
-        prefetch::range(k.tenant.as_ptr(), k.tenant.len());
-        prefetch::range(k.job.as_ptr(), k.job.len());
+        k.tenant.prefetch();
+        k.job.prefetch();
         self.series.prefetch_entries();
         self.account.windows.prefetch();
         self.detect.prefetch();
@@ -691,7 +630,7 @@ pub struct Engine {
 #[derive(Default)]
 struct TenantContexts {
     epoch: u32,
-    by_tenant: AHashMap<Arc<str>, (Option<String>, Arc<serde_json::Value>)>,
+    by_tenant: AHashMap<Name, (Option<String>, Arc<serde_json::Value>)>,
 }
 
 /// How long one evaluation took: the wall time of the only clock reading the engine makes, for
@@ -727,11 +666,8 @@ struct GroupCandidate {
     table_hash: u64,
     /// The owner: the tenant's organisation in the tenant registry, or else the tenant (the
     /// job's); and the owner's [`GROUP_HASH`] (of its kind and name).
-    org: Option<Arc<str>>,
+    org: Option<Name>,
     owner_hash: u64,
-    /// The address of the owner's name (equal addresses: the same owner, without reading the
-    /// list of jobs or the name).
-    owner_name_at: *const u8,
     /// The owner's training-score threshold.
     threshold: f64,
     first_ts: i64,
@@ -750,13 +686,10 @@ impl GroupCandidate {
         }
     }
 
-    /// Whether `o` has the same owner: by hash, then by the names' copies, then by the names.
+    /// Whether `o` has the same owner: by hash, then by the names.
     fn same_owner(&self, o: &GroupCandidate, jobs: &[JobKey]) -> bool {
         if self.owner_hash != o.owner_hash {
             return false;
-        }
-        if self.owner_name_at == o.owner_name_at {
-            return true;
         }
         match (&self.org, &o.org) {
             (Some(a), Some(b)) => a == b,
@@ -912,15 +845,15 @@ impl Engine {
             jobs: st.jobs.len(),
             ..Footprint::default()
         };
-        f.tenant_bytes = footprint::table_of::<Arc<str>, TenantState>(st.tenants.capacity());
-        for (k, t) in &st.tenants {
-            f.tenant_bytes += footprint::arc_str_bytes(k) + t.account.windows.heap_bytes();
+        f.tenant_bytes = footprint::table_of::<Name, TenantState>(st.tenants.capacity());
+        for t in st.tenants.values() {
+            f.tenant_bytes += t.account.windows.heap_bytes();
             f.series += t.series.len();
             f.series_bytes += series_bytes(&t.series);
         }
-        f.organisation_bytes = footprint::table_of::<Arc<str>, OrgState>(st.orgs.capacity());
-        for (k, o) in &st.orgs {
-            f.organisation_bytes += footprint::arc_str_bytes(k) + o.account.windows.heap_bytes();
+        f.organisation_bytes = footprint::table_of::<Name, OrgState>(st.orgs.capacity());
+        for o in st.orgs.values() {
+            f.organisation_bytes += o.account.windows.heap_bytes();
         }
         f.job_bytes = footprint::table_of::<JobKey, JobState>(st.jobs.capacity());
         for j in st.jobs.values() {
@@ -930,16 +863,11 @@ impl Engine {
             f.series += j.series.len();
             f.series_bytes += series_bytes(&j.series);
         }
-        f.other_bytes = footprint::set_bytes(&self.names.0)
-            + self
-                .names
-                .0
-                .iter()
-                .map(|n| footprint::arc_str_bytes(n))
-                .sum::<usize>()
+        // Names too long to be held inline are counted once, as the shared copies of `names`.
+        f.other_bytes = self.names.heap_bytes()
             + st.touched_jobs.capacity() * std::mem::size_of::<JobKey>()
             + (st.touched_tenants.capacity() + st.touched_orgs.capacity())
-                * std::mem::size_of::<Arc<str>>();
+                * std::mem::size_of::<Name>();
         f
     }
 
@@ -972,8 +900,8 @@ impl Engine {
     /// window rings of each), without waiting for any of it, so that their cache misses overlap.
     /// Changes nothing. Works in passes over the whole batch, each reading only what the previous
     /// pass prefetched: entries are located by hash alone (`at_hash`: names are not compared, a
-    /// wrong guess only costs a useless prefetch), then read for the addresses of their names, rings and
-    /// series, then the series are located and prefetched the same way. Returns the hashes of
+    /// wrong guess only costs a useless prefetch), then read for the addresses of their long names
+    /// (names held inline come with the entry), rings and series, then the series are located and prefetched the same way. Returns the hashes of
     /// each sample's keys, in order, for [`Engine::apply_warmed`]: each name is hashed once.
     pub fn warm(&self, samples: &[&SampleRef<'_>]) -> SmallVec<[KeyHashes; WARM_BATCH]> {
         const N: usize = WARM_BATCH;
@@ -982,7 +910,7 @@ impl Engine {
         let st = &self.st;
         let mut hashes: SmallVec<[KeyHashes; N]> = SmallVec::with_capacity(samples.len());
         for (c, chunk) in samples.chunks(N).enumerate() {
-            let mut tenants: SmallVec<[Found<Arc<str>, TenantState>; N]> = SmallVec::new();
+            let mut tenants: SmallVec<[Found<Name, TenantState>; N]> = SmallVec::new();
             let mut jobs: SmallVec<[Found<JobKey, JobState>; N]> = SmallVec::new();
             // 1. The buckets: only the tables' control bytes are read (small, usually cached).
             for s in chunk {
@@ -1001,18 +929,18 @@ impl Engine {
                 }
                 jobs.push(j);
             }
-            // 2. What the buckets point to: key names, series tags, model counts, and the window
+            // 2. What the buckets point to: long key names, series tags, model counts, and the window
             // rings of keys whose sample falls outside their pending span.
             for ((t, j), s) in tenants.iter().zip(&jobs).zip(chunk) {
                 if let Some((k, v)) = t {
-                    prefetch::range(k.as_ptr(), k.len());
+                    k.prefetch();
                     if v.account.windows.touches_rings(s.ts_ms) {
                         v.account.windows.prefetch();
                     }
                 }
                 if let Some((k, v)) = j {
-                    prefetch::range(k.tenant.as_ptr(), k.tenant.len());
-                    prefetch::range(k.job.as_ptr(), k.job.len());
+                    k.tenant.prefetch();
+                    k.job.prefetch();
                     if v.account.windows.touches_rings(s.ts_ms) {
                         v.account.windows.prefetch();
                     }
@@ -1091,7 +1019,7 @@ impl Engine {
             RawEntryMut::Occupied(e) => e.into_key_value(),
             RawEntryMut::Vacant(e) => e.insert_hashed_nocheck(
                 hashes.tenant,
-                Arc::from(tenant_name),
+                names.name(tenant_name),
                 TenantState::default(),
             ),
         };
@@ -1110,7 +1038,7 @@ impl Engine {
                     hashes.job,
                     JobKey {
                         tenant: tenant_key.clone(),
-                        job: names.intern(j),
+                        job: names.name(j),
                     },
                     JobState::default(),
                 ),
@@ -1175,7 +1103,7 @@ impl Engine {
                 match st.orgs.raw_entry_mut().from_key(org) {
                     RawEntryMut::Occupied(e) => e.key().clone(),
                     RawEntryMut::Vacant(e) => {
-                        e.insert(Arc::from(org), OrgState::default()).0.clone()
+                        e.insert(names.name(org), OrgState::default()).0.clone()
                     }
                 }
             });
@@ -1314,8 +1242,8 @@ impl Engine {
         let started = std::time::Instant::now();
         self.st.last_eval_ms = Some(now);
         let mut jobs: Vec<JobKey> = std::mem::take(&mut self.st.touched_jobs);
-        let touched_tenants: Vec<Arc<str>> = std::mem::take(&mut self.st.touched_tenants);
-        let touched_orgs: Vec<Arc<str>> = std::mem::take(&mut self.st.touched_orgs);
+        let touched_tenants: Vec<Name> = std::mem::take(&mut self.st.touched_tenants);
+        let touched_orgs: Vec<Name> = std::mem::take(&mut self.st.touched_orgs);
         let (mut extra_jobs, mut extra_tenants, mut extra_orgs) =
             (Vec::new(), Vec::new(), Vec::new());
         for e in self.st.alerts.entities() {
@@ -1412,14 +1340,14 @@ impl Engine {
     }
 
     /// Starts loading what evaluating the jobs after `jobs[i]` reads, which lie in arrival order
-    /// and so at random in memory: the names of the job 16 places ahead (hashing and comparing a key
-    /// reads them), the table entry of the one 8 ahead (located by hash alone, [`by_hash`]), and
-    /// the detection panes and series of the one 4 ahead.
+    /// and so at random in memory: the long names of the job 16 places ahead (hashing and comparing
+    /// a key reads them), the table entry of the one 8 ahead (located by hash alone, [`by_hash`]),
+    /// and the detection panes and series of the one 4 ahead.
     fn prefetch_jobs(&self, jobs: &[JobKey], i: usize) {
         let entry = |k: &JobKey| by_hash(&self.st.jobs, k).map(|(_, j)| j);
         if let Some(k) = jobs.get(i + 16) {
-            prefetch::range(k.tenant.as_ptr(), k.tenant.len());
-            prefetch::range(k.job.as_ptr(), k.job.len());
+            k.tenant.prefetch();
+            k.job.prefetch();
         }
         if let Some(j) = jobs.get(i + 8).and_then(entry) {
             prefetch::value(j);
@@ -1487,10 +1415,6 @@ impl Engine {
                     threshold,
                     key_hash: GROUP_HASH.hash_one(k),
                     table_hash: hash,
-                    owner_name_at: match &view.org {
-                        Some(org) => org.as_ptr(),
-                        None => k.tenant.as_ptr(),
-                    },
                     org: view.org.clone(),
                     owner_hash,
                     first_ts: job.account.first_ts,
@@ -1532,7 +1456,7 @@ impl Engine {
             // The organisation's own copy of its name, if it has an account.
             match self.st.orgs.get_key_value(org) {
                 Some((name, _)) => name.clone(),
-                None => Arc::from(org),
+                None => Name::from(org),
             }
         });
         let policy = self.policy(entity);
@@ -1546,7 +1470,7 @@ impl Engine {
 
     /// The training-score threshold of organisation `org` (from its state when taken under the
     /// registry in force; an organisation's policy reads every member tenant's).
-    fn org_threshold(&mut self, org: &Arc<str>) -> f64 {
+    fn org_threshold(&mut self, org: &Name) -> f64 {
         let epoch = self.registry_epoch;
         if let Some(o) = self.st.orgs.get(org) {
             if o.threshold.0 == epoch {
@@ -1562,7 +1486,7 @@ impl Engine {
 
     /// Records that `tenant` (and its organisation) has work suspected of training, which makes
     /// their totals subject to compute alerts.
-    fn mark_training(&mut self, tenant: &Arc<str>) {
+    fn mark_training(&mut self, tenant: &Name) {
         if let Some(t) = self.st.tenants.get_mut(tenant) {
             t.training = true;
         }
@@ -1792,7 +1716,7 @@ impl Engine {
     }
 
     /// The organisation and alert context of `tenant` under the registry in force.
-    fn tenant_context(&mut self, tenant: &Arc<str>) -> (Option<String>, Arc<serde_json::Value>) {
+    fn tenant_context(&mut self, tenant: &Name) -> (Option<String>, Arc<serde_json::Value>) {
         if self.contexts.epoch != self.registry_epoch {
             self.contexts.by_tenant.clear();
             self.contexts.epoch = self.registry_epoch;
@@ -1974,8 +1898,8 @@ impl Engine {
     /// features and thresholds an alert would show).
     pub fn explain(&self, tenant: &str, job: &str) -> Option<Explanation> {
         let key = JobKey {
-            tenant: Arc::from(tenant),
-            job: Arc::from(job),
+            tenant: Name::from(tenant),
+            job: Name::from(job),
         };
         let state = self.st.jobs.get(&key)?;
         let latest = self
@@ -2183,7 +2107,7 @@ impl Engine {
         // Tenants are few and their lifetime totals are what compliance reports on: an idle tenant
         // gives up its windows and series but keeps its lifetime, so a paused run that resumes
         // after a month still adds up. Its alerts resolve; they fire again if it comes back.
-        let dormant: Vec<Arc<str>> = self
+        let dormant: Vec<Name> = self
             .st
             .tenants
             .iter()
@@ -2198,7 +2122,7 @@ impl Engine {
             self.reconcile(&Entity::tenant(t), Vec::new(), watermark);
         }
         // Organisations likewise keep their lifetime.
-        let dormant: Vec<Arc<str>> = self
+        let dormant: Vec<Name> = self
             .st
             .orgs
             .iter()
@@ -2354,9 +2278,9 @@ impl Engine {
     }
 }
 
-/// Sorts job keys by tenant name, then job name. The names lie at random in memory, so each name's
-/// first eight bytes are read once, in order, and compared as numbers, and the tenant names of two
-/// keys that share the tenant's one copy are not compared: most comparisons then read no name.
+/// Sorts job keys by tenant name, then job name. Each name's first eight bytes are read once, in
+/// order, and compared as numbers, so most comparisons read no name (a long one lies at random in
+/// memory), and the tenant names of two keys that share the tenant's one copy are not compared.
 fn sort_by_name(jobs: &mut Vec<JobKey>) {
     fn prefix(s: &str) -> u64 {
         let mut b = [0u8; 8];
@@ -2370,10 +2294,7 @@ fn sort_by_name(jobs: &mut Vec<JobKey>) {
         .collect();
     keyed.sort_unstable_by(|(ta, ja, a), (tb, jb, b)| {
         ta.cmp(tb)
-            .then_with(|| match Arc::ptr_eq(&a.tenant, &b.tenant) {
-                true => std::cmp::Ordering::Equal,
-                false => a.tenant.cmp(&b.tenant),
-            })
+            .then_with(|| a.tenant.cmp(&b.tenant))
             .then_with(|| ja.cmp(jb))
             .then_with(|| a.job.cmp(&b.job))
     });
@@ -2386,12 +2307,13 @@ mod tests {
 
     proptest::proptest! {
         /// Sorting job keys with name prefixes and shared tenant copies gives the order of their
-        /// names, also for names that share prefixes, are shorter than eight bytes or hold NULs.
+        /// names, also for names that share prefixes, are shorter than eight bytes, hold NULs or
+        /// are too long to be held inline.
         #[test]
         fn job_keys_sort_by_tenant_then_job_name(
-            names in proptest::collection::vec(("[ab\\x00]{0,10}", "[ab\\x00]{0,10}"), 0..60)
+            names in proptest::collection::vec(("[ab\\x00]{0,30}", "[ab\\x00]{0,30}"), 0..60)
         ) {
-            let mut tenants: Vec<Arc<str>> = Vec::new();
+            let mut tenants: Vec<Name> = Vec::new();
             let mut keys: Vec<JobKey> = names
                 .iter()
                 .map(|(t, j)| {
@@ -2400,12 +2322,12 @@ mod tests {
                     let tenant = match tenants.iter().find(|x| ***x == **t) {
                         Some(x) if j.len() % 2 == 0 => x.clone(),
                         _ => {
-                            let x: Arc<str> = Arc::from(t.as_str());
+                            let x: Name = Name::from(t.as_str());
                             tenants.push(x.clone());
                             x
                         }
                     };
-                    JobKey { tenant, job: Arc::from(j.as_str()) }
+                    JobKey { tenant, job: Name::from(j.as_str()) }
                 })
                 .collect();
             let mut expected: Vec<(String, String)> = names.clone();
@@ -2446,7 +2368,7 @@ mod tests {
                 serialize_jobs(self.0, s)
             }
         }
-        struct PrefetchedTenants<'a>(&'a Table<Arc<str>, TenantState>);
+        struct PrefetchedTenants<'a>(&'a Table<Name, TenantState>);
         impl Serialize for PrefetchedTenants<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 serialize_tenants(self.0, s)
@@ -2803,19 +2725,15 @@ mod tests {
     #[test]
     fn group_candidates_have_one_owner_exactly_when_their_owners_names_are_equal() {
         let key = |tenant: &str, job: &str| JobKey {
-            tenant: Arc::from(tenant),
-            job: Arc::from(job),
+            tenant: Name::from(tenant),
+            job: Name::from(job),
         };
         // Two copies of tenant a's name, and tenant b's.
         let jobs = [key("a", "j1"), key("a", "j2"), key("b", "j3")];
-        let candidate = |job: u32, owner_hash: u64, org: Option<&Arc<str>>| GroupCandidate {
+        let candidate = |job: u32, owner_hash: u64, org: Option<&Name>| GroupCandidate {
             job,
             key_hash: 0,
             table_hash: 0,
-            owner_name_at: match org {
-                Some(o) => o.as_ptr(),
-                None => jobs[job as usize].tenant.as_ptr(),
-            },
             org: org.cloned(),
             owner_hash,
             threshold: 0.75,
@@ -2841,12 +2759,12 @@ mod tests {
             "another hash"
         );
         // An organisation is never the same owner as a tenant, even one of the same name.
-        let org: Arc<str> = Arc::from("a");
+        let org: Name = Name::from("a");
         let o1 = candidate(0, 7, Some(&org));
         assert!(!o1.same_owner(&a1, &jobs));
-        assert!(o1.same_owner(&candidate(2, 7, Some(&Arc::from("a"))), &jobs));
+        assert!(o1.same_owner(&candidate(2, 7, Some(&Name::from("a"))), &jobs));
         assert_eq!(o1.owner(&jobs), Entity::organisation(org.clone()));
-        assert_eq!(b.owner(&jobs), Entity::tenant(Arc::from("b")));
+        assert_eq!(b.owner(&jobs), Entity::tenant(Name::from("b")));
     }
 
     #[test]
@@ -2900,7 +2818,7 @@ mod tests {
             .iter()
             .map(|t| t.accelerator_seconds)
             .sum();
-        let o = &e.st.orgs[&Arc::<str>::from("acme")];
+        let o = &e.st.orgs["acme"];
         assert_eq!(o.account.lifetime.accelerator_seconds(), t);
     }
 
@@ -2949,29 +2867,28 @@ mod tests {
     }
 
     #[test]
-    fn a_restored_state_shares_one_copy_of_each_name_like_the_state_it_was_taken_of() {
+    fn a_restored_state_shares_one_copy_of_each_long_name_like_the_state_it_was_taken_of() {
         let cfg = Config::default();
         let mut e = Engine::new(&cfg).unwrap();
-        for (job, gpu) in [("j1", "0"), ("j1", "1"), ("j2", "0"), ("j2", "1")] {
-            let s = UsageSample::new(1_714_521_600_000, "t", 1.0, 60.0)
+        let tenant = "a-tenant-named-beyond-the-inline-limit";
+        let long_job = "a-job-named-beyond-the-inline-limit";
+        for (job, gpu) in [(long_job, "0"), (long_job, "1"), ("j2", "0"), ("j2", "1")] {
+            let s = UsageSample::new(1_714_521_600_000, tenant, 1.0, 60.0)
                 .job(job)
                 .device("node-a", gpu);
             e.apply(&s);
         }
         let restored = through_checkpoint(&e, &cfg);
-
-        // The job keys of a restored state share a copy of their tenant's name of their own.
-        let shared = [
-            (&e, &["0", "1", "j1", "j2", "node-a"][..]),
-            (&restored, &["0", "1", "j1", "j2", "node-a", "t"][..]),
-        ];
-        for (engine, shared) in shared {
+        for engine in [&e, &restored] {
             let keys: Vec<&JobKey> = engine.st.jobs.keys().collect();
             assert_eq!(keys.len(), 2);
-            assert!(
-                Arc::ptr_eq(&keys[0].tenant, &keys[1].tenant),
-                "one copy of the tenant"
-            );
+            let (tenant_key, _) = engine.st.tenants.get_key_value(tenant).unwrap();
+            assert!(tenant_key.is_shared());
+            for k in &keys {
+                assert!(k.tenant.same_copy(tenant_key), "one copy of the tenant");
+            }
+            let short_job = keys.iter().find(|k| *k.job == *"j2").unwrap();
+            assert!(!short_job.job.is_shared(), "a short name is held inline");
             let series: Vec<&SeriesKey> = engine
                 .st
                 .jobs
@@ -2990,10 +2907,10 @@ mod tests {
                 .collect();
             assert_eq!(gpu_0.len(), 2);
             assert!(Arc::ptr_eq(gpu_0[0], gpu_0[1]));
-            // Each name once in the engine's set, which the footprint counts.
-            let mut names: Vec<&str> = engine.names.0.iter().map(|n| &**n).collect();
+            // Each shared name once in the engine's set, which the footprint counts.
+            let mut names: Vec<&str> = engine.names.iter().map(|n| &**n).collect();
             names.sort();
-            assert_eq!(names, shared);
+            assert_eq!(names, ["0", "1", long_job, tenant, "node-a"]);
         }
     }
 

@@ -15,6 +15,7 @@
 //! - [`engine`]: the one owner of all state; applies samples, evaluates at event-time ticks.
 //! - [`stamps`]: exact timestamp sets for de-duplication, as arithmetic runs.
 //! - [`series`]: a job's device series, stored densely in arrival order.
+//! - [`name`]: tenant and job names held inline in their keys (long ones shared).
 //! - [`footprint`]: heap bytes of the engine state by owner.
 //! - [`prefetch`]: software prefetch hints, so that the cache misses of a batch's events overlap.
 //! - [`checkpoint`]: a partition's engine state and offset, written atomically and verified.
@@ -61,6 +62,7 @@ pub mod join;
 pub mod kafka;
 pub mod labels;
 pub mod metrics;
+pub mod name;
 pub mod otlp;
 pub mod partitions;
 pub mod persist;

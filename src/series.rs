@@ -34,9 +34,9 @@ const PREALLOC_MAX: usize = 4096;
 /// The device a series belongs to: node and GPU as the samples name them (either may be absent).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SeriesKey {
-    #[serde(deserialize_with = "crate::engine::decoded_opt_name")]
+    #[serde(deserialize_with = "crate::name::decoded_opt_name")]
     pub node: Option<Arc<str>>,
-    #[serde(deserialize_with = "crate::engine::decoded_opt_name")]
+    #[serde(deserialize_with = "crate::name::decoded_opt_name")]
     pub gpu: Option<Arc<str>>,
 }
 
