@@ -25,8 +25,10 @@ const MAGIC: &[u8; 8] = b"TSCKPT\0\0";
 /// arrival clock (the event time its latest sample arrived at), which decides when it leaves state,
 /// and the newest pane of each ring held inline; version 6 a training verdict's evidence in active
 /// alerts as its values instead of JSON text; version 7 the sum of each key's newest span held
-/// apart from its window rings.
-pub const VERSION: u32 = 7;
+/// apart from its window rings; version 8 tenants and organisations credited by their jobs a span
+/// at a time, so that their accounts lack what the jobs with samples since the last evaluation
+/// still owe them.
+pub const VERSION: u32 = 8;
 const PREFIX_LEN: usize = 8 + 4 + 8 + 4;
 /// Refuse payloads larger than this rather than allocate on a corrupt length field.
 const MAX_PAYLOAD: u64 = 64 << 30;

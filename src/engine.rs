@@ -10,8 +10,10 @@
 //! [`Engine::evaluated_at_ms`]): the state task owns the engine.
 //!
 //! State: tenants and jobs by name, each with lifetime [`Usage`], its [`Windows`] and, per device
-//! series, what de-duplication and detection need. Keys idle for longer than the longest window are
-//! evicted (their alerts resolve first).
+//! series, what de-duplication and detection need. A job's samples reach its tenant and the
+//! tenant's organisation a span at a time ([`Credit`]), settled at every evaluation before the
+//! tenants are evaluated; reports add what is not settled yet. Keys idle for longer than the
+//! longest window are evicted (their alerts resolve first).
 
 use std::sync::{Arc, LazyLock};
 
@@ -35,7 +37,7 @@ use crate::prefetch;
 use crate::registry::{Effective, Registry};
 use crate::series::{SeriesKey, SeriesRef, SeriesTable};
 use crate::stamps::StampSet;
-use crate::window::{PaneRing, Windows};
+use crate::window::{Moved, PaneRing, Windows};
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -260,16 +262,52 @@ impl Default for Account {
 }
 
 impl Account {
-    fn add(&mut self, s: &Settings, ts: i64, u: &Usage) {
-        self.lifetime.add(u);
-        self.windows.add(&s.windows, ts, u);
+    /// Adds one sample; returns what this moved into the windows' rings ([`Windows::add`]).
+    fn add(&mut self, s: &Settings, ts: i64, u: &Usage) -> Option<Moved> {
         self.first_ts = self.first_ts.min(ts);
         self.last_ts = self.last_ts.max(ts);
+        self.lifetime.add(u);
+        self.windows.add(&s.windows, ts, u)
+    }
+
+    /// Adds what a job's windows moved into their rings, a span's sum at a time (see [`Credit`]).
+    fn credit(&mut self, s: &Settings, c: &Credit) {
+        self.first_ts = self.first_ts.min(c.first_ts);
+        self.last_ts = self.last_ts.max(c.last_ts);
+        self.lifetime.add(&c.moved.usage);
+        self.windows.add(&s.windows, c.moved.ts_ms, &c.moved.usage);
+    }
+}
+
+/// What a job owes its tenant and the tenant's organisation: the samples its windows moved into
+/// their rings ([`Moved`]: a span's sum or a late sample), with the times of the job's first and
+/// last samples. A job's samples reach its tenant this way, once a span, instead of one at a time:
+/// the tenant's entry lies elsewhere in memory, and touching it for every sample cost as much as
+/// the job's own update. What a job owes is credited when its windows move on to a newer span,
+/// and at each evaluation for every job with samples since the last ([`Engine::evaluate`]), before
+/// the tenants are evaluated; between evaluations a tenant's account lacks its jobs' newest spans.
+/// Windows credited this way read what adding each sample gives ([`Moved`]): accelerator time
+/// exactly; the FLOP sums may round differently in the last bits, as for another arrival order.
+#[derive(Debug, Clone, Copy)]
+struct Credit {
+    moved: Moved,
+    first_ts: i64,
+    last_ts: i64,
+}
+
+impl Credit {
+    fn of(moved: Moved, job: &Account) -> Credit {
+        Credit {
+            moved,
+            first_ts: job.first_ts,
+            last_ts: job.last_ts,
+        }
     }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct TenantState {
+    /// Its own samples (of no job) as they come, and its jobs' as they credit it ([`Credit`]).
     account: Account,
     /// Series of samples that name no job.
     series: SeriesTable<SeriesState>,
@@ -601,6 +639,31 @@ impl JobReport {
     }
 }
 
+/// What jobs owe their tenants and organisations, by name ([`Engine::owed`]).
+#[derive(Default)]
+struct Owed<'e> {
+    tenants: AHashMap<&'e str, SmallVec<[Credit; 2]>>,
+    orgs: AHashMap<&'e str, SmallVec<[Credit; 2]>>,
+}
+
+/// `account` as crediting it with `credits` would leave it.
+fn settled<'a>(
+    s: &Settings,
+    credits: Option<&SmallVec<[Credit; 2]>>,
+    account: &'a Account,
+) -> std::borrow::Cow<'a, Account> {
+    match credits {
+        None => std::borrow::Cow::Borrowed(account),
+        Some(credits) => {
+            let mut a = account.clone();
+            for c in credits {
+                a.credit(s, c);
+            }
+            std::borrow::Cow::Owned(a)
+        }
+    }
+}
+
 /// The engine. See the module documentation.
 pub struct Engine {
     s: Settings,
@@ -612,6 +675,8 @@ pub struct Engine {
     /// Changes with every registry set (never 0, which tenants start with): a tenant whose
     /// `org_epoch` differs resolves its organisation again.
     registry_epoch: u32,
+    /// Whether a registry was set ([`Engine::set_registry`]): changing it settles first.
+    registry_set: bool,
     names: Names,
     st: State,
     outbox: Vec<AlertRecord>,
@@ -718,6 +783,103 @@ impl GroupCandidate {
     }
 }
 
+/// How a sample reaches its tenant and the tenant's organisation ([`ToTenant::reach`]).
+enum Reach<'a> {
+    /// A sample of no job: added to both, which are listed as touched.
+    Sample { ts: i64, usage: &'a Usage },
+    /// A job's sample: both are listed as touched on the job's first sample since an evaluation
+    /// (`touch`), and credited with what the job owes when it owes something (see [`Credit`]).
+    Job { touch: bool, credit: Option<Credit> },
+}
+
+impl Reach<'_> {
+    /// Whether the tenant is reached at all (most samples of a job do not reach it).
+    fn reaches(&self) -> bool {
+        !matches!(
+            self,
+            Reach::Job {
+                touch: false,
+                credit: None
+            }
+        )
+    }
+}
+
+/// The entry of tenant `name` (hashed `hash` in `tenants`), made if there is none.
+fn tenant_entry<'t>(
+    tenants: &'t mut Table<Name, TenantState>,
+    names: &mut Names,
+    hash: u64,
+    name: &str,
+) -> (&'t Name, &'t mut TenantState) {
+    let (k, v) = match tenants.raw_entry_mut().from_key_hashed_nocheck(hash, name) {
+        RawEntryMut::Occupied(e) => e.into_key_value(),
+        RawEntryMut::Vacant(e) => {
+            e.insert_hashed_nocheck(hash, names.name(name), TenantState::default())
+        }
+    };
+    (k, v)
+}
+
+/// What reaching a tenant and its organisation reads of the engine besides its state.
+struct ToTenant<'e> {
+    s: &'e Settings,
+    registry: &'e Registry,
+    registry_epoch: u32,
+}
+
+impl ToTenant<'_> {
+    /// Adds or credits what `reach` brings to tenant `tenant` (hashed `hash`; made if it has no
+    /// entry) and its organisation (resolved again once the registry changed), and lists them as
+    /// touched.
+    fn reach(&self, st: &mut State, names: &mut Names, hash: u64, tenant: &str, reach: Reach<'_>) {
+        let (key, t) = tenant_entry(&mut st.tenants, names, hash, tenant);
+        if t.org_epoch != self.registry_epoch {
+            let orgs = &mut st.orgs;
+            t.org = self.registry.organisation(key).map(|org| {
+                match orgs.raw_entry_mut().from_key(org) {
+                    RawEntryMut::Occupied(e) => e.key().clone(),
+                    RawEntryMut::Vacant(e) => {
+                        e.insert(names.name(org), OrgState::default()).0.clone()
+                    }
+                }
+            });
+            t.org_epoch = self.registry_epoch;
+        }
+        let touch = match reach {
+            Reach::Sample { .. } => true,
+            Reach::Job { touch, .. } => touch,
+        };
+        let add = |account: &mut Account| match &reach {
+            Reach::Sample { ts, usage } => {
+                account.add(self.s, *ts, usage);
+            }
+            Reach::Job {
+                credit: Some(c), ..
+            } => account.credit(self.s, c),
+            Reach::Job { credit: None, .. } => {}
+        };
+        add(&mut t.account);
+        t.dormant = false;
+        if touch && !t.touched {
+            t.touched = true;
+            st.touched_tenants.push(key.clone());
+        }
+        if let Some(org) = &t.org {
+            let (key, o) = match st.orgs.raw_entry_mut().from_key(&**org) {
+                RawEntryMut::Occupied(e) => e.into_key_value(),
+                RawEntryMut::Vacant(e) => e.insert(org.clone(), OrgState::default()),
+            };
+            add(&mut o.account);
+            o.dormant = false;
+            if touch && !o.touched {
+                o.touched = true;
+                st.touched_orgs.push(key.clone());
+            }
+        }
+    }
+}
+
 impl Engine {
     pub fn new(cfg: &Config) -> Result<Engine, ConfigError> {
         let st = State {
@@ -740,6 +902,7 @@ impl Engine {
             catalog: Catalog::new(&cfg.catalog.accelerators, cfg.catalog.fallback_tflops),
             registry: Arc::new(Registry::default()),
             registry_epoch: 1,
+            registry_set: false,
             names: std::mem::take(&mut st.names),
             st,
             outbox: Vec::new(),
@@ -751,8 +914,14 @@ impl Engine {
 
     /// Uses `registry` for tenant context, organisations and policy from the next sample on.
     /// Organisation totals count samples from the time the registry names the tenant's
-    /// organisation.
+    /// organisation. What the jobs of a restored state owe ([`Credit`]) is credited under the
+    /// first registry the engine is given (the one in force when the checkpoint was taken, unless
+    /// it changed while the daemon was down).
     pub fn set_registry(&mut self, registry: Arc<Registry>) {
+        if self.registry_set {
+            self.settle();
+        }
+        self.registry_set = true;
         self.registry = registry;
         self.registry_epoch = self.registry_epoch.wrapping_add(1).max(1);
     }
@@ -760,7 +929,34 @@ impl Engine {
     /// Lets go of the registry in force (holding an empty one) so that its owner can change it in
     /// place; [`Engine::set_registry`] must follow before the next sample or evaluation.
     pub fn release_registry(&mut self) {
+        if self.registry_set {
+            self.settle();
+        }
         self.registry = Arc::default();
+    }
+
+    /// Credits what every job owes its tenant and organisation (see [`Credit`]), under the
+    /// registry in force: before the registry changes, so that organisations count samples from
+    /// the change on. (Evaluations settle the jobs they evaluate themselves.)
+    fn settle(&mut self) {
+        let keys = std::mem::take(&mut self.st.touched_jobs);
+        for (i, k) in keys.iter().enumerate() {
+            if let Some((_, j)) = keys.get(i + 8).and_then(|k| by_hash(&self.st.jobs, k)) {
+                prefetch::value(j);
+            }
+            let Some(job) = self.st.jobs.get_mut(k) else {
+                continue;
+            };
+            let owed = job
+                .account
+                .windows
+                .flush(&self.s.windows)
+                .map(|m| Credit::of(m, &job.account));
+            if let Some(c) = owed {
+                self.credit_tenant(&k.tenant, c);
+            }
+        }
+        self.st.touched_jobs = keys;
     }
 
     /// The accumulated state, for checkpoints. Alert records not yet drained are not part of it.
@@ -912,26 +1108,37 @@ impl Engine {
         for (c, chunk) in samples.chunks(N).enumerate() {
             let mut tenants: SmallVec<[Found<Name, TenantState>; N]> = SmallVec::new();
             let mut jobs: SmallVec<[Found<JobKey, JobState>; N]> = SmallVec::new();
-            // 1. The buckets: only the tables' control bytes are read (small, usually cached).
+            // 1. The buckets: only the tables' control bytes are read (small, usually cached). A
+            // job's sample reaches its tenant only now and then (see `Credit`): its tenant waits
+            // for the job's entry (2).
             for s in chunk {
                 let h = self.key_hashes(s);
                 hashes.push(h);
-                let t = at_hash(&st.tenants, h.tenant);
-                if let Some((k, v)) = t {
-                    prefetch::value(k);
-                    prefetch::value(v);
-                }
-                tenants.push(t);
                 let j = s.job.as_ref().and_then(|_| at_hash(&st.jobs, h.job));
                 if let Some((k, v)) = j {
                     prefetch::value(k);
                     prefetch::value(v);
                 }
                 jobs.push(j);
+                let t = match (&s.job, j) {
+                    (Some(_), Some(_)) => None,
+                    _ => at_hash(&st.tenants, h.tenant),
+                };
+                if let Some((k, v)) = t {
+                    prefetch::value(k);
+                    prefetch::value(v);
+                }
+                tenants.push(t);
             }
-            // 2. What the buckets point to: long key names, series tags, model counts, and the window
-            // rings of keys whose sample falls outside their pending span.
-            for ((t, j), s) in tenants.iter().zip(&jobs).zip(chunk) {
+            // 2. What the buckets point to: long key names, series tags, model counts, the window
+            // rings of keys whose sample falls outside their pending span, and the tenant of a
+            // job that the sample reaches it from (its first since an evaluation, or one that
+            // moves its windows on and credits the tenant).
+            for ((t, j), (s, h)) in tenants
+                .iter_mut()
+                .zip(&jobs)
+                .zip(chunk.iter().zip(&hashes[c * N..]))
+            {
                 if let Some((k, v)) = t {
                     k.prefetch();
                     if v.account.windows.touches_rings(s.ts_ms) {
@@ -941,11 +1148,19 @@ impl Engine {
                 if let Some((k, v)) = j {
                     k.tenant.prefetch();
                     k.job.prefetch();
-                    if v.account.windows.touches_rings(s.ts_ms) {
+                    let moves = v.account.windows.touches_rings(s.ts_ms);
+                    if moves {
                         v.account.windows.prefetch();
                     }
                     v.series.prefetch();
                     prefetch::slice(&v.models);
+                    if !v.touched || moves {
+                        *t = at_hash(&st.tenants, h.tenant);
+                        if let Some((k, v)) = t {
+                            prefetch::value(k);
+                            prefetch::value(v);
+                        }
+                    }
                 }
             }
             // 3. The series entries, by hash alone; then 4. their names.
@@ -1011,18 +1226,6 @@ impl Engine {
         let st = &mut self.st;
         let names = &mut self.names;
         let tenant_name: &str = &sample.tenant;
-        let (tenant_key, tenant_state) = match st
-            .tenants
-            .raw_entry_mut()
-            .from_key_hashed_nocheck(hashes.tenant, tenant_name)
-        {
-            RawEntryMut::Occupied(e) => e.into_key_value(),
-            RawEntryMut::Vacant(e) => e.insert_hashed_nocheck(
-                hashes.tenant,
-                names.name(tenant_name),
-                TenantState::default(),
-            ),
-        };
         let mut job = sample.job.as_deref().map(|j| {
             let r = JobRef {
                 tenant: tenant_name,
@@ -1034,21 +1237,34 @@ impl Engine {
                 .from_key_hashed_nocheck(hashes.job, &r)
             {
                 RawEntryMut::Occupied(e) => e.into_key_value(),
-                RawEntryMut::Vacant(e) => e.insert_hashed_nocheck(
-                    hashes.job,
-                    JobKey {
-                        tenant: tenant_key.clone(),
+                RawEntryMut::Vacant(e) => {
+                    let (tenant, _) =
+                        tenant_entry(&mut st.tenants, names, hashes.tenant, tenant_name);
+                    let key = JobKey {
+                        tenant: tenant.clone(),
                         job: names.name(j),
-                    },
-                    JobState::default(),
-                ),
+                    };
+                    e.insert_hashed_nocheck(hashes.job, key, JobState::default())
+                }
             }
         });
+        // A sample of no job is the tenant's own; a job's sample reaches its tenant through the
+        // job (see `Credit`).
+        let mut own = match job {
+            Some(_) => None,
+            None => Some(tenant_entry(
+                &mut st.tenants,
+                names,
+                hashes.tenant,
+                tenant_name,
+            )),
+        };
         let of_job = job.is_some();
         // De-duplicate on the series the sample belongs to.
-        let series_map = match &mut job {
-            Some((_, j)) => &mut j.series,
-            None => &mut tenant_state.series,
+        let series_map = match (&mut job, &mut own) {
+            (Some((_, j)), _) => &mut j.series,
+            (None, Some((_, t))) => &mut t.series,
+            (None, None) => unreachable!("a sample of no job is the tenant's"),
         };
         let series_ref = SeriesRef {
             node: sample.node.as_deref(),
@@ -1098,64 +1314,50 @@ impl Engine {
             &sample.activity,
         );
 
-        if tenant_state.org_epoch != self.registry_epoch {
-            tenant_state.org = self.registry.organisation(tenant_name).map(|org| {
-                match st.orgs.raw_entry_mut().from_key(org) {
-                    RawEntryMut::Occupied(e) => e.key().clone(),
-                    RawEntryMut::Vacant(e) => {
-                        e.insert(names.name(org), OrgState::default()).0.clone()
+        let reach = match job {
+            Some((key, job)) => {
+                let moved = job.account.add(&self.s, ts, &usage);
+                job.arrived_ms = job.arrived_ms.max(st.max_event_ms.unwrap_or(ts));
+                match job.models.iter_mut().find(|(m, _)| *m == peak.model) {
+                    Some((_, c)) => *c += 1,
+                    None => job.models.push((peak.model, 1)),
+                }
+                if let Some(pane) = job.detect.pane_mut(ts.div_euclid(slide), n) {
+                    let acc_s = usage.acc_ms as f32 / 1000.0;
+                    if let Some((signal, v)) = best {
+                        pane.activity[signal as usize].add(v as f32, acc_s);
+                    }
+                    if let Some(bytes) = sample.fb_used_bytes {
+                        // Per accelerator: an aggregate sample of several devices reports their sum.
+                        pane.memory.add((bytes / sample.gpus / GIB) as f32, acc_s);
                     }
                 }
-            });
-            tenant_state.org_epoch = self.registry_epoch;
-        }
-        if let Some(org) = &tenant_state.org {
-            let (key, o) = match st.orgs.raw_entry_mut().from_key(&**org) {
-                RawEntryMut::Occupied(e) => e.into_key_value(),
-                RawEntryMut::Vacant(e) => e.insert(org.clone(), OrgState::default()),
+                for p in first..=last {
+                    if let Some(pane) = job.detect.pane_mut(p, n) {
+                        pane.accelerators += sample.gpus as f32;
+                        job.max_concurrent = job.max_concurrent.max(pane.accelerators);
+                    }
+                }
+                let touch = !job.touched;
+                if touch {
+                    job.touched = true;
+                    st.touched_jobs.push(key.clone());
+                }
+                Reach::Job {
+                    touch,
+                    credit: moved.map(|m| Credit::of(m, &job.account)),
+                }
+            }
+            None => Reach::Sample { ts, usage: &usage },
+        };
+        if reach.reaches() {
+            let to = ToTenant {
+                s: &self.s,
+                registry: &self.registry,
+                registry_epoch: self.registry_epoch,
             };
-            o.account.add(&self.s, ts, &usage);
-            o.dormant = false;
-            if !o.touched {
-                o.touched = true;
-                st.touched_orgs.push(key.clone());
-            }
+            to.reach(st, names, hashes.tenant, tenant_name, reach);
         }
-        tenant_state.account.add(&self.s, ts, &usage);
-        tenant_state.dormant = false;
-        if !tenant_state.touched {
-            tenant_state.touched = true;
-            st.touched_tenants.push(tenant_key.clone());
-        }
-        if let Some((key, job)) = job {
-            job.account.add(&self.s, ts, &usage);
-            job.arrived_ms = job.arrived_ms.max(st.max_event_ms.unwrap_or(ts));
-            match job.models.iter_mut().find(|(m, _)| *m == peak.model) {
-                Some((_, c)) => *c += 1,
-                None => job.models.push((peak.model, 1)),
-            }
-            if let Some(pane) = job.detect.pane_mut(ts.div_euclid(slide), n) {
-                let acc_s = usage.acc_ms as f32 / 1000.0;
-                if let Some((signal, v)) = best {
-                    pane.activity[signal as usize].add(v as f32, acc_s);
-                }
-                if let Some(bytes) = sample.fb_used_bytes {
-                    // Per accelerator: an aggregate sample of several devices reports their sum.
-                    pane.memory.add((bytes / sample.gpus / GIB) as f32, acc_s);
-                }
-            }
-            for p in first..=last {
-                if let Some(pane) = job.detect.pane_mut(p, n) {
-                    pane.accelerators += sample.gpus as f32;
-                    job.max_concurrent = job.max_concurrent.max(pane.accelerators);
-                }
-            }
-            if !job.touched {
-                job.touched = true;
-                st.touched_jobs.push(key.clone());
-            }
-        }
-
         self.st.stats.accepted += 1;
         self.st.stats.late += late as u64;
         self.st.stats.unverified += unverified as u64;
@@ -1341,20 +1543,33 @@ impl Engine {
 
     /// Starts loading what evaluating the jobs after `jobs[i]` reads, which lie in arrival order
     /// and so at random in memory: the long names of the job 16 places ahead (hashing and comparing
-    /// a key reads them), the table entry of the one 8 ahead (located by hash alone, [`by_hash`]),
-    /// and the detection panes and series of the one 4 ahead.
+    /// a key reads them), the table entries of the one 8 ahead and of its tenant (located by hash
+    /// alone, [`by_hash`]), and the detection panes, series and window rings of the one 4 ahead
+    /// and its tenant's window rings (settling what the job owes writes both).
     fn prefetch_jobs(&self, jobs: &[JobKey], i: usize) {
         let entry = |k: &JobKey| by_hash(&self.st.jobs, k).map(|(_, j)| j);
+        let tenant = |k: &JobKey| by_hash(&self.st.tenants, &*k.tenant).map(|(_, t)| t);
         if let Some(k) = jobs.get(i + 16) {
             k.tenant.prefetch();
             k.job.prefetch();
         }
-        if let Some(j) = jobs.get(i + 8).and_then(entry) {
-            prefetch::value(j);
+        if let Some(k) = jobs.get(i + 8) {
+            if let Some(j) = entry(k) {
+                prefetch::value(j);
+            }
+            if let Some(t) = tenant(k) {
+                prefetch::value(t);
+            }
         }
-        if let Some(j) = jobs.get(i + 4).and_then(entry) {
-            j.detect.prefetch();
-            j.series.prefetch_entries();
+        if let Some(k) = jobs.get(i + 4) {
+            if let Some(j) = entry(k) {
+                j.detect.prefetch();
+                j.series.prefetch_entries();
+                j.account.windows.prefetch();
+            }
+            if let Some(t) = tenant(k) {
+                t.account.windows.prefetch();
+            }
         }
     }
 
@@ -1432,6 +1647,12 @@ impl Engine {
         };
         let job = entry.into_mut();
         job.touched = false;
+        // What the job owes its tenant is settled before the tenants are evaluated (`Credit`).
+        let owed = job
+            .account
+            .windows
+            .flush(&self.s.windows)
+            .map(|m| Credit::of(m, &job.account));
         job.score = score;
         job.suspected = suspected;
         if let Some(v) = new_view {
@@ -1441,6 +1662,9 @@ impl Engine {
             job.ever_suspected = true;
             self.mark_training(&k.tenant);
         }
+        if let Some(c) = owed {
+            self.credit_tenant(&k.tenant, c);
+        }
         self.reconcile(&entity, conditions, now);
         candidate.map(|mut c| {
             if let Some(org) = &c.org {
@@ -1448,6 +1672,21 @@ impl Engine {
             }
             c
         })
+    }
+
+    /// Credits what a job of `tenant` owed (see [`Credit`]).
+    fn credit_tenant(&mut self, tenant: &str, c: Credit) {
+        let to = ToTenant {
+            s: &self.s,
+            registry: &self.registry,
+            registry_epoch: self.registry_epoch,
+        };
+        let hash = self.st.tenants.hasher().hash_one(tenant);
+        let reach = Reach::Job {
+            touch: false,
+            credit: Some(c),
+        };
+        to.reach(&mut self.st, &mut self.names, hash, tenant, reach);
     }
 
     /// What evaluating the job `entity` takes from the registry in force.
@@ -2187,20 +2426,22 @@ impl Engine {
     /// latest event, e.g. the latest over all partitions, so that every partition reports the same
     /// windows).
     pub fn tenant_reports_at(&self, latest: i64) -> Vec<TenantReport> {
+        let owed = self.owed();
         let mut v: Vec<TenantReport> = self
             .st
             .tenants
             .iter()
             .map(|(t, s)| {
-                let (windows, window_flop) = self.window_values(&s.account, latest);
+                let account = settled(&self.s, owed.tenants.get(&**t), &s.account);
+                let (windows, window_flop) = self.window_values(&account, latest);
                 TenantReport {
                     tenant: t.to_string(),
-                    accelerator_seconds: s.account.lifetime.accelerator_seconds(),
-                    estimated_flop: self.estimator.flop(&s.account.lifetime),
+                    accelerator_seconds: account.lifetime.accelerator_seconds(),
+                    estimated_flop: self.estimator.flop(&account.lifetime),
                     windows,
                     window_flop,
-                    first_seen: format_rfc3339_ms(s.account.first_ts),
-                    last_seen: format_rfc3339_ms(s.account.last_ts),
+                    first_seen: format_rfc3339_ms(account.first_ts),
+                    last_seen: format_rfc3339_ms(account.last_ts),
                 }
             })
             .collect();
@@ -2211,25 +2452,58 @@ impl Engine {
     /// Every organisation, with windows relative to event time `latest` (see
     /// [`Engine::tenant_reports_at`]).
     pub fn organisation_reports_at(&self, latest: i64) -> Vec<OrganisationReport> {
+        let owed = self.owed();
         let mut v: Vec<OrganisationReport> = self
             .st
             .orgs
             .iter()
             .map(|(o, s)| {
-                let (windows, window_flop) = self.window_values(&s.account, latest);
+                let account = settled(&self.s, owed.orgs.get(&**o), &s.account);
+                let (windows, window_flop) = self.window_values(&account, latest);
                 OrganisationReport {
                     organisation: o.to_string(),
-                    accelerator_seconds: s.account.lifetime.accelerator_seconds(),
-                    estimated_flop: self.estimator.flop(&s.account.lifetime),
+                    accelerator_seconds: account.lifetime.accelerator_seconds(),
+                    estimated_flop: self.estimator.flop(&account.lifetime),
                     windows,
                     window_flop,
-                    first_seen: format_rfc3339_ms(s.account.first_ts),
-                    last_seen: format_rfc3339_ms(s.account.last_ts),
+                    first_seen: format_rfc3339_ms(account.first_ts),
+                    last_seen: format_rfc3339_ms(account.last_ts),
                 }
             })
             .collect();
         v.sort_by(|a, b| a.organisation.cmp(&b.organisation));
         v
+    }
+
+    /// What the jobs with samples since the last evaluation owe their tenants and organisations
+    /// (see [`Credit`]), by name, in the order settling credits it: reports add it, so that they
+    /// count every sample applied. The jobs lie at random in memory; each is loaded eight ahead
+    /// of its turn.
+    fn owed(&self) -> Owed<'_> {
+        let mut owed = Owed::default();
+        let keys = &self.st.touched_jobs;
+        for (i, k) in keys.iter().enumerate() {
+            if let Some((_, j)) = keys.get(i + 8).and_then(|k| by_hash(&self.st.jobs, k)) {
+                prefetch::value(j);
+            }
+            let Some(job) = self.st.jobs.get(k) else {
+                continue;
+            };
+            let Some(moved) = job.account.windows.pending() else {
+                continue;
+            };
+            let c = Credit::of(moved, &job.account);
+            owed.tenants.entry(&k.tenant).or_default().push(c);
+            // The organisation settling credits: resolved again under a changed registry.
+            let org = match self.st.tenants.get(&*k.tenant) {
+                Some(t) if t.org_epoch == self.registry_epoch => t.org.as_deref(),
+                _ => self.registry.organisation(&k.tenant),
+            };
+            if let Some(org) = org {
+                owed.orgs.entry(org).or_default().push(c);
+            }
+        }
+        owed
     }
 
     /// Every job, sorted by tenant and job.
@@ -2266,7 +2540,9 @@ impl Engine {
     }
 
     /// Lifetime accelerator-seconds and central FLOP of each tenant (for bounded per-tenant
-    /// metrics), by borrowed name.
+    /// metrics), by borrowed name, as of the latest evaluation: what the jobs owe (see [`Credit`])
+    /// is not looked up, so that the metrics refreshed every second do not read every job's entry.
+    /// Reports count it ([`Engine::tenant_reports_at`]).
     pub fn tenant_totals(&self) -> impl Iterator<Item = (&str, (f64, f64))> + '_ {
         self.st.tenants.iter().map(|(t, s)| {
             let u = &s.account.lifetime;
@@ -2490,7 +2766,14 @@ mod tests {
             j
         };
         assert_eq!(jobs(&e), ["notebook", "pretrain"]);
-        let acme = |e: &Engine| e.tenant_totals().find(|(t, _)| *t == "acme").unwrap().1;
+        let acme = |e: &Engine| {
+            let tenants = e.tenant_reports();
+            tenants
+                .iter()
+                .find(|t| t.tenant == "acme")
+                .unwrap()
+                .accelerator_seconds
+        };
         let before = acme(&e);
         // Three hours of the tenant's next job: past the one-hour retention and a sweep.
         for step in 0..180 {
@@ -2502,8 +2785,8 @@ mod tests {
             "the ended job never suspected is dropped, the suspected one is kept"
         );
         assert_eq!(
-            acme(&e).0,
-            before.0 + 180.0 * 30.0,
+            acme(&e),
+            before + 180.0 * 30.0,
             "the tenant's totals keep the dropped job's usage"
         );
     }
@@ -2818,8 +3101,9 @@ mod tests {
             .iter()
             .map(|t| t.accelerator_seconds)
             .sum();
-        let o = &e.st.orgs["acme"];
-        assert_eq!(o.account.lifetime.accelerator_seconds(), t);
+        let o = &e.organisation_reports_at(0)[0];
+        assert_eq!(o.organisation, "acme");
+        assert_eq!(o.accelerator_seconds, t);
     }
 
     /// A new engine from a checkpoint of `e`'s state, encoded and decoded as on disk.
@@ -2838,32 +3122,90 @@ mod tests {
 
     #[test]
     fn a_tenant_counts_toward_the_organisation_of_the_registry_in_force_when_each_sample_arrives() {
+        // Samples of a job reach the organisation through the job (`Credit`); samples of no job
+        // directly. Either way each counts toward the organisation in force when it arrived.
+        for job in [None, Some("j")] {
+            let cfg = Config::default();
+            let mut e = Engine::new(&cfg).unwrap();
+            let org_of = |name: &str| format!("[tenants.t1]\norganisation = \"{name}\"\n");
+            let minute = |m: i64| {
+                let s = UsageSample::new(1_714_521_600_000 + m * 60_000, "t1", 8.0, 60.0);
+                match job {
+                    Some(j) => s.job(j),
+                    None => s,
+                }
+            };
+            let seconds = |e: &Engine, org: &str| {
+                e.organisation_reports_at(0)
+                    .iter()
+                    .find(|o| o.organisation == org)
+                    .map_or(0.0, |o| o.accelerator_seconds)
+            };
+            e.set_registry(registry(&org_of("acme")));
+            e.apply(&minute(0));
+            e.apply(&minute(1));
+            e.set_registry(registry(&org_of("globex")));
+            e.apply(&minute(2));
+            e.set_registry(registry(""));
+            e.apply(&minute(3));
+            assert_eq!(seconds(&e, "acme"), 2.0 * 8.0 * 60.0, "{job:?}");
+            assert_eq!(seconds(&e, "globex"), 8.0 * 60.0, "{job:?}");
+
+            // A restored engine, given the registry in force (as the pipeline gives it before
+            // any sample), resolves the organisation under its own registry from then on.
+            let mut restored = through_checkpoint(&e, &cfg);
+            restored.set_registry(registry(""));
+            restored.apply(&minute(4));
+            restored.set_registry(registry(&org_of("globex")));
+            restored.apply(&minute(5));
+            assert_eq!(seconds(&restored, "acme"), 2.0 * 8.0 * 60.0, "{job:?}");
+            assert_eq!(seconds(&restored, "globex"), 2.0 * 8.0 * 60.0, "{job:?}");
+        }
+    }
+
+    #[test]
+    fn reports_count_what_jobs_owe_their_tenant_and_the_tenant_metrics_count_it_once_evaluated() {
         let cfg = Config::default();
         let mut e = Engine::new(&cfg).unwrap();
-        let org_of = |name: &str| format!("[tenants.t1]\norganisation = \"{name}\"\n");
-        let minute = |m: i64| UsageSample::new(1_714_521_600_000 + m * 60_000, "t1", 8.0, 60.0);
-        let seconds = |e: &Engine, org: &str| {
-            e.st.orgs
-                .get(org)
-                .map_or(0.0, |o| o.account.lifetime.accelerator_seconds())
+        e.set_registry(registry(
+            "[tenants.acme]\norganisation = \"conglomerate\"\n",
+        ));
+        // Two jobs of the tenant, inside one minute: nothing is evaluated, nothing credited yet.
+        for gpu in 0..4 {
+            e.apply(&gpu_sample(T0 + 10_000, "a", gpu));
+            e.apply(&gpu_sample(T0 + 20_000, "b", gpu));
+        }
+        e.apply(&UsageSample::new(T0 + 30_000, "acme", 2.0, 30.0));
+        let expected = 8.0 * 30.0 + 2.0 * 30.0;
+        let report = |e: &Engine| {
+            let t = e.tenant_reports();
+            let o = e.organisation_reports_at(e.st.max_event_ms.unwrap());
+            assert_eq!((t.len(), o.len()), (1, 1));
+            (t[0].clone(), o[0].accelerator_seconds, o[0].windows.clone())
         };
-        e.set_registry(registry(&org_of("acme")));
-        e.apply(&minute(0));
-        e.apply(&minute(1));
-        e.set_registry(registry(&org_of("globex")));
-        e.apply(&minute(2));
-        e.set_registry(registry(""));
-        e.apply(&minute(3));
-        assert_eq!(seconds(&e, "acme"), 2.0 * 8.0 * 60.0);
-        assert_eq!(seconds(&e, "globex"), 8.0 * 60.0);
-
-        // A restored engine resolves the organisation under its own registry.
+        let (tenant, org, org_windows) = report(&e);
+        assert_eq!(tenant.accelerator_seconds, expected);
+        assert_eq!(org, expected);
+        for (name, v) in tenant.windows.0.iter().chain(&org_windows.0) {
+            assert_eq!(*v, expected, "window {name}");
+        }
+        assert_eq!(tenant.first_seen, format_rfc3339_ms(T0 + 10_000));
+        assert_eq!(tenant.last_seen, format_rfc3339_ms(T0 + 30_000));
+        let totals = |e: &Engine| e.tenant_totals().map(|(_, (s, _))| s).sum::<f64>();
+        assert_eq!(
+            totals(&e),
+            2.0 * 30.0,
+            "the metrics count the jobs' samples once evaluated"
+        );
+        // A checkpoint holds what the jobs owe as they hold it.
         let mut restored = through_checkpoint(&e, &cfg);
-        restored.apply(&minute(4));
-        restored.set_registry(registry(&org_of("globex")));
-        restored.apply(&minute(5));
-        assert_eq!(seconds(&restored, "acme"), 2.0 * 8.0 * 60.0);
-        assert_eq!(seconds(&restored, "globex"), 2.0 * 8.0 * 60.0);
+        restored.set_registry(e.registry.clone());
+        assert_eq!(report(&restored), report(&e));
+        // The evaluation at the next minute's end credits the tenant.
+        e.apply(&UsageSample::new(T0 + 6 * MIN + 30_000, "acme", 1.0, 30.0));
+        assert_eq!(e.st.last_eval_ms, Some(T0 + MIN));
+        assert_eq!(totals(&e), expected + 30.0);
+        assert_eq!(report(&e).0.accelerator_seconds, expected + 30.0);
     }
 
     #[test]
