@@ -1097,8 +1097,9 @@ impl Engine {
     /// Changes nothing. Works in passes over the whole batch, each reading only what the previous
     /// pass prefetched: entries are located by hash alone (`at_hash`: names are not compared, a
     /// wrong guess only costs a useless prefetch), then read for the addresses of their long names
-    /// (names held inline come with the entry), rings and series, then the series are located and prefetched the same way. Returns the hashes of
-    /// each sample's keys, in order, for [`Engine::apply_warmed`]: each name is hashed once.
+    /// (names held inline come with the entry), rings and series, then the series are located and
+    /// prefetched the same way. Returns the hashes of each sample's keys, in order, for
+    /// [`Engine::apply_warmed`]: each name is hashed once.
     pub fn warm(&self, samples: &[&SampleRef<'_>]) -> SmallVec<[KeyHashes; WARM_BATCH]> {
         const N: usize = WARM_BATCH;
         /// An entry of a table, if the hash found one.

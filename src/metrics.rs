@@ -233,13 +233,13 @@ impl Metrics {
             tenant_accelerator_seconds: gauge_vec(
                 &r,
                 "trainspotter_tenant_accelerator_seconds",
-                "Lifetime accelerator-seconds held in state, top-N tenants plus tenant=\"other\".",
+                "Lifetime accelerator-seconds held in state as of the latest evaluation (a job's samples count from the evaluation after them), top-N tenants plus tenant=\"other\".",
                 &["tenant"],
             ),
             tenant_estimated_flop: gauge_vec(
                 &r,
                 "trainspotter_tenant_estimated_flop",
-                "Lifetime central FLOP estimate held in state, top-N tenants plus tenant=\"other\".",
+                "Lifetime central FLOP estimate held in state as of the latest evaluation (a job's samples count from the evaluation after them), top-N tenants plus tenant=\"other\".",
                 &["tenant"],
             ),
             consumer_lag: int_gauge_vec(
