@@ -609,9 +609,7 @@ impl JobState {
     #[inline]
     fn prefetch_names_and_panes(&self) {
         for (key, _) in self.series.iter() {
-            for name in [&key.node, &key.gpu].into_iter().flatten() {
-                prefetch::range(name.as_ptr(), name.len());
-            }
+            key.prefetch();
         }
         self.account.windows.prefetch_panes();
     }
@@ -1175,12 +1173,7 @@ impl Engine {
                 series.push(e.map(|(k, _)| k));
             }
             for k in series.iter().flatten() {
-                if let Some(n) = &k.node {
-                    prefetch::range(n.as_ptr(), n.len());
-                }
-                if let Some(g) = &k.gpu {
-                    prefetch::range(g.as_ptr(), g.len());
-                }
+                k.prefetch();
             }
         }
         hashes
@@ -1271,9 +1264,8 @@ impl Engine {
             node: sample.node.as_deref(),
             gpu: sample.gpu.as_deref(),
         };
-        let series = series_map.get_or_insert(&series_ref, hashes.series, || SeriesKey {
-            node: series_ref.node.map(|n| names.intern(n)),
-            gpu: series_ref.gpu.map(|g| names.intern(g)),
+        let series = series_map.get_or_insert(&series_ref, hashes.series, || {
+            SeriesKey::new(series_ref, |n| names.intern(n))
         });
         let unverified = match series.observe(ts, floor) {
             Seen::Duplicate => {
@@ -2095,11 +2087,11 @@ impl Engine {
         let first_ts = jobs.iter().map(|j| j.account.first_ts).min().unwrap_or(now);
         let last_ts = jobs.iter().map(|j| j.account.last_ts).max().unwrap_or(now);
         let recent = now - 2 * slide;
-        let mut nodes: Vec<&Arc<str>> = jobs
+        let mut nodes: Vec<&str> = jobs
             .iter()
             .flat_map(|j| j.series.iter())
             .filter(|(_, s)| s.last_ts >= recent)
-            .filter_map(|(key, _)| key.node.as_ref())
+            .filter_map(|(key, _)| key.node())
             .collect();
         nodes.sort_unstable();
         nodes.dedup();
@@ -2120,7 +2112,7 @@ impl Engine {
             window_end_ms: now,
             signals_available: signals,
             nodes: nodes.len(),
-            node_sample: nodes.into_iter().take(16).cloned().collect(),
+            node_sample: nodes.into_iter().take(16).map(Name::from).collect(),
             devices_reporting: jobs
                 .iter()
                 .flat_map(|j| j.series.values())
@@ -3215,10 +3207,17 @@ mod tests {
         let mut e = Engine::new(&cfg).unwrap();
         let tenant = "a-tenant-named-beyond-the-inline-limit";
         let long_job = "a-job-named-beyond-the-inline-limit";
-        for (job, gpu) in [(long_job, "0"), (long_job, "1"), ("j2", "0"), ("j2", "1")] {
+        let long_node = "a-node-named-beyond-what-a-series-key-holds";
+        let devices = [
+            (long_job, long_node, "0"),
+            (long_job, long_node, "1"),
+            ("j2", long_node, "0"),
+            ("j2", "node-b", "1"),
+        ];
+        for (job, node, gpu) in devices {
             let s = UsageSample::new(1_714_521_600_000, tenant, 1.0, 60.0)
                 .job(job)
-                .device("node-a", gpu);
+                .device(node, gpu);
             e.apply(&s);
         }
         let restored = through_checkpoint(&e, &cfg);
@@ -3239,21 +3238,16 @@ mod tests {
                 .flat_map(|j| j.series.iter().map(|(s, _)| s))
                 .collect();
             assert_eq!(series.len(), 4);
-            let node = series[0].node.as_ref().unwrap();
+            let long: Vec<&Arc<str>> = series.iter().filter_map(|s| s.shared_node()).collect();
+            assert_eq!(long.len(), 3, "the long node's series share names");
+            assert!(long.iter().all(|n| Arc::ptr_eq(n, long[0])));
             assert!(series
                 .iter()
-                .all(|s| Arc::ptr_eq(s.node.as_ref().unwrap(), node)));
-            let gpu_0: Vec<&Arc<str>> = series
-                .iter()
-                .filter_map(|s| s.gpu.as_ref())
-                .filter(|g| &***g == "0")
-                .collect();
-            assert_eq!(gpu_0.len(), 2);
-            assert!(Arc::ptr_eq(gpu_0[0], gpu_0[1]));
+                .any(|s| s.node() == Some("node-b") && s.shared_node().is_none()));
             // Each shared name once in the engine's set, which the footprint counts.
             let mut names: Vec<&str> = engine.names.iter().map(|n| &**n).collect();
             names.sort();
-            assert_eq!(names, ["0", "1", long_job, tenant, "node-a"]);
+            assert_eq!(names, ["0", "1", long_job, long_node, tenant]);
         }
     }
 

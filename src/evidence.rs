@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::format_rfc3339_ms;
 use crate::detect::{FeatureScore, Signal, Verdict};
+use crate::name::Name;
 
 /// The evidence of one condition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,7 +44,7 @@ pub struct TrainingEvidence {
     pub signals_available: Vec<Signal>,
     /// Nodes with a device reporting lately, and the first 16 of them in name order.
     pub nodes: usize,
-    pub node_sample: Vec<Arc<str>>,
+    pub node_sample: Vec<Name>,
     pub devices_reporting: usize,
     pub accelerator_models: Vec<String>,
     pub first_seen_ms: i64,
@@ -357,7 +358,9 @@ mod tests {
             window_end_ms: 1_700_003_600_000,
             signals_available: vec![Signal::SmActive, Signal::TensorActive],
             nodes: 20,
-            node_sample: (0..16).map(|i| Arc::from(format!("node-{i:02}"))).collect(),
+            node_sample: (0..16)
+                .map(|i| Name::from(format!("node-{i:02}")))
+                .collect(),
             devices_reporting: 160,
             accelerator_models: vec!["H100-SXM5-80GB".into()],
             first_seen_ms: 1_699_990_000_000,

@@ -203,8 +203,9 @@ impl<'de> Deserialize<'de> for Name {
 }
 
 /// One shared copy of each name that is not held inline: the long names of jobs and tenants, and
-/// the node and GPU names of device series (which are kept as `Arc<str>`). Names no key uses any
-/// more are dropped at each [`Names::sweep`].
+/// the node and GPU names of device series too long to be held in their key
+/// ([`crate::series::SeriesKey`]). Names no key uses any more are dropped at each
+/// [`Names::sweep`].
 #[derive(Debug, Default)]
 pub struct Names(AHashSet<Arc<str>>);
 
@@ -253,7 +254,7 @@ impl Names {
         self.0.iter()
     }
 
-    /// Runs `decode` with the names it decodes ([`Name`], [`decoded_name`]) shared, and returns
+    /// Runs `decode` with the long names it decodes ([`Name`], series keys) shared, and returns
     /// them with its result. Without this, decoding a state would give every long name of every
     /// key an allocation of its own (each device series its own copy of its node's name).
     pub fn collecting<T>(decode: impl FnOnce() -> T) -> (T, Names) {
@@ -270,35 +271,11 @@ thread_local! {
 }
 
 /// The shared copy of `s` while [`Names::collecting`], else a copy of its own.
-fn decoded_arc(s: &str) -> Arc<str> {
+pub(crate) fn decoded_arc(s: &str) -> Arc<str> {
     DECODING.with(|d| match d.borrow_mut().as_mut() {
         Some(names) => names.intern(s),
         None => Arc::from(s),
     })
-}
-
-/// Deserializes an `Arc<str>` name as [`decoded_arc`] gives it.
-pub(crate) fn decoded_name<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
-    struct V;
-    impl serde::de::Visitor<'_> for V {
-        type Value = Arc<str>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a name")
-        }
-        fn visit_str<E>(self, s: &str) -> Result<Arc<str>, E> {
-            Ok(decoded_arc(s))
-        }
-    }
-    d.deserialize_str(V)
-}
-
-/// [`decoded_name`] of an optional name.
-pub(crate) fn decoded_opt_name<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Arc<str>>, D::Error> {
-    #[derive(Deserialize)]
-    struct Decoded(#[serde(deserialize_with = "decoded_name")] Arc<str>);
-    Ok(Option::<Decoded>::deserialize(d)?.map(|n| n.0))
 }
 
 #[cfg(test)]

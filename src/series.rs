@@ -31,21 +31,181 @@ pub const INLINE_TAGS: usize = 8;
 /// The most series a checkpoint's stated count reserves room for before any is read.
 const PREALLOC_MAX: usize = 4096;
 
+/// Most bytes of node and GPU names together that a [`SeriesKey`] holds inline.
+pub const INLINE_NAMES: usize = 37;
+
 /// The device a series belongs to: node and GPU as the samples name them (either may be absent).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct SeriesKey {
-    #[serde(deserialize_with = "crate::name::decoded_opt_name")]
-    pub node: Option<Arc<str>>,
-    #[serde(deserialize_with = "crate::name::decoded_opt_name")]
-    pub gpu: Option<Arc<str>>,
+/// Both names are held inside the key when together they have at most [`INLINE_NAMES`] bytes, so
+/// that a look-up compares them without reading anything else (at fleet scale, a node name in an
+/// allocation of its own was a cache miss for each sample); longer ones are shared copies (one of
+/// each name, [`crate::name::Names`]). 40 bytes either way; serialised as the two optional names.
+#[derive(Clone)]
+pub struct SeriesKey(KeyRepr);
+
+/// The length byte of an absent name.
+const ABSENT: u8 = u8::MAX;
+
+#[derive(Clone)]
+enum KeyRepr {
+    /// The node's bytes, then the GPU's, each length [`ABSENT`] for no name (valid UTF-8: both
+    /// were copied from `str`s).
+    Inline {
+        node: u8,
+        gpu: u8,
+        bytes: [u8; INLINE_NAMES],
+    },
+    Shared(Arc<SharedNames>),
 }
 
+/// The names of a key that does not hold them inline: node and GPU.
+type SharedNames = (Option<Arc<str>>, Option<Arc<str>>);
+
+const _: () = assert!(size_of::<SeriesKey>() == 40);
+
 impl SeriesKey {
-    pub fn borrowed(&self) -> SeriesRef<'_> {
-        SeriesRef {
-            node: self.node.as_deref(),
-            gpu: self.gpu.as_deref(),
+    /// The key of `names`, inline if they fit, else shared through `share` (each long name's one
+    /// copy).
+    pub fn new(names: SeriesRef<'_>, share: impl FnMut(&str) -> Arc<str>) -> SeriesKey {
+        let len = |n: Option<&str>| n.map_or(0, str::len);
+        if len(names.node) + len(names.gpu) > INLINE_NAMES {
+            let mut share = share;
+            return SeriesKey(KeyRepr::Shared(Arc::new((
+                names.node.map(&mut share),
+                names.gpu.map(&mut share),
+            ))));
         }
+        let mut bytes = [0u8; INLINE_NAMES];
+        let node = names.node.unwrap_or("");
+        let gpu = names.gpu.unwrap_or("");
+        bytes[..node.len()].copy_from_slice(node.as_bytes());
+        bytes[node.len()..node.len() + gpu.len()].copy_from_slice(gpu.as_bytes());
+        let length = |n: Option<&str>| n.map_or(ABSENT, |n| n.len() as u8);
+        SeriesKey(KeyRepr::Inline {
+            node: length(names.node),
+            gpu: length(names.gpu),
+            bytes,
+        })
+    }
+
+    pub fn node(&self) -> Option<&str> {
+        self.borrowed().node
+    }
+
+    pub fn gpu(&self) -> Option<&str> {
+        self.borrowed().gpu
+    }
+
+    #[inline]
+    pub fn borrowed(&self) -> SeriesRef<'_> {
+        match &self.0 {
+            KeyRepr::Inline { node, gpu, bytes } => {
+                let n = match *node {
+                    ABSENT => 0,
+                    n => n as usize,
+                };
+                let text = |from: usize, len: u8| {
+                    (len != ABSENT).then(|| {
+                        let b = &bytes[from..from + len as usize];
+                        // SAFETY: copied whole from a `str` (`SeriesKey::new`).
+                        unsafe { std::str::from_utf8_unchecked(b) }
+                    })
+                };
+                SeriesRef {
+                    node: text(0, *node),
+                    gpu: text(n, *gpu),
+                }
+            }
+            KeyRepr::Shared(names) => SeriesRef {
+                node: names.0.as_deref(),
+                gpu: names.1.as_deref(),
+            },
+        }
+    }
+
+    /// The shared copy of the node's name, if the key holds its names apart.
+    #[cfg(test)]
+    pub(crate) fn shared_node(&self) -> Option<&Arc<str>> {
+        match &self.0 {
+            KeyRepr::Inline { .. } => None,
+            KeyRepr::Shared(names) => names.0.as_ref(),
+        }
+    }
+
+    /// Starts loading the names if they live apart from the key.
+    #[inline]
+    pub fn prefetch(&self) {
+        if let KeyRepr::Shared(names) = &self.0 {
+            crate::prefetch::value(&**names);
+            for n in [&names.0, &names.1].into_iter().flatten() {
+                crate::prefetch::range(n.as_ptr(), n.len());
+            }
+        }
+    }
+
+    /// Heap bytes of the key's own allocation (the shared names' pair; the names themselves are
+    /// counted once, as [`crate::name::Names`] holds them).
+    pub fn heap_bytes(&self) -> usize {
+        match &self.0 {
+            KeyRepr::Inline { .. } => 0,
+            KeyRepr::Shared(_) => 2 * size_of::<usize>() + size_of::<SharedNames>(),
+        }
+    }
+}
+
+impl PartialEq for SeriesKey {
+    fn eq(&self, o: &SeriesKey) -> bool {
+        self.borrowed() == o.borrowed()
+    }
+}
+
+impl Eq for SeriesKey {}
+
+impl std::hash::Hash for SeriesKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        std::hash::Hash::hash(&self.borrowed(), h);
+    }
+}
+
+impl fmt::Debug for SeriesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let k = self.borrowed();
+        f.debug_struct("SeriesKey")
+            .field("node", &k.node)
+            .field("gpu", &k.gpu)
+            .finish()
+    }
+}
+
+/// The key as serde's derive of a struct of the two optional names writes it.
+#[derive(Serialize, Deserialize)]
+struct WireKey<'a> {
+    #[serde(borrow)]
+    node: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    gpu: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl Serialize for SeriesKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let k = self.borrowed();
+        WireKey {
+            node: k.node.map(std::borrow::Cow::Borrowed),
+            gpu: k.gpu.map(std::borrow::Cow::Borrowed),
+        }
+        .serialize(s)
+    }
+}
+
+/// Long names decoded inside [`crate::name::Names::collecting`] are shared, as the names of keys
+/// made from samples are.
+impl<'de> Deserialize<'de> for SeriesKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SeriesKey, D::Error> {
+        let w = WireKey::deserialize(d)?;
+        let names = SeriesRef {
+            node: w.node.as_deref(),
+            gpu: w.gpu.as_deref(),
+        };
+        Ok(SeriesKey::new(names, crate::name::decoded_arc))
     }
 }
 
@@ -63,8 +223,9 @@ impl SeriesRef<'_> {
         STATE.hash_one(self)
     }
 
+    #[inline]
     fn matches(&self, k: &SeriesKey) -> bool {
-        k.node.as_deref() == self.node && k.gpu.as_deref() == self.gpu
+        k.borrowed() == *self
     }
 }
 
@@ -246,9 +407,14 @@ impl<V> SeriesTable<V> {
         self.rebuild_index();
     }
 
-    /// Heap bytes the table asks for (its value's own heap allocations not included).
+    /// Heap bytes the table asks for, its keys' included (its value's own heap allocations not).
     pub fn heap_bytes(&self) -> usize {
         self.entries.capacity() * size_of::<(SeriesKey, V)>()
+            + self
+                .entries
+                .iter()
+                .map(|(k, _)| k.heap_bytes())
+                .sum::<usize>()
             + crate::footprint::small_vec_bytes(&self.tags)
             + self.index.as_ref().map_or(0, |index| {
                 size_of::<HashTable<u32>>()
@@ -314,10 +480,7 @@ mod tests {
     use super::*;
 
     fn key(node: Option<&str>, gpu: Option<&str>) -> SeriesKey {
-        SeriesKey {
-            node: node.map(Arc::from),
-            gpu: gpu.map(Arc::from),
-        }
+        SeriesKey::new(SeriesRef { node, gpu }, |n| Arc::from(n))
     }
 
     fn names(n: u8) -> Option<String> {
@@ -340,6 +503,30 @@ mod tests {
     }
 
     proptest! {
+        /// A key reads back the names it was made of, absent and empty ones told apart, held
+        /// inline exactly when they fit together, and encodes as serde's derive of the two
+        /// optional names does (the checkpoint's bytes).
+        #[test]
+        fn a_key_holds_its_names_inline_when_they_fit_and_encodes_as_the_two_names(
+            node in proptest::option::of("[a-zé0-9-]{0,40}"),
+            gpu in proptest::option::of("[A-F0-9-]{0,40}"),
+        ) {
+            #[derive(Serialize)]
+            struct Plain<'a> {
+                node: Option<&'a str>,
+                gpu: Option<&'a str>,
+            }
+            let names = SeriesRef { node: node.as_deref(), gpu: gpu.as_deref() };
+            let k = SeriesKey::new(names, |n| Arc::from(n));
+            prop_assert_eq!(k.borrowed(), names);
+            let len = node.as_deref().map_or(0, str::len) + gpu.as_deref().map_or(0, str::len);
+            prop_assert_eq!(k.heap_bytes() == 0, len <= INLINE_NAMES);
+            let bytes = bincode::serialize(&k).unwrap();
+            prop_assert_eq!(&bytes, &bincode::serialize(&Plain { node: names.node, gpu: names.gpu }).unwrap());
+            let back: SeriesKey = bincode::deserialize(&bytes).unwrap();
+            prop_assert_eq!(back, k);
+        }
+
         /// Whatever the mix of insertions and removals, and across the switch between scanning
         /// and the index (12 x 12 keys reach well past `SCAN_MAX`), the table holds what a
         /// hash map holds, in arrival order, and survives a bincode round trip.
