@@ -37,8 +37,9 @@ pub const INLINE_NAMES: usize = 37;
 /// The device a series belongs to: node and GPU as the samples name them (either may be absent).
 /// Both names are held inside the key when together they have at most [`INLINE_NAMES`] bytes, so
 /// that a look-up compares them without reading anything else (at fleet scale, a node name in an
-/// allocation of its own was a cache miss for each sample); longer ones are shared copies (one of
-/// each name, [`crate::name::Names`]). 40 bytes either way; serialised as the two optional names.
+/// allocation of its own was a cache miss for each sample); longer ones are kept as a pair of the
+/// names' shared copies ([`crate::name::Names`]). 40 bytes either way; serialised as the two
+/// optional names.
 #[derive(Clone)]
 pub struct SeriesKey(KeyRepr);
 
