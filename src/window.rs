@@ -241,9 +241,15 @@ impl Windows {
                 .sum::<usize>()
     }
 
-    /// Whether adding a sample at `ts_ms` touches the rings (it falls outside the pending span).
+    /// Whether adding a sample at `ts_ms` touches the rings: it falls outside a pending span
+    /// that holds samples (with none pending, the sample starts the span and touches no ring).
     #[inline]
     pub fn touches_rings(&self, ts_ms: i64) -> bool {
+        !self.pending.is_empty() && self.outside_pending(ts_ms)
+    }
+
+    #[inline]
+    fn outside_pending(&self, ts_ms: i64) -> bool {
         !(self.pending.start_ms <= ts_ms && ts_ms < self.pending.end_ms)
     }
 
@@ -267,7 +273,7 @@ impl Windows {
     /// span, or the sample itself, when it is late.
     #[inline]
     pub fn add(&mut self, specs: &[WindowSpec], ts_ms: i64, usage: &Usage) -> Option<Moved> {
-        if self.touches_rings(ts_ms) {
+        if self.outside_pending(ts_ms) {
             self.add_outside_pending(specs, ts_ms, usage)
         } else {
             self.pending.usage.add(usage);
@@ -545,6 +551,7 @@ mod tests {
     fn samples_within_the_pending_span_touch_no_ring_until_one_falls_past_it() {
         let specs = [spec(60 * MIN, MIN), spec(24 * 60 * MIN, 5 * MIN)];
         let mut w = Windows::default();
+        assert!(!w.touches_rings(10 * MIN), "the first sample starts the span");
         for s in 0..6 {
             w.add(&specs, 10 * MIN + s * 10_000, &usage(1));
         }
@@ -565,6 +572,10 @@ mod tests {
         w.add(&specs, 10 * MIN + 30_000, &usage(100));
         assert!(!w.touches_rings(11 * MIN + 1));
         assert_eq!(w.value(&specs, 0, 12 * MIN).acc_ms, 107);
+        // Once flushed (reading the same), the next sample starts a span again, whatever its time.
+        assert!(w.flush(&specs).is_some());
+        assert_eq!(w.value(&specs, 0, 12 * MIN).acc_ms, 107);
+        assert!(!w.touches_rings(13 * MIN));
     }
 
     #[test]
