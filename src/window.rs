@@ -551,7 +551,10 @@ mod tests {
     fn samples_within_the_pending_span_touch_no_ring_until_one_falls_past_it() {
         let specs = [spec(60 * MIN, MIN), spec(24 * 60 * MIN, 5 * MIN)];
         let mut w = Windows::default();
-        assert!(!w.touches_rings(10 * MIN), "the first sample starts the span");
+        assert!(
+            !w.touches_rings(10 * MIN),
+            "the first sample starts the span"
+        );
         for s in 0..6 {
             w.add(&specs, 10 * MIN + s * 10_000, &usage(1));
         }
