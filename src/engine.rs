@@ -270,6 +270,17 @@ impl Account {
         self.windows.add(&s.windows, ts, u)
     }
 
+    /// Moves the pending sum into the rings; returns what this job account then owes its tenant.
+    fn settle(&mut self, s: &Settings) -> Option<Credit> {
+        let moved = self.windows.flush(&s.windows)?;
+        Some(Credit::of(moved, self))
+    }
+
+    /// What [`Account::settle`] would return, without settling.
+    fn owed(&self) -> Option<Credit> {
+        Some(Credit::of(self.windows.pending()?, self))
+    }
+
     /// Adds what a job's windows moved into their rings, a span's sum at a time (see [`Credit`]).
     fn credit(&mut self, s: &Settings, c: &Credit) {
         self.first_ts = self.first_ts.min(c.first_ts);
@@ -939,17 +950,12 @@ impl Engine {
     fn settle(&mut self) {
         let keys = std::mem::take(&mut self.st.touched_jobs);
         for (i, k) in keys.iter().enumerate() {
-            if let Some((_, j)) = keys.get(i + 8).and_then(|k| by_hash(&self.st.jobs, k)) {
-                prefetch::value(j);
-            }
-            let Some(job) = self.st.jobs.get_mut(k) else {
-                continue;
-            };
-            let owed = job
-                .account
-                .windows
-                .flush(&self.s.windows)
-                .map(|m| Credit::of(m, &job.account));
+            self.prefetch_jobs(&keys, i);
+            let owed = self
+                .st
+                .jobs
+                .get_mut(k)
+                .and_then(|j| j.account.settle(&self.s));
             if let Some(c) = owed {
                 self.credit_tenant(&k.tenant, c);
             }
@@ -1641,11 +1647,7 @@ impl Engine {
         let job = entry.into_mut();
         job.touched = false;
         // What the job owes its tenant is settled before the tenants are evaluated (`Credit`).
-        let owed = job
-            .account
-            .windows
-            .flush(&self.s.windows)
-            .map(|m| Credit::of(m, &job.account));
+        let owed = job.account.settle(&self.s);
         job.score = score;
         job.suspected = suspected;
         if let Some(v) = new_view {
@@ -2479,13 +2481,9 @@ impl Engine {
             if let Some((_, j)) = keys.get(i + 8).and_then(|k| by_hash(&self.st.jobs, k)) {
                 prefetch::value(j);
             }
-            let Some(job) = self.st.jobs.get(k) else {
+            let Some(c) = self.st.jobs.get(k).and_then(|j| j.account.owed()) else {
                 continue;
             };
-            let Some(moved) = job.account.windows.pending() else {
-                continue;
-            };
-            let c = Credit::of(moved, &job.account);
             owed.tenants.entry(&k.tenant).or_default().push(c);
             // The organisation settling credits: resolved again under a changed registry.
             let org = match self.st.tenants.get(&*k.tenant) {

@@ -92,10 +92,6 @@ impl SeriesKey {
         self.borrowed().node
     }
 
-    pub fn gpu(&self) -> Option<&str> {
-        self.borrowed().gpu
-    }
-
     #[inline]
     pub fn borrowed(&self) -> SeriesRef<'_> {
         match &self.0 {
