@@ -454,9 +454,9 @@ thread_local! {
     static KEY_ORDER: Cell<KeyOrder> = Cell::new(KeyOrder::default());
 }
 
-/// A native event read by the flat-object reader, not validated yet: batches are read first and
-/// validated (into [`SampleRef`]s borrowing it) afterwards, so that a batch's keys are known
-/// before any is applied.
+/// A native event read by the flat-object reader, not validated yet. Its sample borrows the
+/// payload, not the reader's fields, so the pipeline can read and validate each event of a batch
+/// straight into the place the sample stays in until it is applied.
 pub struct FlatNative<'a>(FlatEvent<'a>);
 
 impl<'a> FlatNative<'a> {
@@ -469,7 +469,7 @@ impl<'a> FlatNative<'a> {
     }
 
     /// The sample, exactly as [`decode_native_with`] gives it for the same payload.
-    pub fn sample(&self, limits: DecodeLimits) -> Result<SampleRef<'_>, Rejection> {
+    pub fn sample(&self, limits: DecodeLimits) -> Result<SampleRef<'a>, Rejection> {
         validate(&self.0, limits)
     }
 }
@@ -490,7 +490,7 @@ pub fn decode_native_by_serde(
         }
         Err(e) => return Err(Rejection::new(RejectReason::MalformedJson, e.to_string())),
     };
-    validate(&raw, limits).map(|s| s.to_sample())
+    validate(&&raw, limits).map(|s| s.to_sample())
 }
 
 /// A JSON scalar as it appeared, before any field-specific validation.
@@ -707,8 +707,8 @@ struct RawEvent<'a> {
     fields: [Option<Scalar<'a>>; FIELDS],
 }
 
-impl Fields for RawEvent<'_> {
-    fn value(&self, f: Field) -> Option<Value<'_>> {
+impl<'s> Fields<'s> for &'s RawEvent<'_> {
+    fn value(&self, f: Field) -> Option<Value<'s>> {
         self.fields[f as usize].as_ref().map(Scalar::view)
     }
 }
@@ -773,9 +773,9 @@ impl<'a> FlatEvent<'a> {
     }
 }
 
-impl Fields for FlatEvent<'_> {
+impl<'a> Fields<'a> for FlatEvent<'a> {
     #[inline(always)]
-    fn value(&self, f: Field) -> Option<Value<'_>> {
+    fn value(&self, f: Field) -> Option<Value<'a>> {
         let w = self.words[f as usize];
         Some(match self.kinds[f as usize] {
             Kind::Absent => return None,
@@ -863,7 +863,7 @@ fn wrong_type(field: &str, v: Value<'_>, expected: &str) -> Rejection {
 }
 
 #[inline(always)]
-fn number<F: Fields>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
+fn number<'s, F: Fields<'s>>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
     let field = f.name();
     match present(fields.value(f)) {
         None => Ok(None),
@@ -878,7 +878,7 @@ fn number<F: Fields>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
 }
 
 #[inline(always)]
-fn fraction<F: Fields>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
+fn fraction<'s, F: Fields<'s>>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
     let field = f.name();
     match number(fields, f)? {
         Some(x) if !(0.0..=1.0).contains(&x) => Err(Rejection::new(
@@ -890,7 +890,7 @@ fn fraction<F: Fields>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
 }
 
 #[inline(always)]
-fn non_negative<F: Fields>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
+fn non_negative<'s, F: Fields<'s>>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
     let field = f.name();
     match number(fields, f)? {
         Some(x) if x < 0.0 => Err(Rejection::new(
@@ -902,7 +902,7 @@ fn non_negative<F: Fields>(fields: &F, f: Field) -> Result<Option<f64>, Rejectio
 }
 
 #[inline(always)]
-fn positive<F: Fields>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
+fn positive<'s, F: Fields<'s>>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
     let field = f.name();
     match number(fields, f)? {
         Some(x) if x <= 0.0 => Err(Rejection::new(
@@ -914,7 +914,7 @@ fn positive<F: Fields>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
 }
 
 #[inline(always)]
-fn string<F: Fields>(fields: &F, f: Field) -> Result<Option<Cow<'_, str>>, Rejection> {
+fn string<'s, F: Fields<'s>>(fields: &F, f: Field) -> Result<Option<Cow<'s, str>>, Rejection> {
     let field = f.name();
     match present(fields.value(f)) {
         None => Ok(None),
@@ -991,14 +991,19 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
 }
 
 /// The fields of a native event as either reader holds them.
-trait Fields {
-    /// The value of `f` as it appeared; `None` if the event has no such field.
-    fn value(&self, f: Field) -> Option<Value<'_>>;
+trait Fields<'s> {
+    /// The value of `f` as it appeared, its text borrowed for `'s`; `None` if the event has no
+    /// such field.
+    fn value(&self, f: Field) -> Option<Value<'s>>;
 }
 
 /// A native event's sample from its fields, or the rejection naming the first field that is
 /// wrong; the same for both readers.
-fn validate<F: Fields>(fields: &F, limits: DecodeLimits) -> Result<SampleRef<'_>, Rejection> {
+#[inline(always)]
+fn validate<'s, F: Fields<'s>>(
+    fields: &F,
+    limits: DecodeLimits,
+) -> Result<SampleRef<'s>, Rejection> {
     let ts_ms = timestamp(fields.value(Field::Ts), limits)?;
     let tenant = string(fields, Field::Tenant)?.ok_or_else(|| missing(Field::Tenant.name()))?;
     let interval_s =
