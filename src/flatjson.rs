@@ -155,38 +155,55 @@ pub fn scan<'a>(
     if b.get(i) == Some(&b'}') {
         return (skip_ws(b, i + 1) == b.len()).then_some(());
     }
+    // Compact JSON has no whitespace between tokens: each step first tries the token where it
+    // would be in compact JSON, and skips whitespace only when it is not there.
     loop {
-        let expected = order.next[previous] as usize;
-        let key = match known.get(expected) {
-            Some(k) if k.at(b, i) => {
-                i += k.len;
-                Some(expected)
-            }
-            _ => {
-                let (name, next) = string(b, i)?;
-                i = skip_ws(b, next);
-                if b.get(i) != Some(&b':') {
-                    return None;
+        let expected = known.get(order.next[previous] as usize);
+        let key = if let Some(k) = expected.filter(|k| k.at(b, i)) {
+            i += k.len;
+            Some(order.next[previous] as usize)
+        } else {
+            i = skip_ws(b, i);
+            match expected {
+                Some(k) if k.at(b, i) => {
+                    i += k.len;
+                    Some(order.next[previous] as usize)
                 }
-                i += 1;
-                let key = known.iter().position(|k| k.name == name);
-                if let Some(k) = key {
-                    order.next[previous] = k as u8;
+                _ => {
+                    let (name, next) = string(b, i)?;
+                    i = skip_ws(b, next);
+                    if b.get(i) != Some(&b':') {
+                        return None;
+                    }
+                    i += 1;
+                    let key = known.iter().position(|k| k.name == name);
+                    if let Some(k) = key {
+                        order.next[previous] = k as u8;
+                    }
+                    key
                 }
-                key
             }
         };
         if let Some(k) = key {
             previous = k;
         }
-        i = skip_ws(b, i);
-        let (value, next) = value(b, i)?;
+        let (value, next) = match value(b, i) {
+            Some(v) => v,
+            None => value(b, skip_ws(b, i))?,
+        };
         field(key, value);
-        i = skip_ws(b, next);
+        i = next;
         match b.get(i) {
-            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b',') => i += 1,
             Some(b'}') => return (skip_ws(b, i + 1) == b.len()).then_some(()),
-            _ => return None,
+            _ => {
+                i = skip_ws(b, i);
+                match b.get(i) {
+                    Some(b',') => i += 1,
+                    Some(b'}') => return (skip_ws(b, i + 1) == b.len()).then_some(()),
+                    _ => return None,
+                }
+            }
         }
     }
 }
@@ -248,8 +265,49 @@ fn stops(w: u64) -> u64 {
 }
 
 /// Length of the longest prefix of plain bytes, and whether all of them are ASCII; `None` if
-/// every byte is plain. Reads eight bytes at a time while eight are left.
+/// every byte is plain. Reads sixteen bytes at a time with SSE2 (part of every x86-64 processor)
+/// while sixteen are left, then as [`plain_prefix_words`] does.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
 fn plain_prefix(b: &[u8]) -> Option<(usize, bool)> {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    let mut high = 0u32;
+    let mut i = 0;
+    while i + 16 <= b.len() {
+        // SAFETY: the sixteen bytes from `i` are within `b` (an unaligned load reads only them),
+        // and SSE2 is available on every x86-64 processor.
+        let (stop, h) = unsafe {
+            let v = _mm_loadu_si128(b.as_ptr().add(i) as *const __m128i);
+            let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+            let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+            // Control bytes (below 0x20) are those whose unsigned maximum with 0x1f is 0x1f.
+            let control = _mm_cmpeq_epi8(_mm_max_epu8(v, _mm_set1_epi8(0x1f)), _mm_set1_epi8(0x1f));
+            let stop = _mm_or_si128(_mm_or_si128(quote, backslash), control);
+            (_mm_movemask_epi8(stop) as u32, _mm_movemask_epi8(v) as u32)
+        };
+        if stop != 0 {
+            let at = stop.trailing_zeros();
+            high |= h & ((1 << at) - 1);
+            return Some((i + at as usize, high == 0));
+        }
+        high |= h;
+        i += 16;
+    }
+    let (at, ascii) = plain_prefix_words(&b[i..])?;
+    Some((i + at, ascii && high == 0))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn plain_prefix(b: &[u8]) -> Option<(usize, bool)> {
+    plain_prefix_words(b)
+}
+
+/// [`plain_prefix`] eight bytes at a time while eight are left.
+fn plain_prefix_words(b: &[u8]) -> Option<(usize, bool)> {
     let mut high = 0u64;
     let mut i = 0;
     while let Some(chunk) = b.get(i..i + 8) {
@@ -294,14 +352,6 @@ fn digit_values(w: u64, run: usize) -> u64 {
     ((pairs & mask).wrapping_mul(100 + (1_000_000 << 32))
         + ((pairs >> 16) & mask).wrapping_mul(1 + (10_000 << 32)))
         >> 32
-}
-
-/// How many of the first `run` (1 to 8) bytes of `w`, all ASCII digits, are leading `0`s.
-#[inline(always)]
-fn leading_zero_digits(w: u64, run: usize) -> usize {
-    // A `0` becomes a zero byte; the run's lowest non-zero byte is its first other digit.
-    let d = (w ^ (ONES * b'0' as u64)) & (u64::MAX >> (64 - 8 * run));
-    (d.trailing_zeros() as usize / 8).min(run)
 }
 
 #[inline(always)]
@@ -356,9 +406,11 @@ struct Number {
     /// No fraction and no exponent part.
     integral: bool,
     int_digits: usize,
-    /// The digits after any leading zeros, as an integer; exact while `significant <= 19`.
+    /// The digits as one integer, leading zeros of a fraction included; exact while
+    /// `digits <= 19` (every integer of 19 digits fits a u64).
     mantissa: u64,
-    significant: u32,
+    /// Digits read, but not the lone `0` of an integer part below one.
+    digits: usize,
     /// The value is `mantissa * 10^exponent` (when exact).
     exponent: i32,
 }
@@ -416,7 +468,9 @@ impl Number {
             if j == from {
                 return None;
             }
-            n.exponent += if negative_exponent { -e } else { e };
+            n.exponent = n
+                .exponent
+                .saturating_add(if negative_exponent { -e } else { e });
         }
         Some((n, j))
     }
@@ -443,22 +497,12 @@ impl Number {
             if run == 0 {
                 return j;
             }
-            if self.significant as usize + run <= 19 {
-                // Exact: at most 19 significant digits fit a u64.
-                let value = digit_values(w, run);
-                self.significant += match self.mantissa {
-                    // Leading zeros are not significant.
-                    0 => (run - leading_zero_digits(w, run)) as u32,
-                    _ => run as u32,
-                };
-                self.mantissa = self.mantissa * POW10[run] + value;
-            } else {
-                for &d in &chunk[..run] {
-                    self.push(d);
-                }
+            if self.digits + run <= 19 {
+                self.mantissa = self.mantissa * POW10[run] + digit_values(w, run);
             }
+            self.digits += run;
             if fraction {
-                self.exponent -= run as i32;
+                self.exponent = self.exponent.saturating_sub(run as i32);
             }
             j += run;
             if run < 8 {
@@ -468,7 +512,7 @@ impl Number {
         while let Some(&d @ b'0'..=b'9') = b.get(j) {
             self.push(d);
             if fraction {
-                self.exponent -= 1;
+                self.exponent = self.exponent.saturating_sub(1);
             }
             j += 1;
         }
@@ -477,24 +521,23 @@ impl Number {
 
     #[inline(always)]
     fn push(&mut self, d: u8) {
-        if self.mantissa != 0 || d != b'0' {
-            self.significant += 1;
-        }
-        if self.significant <= 19 {
+        if self.digits < 19 {
             self.mantissa = self.mantissa * 10 + (d - b'0') as u64;
         }
+        self.digits += 1;
     }
 
-    /// Clinger's fast path: digits that form an integer below 2^53 (15 significant digits) and
+    /// Clinger's fast path: digits that form an integer of at most 2^53 (exact as an `f64`) and
     /// a decimal exponent within ±22 make the number that integer times or divided by an exact
     /// power of ten, and one correctly rounded IEEE operation gives the correctly rounded result.
     /// `None` otherwise (the caller uses the full parser).
+    #[inline(always)]
     fn fast(&self) -> Option<f64> {
         const POW10: [f64; 23] = [
             1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
             1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
         ];
-        if self.significant > 15 {
+        if self.digits > 19 || self.mantissa > 1 << 53 {
             return None;
         }
         let m = self.mantissa as f64;
@@ -685,13 +728,12 @@ mod tests {
             if run > 0 {
                 let text = std::str::from_utf8(&bytes[..run]).unwrap();
                 proptest::prop_assert_eq!(digit_values(w, run), text.parse::<u64>().unwrap());
-                let zeros = text.bytes().take_while(|&c| c == b'0').count();
-                proptest::prop_assert_eq!(leading_zero_digits(w, run), zeros);
             }
         }
 
         /// Integers and their parts as a byte-by-byte reading gives them, whatever the length of
-        /// the digit runs and the bytes after them.
+        /// the digit runs and the bytes after them; the digits as one integer wherever they are
+        /// exact (19 digits or fewer), as the text spells it.
         #[test]
         fn numbers_read_eight_digits_at_a_time_match_one_at_a_time(
             int in "[1-9][0-9]{0,24}|0",
@@ -714,9 +756,13 @@ mod tests {
                 one.exponent -= 1;
             }
             proptest::prop_assert_eq!(end, text.len() - tail.len());
-            proptest::prop_assert_eq!(n.significant, one.significant);
+            proptest::prop_assert_eq!(n.digits, one.digits);
             proptest::prop_assert_eq!(n.exponent, one.exponent);
-            proptest::prop_assert_eq!(n.mantissa, one.mantissa);
+            if n.digits <= 19 {
+                let all = format!("{}{}", if int == "0" { "" } else { &int }, fraction.as_deref().unwrap_or(""));
+                proptest::prop_assert_eq!(n.mantissa, one.mantissa);
+                proptest::prop_assert_eq!(n.mantissa, all.parse::<u64>().unwrap_or(0));
+            }
         }
 
         /// The word-at-a-time scan stops at the first byte JSON does not allow unescaped, wherever
