@@ -19,7 +19,7 @@ use crate::decode::{
     NativeJson, RejectReason, Rejection, SampleRef, UsageSample,
 };
 use crate::engine::{
-    Engine, EngineStats, Explanation, JobReport, OrganisationReport, TenantReport,
+    Engine, EngineStats, Explanation, JobReport, KeyHashes, OrganisationReport, TenantReport,
 };
 use crate::flatjson::KeyOrder;
 use crate::join::Reading;
@@ -638,11 +638,11 @@ impl Pipeline {
     }
 }
 
-/// Applies a batch of native events in order, reading [`WARM_CHUNK`] of them ahead: their keys
-/// are warmed ([`Engine::warm`]) before the first of them is applied, so that the cache misses of
-/// their look-ups overlap instead of being paid one event after the other. Events the flat-object
-/// reader cannot read are decoded in place by serde_json, as [`decode_native`] does. Returns the
-/// number of messages.
+/// Applies a batch of native events in order, [`WARM_CHUNK`] at a time, one chunk ahead: a
+/// chunk is read and its keys warmed ([`Engine::warm`]) before the chunk before it is applied, so
+/// that the cache misses of their look-ups overlap each other and the work on another chunk
+/// instead of being paid one event after the other. Events the flat-object reader cannot read are
+/// decoded in place by serde_json, as [`decode_native`] does. Returns the number of messages.
 ///
 /// [`decode_native`]: crate::decode::decode_native
 fn process_native<'a>(
@@ -652,36 +652,73 @@ fn process_native<'a>(
     limits: DecodeLimits,
     rejected: &mut Vec<Rejected>,
 ) -> u64 {
-    let mut payloads = payloads.into_iter().enumerate().peekable();
-    let mut chunk: Vec<(usize, Option<&'a [u8]>)> = Vec::with_capacity(WARM_CHUNK);
-    // Each event of the chunk read and validated in one pass, or `None` for one the flat reader
-    // could not read, into a vector kept from chunk to chunk: a sample (272 bytes) is copied once
-    // on its way to the engine, where reading all of a chunk and then validating it took three.
-    let mut samples: Vec<Option<Result<SampleRef<'a>, Rejection>>> = Vec::with_capacity(WARM_CHUNK);
+    let mut payloads = payloads.into_iter().enumerate();
     let mut order = KeyOrder::default();
     let mut consumed = 0u64;
-    while payloads.peek().is_some() {
-        chunk.clear();
-        chunk.extend(payloads.by_ref().take(WARM_CHUNK));
-        consumed += chunk.len() as u64;
-        samples.clear();
-        samples.extend(chunk.iter().map(|(_, p)| {
-            p.and_then(|p| FlatNative::read(p, &mut order))
+    let (mut ahead, mut current) = (Chunk::default(), Chunk::default());
+    loop {
+        ahead.read(&mut payloads, &mut order, limits);
+        consumed += ahead.events.len() as u64;
+        ahead.warm(engine);
+        current.apply(engine, metrics, limits, rejected);
+        if ahead.events.is_empty() {
+            return consumed;
+        }
+        std::mem::swap(&mut ahead, &mut current);
+    }
+}
+
+/// Up to [`WARM_CHUNK`] events of a batch, read and warmed, to be applied.
+#[derive(Default)]
+struct Chunk<'a> {
+    /// Each event's index in the batch and its payload.
+    events: Vec<(usize, Option<&'a [u8]>)>,
+    /// Each event read and validated in one pass, or `None` for one the flat reader could not
+    /// read, into a vector kept from chunk to chunk: a sample (272 bytes) is copied once on its
+    /// way to the engine, where reading all of a chunk and then validating it took three.
+    samples: Vec<Option<Result<SampleRef<'a>, Rejection>>>,
+    /// The hashes of each decoded sample's keys, in order, from the warm.
+    hashes: SmallVec<[KeyHashes; WARM_CHUNK]>,
+}
+
+impl<'a> Chunk<'a> {
+    /// Takes the next events of `payloads` (none once they are all taken) and reads them.
+    fn read(
+        &mut self,
+        payloads: &mut impl Iterator<Item = (usize, Option<&'a [u8]>)>,
+        order: &mut KeyOrder,
+        limits: DecodeLimits,
+    ) {
+        self.events.clear();
+        self.events.extend(payloads.take(WARM_CHUNK));
+        self.samples.clear();
+        self.samples.extend(self.events.iter().map(|(_, p)| {
+            p.and_then(|p| FlatNative::read(p, order))
                 .map(|f| f.sample(limits))
         }));
-        let hashes = {
-            let decoded: SmallVec<[&SampleRef<'_>; WARM_CHUNK]> =
-                samples.iter().flatten().flatten().collect();
-            engine.warm(&decoded)
-        };
-        // The decoded samples, in order, each with its keys' hashes from the warm.
-        let mut hashes = hashes.into_iter();
+    }
+
+    fn warm(&mut self, engine: &Engine) {
+        let decoded: SmallVec<[&SampleRef<'_>; WARM_CHUNK]> =
+            self.samples.iter().flatten().flatten().collect();
+        self.hashes = engine.warm(&decoded);
+    }
+
+    /// Applies the events in order and lists each one rejected.
+    fn apply(
+        &self,
+        engine: &mut Engine,
+        metrics: &Metrics,
+        limits: DecodeLimits,
+        rejected: &mut Vec<Rejected>,
+    ) {
+        let mut hashes = self.hashes.iter();
         // By reference: moving each sample out would copy its 272 bytes once more.
-        for ((index, payload), sample) in chunk.iter().zip(&samples) {
+        for ((index, payload), sample) in self.events.iter().zip(&self.samples) {
             let result = match (sample, payload) {
                 (Some(Ok(s)), _) => {
                     let h = hashes.next().expect("one hash per decoded sample");
-                    engine.apply_warmed(s, h);
+                    engine.apply_warmed(s, *h);
                     Ok(())
                 }
                 (Some(Err(r)), _) => Err(r.clone()),
@@ -695,7 +732,6 @@ fn process_native<'a>(
             }
         }
     }
-    consumed
 }
 
 #[cfg(test)]
