@@ -862,28 +862,42 @@ fn wrong_type(field: &str, v: Value<'_>, expected: &str) -> Rejection {
     )
 }
 
+/// The rejection of field `f`'s value: ``field `{name}` {problem}``, then `, got {x}` when a value
+/// is given. Out of line, so that the checks of every field stay small on the path that passes.
+#[cold]
+#[inline(never)]
+fn bad_field(reason: RejectReason, f: Field, problem: &str, got: Option<f64>) -> Rejection {
+    let detail = match got {
+        Some(x) => format!("field `{}` {problem}, got {x}", f.name()),
+        None => format!("field `{}` {problem}", f.name()),
+    };
+    Rejection::new(reason, detail)
+}
+
 #[inline(always)]
 fn number<'s, F: Fields<'s>>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
-    let field = f.name();
     match present(fields.value(f)) {
         None => Ok(None),
         Some(Value::Int(i)) => Ok(Some(i as f64)),
-        Some(Value::Float(f)) if f.is_finite() => Ok(Some(f)),
-        Some(Value::Float(_)) => Err(Rejection::new(
+        Some(Value::Float(x)) if x.is_finite() => Ok(Some(x)),
+        Some(Value::Float(_)) => Err(bad_field(
             RejectReason::OutOfRange,
-            format!("field `{field}` is not a finite number"),
+            f,
+            "is not a finite number",
+            None,
         )),
-        Some(v) => Err(wrong_type(field, v, "a number")),
+        Some(v) => Err(wrong_type(f.name(), v, "a number")),
     }
 }
 
 #[inline(always)]
 fn fraction<'s, F: Fields<'s>>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
-    let field = f.name();
     match number(fields, f)? {
-        Some(x) if !(0.0..=1.0).contains(&x) => Err(Rejection::new(
+        Some(x) if !(0.0..=1.0).contains(&x) => Err(bad_field(
             RejectReason::OutOfRange,
-            format!("field `{field}` must be a fraction in 0..1, got {x}"),
+            f,
+            "must be a fraction in 0..1",
+            Some(x),
         )),
         other => Ok(other),
     }
@@ -891,11 +905,12 @@ fn fraction<'s, F: Fields<'s>>(fields: &F, f: Field) -> Result<Option<f64>, Reje
 
 #[inline(always)]
 fn non_negative<'s, F: Fields<'s>>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
-    let field = f.name();
     match number(fields, f)? {
-        Some(x) if x < 0.0 => Err(Rejection::new(
+        Some(x) if x < 0.0 => Err(bad_field(
             RejectReason::OutOfRange,
-            format!("field `{field}` must not be negative, got {x}"),
+            f,
+            "must not be negative",
+            Some(x),
         )),
         other => Ok(other),
     }
@@ -903,11 +918,12 @@ fn non_negative<'s, F: Fields<'s>>(fields: &F, f: Field) -> Result<Option<f64>, 
 
 #[inline(always)]
 fn positive<'s, F: Fields<'s>>(fields: &F, f: Field) -> Result<Option<f64>, Rejection> {
-    let field = f.name();
     match number(fields, f)? {
-        Some(x) if x <= 0.0 => Err(Rejection::new(
+        Some(x) if x <= 0.0 => Err(bad_field(
             RejectReason::NonPositive,
-            format!("field `{field}` must be positive, got {x}"),
+            f,
+            "must be positive",
+            Some(x),
         )),
         other => Ok(other),
     }
@@ -915,17 +931,18 @@ fn positive<'s, F: Fields<'s>>(fields: &F, f: Field) -> Result<Option<f64>, Reje
 
 #[inline(always)]
 fn string<'s, F: Fields<'s>>(fields: &F, f: Field) -> Result<Option<Cow<'s, str>>, Rejection> {
-    let field = f.name();
     match present(fields.value(f)) {
         None => Ok(None),
-        Some(Value::Str("")) => Err(Rejection::new(
+        Some(Value::Str("")) => Err(bad_field(
             RejectReason::EmptyString,
-            format!("field `{field}` must not be empty"),
+            f,
+            "must not be empty",
+            None,
         )),
         Some(Value::Str(s)) => Ok(Some(Cow::Borrowed(s))),
         // Scheduler ids and GPU indexes are often emitted as numbers; accept integers as ids.
         Some(Value::Int(i)) if f != Field::Tenant => Ok(Some(Cow::Owned(i.to_string()))),
-        Some(v) => Err(wrong_type(field, v, "a string")),
+        Some(v) => Err(wrong_type(f.name(), v, "a string")),
     }
 }
 
