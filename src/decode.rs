@@ -1324,6 +1324,54 @@ mod tests {
         assert!(r.detail.contains("sm_active"), "{}", r.detail);
     }
 
+    /// Each kind of bad value is rejected with its reason and a detail naming the field, the
+    /// problem and (for a number out of its range) the value, word for word, by both readers.
+    #[test]
+    fn rejection_details_name_the_field_the_problem_and_the_value() {
+        let base = r#""ts":1714564830000,"interval_s":60,"tenant":"t""#;
+        for (extra, reason, detail) in [
+            (
+                r#""tensor_active":1.5"#,
+                RejectReason::OutOfRange,
+                "field `tensor_active` must be a fraction in 0..1, got 1.5",
+            ),
+            (
+                r#""power_w":-2"#,
+                RejectReason::OutOfRange,
+                "field `power_w` must not be negative, got -2",
+            ),
+            (
+                r#""gpus":0"#,
+                RejectReason::NonPositive,
+                "field `gpus` must be positive, got 0",
+            ),
+            (
+                r#""job":"""#,
+                RejectReason::EmptyString,
+                "field `job` must not be empty",
+            ),
+            (
+                r#""node":true"#,
+                RejectReason::WrongType,
+                "field `node` must be a string, got boolean",
+            ),
+            (
+                r#""fb_used_bytes":"x""#,
+                RejectReason::WrongType,
+                "field `fb_used_bytes` must be a number, got string",
+            ),
+        ] {
+            let payload = format!("{{{base},{extra}}}");
+            let expected = Rejection::new(reason, detail);
+            assert_eq!(decode(&payload).unwrap_err(), expected, "{payload}");
+            assert_eq!(
+                decode_native_by_serde(payload.as_bytes(), DecodeLimits::OPEN).unwrap_err(),
+                expected,
+                "{payload}"
+            );
+        }
+    }
+
     #[test]
     fn future_timestamps_beyond_the_limit_are_rejected() {
         let limits = DecodeLimits {
