@@ -381,6 +381,15 @@ fn literal<'a>(
 /// integers and non-finite results are left to serde_json.
 #[inline(always)]
 fn number(b: &[u8], i: usize) -> Option<(FlatValue<'static>, usize)> {
+    match short_number(b, i) {
+        Some(short) => Some(short),
+        None => any_number(b, i),
+    }
+}
+
+/// [`number`] of any JSON number text, through [`Number::read`].
+#[inline(always)]
+fn any_number(b: &[u8], i: usize) -> Option<(FlatValue<'static>, usize)> {
     let (n, j) = Number::read(b, i)?;
     if n.integral {
         if n.int_digits > 18 || (n.negative && n.mantissa == 0) {
@@ -396,6 +405,60 @@ fn number(b: &[u8], i: usize) -> Option<(FlatValue<'static>, usize)> {
         None => std::str::from_utf8(&b[i..j]).ok()?.parse().ok()?,
     };
     v.is_finite().then_some((FlatValue::Float(v), j))
+}
+
+/// The number at `i` if it has one of the shapes telemetry writes, read from at most two words
+/// of the payload: a non-negative integer of 1 to 15 digits, or a decimal of 1 to 7 integer digits and
+/// 1 to 7 fraction digits, without an exponent. `None` for any other text, valid or not, which
+/// [`Number::read`] then reads. Gives what `Number::read` and [`Number::fast`] give for the same
+/// text: at most 14 digits make an integer below 2^53, so a decimal is that integer divided by
+/// an exact power of ten, correctly rounded, as the fast path computes it.
+#[inline(always)]
+fn short_number(b: &[u8], i: usize) -> Option<(FlatValue<'static>, usize)> {
+    const POW10: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
+    const POW10F: [f64; 8] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7];
+    /// Byte `k` (below 8) of the word `w`.
+    fn byte(w: u64, k: usize) -> u8 {
+        (w >> (8 * k)) as u8
+    }
+    let word = |at: usize| {
+        b.get(at..at + 8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("eight bytes")))
+    };
+    let w = word(i)?;
+    let run = digit_run(w);
+    // No digit (a sign, or not a number), or a leading zero before more digits (not JSON).
+    if run == 0 || (byte(w, 0) == b'0' && run > 1) {
+        return None;
+    }
+    let int = digit_values(w, run);
+    if run == 8 {
+        // Eight to fifteen digits: an integer only.
+        let w2 = word(i + 8)?;
+        let run2 = digit_run(w2);
+        if run2 == 8 || matches!(byte(w2, run2), b'.' | b'e' | b'E') {
+            return None;
+        }
+        let v = match run2 {
+            0 => int,
+            _ => int * POW10[run2] + digit_values(w2, run2),
+        };
+        return Some((FlatValue::Int(v as i64), i + 8 + run2));
+    }
+    match byte(w, run) {
+        b'e' | b'E' => None,
+        b'.' => {
+            let f = word(i + run + 1)?;
+            let frac = digit_run(f);
+            if frac == 0 || frac == 8 || matches!(byte(f, frac), b'.' | b'e' | b'E') {
+                return None;
+            }
+            let m = int * POW10[frac] + digit_values(f, frac);
+            let v = m as f64 / POW10F[frac];
+            Some((FlatValue::Float(v), i + run + 1 + frac))
+        }
+        _ => Some((FlatValue::Int(int as i64), i + run)),
+    }
 }
 
 /// A JSON number's parts: its digits as one integer (while it stays exact) and the decimal
@@ -735,6 +798,26 @@ mod tests {
         /// the digit runs and the bytes after them; the digits as one integer wherever they are
         /// exact (19 digits or fewer), as the text spells it.
         #[test]
+        /// Whatever the text, a number the short path takes is the one the general path reads,
+        /// to the bit and to the byte where it ends.
+        #[test]
+        fn the_short_number_path_reads_what_the_general_path_reads(
+            text in "-?[0-9]{0,17}(\\.[0-9]{0,9})?([eE][+-]?[0-9]{0,3})?[,}. eE0-9a]{0,10}",
+        ) {
+            let b = text.as_bytes();
+            if let Some((short, end)) = short_number(b, 0) {
+                let (general, general_end) = any_number(b, 0).expect("a number the general path reads");
+                proptest::prop_assert_eq!(end, general_end, "{}", text);
+                let bits = |v: FlatValue<'_>| match v {
+                    FlatValue::Int(i) => (0, i as u64),
+                    FlatValue::Float(x) => (1, x.to_bits()),
+                    other => panic!("not a number: {other:?}"),
+                };
+                proptest::prop_assert_eq!(bits(short), bits(general), "{}", text);
+            }
+        }
+
+        #[test]
         fn numbers_read_eight_digits_at_a_time_match_one_at_a_time(
             int in "[1-9][0-9]{0,24}|0",
             fraction in proptest::option::of("[0-9]{1,24}"),
@@ -777,6 +860,47 @@ mod tests {
                 .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
                 .map(|at| (at, bytes[..at].is_ascii()));
             proptest::prop_assert_eq!(plain_prefix(&bytes), expected);
+        }
+    }
+
+    #[test]
+    fn the_short_number_path_takes_the_shapes_telemetry_writes_and_nothing_else() {
+        let short = |t: &str| short_number(t.as_bytes(), 0);
+        assert_eq!(short("0.450,\"sm\""), Some((FlatValue::Float(0.45), 5)));
+        assert_eq!(
+            short("1712000000000,\"t\""),
+            Some((FlatValue::Int(1712000000000), 13))
+        );
+        assert_eq!(
+            short("42949672960,\"power\""),
+            Some((FlatValue::Int(42949672960), 11))
+        );
+        assert_eq!(
+            short("12345678}       "),
+            Some((FlatValue::Int(12345678), 8))
+        );
+        assert_eq!(short("1,\"interval\""), Some((FlatValue::Int(1), 1)));
+        assert_eq!(short("0}      "), Some((FlatValue::Int(0), 1)));
+        assert_eq!(short("300.5}      "), Some((FlatValue::Float(300.5), 5)));
+        assert_eq!(
+            short("1234567.1234567,"),
+            Some((FlatValue::Float(1234567.1234567), 15))
+        );
+        // Left to the general path: signs, exponents, leading zeros, a point without digits,
+        // sixteen digits or eight after the point, and numbers too near the payload's end for
+        // a whole word.
+        for t in [
+            "-1,      ",
+            "1e5,     ",
+            "1.5E3,   ",
+            "01,      ",
+            "1.,      ",
+            "1234567890123456,",
+            "0.12345678,     ",
+            "12345678.5,     ",
+            "0.5}",
+        ] {
+            assert_eq!(short(t), None, "{t}");
         }
     }
 
