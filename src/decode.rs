@@ -780,8 +780,11 @@ impl<'a> Fields<'a> for FlatEvent<'a> {
         Some(match self.kinds[f as usize] {
             Kind::Absent => return None,
             Kind::Str => {
-                let start = w as u32 as usize;
-                Value::Str(&self.payload[start..start + (w >> 32) as usize])
+                let (start, len) = (w as u32 as usize, (w >> 32) as usize);
+                // SAFETY: a `Str` word is the place of a string that `scan` read in this payload
+                // (`FlatEvent::read`): within it, and its ends are character boundaries, next to
+                // the quotes around it.
+                Value::Str(unsafe { self.payload.get_unchecked(start..start + len) })
             }
             Kind::Int => Value::Int(w as i64),
             Kind::Float => Value::Float(f64::from_bits(w)),
