@@ -100,7 +100,7 @@ impl Equivalent<JobKey> for JobRef<'_> {
     }
 }
 
-/// Samples [`Engine::warm`] works on at once (larger slices are warmed in pieces of this many).
+/// Samples the warm ([`Engine::warm_located`]) works on at once.
 /// Batches warmed together should be this long: 8, 16 and 64 measured alike before the warm
 /// located entries by hash alone; since, 32 is up to 5% faster than 16 (BENCHMARKS.md).
 pub const WARM_BATCH: usize = 32;
@@ -124,7 +124,7 @@ fn at_hash<K, V>(table: &Table<K, V>, hash: u64) -> Option<(&K, &V)> {
 }
 
 /// Where a sample's keys lie in the engine's tables: the hashes of its tenant, its job (if it
-/// names one) and its series, computed once when its batch is warmed ([`Engine::warm`]) and used
+/// names one) and its series, computed once when its batch is warmed ([`Engine::locate`]) and used
 /// again to apply it ([`Engine::apply_warmed`]). A table's hasher never changes after the table is
 /// made, so a hash stays valid however the tables grow or shrink in between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +132,16 @@ pub struct KeyHashes {
     tenant: u64,
     job: u64,
     series: u64,
+}
+
+/// Where [`Engine::locate`] found a sample's keys: their hashes, and the entries they most likely
+/// have (by hash alone), for the rest of the warm ([`Engine::warm_located`]).
+#[derive(Clone, Copy)]
+pub struct Located<'e> {
+    hashes: KeyHashes,
+    ts_ms: i64,
+    job: Option<(&'e JobKey, &'e JobState)>,
+    tenant: Option<(&'e Name, &'e TenantState)>,
 }
 
 /// Runs `decode` (of a [`State`]) with the long names of the keys it decodes shared, as keys
@@ -1096,93 +1106,96 @@ impl Engine {
         self.apply_ref(&sample.borrowed())
     }
 
-    /// Starts loading what applying `samples` will touch (their tenants, jobs and series and the
-    /// window rings of each), without waiting for any of it, so that their cache misses overlap.
-    /// Changes nothing. Works in passes over the whole batch, each reading only what the previous
-    /// pass prefetched: entries are located by hash alone (`at_hash`: names are not compared, a
-    /// wrong guess only costs a useless prefetch), then read for the addresses of their long names
-    /// (names held inline come with the entry), rings and series, then the series are located and
-    /// prefetched the same way. Returns the hashes of each sample's keys, in order, for
-    /// [`Engine::apply_warmed`]: each name is hashed once.
-    pub fn warm(&self, samples: &[&SampleRef<'_>]) -> SmallVec<[KeyHashes; WARM_BATCH]> {
-        const N: usize = WARM_BATCH;
-        /// An entry of a table, if the hash found one.
-        type Found<'a, K, V> = Option<(&'a K, &'a V)>;
+    /// The warm of a batch of samples starts loading what applying them will touch (their
+    /// tenants, jobs and series and the window rings of each), without waiting for any of it, so
+    /// that their cache misses overlap. It changes nothing, and works in passes, each reading only
+    /// what the pass before prefetched: entries are located by hash alone (`at_hash`: names are
+    /// not compared, a wrong guess only costs a useless prefetch), then read for the addresses of
+    /// their long names (names held inline come with the entry), rings and series, then the
+    /// series are located and prefetched the same way.
+    ///
+    /// This is the first pass, for one sample: its keys' hashes, and the entries of its job (or,
+    /// for a sample of no job or of a new job, its tenant) located and prefetched. Only the
+    /// tables' control bytes are read. A job's sample reaches its tenant only now and then (see
+    /// `Credit`): its tenant waits for the job's entry (the second pass). The pipeline calls it
+    /// as it reads each sample, so that these reads overlap the reading of the next, and the
+    /// other passes ([`Engine::warm_located`]) once it has read a chunk.
+    #[inline(always)]
+    pub fn locate(&self, s: &SampleRef<'_>) -> Located<'_> {
         let st = &self.st;
-        let mut hashes: SmallVec<[KeyHashes; N]> = SmallVec::with_capacity(samples.len());
-        for (c, chunk) in samples.chunks(N).enumerate() {
-            let mut tenants: SmallVec<[Found<Name, TenantState>; N]> = SmallVec::new();
-            let mut jobs: SmallVec<[Found<JobKey, JobState>; N]> = SmallVec::new();
-            // 1. The buckets: only the tables' control bytes are read (small, usually cached). A
-            // job's sample reaches its tenant only now and then (see `Credit`): its tenant waits
-            // for the job's entry (2).
-            for s in chunk {
-                let h = self.key_hashes(s);
-                hashes.push(h);
-                let j = s.job.as_ref().and_then(|_| at_hash(&st.jobs, h.job));
-                if let Some((k, v)) = j {
-                    prefetch::value(k);
-                    prefetch::value(v);
-                }
-                jobs.push(j);
-                let t = match (&s.job, j) {
-                    (Some(_), Some(_)) => None,
-                    _ => at_hash(&st.tenants, h.tenant),
-                };
-                if let Some((k, v)) = t {
-                    prefetch::value(k);
-                    prefetch::value(v);
-                }
-                tenants.push(t);
-            }
-            // 2. What the buckets point to: long key names, series tags, model counts, the window
-            // rings of keys whose sample falls outside their pending span, and the tenant of a
-            // job that the sample reaches it from (its first since an evaluation, or one that
-            // moves its windows on and credits the tenant).
-            for ((t, j), (s, h)) in tenants
-                .iter_mut()
-                .zip(&jobs)
-                .zip(chunk.iter().zip(&hashes[c * N..]))
-            {
-                if let Some((k, v)) = t {
-                    k.prefetch();
-                    if v.account.windows.touches_rings(s.ts_ms) {
-                        v.account.windows.prefetch();
-                    }
-                }
-                if let Some((k, v)) = j {
-                    k.tenant.prefetch();
-                    k.job.prefetch();
-                    let moves = v.account.windows.touches_rings(s.ts_ms);
-                    if moves {
-                        v.account.windows.prefetch();
-                    }
-                    v.series.prefetch();
-                    prefetch::slice(&v.models);
-                    if !v.touched || moves {
-                        *t = at_hash(&st.tenants, h.tenant);
-                        if let Some((k, v)) = t {
-                            prefetch::value(k);
-                            prefetch::value(v);
-                        }
-                    }
-                }
-            }
-            // 3. The series entries, by hash alone; then 4. their names.
-            let mut series: SmallVec<[Option<&SeriesKey>; N]> = SmallVec::new();
-            for (h, j) in hashes[c * N..].iter().zip(&jobs) {
-                let e = j.and_then(|(_, v)| v.series.candidate(h.series));
-                if let Some((k, v)) = e {
-                    prefetch::value(k);
-                    prefetch::value(v);
-                }
-                series.push(e.map(|(k, _)| k));
-            }
-            for k in series.iter().flatten() {
+        let h = self.key_hashes(s);
+        let job = s.job.as_ref().and_then(|_| at_hash(&st.jobs, h.job));
+        if let Some((k, v)) = job {
+            prefetch::value(k);
+            prefetch::value(v);
+        }
+        let tenant = match (&s.job, job) {
+            (Some(_), Some(_)) => None,
+            _ => at_hash(&st.tenants, h.tenant),
+        };
+        if let Some((k, v)) = tenant {
+            prefetch::value(k);
+            prefetch::value(v);
+        }
+        Located {
+            hashes: h,
+            ts_ms: s.ts_ms,
+            job,
+            tenant,
+        }
+    }
+
+    /// The passes of the warm after the first ([`Engine::locate`]), over what it gave for a batch
+    /// of samples (at most [`WARM_BATCH`]), in order. Returns their keys' hashes, for
+    /// [`Engine::apply_warmed`]: each name is hashed once.
+    pub fn warm_located<'e>(
+        &'e self,
+        mut located: SmallVec<[Located<'e>; WARM_BATCH]>,
+    ) -> SmallVec<[KeyHashes; WARM_BATCH]> {
+        let st = &self.st;
+        // 2. What the buckets point to: long key names, series tags, model counts, the window
+        // rings of keys whose sample falls outside their pending span, and the tenant of a
+        // job that the sample reaches it from (its first since an evaluation, or one that
+        // moves its windows on and credits the tenant).
+        for l in &mut located {
+            if let Some((k, v)) = l.tenant {
                 k.prefetch();
+                if v.account.windows.touches_rings(l.ts_ms) {
+                    v.account.windows.prefetch();
+                }
+            }
+            if let Some((k, v)) = l.job {
+                k.tenant.prefetch();
+                k.job.prefetch();
+                let moves = v.account.windows.touches_rings(l.ts_ms);
+                if moves {
+                    v.account.windows.prefetch();
+                }
+                v.series.prefetch();
+                prefetch::slice(&v.models);
+                if !v.touched || moves {
+                    l.tenant = at_hash(&st.tenants, l.hashes.tenant);
+                    if let Some((k, v)) = l.tenant {
+                        prefetch::value(k);
+                        prefetch::value(v);
+                    }
+                }
             }
         }
-        hashes
+        // 3. The series entries, by hash alone; then 4. their names.
+        let mut series: SmallVec<[Option<&SeriesKey>; WARM_BATCH]> = SmallVec::new();
+        for l in &located {
+            let e = l.job.and_then(|(_, v)| v.series.candidate(l.hashes.series));
+            if let Some((k, v)) = e {
+                prefetch::value(k);
+                prefetch::value(v);
+            }
+            series.push(e.map(|(k, _)| k));
+        }
+        for k in series.iter().flatten() {
+            k.prefetch();
+        }
+        located.iter().map(|l| l.hashes).collect()
     }
 
     /// [`Engine::apply`] of a sample with borrowed names. A known key costs one look-up of each
@@ -1208,7 +1221,7 @@ impl Engine {
     }
 
     /// [`Engine::apply_ref`] of a sample whose keys' hashes are known: the `KeyHashes` that
-    /// [`Engine::warm`] gave for it (and for no other sample).
+    /// [`Engine::locate`] gave for it (and for no other sample).
     pub fn apply_warmed(&mut self, sample: &SampleRef<'_>, hashes: KeyHashes) -> Applied {
         debug_assert_eq!(self.key_hashes(sample), hashes, "hashes of another sample");
         let ts = sample.ts_ms;

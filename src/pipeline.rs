@@ -19,7 +19,8 @@ use crate::decode::{
     NativeJson, RejectReason, Rejection, SampleRef, UsageSample,
 };
 use crate::engine::{
-    Engine, EngineStats, Explanation, JobReport, KeyHashes, OrganisationReport, TenantReport,
+    Engine, EngineStats, Explanation, JobReport, KeyHashes, Located, OrganisationReport,
+    TenantReport,
 };
 use crate::flatjson::KeyOrder;
 use crate::join::Reading;
@@ -33,8 +34,8 @@ use crate::vector::VectorJson;
 /// How often per-tenant gauges (which walk every tenant) are refreshed at most.
 const GAUGE_REFRESH: Duration = Duration::from_secs(1);
 
-/// Native events are read and their keys warmed (`Engine::warm`) this many at a time before any
-/// of them is applied.
+/// Native events are read and their keys warmed (`Engine::locate` as each is read, then
+/// `Engine::warm_located`) this many at a time before any of them is applied.
 const WARM_CHUNK: usize = crate::engine::WARM_BATCH;
 
 /// A message of a batch that the decoder rejected.
@@ -639,7 +640,7 @@ impl Pipeline {
 }
 
 /// Applies a batch of native events in order, [`WARM_CHUNK`] at a time, one chunk ahead: a
-/// chunk is read and its keys warmed ([`Engine::warm`]) before the chunk before it is applied, so
+/// chunk is read and its keys warmed ([`Engine::locate`], [`Engine::warm_located`]) before the chunk before it is applied, so
 /// that the cache misses of their look-ups overlap each other and the work on another chunk
 /// instead of being paid one event after the other. Events the flat-object reader cannot read are
 /// decoded in place by serde_json, as [`decode_native`] does. Returns the number of messages.
@@ -657,9 +658,8 @@ fn process_native<'a>(
     let mut consumed = 0u64;
     let (mut ahead, mut current) = (Chunk::default(), Chunk::default());
     loop {
-        ahead.read(&mut payloads, &mut order, limits);
+        ahead.read(&mut payloads, &mut order, limits, engine);
         consumed += ahead.events.len() as u64;
-        ahead.warm(engine);
         current.apply(engine, metrics, limits, rejected);
         if ahead.events.is_empty() {
             return consumed;
@@ -682,26 +682,31 @@ struct Chunk<'a> {
 }
 
 impl<'a> Chunk<'a> {
-    /// Takes the next events of `payloads` (none once they are all taken) and reads them.
+    /// Takes the next events of `payloads` (none once they are all taken), reads them and warms
+    /// their keys in `engine`: each sample's keys are located as soon as it is read
+    /// ([`Engine::locate`]), so that those reads overlap the reading of the next events, and the
+    /// rest of the warm follows the chunk ([`Engine::warm_located`]).
     fn read(
         &mut self,
         payloads: &mut impl Iterator<Item = (usize, Option<&'a [u8]>)>,
         order: &mut KeyOrder,
         limits: DecodeLimits,
+        engine: &Engine,
     ) {
         self.events.clear();
         self.events.extend(payloads.take(WARM_CHUNK));
         self.samples.clear();
-        self.samples.extend(self.events.iter().map(|(_, p)| {
-            p.and_then(|p| FlatNative::read(p, order))
-                .map(|f| f.sample(limits))
-        }));
-    }
-
-    fn warm(&mut self, engine: &Engine) {
-        let decoded: SmallVec<[&SampleRef<'_>; WARM_CHUNK]> =
-            self.samples.iter().flatten().flatten().collect();
-        self.hashes = engine.warm(&decoded);
+        let mut located: SmallVec<[Located<'_>; WARM_CHUNK]> = SmallVec::new();
+        for (_, p) in &self.events {
+            let sample = p
+                .and_then(|p| FlatNative::read(p, order))
+                .map(|f| f.sample(limits));
+            if let Some(Ok(s)) = &sample {
+                located.push(engine.locate(s));
+            }
+            self.samples.push(sample);
+        }
+        self.hashes = engine.warm_located(located);
     }
 
     /// Applies the events in order and lists each one rejected.
