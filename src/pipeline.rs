@@ -640,10 +640,11 @@ impl Pipeline {
 }
 
 /// Applies a batch of native events in order, [`WARM_CHUNK`] at a time, one chunk ahead: a
-/// chunk is read and its keys warmed ([`Engine::locate`], [`Engine::warm_located`]) before the chunk before it is applied, so
-/// that the cache misses of their look-ups overlap each other and the work on another chunk
-/// instead of being paid one event after the other. Events the flat-object reader cannot read are
-/// decoded in place by serde_json, as [`decode_native`] does. Returns the number of messages.
+/// chunk is read and its keys warmed ([`Engine::locate`], [`Engine::warm_located`]) before the
+/// chunk before it is applied, so that the cache misses of their look-ups overlap each other and
+/// the work on another chunk instead of being paid one event after the other. Events the
+/// flat-object reader cannot read are decoded in place by serde_json, as [`decode_native`] does.
+/// Returns the number of messages.
 ///
 /// [`decode_native`]: crate::decode::decode_native
 fn process_native<'a>(
