@@ -327,6 +327,32 @@ fn plain_prefix_words(b: &[u8]) -> Option<(usize, bool)> {
     Some((at, high == 0 && b[i..at].is_ascii()))
 }
 
+/// Powers of ten as integers, up to what eight digits at a time need.
+const POW10: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// Powers of ten exact as `f64`s (the decimal fast path's range).
+const POW10_F64: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The eight bytes of `b` from `i` as a little-endian word, if there are eight.
+#[inline(always)]
+fn word_at(b: &[u8], i: usize) -> Option<u64> {
+    b.get(i..i + 8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("eight bytes")))
+}
+
 /// How many of the eight bytes of `w` (the first in the lowest byte) are ASCII digits before the
 /// first byte that is not.
 #[inline(always)]
@@ -422,17 +448,11 @@ fn any_number(b: &[u8], i: usize) -> Option<(FlatValue<'static>, usize)> {
 /// divided by an exact power of ten, correctly rounded, as the fast path computes it.
 #[inline(always)]
 fn short_number(b: &[u8], i: usize) -> Option<(FlatValue<'static>, usize)> {
-    const POW10: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
-    const POW10F: [f64; 8] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7];
     /// Byte `k` (below 8) of the word `w`.
     fn byte(w: u64, k: usize) -> u8 {
         (w >> (8 * k)) as u8
     }
-    let word = |at: usize| {
-        b.get(at..at + 8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("eight bytes")))
-    };
-    let w = word(i)?;
+    let w = word_at(b, i)?;
     let run = digit_run(w);
     // No digit (a sign, or not a number), or a leading zero before more digits (not JSON).
     if run == 0 || (byte(w, 0) == b'0' && run > 1) {
@@ -441,7 +461,7 @@ fn short_number(b: &[u8], i: usize) -> Option<(FlatValue<'static>, usize)> {
     let int = digit_values(w, run);
     if run == 8 {
         // Eight to fifteen digits: an integer only.
-        let w2 = word(i + 8)?;
+        let w2 = word_at(b, i + 8)?;
         let run2 = digit_run(w2);
         if run2 == 8 || matches!(byte(w2, run2), b'.' | b'e' | b'E') {
             return None;
@@ -455,13 +475,13 @@ fn short_number(b: &[u8], i: usize) -> Option<(FlatValue<'static>, usize)> {
     match byte(w, run) {
         b'e' | b'E' => None,
         b'.' => {
-            let f = word(i + run + 1)?;
+            let f = word_at(b, i + run + 1)?;
             let frac = digit_run(f);
             if frac == 0 || frac == 8 || matches!(byte(f, frac), b'.' | b'e' | b'E') {
                 return None;
             }
             let m = int * POW10[frac] + digit_values(f, frac);
-            let v = m as f64 / POW10F[frac];
+            let v = m as f64 / POW10_F64[frac];
             Some((FlatValue::Float(v), i + run + 1 + frac))
         }
         _ => Some((FlatValue::Int(int as i64), i + run)),
@@ -550,19 +570,7 @@ impl Number {
     /// after the run.
     #[inline(always)]
     fn digits(&mut self, b: &[u8], mut j: usize, fraction: bool) -> usize {
-        const POW10: [u64; 9] = [
-            1,
-            10,
-            100,
-            1_000,
-            10_000,
-            100_000,
-            1_000_000,
-            10_000_000,
-            100_000_000,
-        ];
-        while let Some(chunk) = b.get(j..j + 8) {
-            let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        while let Some(w) = word_at(b, j) {
             let run = digit_run(w);
             if run == 0 {
                 return j;
@@ -603,17 +611,13 @@ impl Number {
     /// `None` otherwise (the caller uses the full parser).
     #[inline(always)]
     fn fast(&self) -> Option<f64> {
-        const POW10: [f64; 23] = [
-            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-            1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
-        ];
         if self.digits > 19 || self.mantissa > 1 << 53 {
             return None;
         }
         let m = self.mantissa as f64;
         let v = match self.exponent {
-            0..=22 => m * POW10[self.exponent as usize],
-            -22..=-1 => m / POW10[(-self.exponent) as usize],
+            0..=22 => m * POW10_F64[self.exponent as usize],
+            -22..=-1 => m / POW10_F64[(-self.exponent) as usize],
             _ => return None,
         };
         Some(if self.negative { -v } else { v })
