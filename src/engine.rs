@@ -1296,7 +1296,7 @@ impl Engine {
         };
         // The sample covers [ts - interval, ts): the device counts once in each detection pane it
         // covers that it was not counted in yet (used for job samples only).
-        let interval_ms = (sample.interval_s * 1000.0).round() as i64;
+        let interval_ms = crate::estimate::round(sample.interval_s * 1000.0);
         let last = (ts - 1).div_euclid(slide);
         let first = (ts - interval_ms)
             .div_euclid(slide)
