@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 /// Distinct model names remembered; real fleets have a few dozen.
 const MEMO_LIMIT: usize = 4096;
 
+/// Names resolved most recently, compared before the memo is asked.
+const RECENT: usize = 4;
+
 /// One catalog entry as configured: a canonical name, the tokens that identify it and its peak.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +47,12 @@ pub struct Catalog {
     /// The catalog is owned by the state task, so the memo needs no lock. Looked up once per
     /// sample, so it hashes with aHash rather than SipHash.
     memo: AHashMap<String, Option<u16>>,
+    /// The names resolved most recently (up to [`RECENT`], the oldest replaced first): a fleet
+    /// reports a few models, so nearly every sample's name is one of them, and comparing its bytes
+    /// with a few costs less than hashing it.
+    recent: Vec<(Box<str>, Option<u16>)>,
+    /// The slot of `recent` a name not found in it replaces, once `recent` is full.
+    replace: usize,
 }
 
 macro_rules! spec {
@@ -102,6 +111,8 @@ impl Catalog {
             specs,
             fallback_flops: fallback_tflops * 1e12,
             memo: AHashMap::new(),
+            recent: Vec::with_capacity(RECENT),
+            replace: 0,
         }
     }
 
@@ -122,16 +133,9 @@ impl Catalog {
                 model: None,
             };
         };
-        let model = match self.memo.get(name) {
-            Some(m) => *m,
-            None => {
-                let m = self.match_name(name);
-                // Names come from outside: bound the memo so junk names cannot grow it forever.
-                if self.memo.len() < MEMO_LIMIT {
-                    self.memo.insert(name.to_owned(), m);
-                }
-                m
-            }
+        let model = match self.recent.iter().find(|(n, _)| **n == *name) {
+            Some(&(_, m)) => m,
+            None => self.resolve_not_recent(name),
         };
         match model {
             Some(i) => PeakFlops {
@@ -143,6 +147,30 @@ impl Catalog {
                 model: None,
             },
         }
+    }
+
+    /// The model of a name not among the recent ones, which it joins.
+    #[inline(never)]
+    fn resolve_not_recent(&mut self, name: &str) -> Option<u16> {
+        let model = match self.memo.get(name) {
+            Some(m) => *m,
+            None => {
+                let m = self.match_name(name);
+                // Names come from outside: bound the memo so junk names cannot grow it forever.
+                if self.memo.len() < MEMO_LIMIT {
+                    self.memo.insert(name.to_owned(), m);
+                }
+                m
+            }
+        };
+        let entry = (Box::from(name), model);
+        if self.recent.len() < RECENT {
+            self.recent.push(entry);
+        } else {
+            self.recent[self.replace] = entry;
+            self.replace = (self.replace + 1) % RECENT;
+        }
+        model
     }
 
     /// Canonical name of a resolved model index.
@@ -197,6 +225,33 @@ mod tests {
                 "{reported}"
             );
         }
+    }
+
+    #[test]
+    fn a_name_resolves_the_same_whichever_names_came_before_it() {
+        let names = [
+            "NVIDIA H100 80GB HBM3",
+            "NVIDIA A100-SXM4-80GB",
+            "NVIDIA A10",
+            "Tesla T4",
+            "Quantum Abacus 9000",
+            "NVIDIA H100 PCIe",
+            "NVIDIA B200",
+        ];
+        let mut c = Catalog::new(&[], 989.0);
+        // Runs of one name, alternations of two, and sweeps over more names than are kept recent,
+        // forwards and backwards, so that every slot of the recent names is replaced.
+        let order = (0..names.len())
+            .flat_map(|i| [i, i, i])
+            .chain((0..40).map(|k| [0, 1][k % 2]))
+            .chain((0..3).flat_map(|_| 0..names.len()))
+            .chain((0..3).flat_map(|_| (0..names.len()).rev()))
+            .chain((0..60).map(|k| (k * 5) % names.len()));
+        for i in order {
+            let expected = Catalog::new(&[], 989.0).resolve(Some(names[i]));
+            assert_eq!(c.resolve(Some(names[i])), expected, "{}", names[i]);
+        }
+        assert!(c.recent.len() <= RECENT);
     }
 
     #[test]
