@@ -123,15 +123,22 @@ fn at_hash<K, V>(table: &Table<K, V>, hash: u64) -> Option<(&K, &V)> {
     table.raw_entry().from_hash(hash, |_| true)
 }
 
-/// Where a sample's keys lie in the engine's tables: the hashes of its tenant, its job (if it
-/// names one) and its series, computed once when its batch is warmed ([`Engine::locate`]) and used
-/// again to apply it ([`Engine::apply_warmed`]). A table's hasher never changes after the table is
-/// made, so a hash stays valid however the tables grow or shrink in between.
+/// Where a sample's keys lie in the engine's tables: the hashes of its job (if it names one), its
+/// series and, for a sample of no job or of a job not seen yet, its tenant, computed once when its
+/// batch is warmed ([`Engine::locate`]) and used again to apply it ([`Engine::apply_warmed`]). A
+/// job's sample reaches its tenant only now and then (see `Credit`), so its tenant is hashed when
+/// it does. A table's hasher never changes after the table is made, so a hash stays valid however
+/// the tables grow or shrink in between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyHashes {
-    tenant: u64,
+    tenant: Option<u64>,
     job: u64,
     series: u64,
+}
+
+/// The hash of tenant `name` in `tenants`.
+fn tenant_hash(tenants: &Table<Name, TenantState>, name: &str) -> u64 {
+    tenants.hasher().hash_one(name)
 }
 
 /// Where [`Engine::locate`] found a sample's keys: their hashes, and the entries they most likely
@@ -1123,7 +1130,7 @@ impl Engine {
     #[inline(always)]
     pub fn locate(&self, s: &SampleRef<'_>) -> Located<'_> {
         let st = &self.st;
-        let h = self.key_hashes(s);
+        let mut h = self.key_hashes(s);
         let job = s.job.as_ref().and_then(|_| at_hash(&st.jobs, h.job));
         if let Some((k, v)) = job {
             prefetch::value(k);
@@ -1131,7 +1138,12 @@ impl Engine {
         }
         let tenant = match (&s.job, job) {
             (Some(_), Some(_)) => None,
-            _ => at_hash(&st.tenants, h.tenant),
+            _ => {
+                let hash = *h
+                    .tenant
+                    .get_or_insert_with(|| tenant_hash(&st.tenants, &s.tenant));
+                at_hash(&st.tenants, hash)
+            }
         };
         if let Some((k, v)) = tenant {
             prefetch::value(k);
@@ -1174,7 +1186,9 @@ impl Engine {
                 v.series.prefetch();
                 prefetch::slice(&v.models);
                 if !v.touched || moves {
-                    l.tenant = at_hash(&st.tenants, l.hashes.tenant);
+                    // The job found by hash alone may be another: its tenant's hash serves to
+                    // prefetch, and is not kept for the sample.
+                    l.tenant = at_hash(&st.tenants, tenant_hash(&st.tenants, &k.tenant));
                     if let Some((k, v)) = l.tenant {
                         prefetch::value(k);
                         prefetch::value(v);
@@ -1204,11 +1218,14 @@ impl Engine {
         self.apply_warmed(sample, self.key_hashes(sample))
     }
 
-    /// The hashes of `sample`'s keys in this engine's tables.
+    /// The hashes of `sample`'s keys in this engine's tables (its tenant's for a sample of no job).
     fn key_hashes(&self, sample: &SampleRef<'_>) -> KeyHashes {
         let tenant: &str = &sample.tenant;
         KeyHashes {
-            tenant: self.st.tenants.hasher().hash_one(tenant),
+            tenant: sample
+                .job
+                .is_none()
+                .then(|| tenant_hash(&self.st.tenants, tenant)),
             job: sample.job.as_deref().map_or(0, |job| {
                 self.st.jobs.hasher().hash_one(JobRef { tenant, job })
             }),
@@ -1223,7 +1240,16 @@ impl Engine {
     /// [`Engine::apply_ref`] of a sample whose keys' hashes are known: the `KeyHashes` that
     /// [`Engine::locate`] gave for it (and for no other sample).
     pub fn apply_warmed(&mut self, sample: &SampleRef<'_>, hashes: KeyHashes) -> Applied {
-        debug_assert_eq!(self.key_hashes(sample), hashes, "hashes of another sample");
+        debug_assert_eq!(
+            KeyHashes {
+                tenant: hashes
+                    .tenant
+                    .and(Some(tenant_hash(&self.st.tenants, &sample.tenant))),
+                ..self.key_hashes(sample)
+            },
+            hashes,
+            "hashes of another sample"
+        );
         let ts = sample.ts_ms;
         let watermark_before = self.watermark_ms();
         if self.st.max_event_ms.is_none_or(|m| ts > m) {
@@ -1239,6 +1265,11 @@ impl Engine {
         let st = &mut self.st;
         let names = &mut self.names;
         let tenant_name: &str = &sample.tenant;
+        let tenant_hash_of = |tenants: &Table<Name, TenantState>| {
+            hashes
+                .tenant
+                .unwrap_or_else(|| tenant_hash(tenants, tenant_name))
+        };
         let mut job = sample.job.as_deref().map(|j| {
             let r = JobRef {
                 tenant: tenant_name,
@@ -1251,8 +1282,8 @@ impl Engine {
             {
                 RawEntryMut::Occupied(e) => e.into_key_value(),
                 RawEntryMut::Vacant(e) => {
-                    let (tenant, _) =
-                        tenant_entry(&mut st.tenants, names, hashes.tenant, tenant_name);
+                    let hash = tenant_hash_of(&st.tenants);
+                    let (tenant, _) = tenant_entry(&mut st.tenants, names, hash, tenant_name);
                     let key = JobKey {
                         tenant: tenant.clone(),
                         job: names.name(j),
@@ -1265,12 +1296,10 @@ impl Engine {
         // job (see `Credit`).
         let mut own = match job {
             Some(_) => None,
-            None => Some(tenant_entry(
-                &mut st.tenants,
-                names,
-                hashes.tenant,
-                tenant_name,
-            )),
+            None => {
+                let hash = tenant_hash_of(&st.tenants);
+                Some(tenant_entry(&mut st.tenants, names, hash, tenant_name))
+            }
         };
         let of_job = job.is_some();
         // De-duplicate on the series the sample belongs to.
@@ -1368,7 +1397,8 @@ impl Engine {
                 registry: &self.registry,
                 registry_epoch: self.registry_epoch,
             };
-            to.reach(st, names, hashes.tenant, tenant_name, reach);
+            let hash = tenant_hash_of(&st.tenants);
+            to.reach(st, names, hash, tenant_name, reach);
         }
         self.st.stats.accepted += 1;
         self.st.stats.late += late as u64;
@@ -1689,7 +1719,7 @@ impl Engine {
             registry: &self.registry,
             registry_epoch: self.registry_epoch,
         };
-        let hash = self.st.tenants.hasher().hash_one(tenant);
+        let hash = tenant_hash(&self.st.tenants, tenant);
         let reach = Reach::Job {
             touch: false,
             credit: Some(c),
