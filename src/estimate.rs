@@ -52,8 +52,7 @@ pub fn accelerator_ms(gpus: f64, interval_s: f64) -> u64 {
 
 /// `x.round() as i64` (half away from zero, saturating, NaN to 0), without the library call that
 /// `f64::round` is on baseline x86-64 (rounding instructions came with SSE4.1): the hot path
-/// rounds twice a sample. `x - x as i64` is exact, as the fraction of a float needs no more bits
-/// than the float has.
+/// rounds twice a sample. The fraction `x - whole` is exact: it needs no more bits than `x` has.
 #[inline]
 pub fn round(x: f64) -> i64 {
     let whole = x as i64;
