@@ -407,6 +407,7 @@ fn bench_measures_the_state_of_the_fleet_it_generated() {
     );
     for row in [
         "| pipeline, steady rounds |",
+        "| steady rounds without an evaluation / with one or more |",
         "| state per job |",
         "| restore (400 series) |",
     ] {
@@ -418,6 +419,7 @@ fn bench_measures_the_state_of_the_fleet_it_generated() {
     assert_eq!(o["footprint"]["jobs"], 40);
     assert!(o["footprint"]["tenants"].as_u64().unwrap() <= 8);
     assert_eq!(o["round_events_per_s"].as_array().unwrap().len(), 3);
+    assert_eq!(o["round_evaluations"].as_array().unwrap().len(), 3);
     assert!(o["steady_events_per_s"].as_f64().unwrap() > 0.0);
     assert!(o["footprint"]["job_bytes"].as_u64().unwrap() > 0);
     assert!(v["kafka"].is_null(), "no broker was named");

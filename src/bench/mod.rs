@@ -10,7 +10,8 @@
 //!   from the payload), and by serde_json alone (a yardstick of the machine's speed in this run);
 //! - the pipeline (decode, windows, detection, alerts, metrics) over `rounds` rounds in batches of
 //!   `batch` messages, as the consumer hands them over; the first round, which creates every key,
-//!   is reported apart from the steady rounds;
+//!   is reported apart from the steady rounds, and the steady rounds with an evaluation apart from
+//!   those without;
 //! - the state's heap bytes by owner ([`crate::footprint`]) and the process's RSS;
 //! - writing a checkpoint of the state and restoring an engine from it.
 
@@ -246,6 +247,8 @@ pub struct Outcome {
     pub steady_events_per_s: f64,
     /// Events per second of each steady round.
     pub round_events_per_s: Vec<f64>,
+    /// Evaluations at detection boundaries within each steady round (most rounds have none).
+    pub round_evaluations: Vec<u64>,
     pub alerts: usize,
     /// Evaluations at detection boundaries during the rounds, and their mean wall time.
     pub evaluations: u64,
@@ -322,7 +325,9 @@ pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcom
     let shard = Shard::local();
     let mut alerts = 0;
     let mut times = Vec::with_capacity(shape.rounds);
+    let mut evaluated = Vec::with_capacity(shape.rounds);
     for r in 0..shape.rounds {
+        let (evaluations_before, _) = metrics.evaluation_totals();
         round.set_ts(T0_MS + r as i64 * shape.interval_ms);
         let payloads: Vec<&[u8]> = round.payloads().collect();
         let started = Instant::now();
@@ -334,6 +339,7 @@ pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcom
             alerts += pipeline.drain_alerts().len();
         }
         times.push(started.elapsed());
+        evaluated.push(metrics.evaluation_totals().0 - evaluations_before);
         anyhow::ensure!(rejected == 0, "{rejected} generated events were rejected");
     }
     let (evaluations, evaluation_s) = metrics.evaluation_totals();
@@ -382,6 +388,7 @@ pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcom
         first_round_events_per_s: rate(&times[0]),
         steady_events_per_s: (round.len() * (shape.rounds - 1)) as f64 / steady.as_secs_f64(),
         round_events_per_s: times[1..].iter().map(rate).collect(),
+        round_evaluations: evaluated[1..].to_vec(),
         alerts,
         evaluations,
         evaluation_mean_s: evaluation_s / evaluations.max(1) as f64,
@@ -394,6 +401,37 @@ pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcom
         checkpoint_write_s,
         restore_s,
     })
+}
+
+/// The median and range of the steady rounds without an evaluation and of those with one: the
+/// per-event path and what an evaluation adds show apart.
+fn split_rounds(rates: &[f64], evaluations: &[u64]) -> String {
+    let summary = |with: bool| {
+        let mut rates: Vec<f64> = (rates.iter().zip(evaluations))
+            .filter(|&(_, &e)| (e > 0) == with)
+            .map(|(&r, _)| r)
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        match rates.len() {
+            0 => "none".to_string(),
+            n => format!(
+                "median {:.2}M events/s ({n} rounds, {:.2}-{:.2}M)",
+                median(&rates) / 1e6,
+                rates[0] / 1e6,
+                rates[n - 1] / 1e6
+            ),
+        }
+    };
+    format!("{} / {}", summary(false), summary(true))
+}
+
+/// The median of sorted, non-empty `xs`.
+fn median(xs: &[f64]) -> f64 {
+    let n = xs.len();
+    match n % 2 {
+        1 => xs[n / 2],
+        _ => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
 }
 
 /// Resident and peak resident set size of this process, from /proc (Linux).
@@ -480,6 +518,10 @@ pub fn table(o: &Outcome) -> String {
             ),
         ),
         (
+            "steady rounds without an evaluation / with one or more".into(),
+            split_rounds(&o.round_events_per_s, &o.round_evaluations),
+        ),
+        (
             "evaluations at detection boundaries (within the steady rounds' time)".into(),
             format!(
                 "{}, {:.0} ms each on average",
@@ -543,6 +585,19 @@ pub(crate) fn markdown_table(rows: impl IntoIterator<Item = (String, String)>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_with_an_evaluation_are_summarised_apart_from_the_others() {
+        let rates = [1e6, 2e6, 3e6, 4e6, 5e6];
+        assert_eq!(
+            split_rounds(&rates, &[0, 0, 1, 0, 2]),
+            "median 2.00M events/s (3 rounds, 1.00-4.00M) / median 4.00M events/s (2 rounds, 3.00-5.00M)"
+        );
+        assert_eq!(
+            split_rounds(&rates[..2], &[0, 0]),
+            "median 1.50M events/s (2 rounds, 1.00-2.00M) / none"
+        );
+    }
 
     #[test]
     fn a_round_has_one_decodable_event_per_device_and_moves_in_time() {
