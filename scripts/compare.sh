@@ -52,7 +52,8 @@ for side in ("a", "b"):
     print("   runs (steady rounds):", ", ".join(f"{o['steady_events_per_s'] / 1e6:.2f}M" for o in outcomes))
     print("   yardstick:", ", ".join(f"{o['serde_decode_ns_per_event']:.0f} ns" for o in outcomes))
     print(f"   single steady rounds: median {q[1] / 1e6:.2f}M, quartiles {q[0] / 1e6:.2f}M to {q[2] / 1e6:.2f}M ({len(rounds)} rounds)")
-    ordinary = sorted(r for o in outcomes for r, e in zip(o["round_events_per_s"], o["round_evaluations"]) if e == 0)
+    # Builds older than the per-round evaluation counts do not report them.
+    ordinary = sorted(r for o in outcomes for r, e in zip(o["round_events_per_s"], o.get("round_evaluations", [])) if e == 0)
     if ordinary:
         print(f"   of them without an evaluation: median {statistics.median(ordinary) / 1e6:.2f}M ({len(ordinary)} rounds)")
 print(f"b against a, median of the single rounds: {100 * (medians['b'] / medians['a'] - 1):+.1f}%")
