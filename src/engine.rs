@@ -11,7 +11,7 @@
 //!
 //! State: tenants and jobs by name, each with lifetime [`Usage`], its [`Windows`] and, per device
 //! series, what de-duplication and detection need. A job's samples reach its tenant and the
-//! tenant's organisation a span at a time ([`Credit`]), settled at every evaluation before the
+//! tenant's organisation a span at a time (`Credit`), settled at every evaluation before the
 //! tenants are evaluated; reports add what is not settled yet. Keys idle for longer than the
 //! longest window are evicted (their alerts resolve first).
 
@@ -940,7 +940,7 @@ impl Engine {
 
     /// Uses `registry` for tenant context, organisations and policy from the next sample on.
     /// Organisation totals count samples from the time the registry names the tenant's
-    /// organisation. What the jobs of a restored state owe ([`Credit`]) is credited under the
+    /// organisation. What the jobs of a restored state owe (`Credit`) is credited under the
     /// first registry the engine is given (the one in force when the checkpoint was taken, unless
     /// it changed while the daemon was down).
     pub fn set_registry(&mut self, registry: Arc<Registry>) {
@@ -2574,7 +2574,7 @@ impl Engine {
     }
 
     /// Lifetime accelerator-seconds and central FLOP of each tenant (for bounded per-tenant
-    /// metrics), by borrowed name, as of the latest evaluation: what the jobs owe (see [`Credit`])
+    /// metrics), by borrowed name, as of the latest evaluation: what the jobs owe (see `Credit`)
     /// is not looked up, so that the metrics refreshed every second do not read every job's entry.
     /// Reports count it ([`Engine::tenant_reports_at`]).
     pub fn tenant_totals(&self) -> impl Iterator<Item = (&str, (f64, f64))> + '_ {
