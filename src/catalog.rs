@@ -5,6 +5,8 @@
 //! and so override the built-in table. An unknown model is never guessed silently: the lookup says
 //! so, the caller counts it, and the configured fallback peak is used.
 
+use std::sync::Arc;
+
 use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 
@@ -46,11 +48,11 @@ pub struct Catalog {
     /// Resolved names (model names repeat millions of times; tokenising each once is enough).
     /// The catalog is owned by the state task, so the memo needs no lock. Looked up once per
     /// sample, so it hashes with aHash rather than SipHash.
-    memo: AHashMap<String, Option<u16>>,
-    /// The names resolved most recently (up to [`RECENT`], the oldest replaced first): a fleet
-    /// reports a few models, so nearly every sample's name is one of them, and comparing its bytes
-    /// with a few costs less than hashing it.
-    recent: Vec<(Box<str>, Option<u16>)>,
+    memo: AHashMap<Arc<str>, Option<u16>>,
+    /// The memoised names resolved most recently (up to [`RECENT`], the oldest replaced first),
+    /// sharing the memo's copies: a fleet reports a few models, so nearly every sample's name is
+    /// one of them, and comparing its bytes with a few costs less than hashing it.
+    recent: Vec<(Arc<str>, Option<u16>)>,
     /// The slot of `recent` a name not found in it replaces, once `recent` is full.
     replace: usize,
 }
@@ -149,21 +151,23 @@ impl Catalog {
         }
     }
 
-    /// The model of a name not among the recent ones, which it joins.
+    /// The model of a name not among the recent ones, which joins them if it is memoised.
     #[inline(never)]
     fn resolve_not_recent(&mut self, name: &str) -> Option<u16> {
-        let model = match self.memo.get(name) {
-            Some(m) => *m,
+        let entry = match self.memo.get_key_value(name) {
+            Some((n, m)) => (n.clone(), *m),
             None => {
                 let m = self.match_name(name);
                 // Names come from outside: bound the memo so junk names cannot grow it forever.
-                if self.memo.len() < MEMO_LIMIT {
-                    self.memo.insert(name.to_owned(), m);
+                if self.memo.len() >= MEMO_LIMIT {
+                    return m;
                 }
-                m
+                let n: Arc<str> = Arc::from(name);
+                self.memo.insert(n.clone(), m);
+                (n, m)
             }
         };
-        let entry = (Box::from(name), model);
+        let model = entry.1;
         if self.recent.len() < RECENT {
             self.recent.push(entry);
         } else {
@@ -252,6 +256,11 @@ mod tests {
             assert_eq!(c.resolve(Some(names[i])), expected, "{}", names[i]);
         }
         assert!(c.recent.len() <= RECENT);
+        // A name turning over costs no copy: the recent names are the memo's own.
+        assert!(c
+            .recent
+            .iter()
+            .all(|(n, _)| Arc::ptr_eq(n, c.memo.get_key_value(&**n).unwrap().0)));
     }
 
     #[test]
