@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::engine::State;
 
 const MAGIC: &[u8; 8] = b"TSCKPT\0\0";
-/// Format version written by this build; older or newer versions are refused. Version 2 added
+/// Format version written by this build; versions before [`OLDEST_READ`] and after this one are
+/// refused. Version 2 added
 /// the join buffer of metric-per-message formats to the engine state; version 3 the per-device
 /// activity moments of gang synchrony; version 4 pane rings sized to the span written, timestamp
 /// sets as runs, and lists of keys touched since the last evaluation; version 5 each job's
@@ -27,8 +28,11 @@ const MAGIC: &[u8; 8] = b"TSCKPT\0\0";
 /// alerts as its values instead of JSON text; version 7 the sum of each key's newest span held
 /// apart from its window rings; version 8 tenants and organisations credited by their jobs a span
 /// at a time, so that their accounts lack what the jobs with samples since the last evaluation
-/// still owe them.
-pub const VERSION: u32 = 8;
+/// still owe them; version 9 a ring holding a single pane without a pane array (a version-8 state is
+/// a valid version-9 state, and is read as one).
+pub const VERSION: u32 = 9;
+/// Oldest format version this build reads: each later version's state reads the same as it did.
+pub const OLDEST_READ: u32 = 8;
 const PREFIX_LEN: usize = 8 + 4 + 8 + 4;
 /// Refuse payloads larger than this rather than allocate on a corrupt length field.
 const MAX_PAYLOAD: u64 = 64 << 30;
@@ -45,7 +49,9 @@ pub enum CheckpointError {
     },
     #[error("{path}: not a trainspotter checkpoint (bad magic)")]
     BadMagic { path: PathBuf },
-    #[error("{path}: checkpoint format version {found}, this build reads version {VERSION}")]
+    #[error(
+        "{path}: checkpoint format version {found}, this build reads versions {OLDEST_READ} to {VERSION}"
+    )]
     UnsupportedVersion { path: PathBuf, found: u32 },
     #[error("{path}: checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
     Checksum {
@@ -167,7 +173,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> 
     let u32_at =
         |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     let version = u32_at(8);
-    if version != VERSION {
+    if !(OLDEST_READ..=VERSION).contains(&version) {
         return Err(CheckpointError::UnsupportedVersion {
             path: p(),
             found: version,
@@ -347,6 +353,84 @@ mod tests {
         assert_eq!(restored.drain_alerts(), original.drain_alerts());
     }
 
+    /// A checkpoint of format version 8, written by the build before version 9 (the fuzz corpus's
+    /// seed of that time), restores to the state this build makes of the same samples: the same
+    /// reports and alerts, and both continue the same way.
+    #[test]
+    fn a_version_8_checkpoint_restores_the_state_this_build_makes_of_the_same_samples() {
+        let bytes = include_bytes!("../tests/golden/checkpoint-v8.ckpt");
+        assert_eq!(
+            bytes[8..12],
+            8u32.to_le_bytes(),
+            "the fixture is of version 8"
+        );
+        let cp = decode(Path::new("v8.ckpt"), bytes).unwrap();
+        assert_eq!(cp.header.next_offset, 2600);
+        let mut restored = Engine::with_state(&Config::default(), cp.state).unwrap();
+        // The samples the fixture was made of (`fuzz/examples/gen_seeds.rs`).
+        let mut fresh = Engine::new(&Config::default()).unwrap();
+        for m in 0..40 {
+            for gpu in 0..64 {
+                let s = UsageSample::new(T0 + m * 60_000, "acme", 1.0, 60.0)
+                    .job("pretrain-7b")
+                    .device(format!("n{}", gpu / 8), (gpu % 8).to_string())
+                    .accelerator("NVIDIA H100 80GB HBM3")
+                    .tensor_active(0.45)
+                    .gpu_util(0.97);
+                fresh.apply(&s);
+            }
+            fresh.apply(&UsageSample::new(T0 + m * 60_000, "globex", 0.5, 60.0));
+        }
+        assert!(!fresh.drain_alerts().is_empty(), "the job is suspected");
+        let device = crate::join::Device {
+            tenant: "acme".into(),
+            job: Some("pretrain-7b".into()),
+            node: Some("n8".into()),
+            gpu: Some("0".into()),
+        };
+        let reading = |field, value| crate::join::Reading {
+            device: device.clone(),
+            accelerator: Some("NVIDIA H100 80GB HBM3".into()),
+            ts_ms: T0 + 40 * 60_000,
+            field,
+            value,
+        };
+        fresh.apply_readings([
+            reading(crate::join::Field::TensorActive, 0.41),
+            reading(crate::join::Field::PowerW, 612.5),
+        ]);
+        assert_eq!(restored.tenant_reports(), fresh.tenant_reports());
+        assert_eq!(restored.job_reports(), fresh.job_reports());
+        assert_eq!(restored.active_alerts(), fresh.active_alerts());
+        assert_eq!(restored.join_pending(), fresh.join_pending());
+        // Every ring moves on (past a day, so the day's and week's rings hold a second pane), and
+        // both engines give the same reports and alerts throughout.
+        for m in 40..1600 {
+            for gpu in 0..64 {
+                let s = UsageSample::new(T0 + m * 60_000, "acme", 1.0, 60.0)
+                    .job("pretrain-7b")
+                    .device(format!("n{}", gpu / 8), (gpu % 8).to_string())
+                    .accelerator("NVIDIA H100 80GB HBM3")
+                    .tensor_active(if m < 1000 { 0.45 } else { 0.0 });
+                fresh.apply(&s);
+                restored.apply(&s);
+            }
+            if m % 97 == 0 {
+                assert_eq!(
+                    restored.tenant_reports(),
+                    fresh.tenant_reports(),
+                    "minute {m}"
+                );
+                assert_eq!(restored.drain_alerts(), fresh.drain_alerts(), "minute {m}");
+            }
+        }
+        fresh.finish();
+        restored.finish();
+        assert_eq!(restored.tenant_reports(), fresh.tenant_reports());
+        assert_eq!(restored.job_reports(), fresh.job_reports());
+        assert_eq!(restored.drain_alerts(), fresh.drain_alerts());
+    }
+
     #[test]
     fn encoding_into_a_used_buffer_gives_the_bytes_of_a_fresh_encoding() {
         let big = engine_with_data();
@@ -389,6 +473,12 @@ mod tests {
         old[8..12].copy_from_slice(&0u32.to_le_bytes());
         let err = decode(p, &old).unwrap_err();
         assert!(err.to_string().contains("version 0"), "{err}");
+        let mut newer = good.clone();
+        newer[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+        assert!(matches!(
+            decode(p, &newer),
+            Err(CheckpointError::UnsupportedVersion { found, .. }) if found == VERSION + 1
+        ));
         let mut huge = good.clone();
         huge[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(matches!(

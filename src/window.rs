@@ -35,9 +35,12 @@ impl WindowSpec {
 }
 
 /// A ring of up to `n` panes indexed by absolute pane number; it retains panes `head - n + 1 ..= head`.
-/// Storage follows the span actually written: it starts at one pane and doubles (up to `n`) as the
-/// written span grows, so a key costs in proportion to how long it has been active, at most `n`
-/// panes. Panes of the retained range that were never written read as absent, not stored.
+/// Storage follows the span actually written: the first pane lives inline alone, and the pane
+/// array is allocated when a second pane is written, at the size the span needs, then doubles (up
+/// to `n`) as the written span grows. A key thus costs in proportion to how long it has been
+/// active, at most `n` panes, and a ring whose key has not yet outlived one pane (a week's ring in
+/// its first hour) has no array at all. Panes of the retained range that were never written read
+/// as absent, not stored.
 ///
 /// The newest pane lives inline (`current`), not in the pane array: nearly every write is to the
 /// newest pane (a job's detection ring takes every sample of the job there), and the inline pane
@@ -46,21 +49,26 @@ impl WindowSpec {
 /// advances, for late samples and for reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PaneRing<T> {
-    /// Newest pane index written.
+    /// Newest pane index written; [`NEVER`] until a pane is written.
     head: i64,
     /// Oldest pane index stored: panes `start ..= head` are held, and `start > head - n`.
     start: i64,
     /// Pane `head`; its slot in `panes` is not read while it is the head.
     current: T,
-    /// `panes.len() >= head - start + 1`; pane `i < head` lives in slot `i mod panes.len()`.
+    /// `panes.len() >= head - start + 1` once the ring has held two panes (before, while the head
+    /// alone is held, it is empty); pane `i < head` lives in slot `i mod panes.len()`.
     panes: Box<[T]>,
 }
+
+/// The head of a ring never written. No pane has this index: panes are numbered from event times,
+/// which are after the year 2000 (`decode`), and a slide is at least a millisecond.
+const NEVER: i64 = i64::MIN;
 
 impl<T: Default + Clone> Default for PaneRing<T> {
     fn default() -> Self {
         PaneRing {
-            head: i64::MIN,
-            start: i64::MIN,
+            head: NEVER,
+            start: NEVER,
             current: T::default(),
             panes: Box::default(),
         }
@@ -76,7 +84,7 @@ impl<T: Default + Clone> PaneRing<T> {
     /// `None` if the pane is older than everything the ring retains.
     #[inline]
     pub fn pane_mut(&mut self, idx: i64, n: usize) -> Option<&mut T> {
-        if idx == self.head && !self.panes.is_empty() {
+        if idx == self.head && self.head != NEVER {
             return Some(&mut self.current);
         }
         self.pane_mut_in_array(idx, n)
@@ -85,9 +93,15 @@ impl<T: Default + Clone> PaneRing<T> {
     /// [`PaneRing::pane_mut`] for any pane but the current head: the inline pane is written to
     /// its slot, the ring moves as needed, and the (possibly new) head is loaded inline again.
     fn pane_mut_in_array(&mut self, idx: i64, n: usize) -> Option<&mut T> {
+        debug_assert_ne!(
+            idx, NEVER,
+            "no pane has the index that marks a ring never written"
+        );
         let n_i = n as i64;
-        if self.panes.is_empty() {
-            self.panes = vec![T::default(); 1].into_boxed_slice();
+        if self.head == NEVER || (idx > self.head && idx - n_i + 1 > self.head) {
+            // The first pane, or a jump past everything held: the ring holds the new pane alone
+            // (inline; an array it already has is kept, cleared).
+            self.panes.fill(T::default());
             self.head = idx;
             self.start = idx;
             self.current = T::default();
@@ -96,32 +110,27 @@ impl<T: Default + Clone> PaneRing<T> {
         if idx < self.start && idx <= self.head - n_i {
             return None;
         }
+        // The ring now holds at least two panes, the head's and `idx`'s: `lo ..= hi`.
+        let (lo, hi) = match idx > self.head {
+            true => (self.start.max(idx - n_i + 1), idx),
+            false => (self.start.min(idx), self.head),
+        };
+        self.hold(lo, hi, n);
         let s = self.slot(self.head);
         self.panes[s] = std::mem::take(&mut self.current);
         if idx > self.head {
-            let lowest = idx - n_i + 1;
-            if lowest > self.head {
-                // Nothing held is retained any more.
-                self.panes.fill(T::default());
-                self.start = idx;
-            } else {
-                let start = self.start.max(lowest);
-                self.hold(start, idx, n);
-                for i in self.head + 1..=idx {
-                    let s = self.slot(i);
-                    self.panes[s] = T::default();
-                }
-                self.start = start;
+            for i in self.head + 1..=idx {
+                let s = self.slot(i);
+                self.panes[s] = T::default();
             }
             self.head = idx;
-        } else if idx < self.start {
-            self.hold(idx, self.head, n);
+        } else {
             for i in idx..self.start {
                 let s = self.slot(i);
                 self.panes[s] = T::default();
             }
-            self.start = idx;
         }
+        self.start = lo;
         let h = self.slot(self.head);
         self.current = self.panes[h].clone();
         if idx == self.head {
@@ -131,8 +140,8 @@ impl<T: Default + Clone> PaneRing<T> {
         Some(&mut self.panes[s])
     }
 
-    /// Makes room for panes `lo ..= hi` (a span of at most `n`), keeping the held panes in it.
-    /// The head's slot must hold its value (it is copied like the others).
+    /// Makes room for panes `lo ..= hi` (at least two, a span of at most `n`, holding the head),
+    /// keeping the held panes in it but the head's, which the caller writes from `current`.
     fn hold(&mut self, lo: i64, hi: i64, n: usize) {
         let need = (hi - lo + 1) as usize;
         if need <= self.panes.len() {
@@ -140,7 +149,7 @@ impl<T: Default + Clone> PaneRing<T> {
         }
         let len = need.next_power_of_two().min(n);
         let mut grown = vec![T::default(); len].into_boxed_slice();
-        for i in self.start.max(lo)..=self.head.min(hi) {
+        for i in self.start.max(lo)..self.head {
             grown[i.rem_euclid(len as i64) as usize] = self.panes[self.slot(i)].clone();
         }
         self.panes = grown;
@@ -148,7 +157,7 @@ impl<T: Default + Clone> PaneRing<T> {
 
     /// Held panes with `first <= index <= last`, oldest first.
     pub fn range(&self, first: i64, last: i64) -> impl Iterator<Item = (i64, &T)> + '_ {
-        let (lo, hi) = if self.panes.is_empty() {
+        let (lo, hi) = if self.head == NEVER {
             (1, 0)
         } else {
             (first.max(self.start), last.min(self.head))
@@ -170,7 +179,7 @@ impl<T: Default + Clone> PaneRing<T> {
 
     /// Newest pane index, if any pane was ever written.
     pub fn head(&self) -> Option<i64> {
-        (!self.panes.is_empty()).then_some(self.head)
+        (self.head != NEVER).then_some(self.head)
     }
 
     /// Panes allocated (for memory accounting; the inline current pane is part of the ring).
@@ -181,7 +190,7 @@ impl<T: Default + Clone> PaneRing<T> {
     /// Frees the storage if every pane written is older than `idx`: the ring then reads as never
     /// written, which is how it reads for every range from `idx` on anyway.
     pub fn release_before(&mut self, idx: i64) {
-        if !self.panes.is_empty() && self.head < idx {
+        if self.head != NEVER && self.head < idx {
             *self = PaneRing::default();
         }
     }
@@ -453,7 +462,8 @@ mod tests {
 
     proptest::proptest! {
         /// Whatever the order of writes, the ring holds exactly the sums of the written panes it
-        /// retains (the `n` newest indexes up to the newest written), and never more than `n` panes.
+        /// retains (the `n` newest indexes up to the newest written), never more than `n` panes, and
+        /// no pane array until it has held two panes at once.
         #[test]
         fn ring_holds_what_a_map_of_retained_panes_holds(
             n in 1usize..70,
@@ -462,6 +472,7 @@ mod tests {
             let mut ring: PaneRing<u64> = PaneRing::default();
             let mut model = std::collections::BTreeMap::new();
             let mut head = i64::MIN;
+            let mut held_two = false;
             for (idx, v) in writes {
                 let accepted = ring.pane_mut(idx, n).map(|p| *p += v).is_some();
                 proptest::prop_assert_eq!(accepted, head == i64::MIN || idx > head - n as i64);
@@ -477,6 +488,10 @@ mod tests {
                     .collect();
                 proptest::prop_assert_eq!(&held, &model);
                 proptest::prop_assert!(ring.capacity() <= n);
+                // An array exactly once two panes have been held at the same time (it is kept).
+                let oldest = model.keys().next().copied().unwrap_or(head);
+                held_two |= oldest < head;
+                proptest::prop_assert_eq!(ring.capacity() > 0, held_two);
             }
         }
     }
@@ -567,8 +582,14 @@ mod tests {
         assert_eq!(w.value(&specs, 0, 11 * MIN).acc_ms, 6);
         assert!(w.touches_rings(11 * MIN));
         w.add(&specs, 11 * MIN, &usage(1));
+        let heads: Vec<Option<i64>> = w.rings.iter().map(PaneRing::head).collect();
+        assert_eq!(
+            heads,
+            [Some(10), Some(2)],
+            "the first minute's sum went to both rings"
+        );
         let panes: Vec<usize> = w.rings.iter().map(PaneRing::capacity).collect();
-        assert_eq!(panes, [1, 1], "the first minute's sum went to both rings");
+        assert_eq!(panes, [0, 0], "each ring holds that one pane inline");
         assert_eq!(w.value(&specs, 0, 12 * MIN).acc_ms, 7);
         assert_eq!(w.value(&specs, 1, 15 * MIN).acc_ms, 7);
         // A late sample goes straight to the rings and leaves the pending span where it is.
@@ -585,8 +606,16 @@ mod tests {
     fn storage_grows_with_the_span_written() {
         let mut r: PaneRing<u64> = PaneRing::default();
         *r.pane_mut(100, 288).unwrap() += 1;
-        assert_eq!(r.capacity(), 1);
-        for i in 101..=112 {
+        *r.pane_mut(100, 288).unwrap() += 1;
+        assert_eq!(
+            r.capacity(),
+            0,
+            "a ring that held one pane only keeps it inline"
+        );
+        assert_eq!(r.range(0, 2000).collect::<Vec<_>>(), [(100, &2)]);
+        *r.pane_mut(101, 288).unwrap() += 1;
+        assert_eq!(r.capacity(), 2, "the array comes with the second pane");
+        for i in 102..=112 {
             *r.pane_mut(i, 288).unwrap() += 1;
         }
         assert_eq!(r.capacity(), 16, "13 panes written are held in 16");
@@ -634,10 +663,18 @@ mod tests {
             }
             // Minutes 0-3 are in the rings, minute 4 pending (read by the hour's window until
             // the 60th minute, by the 10-minute one until the 14th).
-            let kept: Vec<usize> = released.rings.iter().map(PaneRing::capacity).collect();
+            let kept: Vec<(usize, bool)> = released
+                .rings
+                .iter()
+                .map(|r| (r.capacity(), r.head().is_some()))
+                .collect();
             let expected = [
-                if watermark < 13 * MIN { 4 } else { 0 },
-                if watermark < 60 * MIN { 1 } else { 0 },
+                match watermark < 13 * MIN {
+                    true => (4, true),
+                    false => (0, false),
+                },
+                // One pane, inline.
+                (0, watermark < 60 * MIN),
             ];
             assert_eq!(kept, expected, "watermark {watermark}");
             assert_eq!(
