@@ -141,6 +141,42 @@ fn tenant_hash(tenants: &Table<Name, TenantState>, name: &str) -> u64 {
     tenants.hasher().hash_one(name)
 }
 
+/// A job key's hashes in the job table and of its tenant in the tenant table.
+#[derive(Debug, Clone, Copy, Default)]
+struct JobHashes {
+    job: u64,
+    tenant: u64,
+}
+
+/// The hashes of the jobs a pass over a list of job keys has located and not yet reached
+/// ([`Engine::prefetch_jobs`]): those of positions `i ..= i + LOCATE` while it is at `i`.
+struct Ahead {
+    hashes: [JobHashes; 16],
+}
+
+impl Ahead {
+    /// How far ahead a job is hashed and its entries located (its names were asked for twice as
+    /// far ahead).
+    const LOCATE: usize = 8;
+    /// How far ahead what a job's evaluation reads behind its entries is loaded.
+    const LOAD: usize = 4;
+
+    fn new() -> Self {
+        const { assert!(Self::LOCATE < 16) };
+        Ahead {
+            hashes: [JobHashes::default(); 16],
+        }
+    }
+
+    fn put(&mut self, i: usize, h: JobHashes) {
+        self.hashes[i % 16] = h;
+    }
+
+    fn get(&self, i: usize) -> JobHashes {
+        self.hashes[i % 16]
+    }
+}
+
 /// Where [`Engine::locate`] found a sample's keys: their hashes, and the entries they most likely
 /// have (by hash alone), for the rest of the warm ([`Engine::warm_located`]).
 #[derive(Clone, Copy)]
@@ -966,15 +1002,20 @@ impl Engine {
     /// the change on. (Evaluations settle the jobs they evaluate themselves.)
     fn settle(&mut self) {
         let keys = std::mem::take(&mut self.st.touched_jobs);
+        let mut ahead = Ahead::new();
         for (i, k) in keys.iter().enumerate() {
-            self.prefetch_jobs(&keys, i);
-            let owed = self
+            let hashes = self.prefetch_jobs(&keys, i, &mut ahead);
+            let owed = match self
                 .st
                 .jobs
-                .get_mut(k)
-                .and_then(|j| j.account.settle(&self.s));
+                .raw_entry_mut()
+                .from_key_hashed_nocheck(hashes.job, k)
+            {
+                RawEntryMut::Occupied(e) => e.into_mut().account.settle(&self.s),
+                RawEntryMut::Vacant(_) => None,
+            };
             if let Some(c) = owed {
-                self.credit_tenant(&k.tenant, c);
+                self.credit_tenant(&k.tenant, hashes.tenant, c);
             }
         }
         self.st.touched_jobs = keys;
@@ -1505,9 +1546,10 @@ impl Engine {
         let touched = jobs.len();
         jobs.append(&mut extra_jobs);
         let mut candidates = Vec::new();
+        let mut ahead = Ahead::new();
         for (i, k) in jobs.iter().enumerate() {
-            self.prefetch_jobs(&jobs, i);
-            candidates.extend(self.evaluate_job(k, i, i < touched, now));
+            let hashes = self.prefetch_jobs(&jobs, i, &mut ahead);
+            candidates.extend(self.evaluate_job(k, hashes, i, i < touched, now));
         }
         let mut groups: AHashMap<Entity, Condition> = self
             .group_conditions(&jobs, candidates, now)
@@ -1586,33 +1628,46 @@ impl Engine {
     /// Starts loading what evaluating the jobs after `jobs[i]` reads, which lie in arrival order
     /// and so at random in memory: the long names of the job 16 places ahead (hashing and comparing
     /// a key reads them), the table entries of the one 8 ahead and of its tenant (located by hash
-    /// alone, [`by_hash`]), and the detection panes, series and window rings of the one 4 ahead
-    /// and its tenant's window rings (settling what the job owes writes both).
-    fn prefetch_jobs(&self, jobs: &[JobKey], i: usize) {
-        let entry = |k: &JobKey| by_hash(&self.st.jobs, k).map(|(_, j)| j);
-        let tenant = |k: &JobKey| by_hash(&self.st.tenants, &*k.tenant).map(|(_, t)| t);
-        if let Some(k) = jobs.get(i + 16) {
+    /// alone, [`at_hash`]), and the detection panes, series and window rings of the one 4 ahead
+    /// and its tenant's window rings (settling what the job owes writes both). Each job's hashes
+    /// are computed once, 8 places ahead, and kept in `ahead` for the passes after; returns those
+    /// of `jobs[i]`. `i` counts up from 0 by one, with the same `ahead`.
+    fn prefetch_jobs(&self, jobs: &[JobKey], i: usize, ahead: &mut Ahead) -> JobHashes {
+        let hashes = |k: &JobKey| JobHashes {
+            job: self.st.jobs.hasher().hash_one(k),
+            tenant: tenant_hash(&self.st.tenants, &k.tenant),
+        };
+        if i == 0 {
+            for (j, k) in jobs.iter().enumerate().take(Ahead::LOCATE) {
+                ahead.put(j, hashes(k));
+            }
+        }
+        if let Some(k) = jobs.get(i + 2 * Ahead::LOCATE) {
             k.tenant.prefetch();
             k.job.prefetch();
         }
-        if let Some(k) = jobs.get(i + 8) {
-            if let Some(j) = entry(k) {
+        if let Some(k) = jobs.get(i + Ahead::LOCATE) {
+            let h = hashes(k);
+            ahead.put(i + Ahead::LOCATE, h);
+            if let Some((_, j)) = at_hash(&self.st.jobs, h.job) {
                 prefetch::value(j);
             }
-            if let Some(t) = tenant(k) {
+            if let Some((_, t)) = at_hash(&self.st.tenants, h.tenant) {
                 prefetch::value(t);
             }
         }
-        if let Some(k) = jobs.get(i + 4) {
-            if let Some(j) = entry(k) {
+        if i + Ahead::LOAD < jobs.len() {
+            let h = ahead.get(i + Ahead::LOAD);
+            if let Some((_, j)) = at_hash(&self.st.jobs, h.job) {
                 j.detect.prefetch();
                 j.series.prefetch_entries();
                 j.account.windows.prefetch();
             }
-            if let Some(t) = tenant(k) {
+            if let Some((_, t)) = at_hash(&self.st.tenants, h.tenant) {
                 t.account.windows.prefetch();
             }
         }
+        ahead.get(i)
     }
 
     /// Evaluates one job, at position `i` of the list of jobs evaluated; returns it as a group
@@ -1620,12 +1675,14 @@ impl Engine {
     fn evaluate_job(
         &mut self,
         k: &JobKey,
+        hashes: JobHashes,
         i: usize,
         touched: bool,
         now: i64,
     ) -> Option<GroupCandidate> {
-        // Hashed once for both look-ups (the second, to update, comes after reading the job).
-        let hash = self.st.jobs.hasher().hash_one(k);
+        // Two look-ups: the second, to update, comes after reading the job.
+        let hash = hashes.job;
+        debug_assert_eq!(hash, self.st.jobs.hasher().hash_one(k));
         let found = self.st.jobs.raw_entry().from_key_hashed_nocheck(hash, k);
         if touched && found.is_some_and(|(_, j)| !j.touched) {
             return None; // listed twice: evaluated already
@@ -1701,7 +1758,7 @@ impl Engine {
             self.mark_training(&k.tenant);
         }
         if let Some(c) = owed {
-            self.credit_tenant(&k.tenant, c);
+            self.credit_tenant(&k.tenant, hashes.tenant, c);
         }
         self.reconcile(&entity, conditions, now);
         candidate.map(|mut c| {
@@ -1712,14 +1769,14 @@ impl Engine {
         })
     }
 
-    /// Credits what a job of `tenant` owed (see [`Credit`]).
-    fn credit_tenant(&mut self, tenant: &str, c: Credit) {
+    /// Credits what a job of `tenant` (hashed `hash` in the tenant table) owed (see [`Credit`]).
+    fn credit_tenant(&mut self, tenant: &str, hash: u64, c: Credit) {
+        debug_assert_eq!(hash, tenant_hash(&self.st.tenants, tenant));
         let to = ToTenant {
             s: &self.s,
             registry: &self.registry,
             registry_epoch: self.registry_epoch,
         };
-        let hash = tenant_hash(&self.st.tenants, tenant);
         let reach = Reach::Job {
             touch: false,
             credit: Some(c),
