@@ -2,10 +2,11 @@
 # Compares the in-process throughput of two builds of trainspotter: runs `BIN_A bench` and
 # `BIN_B bench` alternately, RUNS times each, with the same arguments (after `--`; default
 # `--rounds 13`), and prints for each build every run's steady-rounds rate and yardstick, the
-# median and quartiles of all their single steady rounds, and the medians of those without an
-# evaluation and of those with one or more. A shared machine's speed drifts by tens of percent
-# within an hour, so a step is judged by alternating runs and by the median of many rounds, not by
-# one run against another (BENCHMARKS.md, "The design steps, measured").
+# median and quartiles of all their single steady rounds, the medians of those without an
+# evaluation and of those with one or more, and how long an evaluation took. A shared machine's
+# speed drifts by tens of percent within an hour, so a step is judged by alternating runs and by
+# the median of many rounds, not by one run against another (BENCHMARKS.md, "The design steps,
+# measured").
 #
 # Usage: scripts/compare.sh RUNS BIN_A BIN_B [-- BENCH_ARGS...]
 #   e.g. cp target/release/trainspotter /tmp/before; (change, build)
@@ -53,6 +54,9 @@ for side in ("a", "b"):
     print("   yardstick:", ", ".join(f"{o['serde_decode_ns_per_event']:.0f} ns" for o in outcomes))
     print(f"   single steady rounds: median {q[1] / 1e6:.2f}M, quartiles {q[0] / 1e6:.2f}M to {q[2] / 1e6:.2f}M ({len(rounds)} rounds)")
     # Builds older than the per-round evaluation counts do not report them.
+    means = [o["evaluation_mean_s"] for o in outcomes if o.get("evaluations")]
+    if means:
+        print(f"   evaluations: median of the runs' means {1000 * statistics.median(means):.0f} ms ({min(means) * 1000:.0f} to {max(means) * 1000:.0f} ms)")
     pairs = [(r, e) for o in outcomes for r, e in zip(o["round_events_per_s"], o.get("round_evaluations", []))]
     for label, part in (("without", [r for r, e in pairs if e == 0]), ("with", [r for r, e in pairs if e > 0])):
         if part:

@@ -212,7 +212,8 @@ impl<T: Default + Clone> PaneRing<T> {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Windows {
     pending: Pending,
-    rings: Vec<PaneRing<Usage>>,
+    /// One ring per window once anything moved into them (none before, nor once all were freed).
+    rings: Box<[PaneRing<Usage>]>,
 }
 
 /// What [`Windows::add`] or [`Windows::flush`] moved into the rings: the pending span's sum, or a
@@ -242,7 +243,7 @@ impl Pending {
 impl Windows {
     /// Heap bytes of the rings (for memory accounting).
     pub fn heap_bytes(&self) -> usize {
-        self.rings.capacity() * std::mem::size_of::<PaneRing<Usage>>()
+        self.rings.len() * std::mem::size_of::<PaneRing<Usage>>()
             + self
                 .rings
                 .iter()
@@ -344,13 +345,27 @@ impl Windows {
 
     fn add_to_rings(&mut self, specs: &[WindowSpec], ts_ms: i64, usage: &Usage) {
         if self.rings.len() != specs.len() {
-            self.rings.resize_with(specs.len(), PaneRing::default);
+            self.make_rings(specs.len());
         }
         for (ring, spec) in self.rings.iter_mut().zip(specs) {
             if let Some(p) = ring.pane_mut(ts_ms.div_euclid(spec.slide_ms), spec.panes()) {
                 p.add(usage);
             }
         }
+    }
+
+    /// Gives the key `n` rings, in one allocation of exactly their size, keeping those it has.
+    #[cold]
+    fn make_rings(&mut self, n: usize) {
+        let mut rings = Vec::with_capacity(n);
+        rings.extend(
+            std::mem::take(&mut self.rings)
+                .into_vec()
+                .into_iter()
+                .take(n),
+        );
+        rings.resize_with(n, PaneRing::default);
+        self.rings = rings.into_boxed_slice();
     }
 
     /// Frees each ring that no window ending after `watermark_ms` reads (its newest pane is older
@@ -361,6 +376,9 @@ impl Windows {
             |spec: &WindowSpec| watermark_ms.div_euclid(spec.slide_ms) - spec.panes() as i64 + 1;
         for (ring, spec) in self.rings.iter_mut().zip(specs) {
             ring.release_before(first_read(spec));
+        }
+        if self.rings.iter().all(|r| r.head().is_none()) {
+            self.rings = Box::default();
         }
         let p = &self.pending;
         if !p.is_empty()
@@ -668,15 +686,20 @@ mod tests {
                 .iter()
                 .map(|r| (r.capacity(), r.head().is_some()))
                 .collect();
-            let expected = [
-                match watermark < 13 * MIN {
-                    true => (4, true),
-                    false => (0, false),
-                },
-                // One pane, inline.
-                (0, watermark < 60 * MIN),
-            ];
+            let expected = match watermark < 60 * MIN {
+                true => vec![
+                    match watermark < 13 * MIN {
+                        true => (4, true),
+                        false => (0, false),
+                    },
+                    // One pane, inline.
+                    (0, true),
+                ],
+                // Every ring freed, and the rings themselves with them.
+                false => vec![],
+            };
             assert_eq!(kept, expected, "watermark {watermark}");
+            assert_eq!(released.heap_bytes() == 0, watermark >= 60 * MIN);
             assert_eq!(
                 released.pending.is_empty(),
                 watermark >= 60 * MIN,
