@@ -867,6 +867,23 @@ impl Reach<'_> {
     }
 }
 
+/// Gives the list of keys touched since an evaluation, emptied by it, the storage of the list the
+/// evaluation took (`used`, the keys of the period before), emptied: a fleet touches about as many
+/// keys every period, and growing the list again from nothing would copy it a dozen times and
+/// fault in fresh pages at every evaluation. Storage beyond four times what the period used (and
+/// a few thousand keys) is given back, so a burst does not hold it for good.
+fn keep_storage<T>(list: &mut Vec<T>, mut used: Vec<T>) {
+    if !list.is_empty() {
+        return;
+    }
+    let len = used.len();
+    used.clear();
+    if used.capacity() > 4 * len + 4096 {
+        used.shrink_to(2 * len);
+    }
+    *list = used;
+}
+
 /// The entry of tenant `name` (hashed `hash` in `tenants`), made if there is none.
 fn tenant_entry<'t>(
     tenants: &'t mut Table<Name, TenantState>,
@@ -1616,9 +1633,13 @@ impl Engine {
             self.reconcile(&entity, conditions, now);
         }
         self.st.alerts.resend_due(now, &mut self.outbox);
+        let evaluated = jobs.len();
+        keep_storage(&mut self.st.touched_jobs, jobs);
+        keep_storage(&mut self.st.touched_tenants, touched_tenants);
+        keep_storage(&mut self.st.touched_orgs, touched_orgs);
         if self.evaluations.len() < MAX_PENDING_EVALUATIONS {
             self.evaluations.push(Evaluation {
-                jobs: jobs.len(),
+                jobs: evaluated,
                 seconds: started.elapsed().as_secs_f64(),
             });
         }
@@ -2879,6 +2900,57 @@ mod tests {
             acme(&e),
             before + 180.0 * 30.0,
             "the tenant's totals keep the dropped job's usage"
+        );
+    }
+
+    #[test]
+    fn the_lists_of_touched_keys_keep_their_storage_across_evaluations() {
+        let mut e = engine();
+        let sample = |minute: i64, j: usize| {
+            UsageSample::new(T0 + minute * MIN, format!("t{}", j % 7), 1.0, 60.0)
+                .job(format!("j{j}"))
+        };
+        for j in 0..300 {
+            e.apply(&sample(0, j));
+        }
+        assert_eq!(e.st.touched_jobs.len(), 300);
+        assert_eq!(e.st.touched_tenants.len(), 7);
+        // The next minute's first sample evaluates the first minute's keys.
+        e.apply(&sample(1, 0));
+        assert!(e.evaluated_at_ms().is_some());
+        assert_eq!(e.st.touched_jobs.len(), 1);
+        assert!(
+            e.st.touched_jobs.capacity() >= 300,
+            "the list kept its storage"
+        );
+        assert!(e.st.touched_tenants.capacity() >= 7);
+        // The minute after evaluates the same keys, listed again.
+        for j in 1..300 {
+            e.apply(&sample(1, j));
+        }
+        e.apply(&sample(2, 0));
+        assert_eq!(e.st.touched_jobs.len(), 1);
+        assert_eq!(e.job_reports().len(), 300);
+    }
+
+    #[test]
+    fn storage_kept_for_touched_keys_is_given_back_beyond_four_times_what_a_period_used() {
+        let mut list: Vec<u64> = Vec::new();
+        keep_storage(&mut list, Vec::with_capacity(100));
+        assert!(list.is_empty() && list.capacity() >= 100);
+        // A list that took keys meanwhile keeps its own.
+        let mut list = vec![7];
+        keep_storage(&mut list, Vec::with_capacity(100));
+        assert_eq!(list, [7]);
+        // After a burst, a quiet period's list holds about twice what it used.
+        let mut list = Vec::new();
+        let mut used: Vec<u64> = Vec::with_capacity(100_000);
+        used.extend(0..10);
+        keep_storage(&mut list, used);
+        assert!(
+            list.is_empty() && list.capacity() < 4096,
+            "{}",
+            list.capacity()
         );
     }
 
