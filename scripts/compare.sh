@@ -54,12 +54,12 @@ for side in ("a", "b"):
     print("   yardstick:", ", ".join(f"{o['serde_decode_ns_per_event']:.0f} ns" for o in outcomes))
     print(f"   single steady rounds: median {q[1] / 1e6:.2f}M, quartiles {q[0] / 1e6:.2f}M to {q[2] / 1e6:.2f}M ({len(rounds)} rounds)")
     # Builds older than the per-round evaluation counts do not report them.
-    means = [o["evaluation_mean_s"] for o in outcomes if o.get("evaluations")]
-    if means:
-        print(f"   evaluations: median of the runs' means {1000 * statistics.median(means):.0f} ms ({min(means) * 1000:.0f} to {max(means) * 1000:.0f} ms)")
     pairs = [(r, e) for o in outcomes for r, e in zip(o["round_events_per_s"], o.get("round_evaluations", []))]
     for label, part in (("without", [r for r, e in pairs if e == 0]), ("with", [r for r, e in pairs if e > 0])):
         if part:
             print(f"   of them {label} an evaluation: median {statistics.median(part) / 1e6:.2f}M ({len(part)} rounds)")
+    means = [o["evaluation_mean_s"] for o in outcomes if o.get("evaluations")]
+    if means:
+        print(f"   evaluations: median of the runs' means {1000 * statistics.median(means):.0f} ms ({min(means) * 1000:.0f} to {max(means) * 1000:.0f} ms)")
 print(f"b against a, median of the single rounds: {100 * (medians['b'] / medians['a'] - 1):+.1f}%")
 EOF
