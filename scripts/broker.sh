@@ -12,8 +12,22 @@
 # batch: a fetch that runs while two producers write to one partition can skip a record. It is fine
 # for reading a topic loaded beforehand (the benchmark); the tests use sqlite, which stores both in
 # one transaction.
-# Exits non-zero, with the broker log, when the broker cannot be started.
+# Exits non-zero, with the broker log, when the broker cannot be started: then the broker it
+# launched is stopped again. A port something already listens on (such as another run's broker,
+# whose pid file a second start in the same DIR would replace) is refused before anything starts.
 set -euo pipefail
+
+# Stops the broker whose pid is in DIR/broker.pid, if any.
+stop_broker() {
+  local dir=$1 pid
+  if [ -f "$dir/broker.pid" ]; then
+    pid=$(cat "$dir/broker.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$dir/broker.pid"
+  fi
+}
 
 cmd=${1:-}; shift || true
 case "$cmd" in
@@ -22,6 +36,12 @@ case "$cmd" in
     mkdir -p "$dir"
     command -v tansu >/dev/null || { echo "broker.sh: tansu is not installed (run scripts/deps.sh)" >&2; exit 1; }
     url="tcp://127.0.0.1:$port"
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "broker.sh: something already listens on 127.0.0.1:$port (another broker still running?); not starting" >&2
+      exit 1
+    fi
+    # Reports why the start failed and stops the broker it launched.
+    fail() { echo "broker.sh: $1" >&2; cat "$dir/broker.log" >&2; stop_broker "$dir"; exit 1; }
     case "${BROKER_STORAGE:-memory}" in
       memory) storage=memory://tansu/ ;;
       sqlite) storage=sqlite://tansu.db ;;
@@ -39,26 +59,19 @@ case "$cmd" in
             if tansu topic create "$name" --partitions "$parts" --broker "$url" >>"$dir/broker.log" 2>&1; then ok=1; break; fi
             sleep 0.5
           done
-          [ -n "$ok" ] || { echo "broker.sh: cannot create topic $name" >&2; cat "$dir/broker.log" >&2; exit 1; }
+          [ -n "$ok" ] || fail "cannot create topic $name"
         done
         exit 0
       fi
       if ! kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then
-        echo "broker.sh: tansu exited during start-up" >&2; cat "$dir/broker.log" >&2; exit 1
+        fail "tansu exited during start-up"
       fi
       sleep 0.1
     done
-    echo "broker.sh: tansu did not listen on port $port within 10 s" >&2; cat "$dir/broker.log" >&2; exit 1
+    fail "tansu did not listen on port $port within 10 s"
     ;;
   stop)
-    dir=$1
-    if [ -f "$dir/broker.pid" ]; then
-      pid=$(cat "$dir/broker.pid")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-      rm -f "$dir/broker.pid"
-    fi
+    stop_broker "$1"
     ;;
   *)
     echo "usage: broker.sh start PORT DIR [TOPIC:PARTITIONS ...] | stop DIR" >&2; exit 2 ;;
