@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use statrs::statistics::{Data, OrderStatistics};
 
 use crate::checkpoint;
 use crate::config::Config;
@@ -412,26 +413,17 @@ fn split_rounds(rates: &[f64], evaluations: &[u64]) -> String {
             .map(|(&r, _)| r)
             .collect();
         rates.sort_by(f64::total_cmp);
-        match rates.len() {
-            0 => "none".to_string(),
-            n => format!(
-                "median {:.2}M events/s ({n} rounds, {:.2}-{:.2}M)",
-                median(&rates) / 1e6,
-                rates[0] / 1e6,
-                rates[n - 1] / 1e6
-            ),
-        }
+        let (n, Some(&lo), Some(&hi)) = (rates.len(), rates.first(), rates.last()) else {
+            return "none".to_string();
+        };
+        format!(
+            "median {:.2}M events/s ({n} rounds, {:.2}-{:.2}M)",
+            Data::new(&mut rates[..]).median() / 1e6,
+            lo / 1e6,
+            hi / 1e6
+        )
     };
     format!("{} / {}", summary(false), summary(true))
-}
-
-/// The median of sorted, non-empty `xs`.
-fn median(xs: &[f64]) -> f64 {
-    let n = xs.len();
-    match n % 2 {
-        1 => xs[n / 2],
-        _ => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
-    }
 }
 
 /// Resident and peak resident set size of this process, from /proc (Linux).
