@@ -367,17 +367,18 @@ mod tests {
         let cp = decode(Path::new("v8.ckpt"), bytes).unwrap();
         assert_eq!(cp.header.next_offset, 2600);
         let mut restored = Engine::with_state(&Config::default(), cp.state).unwrap();
+        // A sample of the fixture's job: minute `m`, device `gpu`.
+        let h100 = |m: i64, gpu: i64| {
+            UsageSample::new(T0 + m * 60_000, "acme", 1.0, 60.0)
+                .job("pretrain-7b")
+                .device(format!("n{}", gpu / 8), (gpu % 8).to_string())
+                .accelerator("NVIDIA H100 80GB HBM3")
+        };
         // The samples the fixture was made of (`fuzz/examples/gen_seeds.rs`).
         let mut fresh = Engine::new(&Config::default()).unwrap();
         for m in 0..40 {
             for gpu in 0..64 {
-                let s = UsageSample::new(T0 + m * 60_000, "acme", 1.0, 60.0)
-                    .job("pretrain-7b")
-                    .device(format!("n{}", gpu / 8), (gpu % 8).to_string())
-                    .accelerator("NVIDIA H100 80GB HBM3")
-                    .tensor_active(0.45)
-                    .gpu_util(0.97);
-                fresh.apply(&s);
+                fresh.apply(&h100(m, gpu).tensor_active(0.45).gpu_util(0.97));
             }
             fresh.apply(&UsageSample::new(T0 + m * 60_000, "globex", 0.5, 60.0));
         }
@@ -407,11 +408,7 @@ mod tests {
         // both engines give the same reports and alerts throughout.
         for m in 40..1600 {
             for gpu in 0..64 {
-                let s = UsageSample::new(T0 + m * 60_000, "acme", 1.0, 60.0)
-                    .job("pretrain-7b")
-                    .device(format!("n{}", gpu / 8), (gpu % 8).to_string())
-                    .accelerator("NVIDIA H100 80GB HBM3")
-                    .tensor_active(if m < 1000 { 0.45 } else { 0.0 });
+                let s = h100(m, gpu).tensor_active(if m < 1000 { 0.45 } else { 0.0 });
                 fresh.apply(&s);
                 restored.apply(&s);
             }
