@@ -2417,6 +2417,8 @@ impl Engine {
     }
 
     /// Evicts keys no window can contain any more, and device series older than every horizon.
+    /// Out of line: it runs once an hour of event time at most.
+    #[inline(never)]
     fn sweep(&mut self, watermark: i64) {
         let longest = self
             .s
@@ -2437,24 +2439,32 @@ impl Engine {
         // jobs of one lagging exporter among the tenant's several.
         let retention = self.s.ended_job_retention_ms;
         let retained_before = watermark - retention;
+        // What no current or later window can read is let go: series past the de-duplication
+        // and detection horizons, and rings whose newest pane is older than their window. A job
+        // that has ended keeps only what its longer windows still hold, and its lifetime. One
+        // pass over the jobs does both; a job's tenant is looked up only when the job's own
+        // clock says it may have ended.
+        let specs = &self.s.windows;
+        let detect_slide = self.s.detect_slide_ms;
+        let detect_panes = self.s.detect_window_ms / detect_slide;
         let tenants = &self.st.tenants;
-        let gone: Vec<JobKey> = self
-            .st
-            .jobs
-            .iter()
-            .filter(|(k, j)| {
-                if j.arrived_ms < idle_before {
-                    return true;
-                }
-                let tenant_ts = tenants
-                    .get(&k.tenant)
-                    .map_or(i64::MIN, |t| t.account.last_ts);
-                !j.ever_suspected
+        let mut gone: Vec<JobKey> = Vec::new();
+        for (k, j) in self.st.jobs.iter_mut() {
+            let ended = j.arrived_ms < idle_before
+                || (!j.ever_suspected
                     && j.arrived_ms < retained_before
-                    && j.account.last_ts < tenant_ts.saturating_sub(retention)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
+                    && tenants.get(&k.tenant).is_some_and(|t| {
+                        j.account.last_ts < t.account.last_ts.saturating_sub(retention)
+                    }));
+            if ended {
+                gone.push(k.clone());
+                continue;
+            }
+            j.series.retain(|s| s.last_ts >= series_before);
+            j.account.windows.release_stale(specs, watermark);
+            j.detect
+                .release_before(watermark.div_euclid(detect_slide) - detect_panes + 1);
+        }
         for k in gone {
             self.st.jobs.remove(&k);
             self.reconcile(&Entity::job(k.tenant, k.job), Vec::new(), watermark);
@@ -2490,18 +2500,7 @@ impl Engine {
             state.account.windows = Windows::default();
             self.reconcile(&Entity::organisation(o), Vec::new(), watermark);
         }
-        // What no current or later window can read is let go: series past the de-duplication
-        // and detection horizons, and rings whose newest pane is older than their window. A job
-        // that has ended keeps only what its longer windows still hold, and its lifetime.
         let specs = &self.s.windows;
-        let detect_slide = self.s.detect_slide_ms;
-        let detect_panes = self.s.detect_window_ms / detect_slide;
-        for j in self.st.jobs.values_mut() {
-            j.series.retain(|s| s.last_ts >= series_before);
-            j.account.windows.release_stale(specs, watermark);
-            j.detect
-                .release_before(watermark.div_euclid(detect_slide) - detect_panes + 1);
-        }
         for t in self.st.tenants.values_mut() {
             t.series.retain(|s| s.last_ts >= series_before);
             t.account.windows.release_stale(specs, watermark);
