@@ -183,6 +183,8 @@ impl Ahead {
 pub struct Located<'e> {
     hashes: KeyHashes,
     ts_ms: i64,
+    /// The detection pane of `ts_ms`.
+    pane: i64,
     job: Option<(&'e JobKey, &'e JobState)>,
     tenant: Option<(&'e Name, &'e TenantState)>,
 }
@@ -1210,6 +1212,7 @@ impl Engine {
         Located {
             hashes: h,
             ts_ms: s.ts_ms,
+            pane: s.ts_ms.div_euclid(self.s.detect_slide_ms),
             job,
             tenant,
         }
@@ -1223,8 +1226,10 @@ impl Engine {
         mut located: SmallVec<[Located<'e>; WARM_BATCH]>,
     ) -> SmallVec<[KeyHashes; WARM_BATCH]> {
         let st = &self.st;
+        let slide = self.s.detect_slide_ms;
         // 2. What the buckets point to: long key names, series tags, model counts, the window
-        // rings of keys whose sample falls outside their pending span, and the tenant of a
+        // rings of keys whose sample falls outside their pending span, the slot of a job's
+        // detection panes that a sample outside its head pane writes, and the tenant of a
         // job that the sample reaches it from (its first since an evaluation, or one that
         // moves its windows on and credits the tenant).
         for l in &mut located {
@@ -1243,6 +1248,9 @@ impl Engine {
                 }
                 v.series.prefetch();
                 prefetch::slice(&v.models);
+                // A sample in a slide after the head pane's moves the ring on, writing the
+                // head out to its slot (a late one writes its own slot).
+                v.detect.prefetch_pane(l.pane);
                 if !v.touched || moves {
                     // The job found by hash alone may be another: its tenant's hash serves to
                     // prefetch, and is not kept for the sample.
@@ -1254,18 +1262,27 @@ impl Engine {
                 }
             }
         }
-        // 3. The series entries, by hash alone; then 4. their names.
-        let mut series: SmallVec<[Option<&SeriesKey>; WARM_BATCH]> = SmallVec::new();
+        // 3. The series entries, by hash alone; then 4. their names, and the slot of the
+        // job's detection panes that the device is counted in when that is the slide before the
+        // sample's: a sample at a slide's boundary covers the end of the slide before, where
+        // the device was not counted yet when it is sampled once a slide or less often.
+        let mut series: SmallVec<[Option<(&SeriesKey, &SeriesState)>; WARM_BATCH]> =
+            SmallVec::new();
         for l in &located {
             let e = l.job.and_then(|(_, v)| v.series.candidate(l.hashes.series));
             if let Some((k, v)) = e {
                 prefetch::value(k);
                 prefetch::value(v);
             }
-            series.push(e.map(|(k, _)| k));
+            series.push(e);
         }
-        for k in series.iter().flatten() {
-            k.prefetch();
+        for (l, e) in located.iter().zip(&series) {
+            if let (Some((_, job)), Some((k, v))) = (l.job, e) {
+                k.prefetch();
+                if l.ts_ms == l.pane * slide && v.covered_pane < l.pane - 1 {
+                    job.detect.prefetch_pane(l.pane - 1);
+                }
+            }
         }
         located.iter().map(|l| l.hashes).collect()
     }

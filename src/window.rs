@@ -90,8 +90,9 @@ impl<T: Default + Clone> PaneRing<T> {
         self.pane_mut_in_array(idx, n)
     }
 
-    /// [`PaneRing::pane_mut`] for any pane but the current head: the inline pane is written to
-    /// its slot, the ring moves as needed, and the (possibly new) head is loaded inline again.
+    /// [`PaneRing::pane_mut`] for any pane but the current head: an older pane is written in its
+    /// slot, the head staying inline; a newer one moves the ring on, the old head written out to
+    /// its slot and the new one starting inline.
     fn pane_mut_in_array(&mut self, idx: i64, n: usize) -> Option<&mut T> {
         debug_assert_ne!(
             idx, NEVER,
@@ -110,34 +111,43 @@ impl<T: Default + Clone> PaneRing<T> {
         if idx < self.start && idx <= self.head - n_i {
             return None;
         }
-        // The ring now holds at least two panes, the head's and `idx`'s: `lo ..= hi`.
-        let (lo, hi) = match idx > self.head {
-            true => (self.start.max(idx - n_i + 1), idx),
-            false => (self.start.min(idx), self.head),
-        };
-        self.hold(lo, hi, n);
-        let s = self.slot(self.head);
-        self.panes[s] = std::mem::take(&mut self.current);
-        if idx > self.head {
-            for i in self.head + 1..=idx {
-                let s = self.slot(i);
-                self.panes[s] = T::default();
-            }
-            self.head = idx;
-        } else {
+        if idx < self.head {
+            // A pane before the head (a sample covering the end of the slide before, or a late
+            // one): the head stays inline, and the ring holds `lo ..= head`.
+            let lo = self.start.min(idx);
+            self.hold(lo, self.head, n);
             for i in idx..self.start {
                 let s = self.slot(i);
                 self.panes[s] = T::default();
             }
+            self.start = lo;
+            let s = self.slot(idx);
+            return Some(&mut self.panes[s]);
         }
+        // A newer pane: the ring moves on to `lo ..= idx`, the old head written to its slot.
+        let lo = self.start.max(idx - n_i + 1);
+        self.hold(lo, idx, n);
+        let s = self.slot(self.head);
+        self.panes[s] = std::mem::take(&mut self.current);
+        for i in self.head + 1..=idx {
+            let s = self.slot(i);
+            self.panes[s] = T::default();
+        }
+        self.head = idx;
         self.start = lo;
-        let h = self.slot(self.head);
-        self.current = self.panes[h].clone();
-        if idx == self.head {
-            return Some(&mut self.current);
+        Some(&mut self.current)
+    }
+
+    /// Starts loading the slot that writing pane `idx` touches in the pane array: its own when
+    /// it is older than the head, the head's (written out as the ring moves on) when it is newer.
+    /// Nothing when the write stays inline or the ring has no array yet.
+    #[inline]
+    pub fn prefetch_pane(&self, idx: i64) {
+        if idx == self.head || self.panes.is_empty() {
+            return;
         }
-        let s = self.slot(idx);
-        Some(&mut self.panes[s])
+        let at = if idx < self.head { idx } else { self.head };
+        crate::prefetch::value(&self.panes[self.slot(at)]);
     }
 
     /// Makes room for panes `lo ..= hi` (at least two, a span of at most `n`, holding the head),
@@ -492,6 +502,9 @@ mod tests {
             let mut head = i64::MIN;
             let mut held_two = false;
             for (idx, v) in writes {
+                // A hint, which must not panic whatever the ring holds (an empty array, a jump).
+                ring.prefetch_pane(idx);
+                ring.prefetch_pane(idx - 1);
                 let accepted = ring.pane_mut(idx, n).map(|p| *p += v).is_some();
                 proptest::prop_assert_eq!(accepted, head == i64::MIN || idx > head - n as i64);
                 if accepted {
