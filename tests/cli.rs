@@ -395,7 +395,7 @@ fn bench_measures_the_state_of_the_fleet_it_generated() {
     let json = dir.path().join("bench.json");
     let out = trainspotter()
         .args(["bench", "--gpus", "400", "--jobs", "40", "--tenants", "8"])
-        .args(["--rounds", "4", "--batch", "64", "--json"])
+        .args(["--rounds", "10", "--batch", "64", "--json"])
         .arg(&json)
         .output()
         .unwrap();
@@ -418,8 +418,25 @@ fn bench_measures_the_state_of_the_fleet_it_generated() {
     assert_eq!(o["footprint"]["series"], 400);
     assert_eq!(o["footprint"]["jobs"], 40);
     assert!(o["footprint"]["tenants"].as_u64().unwrap() <= 8);
-    assert_eq!(o["round_events_per_s"].as_array().unwrap().len(), 3);
-    assert_eq!(o["round_evaluations"].as_array().unwrap().len(), 3);
+    assert_eq!(o["round_events_per_s"].as_array().unwrap().len(), 9);
+    // Ten rounds of 10 s: the first evaluation falls in the seventh (the watermark trails the
+    // newest event by the allowed lateness), and its time is its round's alone.
+    let evaluations: Vec<u64> = o["round_evaluations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert_eq!(evaluations, [0, 0, 0, 0, 0, 1, 0, 0, 0]);
+    let times = o["round_evaluation_s"].as_array().unwrap();
+    assert_eq!(times.len(), 9);
+    for (t, n) in times.iter().zip(&evaluations) {
+        let t = t.as_f64().unwrap();
+        assert!(
+            if *n > 0 { t > 0.0 } else { t == 0.0 },
+            "{t} s for {n} evaluations"
+        );
+    }
     assert!(o["steady_events_per_s"].as_f64().unwrap() > 0.0);
     assert!(o["footprint"]["job_bytes"].as_u64().unwrap() > 0);
     assert!(v["kafka"].is_null(), "no broker was named");

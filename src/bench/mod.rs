@@ -250,6 +250,8 @@ pub struct Outcome {
     pub round_events_per_s: Vec<f64>,
     /// Evaluations at detection boundaries within each steady round (most rounds have none).
     pub round_evaluations: Vec<u64>,
+    /// Wall time of those evaluations in each steady round, seconds.
+    pub round_evaluation_s: Vec<f64>,
     pub alerts: usize,
     /// Evaluations at detection boundaries during the rounds, and their mean wall time.
     pub evaluations: u64,
@@ -328,7 +330,7 @@ pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcom
     let mut times = Vec::with_capacity(shape.rounds);
     let mut evaluated = Vec::with_capacity(shape.rounds);
     for r in 0..shape.rounds {
-        let (evaluations_before, _) = metrics.evaluation_totals();
+        let before = metrics.evaluation_totals();
         round.set_ts(T0_MS + r as i64 * shape.interval_ms);
         let payloads: Vec<&[u8]> = round.payloads().collect();
         let started = Instant::now();
@@ -340,7 +342,8 @@ pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcom
             alerts += pipeline.drain_alerts().len();
         }
         times.push(started.elapsed());
-        evaluated.push(metrics.evaluation_totals().0 - evaluations_before);
+        let after = metrics.evaluation_totals();
+        evaluated.push((after.0 - before.0, after.1 - before.1));
         anyhow::ensure!(rejected == 0, "{rejected} generated events were rejected");
     }
     let (evaluations, evaluation_s) = metrics.evaluation_totals();
@@ -389,7 +392,8 @@ pub fn run(shape: &Shape, cfg: &Config, scratch: &Path) -> anyhow::Result<Outcom
         first_round_events_per_s: rate(&times[0]),
         steady_events_per_s: (round.len() * (shape.rounds - 1)) as f64 / steady.as_secs_f64(),
         round_events_per_s: times[1..].iter().map(rate).collect(),
-        round_evaluations: evaluated[1..].to_vec(),
+        round_evaluations: evaluated[1..].iter().map(|e| e.0).collect(),
+        round_evaluation_s: evaluated[1..].iter().map(|e| e.1).collect(),
         alerts,
         evaluations,
         evaluation_mean_s: evaluation_s / evaluations.max(1) as f64,
