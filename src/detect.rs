@@ -31,7 +31,6 @@
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
-use statrs::statistics::{Data, OrderStatistics};
 
 use crate::config::{DetectionConfig, Ramp};
 use crate::decode::Activity;
@@ -201,7 +200,7 @@ pub fn features(
     // Filled in place (collecting would build the array and then move it).
     let mut values = Values::new();
     values.extend(panes.iter().map(|p| p.accelerators as f64));
-    f.accelerators = median(&mut values);
+    f.accelerators = Sorted::new(&mut values).median();
     let (mw, ms) = panes.iter().fold((0.0f64, 0.0f64), |(w, s), p| {
         (w + p.memory.weight as f64, s + p.memory.sum as f64)
     });
@@ -229,8 +228,9 @@ pub fn features(
         // How busy the gang is while it works: checkpoint dips and pauses shorter than a quarter
         // of the window do not lower it, and a run that alternates work and idle minutes to stay
         // under the radar still shows its working level.
-        f.activity = Some(Data::new(&mut values[..]).quantile(ACTIVITY_QUANTILE));
-        f.temporal_variation = relative_mad(&mut values);
+        let sorted = Sorted::new(&mut values);
+        f.activity = Some(sorted.quantile(ACTIVITY_QUANTILE));
+        f.temporal_variation = sorted.relative_mad();
         values.clear();
         values.extend(
             sync_panes
@@ -254,7 +254,7 @@ pub fn features(
     }
     values.clear();
     values.extend(devices.iter().map(|d| d.activity));
-    f.rank_spread = relative_mad(&mut values);
+    f.rank_spread = Sorted::new(&mut values).relative_mad();
     f
 }
 
@@ -267,24 +267,88 @@ fn population_variance(v: &[f64]) -> f64 {
     v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n
 }
 
-/// The median of `v` (reorders it).
-fn median(v: &mut [f64]) -> f64 {
-    Data::new(v).median()
-}
+/// Values in ascending order, for their order statistics: one sort serves every statistic of
+/// the same values, where a selection per statistic (statrs' `OrderStatistics`) scans them again
+/// for each. The statistics are statrs' definitions, so they give the same results.
+struct Sorted<'a>(&'a [f64]);
 
-/// Median absolute deviation relative to the median: a spread robust to checkpoint dips and a few
-/// stragglers. `None` with fewer than 3 values; 1.0 (maximal) when the median is zero. Overwrites
-/// `v` with the deviations.
-fn relative_mad(v: &mut [f64]) -> Option<f64> {
-    if v.len() < 3 {
-        return None;
+impl<'a> Sorted<'a> {
+    /// Sorts `v` (finite values: pane and device figures are sums and ratios of finite readings).
+    fn new(v: &'a mut [f64]) -> Sorted<'a> {
+        v.sort_unstable_by(f64::total_cmp);
+        Sorted(v)
     }
-    let m = median(v);
-    for x in v.iter_mut() {
-        *x = (*x - m).abs();
+
+    /// The middle value, or the mean of the two middle values (NaN when there are none).
+    fn median(&self) -> f64 {
+        let (v, k) = (self.0, self.0.len() / 2);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[k],
+            _ => (v[k - 1] + v[k]) / 2.0,
+        }
     }
-    let mad = median(v);
-    Some(if m > 0.0 { mad / m } else { 1.0 })
+
+    /// The `tau` quantile by the R-8 estimator (statrs' `quantile`: median-unbiased,
+    /// interpolating between the two order statistics around rank `(n + 1/3) tau + 1/3`).
+    fn quantile(&self, tau: f64) -> f64 {
+        let v = self.0;
+        if !(0.0..=1.0).contains(&tau) || v.is_empty() {
+            return f64::NAN;
+        }
+        let h = (v.len() as f64 + 1.0 / 3.0) * tau + 1.0 / 3.0;
+        let hf = h as i64;
+        if hf <= 0 || tau == 0.0 {
+            return v[0];
+        }
+        if hf >= v.len() as i64 || tau == 1.0 {
+            return v[v.len() - 1];
+        }
+        let (a, b) = (v[hf as usize - 1], v[hf as usize]);
+        a + (h - hf as f64) * (b - a)
+    }
+
+    /// Median absolute deviation relative to the median: a spread robust to checkpoint dips and
+    /// a few stragglers. `None` with fewer than 3 values; 1.0 (maximal) when the median is zero.
+    ///
+    /// The deviations below the median grow from it downwards and those above it upwards, so
+    /// the smallest half of them is taken by merging the two runs outwards from the median, with
+    /// no second sort.
+    fn relative_mad(&self) -> Option<f64> {
+        let v = self.0;
+        if v.len() < 3 {
+            return None;
+        }
+        let m = self.median();
+        let split = v.partition_point(|&x| x < m);
+        let (mut below, mut above) = (split, split);
+        let (mut previous, mut deviation) = (0.0, 0.0);
+        for _ in 0..=v.len() / 2 {
+            let down = below.checked_sub(1).map(|i| (v[i] - m).abs());
+            let up = v.get(above).map(|&x| (x - m).abs());
+            previous = deviation;
+            deviation = match (down, up) {
+                (Some(d), Some(u)) if d <= u => {
+                    below -= 1;
+                    d
+                }
+                (Some(d), None) => {
+                    below -= 1;
+                    d
+                }
+                (_, Some(u)) => {
+                    above += 1;
+                    u
+                }
+                (None, None) => unreachable!("half of at least 3 values is taken"),
+            };
+        }
+        let mad = match v.len() % 2 {
+            1 => deviation,
+            _ => (previous + deviation) / 2.0,
+        };
+        Some(if m > 0.0 { mad / m } else { 1.0 })
+    }
 }
 
 /// One feature's contribution, as shown in alert evidence.
@@ -686,5 +750,41 @@ mod tests {
             &cfg,
         );
         assert!(!v.suspects(cfg.score_threshold, cfg.resolve_below, true));
+    }
+
+    use proptest::prelude::*;
+
+    proptest::proptest! {
+        /// The order statistics read from one sort are statrs' own, to the bit: the median, the
+        /// activity quantile, and the median absolute deviation over the median (with ties,
+        /// zeros, even and odd counts).
+        #[test]
+        fn sorted_statistics_are_statrs_statistics(
+            values in proptest::collection::vec(
+                proptest::prop_oneof![
+                    (0u32..12).prop_map(|x| x as f64 / 8.0),
+                    0.0f64..1000.0,
+                ],
+                1..140,
+            ),
+        ) {
+            use statrs::statistics::{Data, OrderStatistics};
+            let statrs_median = |v: &mut [f64]| Data::new(v).median();
+            let mut sorted = values.clone();
+            let sorted = Sorted::new(&mut sorted);
+            let mut v = values.clone();
+            prop_assert_eq!(sorted.median().to_bits(), statrs_median(&mut v).to_bits());
+            let q = Data::new(&mut v[..]).quantile(ACTIVITY_QUANTILE);
+            prop_assert_eq!(sorted.quantile(ACTIVITY_QUANTILE).to_bits(), q.to_bits());
+            let mad = (v.len() >= 3).then(|| {
+                let m = statrs_median(&mut v);
+                for x in v.iter_mut() {
+                    *x = (*x - m).abs();
+                }
+                let mad = statrs_median(&mut v);
+                if m > 0.0 { mad / m } else { 1.0 }
+            });
+            prop_assert_eq!(sorted.relative_mad().map(f64::to_bits), mad.map(f64::to_bits));
+        }
     }
 }

@@ -167,18 +167,24 @@ impl<T: Default + Clone> PaneRing<T> {
 
     /// Held panes with `first <= index <= last`, oldest first.
     pub fn range(&self, first: i64, last: i64) -> impl Iterator<Item = (i64, &T)> + '_ {
-        let (lo, hi) = if self.head == NEVER {
-            (1, 0)
+        let (lo, hi, stored) = if self.head == NEVER {
+            (1, 0, 0)
         } else {
-            (first.max(self.start), last.min(self.head))
+            let (lo, hi) = (first.max(self.start), last.min(self.head));
+            (lo, hi, (hi.min(self.head - 1) - lo + 1).max(0) as usize)
         };
-        (lo..=hi).map(move |i| {
-            let pane = match i == self.head {
-                true => &self.current,
-                false => &self.panes[self.slot(i)],
-            };
-            (i, pane)
-        })
+        // The `stored` panes from `lo` on that are older than the head lie in the array from
+        // `lo`'s slot on, wrapping to its start at most once: two slices, no division per pane.
+        let (from_slot, from_start) = if stored == 0 {
+            (&[][..], &[][..])
+        } else {
+            let s = self.slot(lo);
+            let to_end = stored.min(self.panes.len() - s);
+            (&self.panes[s..s + to_end], &self.panes[..stored - to_end])
+        };
+        let head = (lo <= hi && hi == self.head).then_some(&self.current);
+        let panes = from_slot.iter().chain(from_start).chain(head);
+        panes.zip(lo..).map(|(p, i)| (i, p))
     }
 
     /// Starts loading the pane array, which reading a range of panes touches.
@@ -490,12 +496,14 @@ mod tests {
 
     proptest::proptest! {
         /// Whatever the order of writes, the ring holds exactly the sums of the written panes it
-        /// retains (the `n` newest indexes up to the newest written), never more than `n` panes, and
-        /// no pane array until it has held two panes at once.
+        /// retains (the `n` newest indexes up to the newest written), in whole and in any part,
+        /// never more than `n` panes, and no pane array until it has held two panes at once.
         #[test]
         fn ring_holds_what_a_map_of_retained_panes_holds(
             n in 1usize..70,
             writes in proptest::collection::vec((0i64..300, 1u64..5), 1..200),
+            first in 0i64..300,
+            span in 0i64..80,
         ) {
             let mut ring: PaneRing<u64> = PaneRing::default();
             let mut model = std::collections::BTreeMap::new();
@@ -518,6 +526,16 @@ mod tests {
                     .map(|(i, v)| (i, *v))
                     .collect();
                 proptest::prop_assert_eq!(&held, &model);
+                // A part of it reads the same part of the map, each held index once, in order.
+                let part: Vec<(i64, u64)> = ring.range(first, first + span).map(|(i, v)| (i, *v)).collect();
+                proptest::prop_assert!(part.windows(2).all(|w| w[1].0 == w[0].0 + 1));
+                let in_part: std::collections::BTreeMap<i64, u64> = model
+                    .range(first..=first + span)
+                    .map(|(i, v)| (*i, *v))
+                    .collect();
+                let written: std::collections::BTreeMap<i64, u64> =
+                    part.into_iter().filter(|(_, v)| *v > 0).collect();
+                proptest::prop_assert_eq!(written, in_part);
                 proptest::prop_assert!(ring.capacity() <= n);
                 // An array exactly once two panes have been held at the same time (it is kept).
                 let oldest = model.keys().next().copied().unwrap_or(head);
