@@ -30,7 +30,6 @@
 //!   a gang whose devices vary on their own is not suspected, whatever else it looks like.
 
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 
 use crate::config::{DetectionConfig, Ramp};
 use crate::decode::Activity;
@@ -197,10 +196,9 @@ pub fn features(
     if panes.is_empty() {
         return f;
     }
-    // Filled in place (collecting would build the array and then move it).
     let mut values = Values::new();
-    values.extend(panes.iter().map(|p| p.accelerators as f64));
-    f.accelerators = Sorted::new(&mut values).median();
+    let accelerators = values.fill(panes.len(), panes.iter().map(|p| p.accelerators as f64));
+    f.accelerators = Sorted::new(accelerators).median();
     let (mw, ms) = panes.iter().fold((0.0f64, 0.0f64), |(w, s), p| {
         (w + p.memory.weight as f64, s + p.memory.sum as f64)
     });
@@ -218,26 +216,16 @@ pub fn features(
         });
         f.signal = Some(*signal);
         let slide_mean = |p: &DetectPane| (p.activity[i].sum / p.activity[i].weight) as f64;
-        values.clear();
-        values.extend(
-            panes
-                .iter()
-                .filter(|p| p.activity[i].weight > 0.0)
-                .map(slide_mean),
-        );
+        let working = panes.iter().filter(|p| p.activity[i].weight > 0.0);
+        let activity = values.fill(panes.len(), working.map(slide_mean));
         // How busy the gang is while it works: checkpoint dips and pauses shorter than a quarter
         // of the window do not lower it, and a run that alternates work and idle minutes to stay
         // under the radar still shows its working level.
-        let sorted = Sorted::new(&mut values);
+        let sorted = Sorted::new(activity);
         f.activity = Some(sorted.quantile(ACTIVITY_QUANTILE));
         f.temporal_variation = sorted.relative_mad();
-        values.clear();
-        values.extend(
-            sync_panes
-                .iter()
-                .filter(|p| p.activity[i].weight > 0.0)
-                .map(slide_mean),
-        );
+        let working = sync_panes.iter().filter(|p| p.activity[i].weight > 0.0);
+        let synced = values.fill(sync_panes.len(), working.map(slide_mean));
         let (var_sum, var_count) = devices
             .iter()
             .filter_map(|d| d.variance)
@@ -247,19 +235,50 @@ pub fn features(
             let device_var = var_sum / var_count as f64;
             let variation = device_var.sqrt() / mean;
             f.device_variation = Some(variation);
-            if values.len() >= 3 && var_count >= 2 && variation >= min_variation {
-                f.gang_synchrony = Some((population_variance(&values) / device_var).min(1.0));
+            if synced.len() >= 3 && var_count >= 2 && variation >= min_variation {
+                f.gang_synchrony = Some((population_variance(synced) / device_var).min(1.0));
             }
         }
     }
-    values.clear();
-    values.extend(devices.iter().map(|d| d.activity));
-    f.rank_spread = Sorted::new(&mut values).relative_mad();
+    let activity = values.fill(devices.len(), devices.iter().map(|d| d.activity));
+    f.rank_spread = Sorted::new(activity).relative_mad();
     f
 }
 
-/// Values of the panes or devices of one job, taken in turn (on the stack for most jobs).
-type Values = SmallVec<[f64; 64]>;
+/// Values of the panes or devices of one job, taken in turn: on the stack up to 64 (an hour of
+/// one-minute slides), else on the heap.
+struct Values {
+    stack: [f64; 64],
+    heap: Vec<f64>,
+}
+
+impl Values {
+    fn new() -> Values {
+        Values {
+            stack: [0.0; 64],
+            heap: Vec::new(),
+        }
+    }
+
+    /// The values `values` yields, at most `max`, in place of those before. Written into a
+    /// plain slice: extending a growable vector by a filtered iterator checks its capacity at
+    /// every value.
+    fn fill(&mut self, max: usize, values: impl Iterator<Item = f64>) -> &mut [f64] {
+        let room = match max <= self.stack.len() {
+            true => &mut self.stack[..max],
+            false => {
+                self.heap.resize(max, 0.0);
+                &mut self.heap[..]
+            }
+        };
+        let mut n = 0;
+        for (slot, v) in room.iter_mut().zip(values) {
+            *slot = v;
+            n += 1;
+        }
+        &mut room[..n]
+    }
+}
 
 fn population_variance(v: &[f64]) -> f64 {
     let n = v.len() as f64;
@@ -757,13 +776,13 @@ mod tests {
     proptest::proptest! {
         /// The order statistics read from one sort are statrs' own, to the bit: the median, the
         /// activity quantile, and the median absolute deviation over the median (with ties,
-        /// zeros, even and odd counts).
+        /// zeros, negative values, even and odd counts).
         #[test]
         fn sorted_statistics_are_statrs_statistics(
             values in proptest::collection::vec(
                 proptest::prop_oneof![
                     (0u32..12).prop_map(|x| x as f64 / 8.0),
-                    0.0f64..1000.0,
+                    -1000.0f64..1000.0,
                 ],
                 1..140,
             ),

@@ -2147,14 +2147,14 @@ impl Engine {
             DetectPane::default(),
         );
         let mut any = false;
+        let (window_part, after_part) = panes.split_at_mut(in_window);
         for job in jobs {
-            for (i, p) in job.detect.range(first, last) {
-                panes[(i - first) as usize].add(p);
+            job.detect.for_each_in(first, last, |i, p| {
+                window_part[(i - first) as usize].add(p);
                 any = true;
-            }
-            for (i, p) in job.detect.range(after, head) {
-                panes[in_window + (i - after) as usize].add(p);
-            }
+            });
+            let add_after = |i, p: &DetectPane| after_part[(i - after) as usize].add(p);
+            job.detect.for_each_in(after, head, add_after);
         }
         let window = match any {
             true => &panes[..in_window],

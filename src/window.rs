@@ -167,14 +167,39 @@ impl<T: Default + Clone> PaneRing<T> {
 
     /// Held panes with `first <= index <= last`, oldest first.
     pub fn range(&self, first: i64, last: i64) -> impl Iterator<Item = (i64, &T)> + '_ {
+        let (lo, from_slot, from_start, head) = self.parts(first, last);
+        let panes = from_slot.iter().chain(from_start).chain(head);
+        panes.zip(lo..).map(|(p, i)| (i, p))
+    }
+
+    /// Calls `f` with each held pane `first <= index <= last` and its index, oldest first: what
+    /// [`PaneRing::range`] yields, in a plain loop over each part (for reading every pane of a
+    /// long ring).
+    #[inline]
+    pub fn for_each_in(&self, first: i64, last: i64, mut f: impl FnMut(i64, &T)) {
+        let (mut i, from_slot, from_start, head) = self.parts(first, last);
+        for part in [from_slot, from_start] {
+            for p in part {
+                f(i, p);
+                i += 1;
+            }
+        }
+        if let Some(p) = head {
+            f(i, p);
+        }
+    }
+
+    /// Where the held panes `first <= index <= last` are: the index of the first of them, those
+    /// older than the head in two slices (from its slot in the array on, wrapping to the array's
+    /// start at most once; no division a pane), and the head if it is one of them.
+    #[inline]
+    fn parts(&self, first: i64, last: i64) -> (i64, &[T], &[T], Option<&T>) {
         let (lo, hi, stored) = if self.head == NEVER {
             (1, 0, 0)
         } else {
             let (lo, hi) = (first.max(self.start), last.min(self.head));
             (lo, hi, (hi.min(self.head - 1) - lo + 1).max(0) as usize)
         };
-        // The `stored` panes from `lo` on that are older than the head lie in the array from
-        // `lo`'s slot on, wrapping to its start at most once: two slices, no division per pane.
         let (from_slot, from_start) = if stored == 0 {
             (&[][..], &[][..])
         } else {
@@ -183,8 +208,7 @@ impl<T: Default + Clone> PaneRing<T> {
             (&self.panes[s..s + to_end], &self.panes[..stored - to_end])
         };
         let head = (lo <= hi && hi == self.head).then_some(&self.current);
-        let panes = from_slot.iter().chain(from_start).chain(head);
-        panes.zip(lo..).map(|(p, i)| (i, p))
+        (lo, from_slot, from_start, head)
     }
 
     /// Starts loading the pane array, which reading a range of panes touches.
@@ -529,6 +553,9 @@ mod tests {
                 // A part of it reads the same part of the map, each held index once, in order.
                 let part: Vec<(i64, u64)> = ring.range(first, first + span).map(|(i, v)| (i, *v)).collect();
                 proptest::prop_assert!(part.windows(2).all(|w| w[1].0 == w[0].0 + 1));
+                let mut visited = Vec::new();
+                ring.for_each_in(first, first + span, |i, v| visited.push((i, *v)));
+                proptest::prop_assert_eq!(&visited, &part);
                 let in_part: std::collections::BTreeMap<i64, u64> = model
                     .range(first..=first + span)
                     .map(|(i, v)| (*i, *v))
