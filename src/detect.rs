@@ -587,6 +587,8 @@ pub fn score(f: &Features, cfg: &DetectionConfig) -> Verdict {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn pane(accelerators: f32, signal: usize, activity: f32) -> DetectPane {
@@ -770,8 +772,6 @@ mod tests {
         );
         assert!(!v.suspects(cfg.score_threshold, cfg.resolve_below, true));
     }
-
-    use proptest::prelude::*;
 
     proptest::proptest! {
         /// The order statistics read from one sort are statrs' own, to the bit: the median, the

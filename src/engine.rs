@@ -2744,12 +2744,14 @@ mod tests {
             picks in proptest::collection::btree_set((0usize..4, 0usize..4), 1..16),
             starts in proptest::collection::vec(0i64..3, 16),
         ) {
-            // Tenants 2 and 3 belong to organisations; 0 and 1 are their own owners.
-            let org = |t: usize| (t >= 2).then(|| Name::from(["org-a", "org-b"][t % 2]));
-            let owner_hash = |t: usize| match org(t) {
-                Some(_) => (t % 2) as u64,
-                None => (t as u64 + 1) % 2,
+            // Tenant 0 is its own owner; tenant 2 belongs to org-a, tenants 1 and 3 to org-b,
+            // whose hash tenant 0 shares.
+            let org = |t: usize| match t {
+                0 => None,
+                2 => Some(Name::from("org-a")),
+                _ => Some(Name::from("org-b")),
             };
+            let owner_hash = |t: usize| u64::from(t != 2);
             let jobs: Vec<JobKey> = picks
                 .iter()
                 .map(|&(t, j)| JobKey {

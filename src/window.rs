@@ -551,7 +551,8 @@ mod tests {
                     .collect();
                 proptest::prop_assert_eq!(&held, &model);
                 // A part of it reads the same part of the map, each held index once, in order.
-                let part: Vec<(i64, u64)> = ring.range(first, first + span).map(|(i, v)| (i, *v)).collect();
+                let part: Vec<(i64, u64)> =
+                    ring.range(first, first + span).map(|(i, v)| (i, *v)).collect();
                 proptest::prop_assert!(part.windows(2).all(|w| w[1].0 == w[0].0 + 1));
                 let mut visited = Vec::new();
                 ring.for_each_in(first, first + span, |i, v| visited.push((i, *v)));
