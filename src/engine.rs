@@ -32,6 +32,7 @@ use crate::estimate::{Estimator, FlopEstimate, Usage};
 use crate::evidence::{Evidence, TrainingEvidence};
 use crate::footprint::{self, Footprint};
 use crate::join::{JoinBuffer, Reading};
+use crate::line_table::{self, LineTable};
 use crate::name::{Name, Names};
 use crate::prefetch;
 use crate::registry::{Effective, Registry};
@@ -108,17 +109,9 @@ pub const WARM_BATCH: usize = 32;
 /// Hash tables of the state: hashbrown's, for look-ups by borrowed names ([`Equivalent`]).
 type Table<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;
 
-/// The entry a look-up of `key` most likely ends at, located by its hash alone: names are not
-/// compared (so it may be another key, with the same 7-bit tag), and only the table's control
-/// bytes are read. For prefetching only.
-fn by_hash<'t, K, V, Q: std::hash::Hash + ?Sized>(
-    table: &'t Table<K, V>,
-    key: &Q,
-) -> Option<(&'t K, &'t V)> {
-    at_hash(table, table.hasher().hash_one(key))
-}
-
-/// [`by_hash`] of a key whose hash in `table` is known.
+/// The entry a look-up of a key of hash `hash` most likely ends at, located by its hash alone:
+/// names are not compared (so it may be another key, with the same 7-bit tag), and only the
+/// table's control bytes are read. For prefetching only.
 fn at_hash<K, V>(table: &Table<K, V>, hash: u64) -> Option<(&K, &V)> {
     table.raw_entry().from_hash(hash, |_| true)
 }
@@ -423,30 +416,113 @@ struct RegistryView {
     org: Option<Name>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// A job's state, laid out for the job table ([`JobTable`]): what every sample of the job updates
+/// comes first, so that with the key it lies in the entry's first five cache lines
+/// ([`JOB_HEAD_BYTES`]); what only evaluations read comes after. It is written to checkpoints
+/// field by field in the order of [`JobStateWire`], which this layout does not change.
+#[derive(Debug, Default)]
+#[repr(C)]
 struct JobState {
-    /// See [`RegistryView`].
-    #[serde(skip)]
+    account: Account,
+    series: SeriesTable<SeriesState>,
+    detect: PaneRing<DetectPane>,
+    /// Accelerator models seen (catalog index; `None` = unknown or unspecified) with sample counts;
+    /// the first inline, where every sample of a job of one model counts without touching another
+    /// allocation.
+    models: SmallVec<[(Option<u16>, u64); 1]>,
+    /// The engine's latest event time when the job's latest sample arrived: the partition's clock
+    /// of the job, one of the two that must agree before an ended job leaves state (see
+    /// `Engine::sweep`). Samples that arrive an hour late, from an exporter that lags the rest of
+    /// the partition, still belong to the job they name.
+    arrived_ms: i64,
+    max_concurrent: f32,
+    /// Listed in `State::touched_jobs`.
+    touched: bool,
+    // Read by evaluations only, from here on.
+    /// See [`RegistryView`] (not checkpointed).
     view: RegistryView,
+    score: f64,
+    suspected: bool,
+    /// Suspected of training at some time.
+    ever_suspected: bool,
+}
+
+/// The job table: entries on whole cache lines, a job's key first.
+type JobTable = LineTable<JobKey, JobState, ahash::RandomState>;
+
+/// Bytes from a job entry's start that a sample of the job reads and writes: its key and the
+/// fields of [`JobState`] before `view`. The warm prefetches only these.
+const JOB_HEAD_BYTES: usize = JobTable::head(std::mem::offset_of!(JobState, view));
+const _: () = assert!(
+    JOB_HEAD_BYTES <= 5 * 64,
+    "a sample's part of a job entry spans five lines"
+);
+
+/// [`JobState`] as checkpoints hold it: its fields in this order, whatever its layout.
+#[derive(Serialize)]
+struct JobStateWire<'a> {
+    account: &'a Account,
+    series: &'a SeriesTable<SeriesState>,
+    detect: &'a PaneRing<DetectPane>,
+    max_concurrent: f32,
+    score: f64,
+    suspected: bool,
+    ever_suspected: bool,
+    arrived_ms: i64,
+    touched: bool,
+    models: &'a SmallVec<[(Option<u16>, u64); 1]>,
+}
+
+/// [`JobStateWire`] as read back.
+#[derive(Deserialize)]
+struct JobStateRead {
     account: Account,
     series: SeriesTable<SeriesState>,
     detect: PaneRing<DetectPane>,
     max_concurrent: f32,
     score: f64,
     suspected: bool,
-    /// Suspected of training at some time.
     ever_suspected: bool,
-    /// The engine's latest event time when the job's latest sample arrived: the partition's clock
-    /// of the job, one of the two that must agree before an ended job leaves state (see
-    /// `Engine::sweep`). Samples that arrive an hour late, from an exporter that lags the rest of
-    /// the partition, still belong to the job they name.
     arrived_ms: i64,
-    /// Listed in `State::touched_jobs`.
     touched: bool,
-    /// Accelerator models seen (catalog index; `None` = unknown or unspecified) with sample counts;
-    /// the first inline, where every sample of a job of one model counts without touching another
-    /// allocation.
     models: SmallVec<[(Option<u16>, u64); 1]>,
+}
+
+impl Serialize for JobState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        JobStateWire {
+            account: &self.account,
+            series: &self.series,
+            detect: &self.detect,
+            max_concurrent: self.max_concurrent,
+            score: self.score,
+            suspected: self.suspected,
+            ever_suspected: self.ever_suspected,
+            arrived_ms: self.arrived_ms,
+            touched: self.touched,
+            models: &self.models,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = JobStateRead::deserialize(d)?;
+        Ok(JobState {
+            account: r.account,
+            series: r.series,
+            detect: r.detect,
+            models: r.models,
+            arrived_ms: r.arrived_ms,
+            max_concurrent: r.max_concurrent,
+            touched: r.touched,
+            view: RegistryView::default(),
+            score: r.score,
+            suspected: r.suspected,
+            ever_suspected: r.ever_suspected,
+        })
+    }
 }
 
 /// The window values of one key, in configured order (serialises as a JSON object).
@@ -575,7 +651,7 @@ pub struct State {
     #[serde(serialize_with = "serialize_tenants")]
     tenants: Table<Name, TenantState>,
     #[serde(serialize_with = "serialize_jobs")]
-    jobs: Table<JobKey, JobState>,
+    jobs: JobTable,
     max_event_ms: Option<i64>,
     /// Next detection boundary to evaluate at.
     next_tick_ms: i64,
@@ -599,23 +675,24 @@ pub struct State {
 /// otherwise waits for a cache miss at each of them in turn (a key's names, its window and
 /// detection rings, its series and their names). Sixteen entries ahead, `parts` prefetches what
 /// an entry points to; eight ahead, `parts_of_parts` what those point to in turn.
-fn serialize_prefetched<K: Serialize, V: Serialize, S: serde::Serializer>(
-    table: &Table<K, V>,
+fn serialize_prefetched<'t, K: Serialize + 't, V: Serialize + 't, S: serde::Serializer>(
+    entries: impl Iterator<Item = (&'t K, &'t V)> + Clone,
+    len: usize,
     s: S,
     parts: impl Fn(&K, &V),
     parts_of_parts: impl Fn(&V),
 ) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
-    let mut far = table.iter();
-    let mut near = table.iter();
+    let mut far = entries.clone();
+    let mut near = entries.clone();
     for (k, v) in far.by_ref().take(16) {
         parts(k, v);
     }
     for (_, v) in near.by_ref().take(8) {
         parts_of_parts(v);
     }
-    let mut map = s.serialize_map(Some(table.len()))?;
-    for (k, v) in table {
+    let mut map = s.serialize_map(Some(len))?;
+    for (k, v) in entries {
         if let Some((k, v)) = far.next() {
             parts(k, v);
         }
@@ -628,12 +705,10 @@ fn serialize_prefetched<K: Serialize, V: Serialize, S: serde::Serializer>(
 }
 
 /// The job table, as [`serialize_prefetched`].
-fn serialize_jobs<S: serde::Serializer>(
-    jobs: &Table<JobKey, JobState>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn serialize_jobs<S: serde::Serializer>(jobs: &JobTable, s: S) -> Result<S::Ok, S::Error> {
     serialize_prefetched(
-        jobs,
+        jobs.iter(),
+        jobs.len(),
         s,
         |k, j| j.prefetch_parts(k),
         JobState::prefetch_names_and_panes,
@@ -646,7 +721,8 @@ fn serialize_tenants<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     serialize_prefetched(
-        tenants,
+        tenants.iter(),
+        tenants.len(),
         s,
         |name, t| {
             name.prefetch();
@@ -1048,15 +1124,11 @@ impl Engine {
         let mut ahead = Ahead::new();
         for (i, k) in keys.iter().enumerate() {
             let hashes = self.prefetch_jobs(&keys, i, &mut ahead);
-            let owed = match self
+            let owed = self
                 .st
                 .jobs
-                .raw_entry_mut()
-                .from_key_hashed_nocheck(hashes.job, k)
-            {
-                RawEntryMut::Occupied(e) => e.into_mut().account.settle(&self.s),
-                RawEntryMut::Vacant(_) => None,
-            };
+                .get_hashed_mut(hashes.job, k)
+                .and_then(|j| j.account.settle(&self.s));
             if let Some(c) = owed {
                 self.credit_tenant(&k.tenant, hashes.tenant, c);
             }
@@ -1156,7 +1228,7 @@ impl Engine {
         for o in st.orgs.values() {
             f.organisation_bytes += o.account.windows.heap_bytes();
         }
-        f.job_bytes = footprint::table_of::<JobKey, JobState>(st.jobs.capacity());
+        f.job_bytes = footprint::table_bytes(st.jobs.capacity(), JobTable::SLOT_BYTES);
         for j in st.jobs.values() {
             f.job_bytes += j.account.windows.heap_bytes()
                 + j.detect.capacity() * std::mem::size_of::<DetectPane>()
@@ -1215,10 +1287,10 @@ impl Engine {
     pub fn locate(&self, s: &SampleRef<'_>) -> Located<'_> {
         let st = &self.st;
         let mut h = self.key_hashes(s);
-        let job = s.job.as_ref().and_then(|_| at_hash(&st.jobs, h.job));
-        if let Some((k, v)) = job {
-            prefetch::value(k);
-            prefetch::value(v);
+        let job = s.job.as_ref().and_then(|_| st.jobs.at_hash(h.job));
+        if let Some((k, _)) = job {
+            // The entry's part a sample reads, from the key on (`JOB_HEAD_BYTES`).
+            prefetch::range(k, JOB_HEAD_BYTES);
         }
         let tenant = match (&s.job, job) {
             (Some(_), Some(_)) => None,
@@ -1374,20 +1446,16 @@ impl Engine {
                 tenant: tenant_name,
                 job: j,
             };
-            match st
-                .jobs
-                .raw_entry_mut()
-                .from_key_hashed_nocheck(hashes.job, &r)
-            {
-                RawEntryMut::Occupied(e) => e.into_key_value(),
-                RawEntryMut::Vacant(e) => {
+            match st.jobs.entry(hashes.job, &r) {
+                line_table::Entry::Occupied(k, v) => (k, v),
+                line_table::Entry::Vacant(e) => {
                     let hash = tenant_hash_of(&st.tenants);
                     let (tenant, _) = tenant_entry(&mut st.tenants, names, hash, tenant_name);
                     let key = JobKey {
                         tenant: tenant.clone(),
                         job: names.name(j),
                     };
-                    e.insert_hashed_nocheck(hashes.job, key, JobState::default())
+                    e.insert(key, JobState::default())
                 }
             }
         });
@@ -1711,7 +1779,7 @@ impl Engine {
         if let Some(k) = jobs.get(i + Ahead::LOCATE) {
             let h = hashes(k);
             ahead.put(i + Ahead::LOCATE, h);
-            if let Some((_, j)) = at_hash(&self.st.jobs, h.job) {
+            if let Some((_, j)) = self.st.jobs.at_hash(h.job) {
                 prefetch::value(j);
             }
             if let Some((_, t)) = at_hash(&self.st.tenants, h.tenant) {
@@ -1720,7 +1788,7 @@ impl Engine {
         }
         if i + Ahead::LOAD < jobs.len() {
             let h = ahead.get(i + Ahead::LOAD);
-            if let Some((_, j)) = at_hash(&self.st.jobs, h.job) {
+            if let Some((_, j)) = self.st.jobs.at_hash(h.job) {
                 j.detect.prefetch();
                 j.series.prefetch_entries();
                 j.account.windows.prefetch();
@@ -1745,7 +1813,7 @@ impl Engine {
         // Two look-ups: the second, to update, comes after reading the job.
         let hash = hashes.job;
         debug_assert_eq!(hash, self.st.jobs.hasher().hash_one(k));
-        let found = self.st.jobs.raw_entry().from_key_hashed_nocheck(hash, k);
+        let found = self.st.jobs.get_hashed(hash, k);
         if touched && found.is_some_and(|(_, j)| !j.touched) {
             return None; // listed twice: evaluated already
         }
@@ -1798,15 +1866,11 @@ impl Engine {
                     max_concurrent: job.max_concurrent,
                 }
             });
-        let RawEntryMut::Occupied(entry) = self
+        let job = self
             .st
             .jobs
-            .raw_entry_mut()
-            .from_key_hashed_nocheck(hash, k)
-        else {
-            unreachable!("found above, and nothing was removed since");
-        };
-        let job = entry.into_mut();
+            .get_hashed_mut(hash, k)
+            .expect("found above, and nothing was removed since");
         job.touched = false;
         // What the job owes its tenant is settled before the tenants are evaluated (`Credit`).
         let owed = job.account.settle(&self.s);
@@ -1961,11 +2025,7 @@ impl Engine {
                 members.clear();
                 members.extend(owned[range.clone()].iter().filter_map(|c| {
                     let key = &jobs[c.job as usize];
-                    let found = self
-                        .st
-                        .jobs
-                        .raw_entry()
-                        .from_key_hashed_nocheck(c.table_hash, key);
+                    let found = self.st.jobs.get_hashed(c.table_hash, key);
                     found.map(|(_, j)| (key, j))
                 }));
                 states.clear();
@@ -2027,7 +2087,7 @@ impl Engine {
         cohorts: &[std::ops::Range<usize>],
         i: usize,
     ) {
-        let entry = |c: &GroupCandidate| at_hash(&self.st.jobs, c.table_hash).map(|(_, j)| j);
+        let entry = |c: &GroupCandidate| self.st.jobs.at_hash(c.table_hash).map(|(_, j)| j);
         if let Some(r) = cohorts.get(i + 8) {
             for j in owned[r.clone()].iter().filter_map(entry) {
                 prefetch::value(j);
@@ -2641,7 +2701,11 @@ impl Engine {
         let mut owed = Owed::default();
         let keys = &self.st.touched_jobs;
         for (i, k) in keys.iter().enumerate() {
-            if let Some((_, j)) = keys.get(i + 8).and_then(|k| by_hash(&self.st.jobs, k)) {
+            let jobs = &self.st.jobs;
+            if let Some((_, j)) = keys
+                .get(i + 8)
+                .and_then(|k| jobs.at_hash(jobs.hasher().hash_one(k)))
+            {
                 prefetch::value(j);
             }
             let Some(c) = self.st.jobs.get(k).and_then(|j| j.account.owed()) else {
@@ -2851,7 +2915,7 @@ mod tests {
 
     #[test]
     fn the_job_and_tenant_tables_serialize_as_serdes_maps_of_them_do() {
-        struct Prefetched<'a>(&'a Table<JobKey, JobState>);
+        struct Prefetched<'a>(&'a JobTable);
         impl Serialize for Prefetched<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 serialize_jobs(self.0, s)

@@ -61,6 +61,7 @@ pub mod http;
 pub mod join;
 pub mod kafka;
 pub mod labels;
+pub mod line_table;
 pub mod metrics;
 pub mod name;
 pub mod otlp;

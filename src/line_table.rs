@@ -1,0 +1,315 @@
+//! A hash map whose entries each start on a cache line, the key first and the value right after
+//! it, so that what a look-up and an update read can be laid out to touch as few lines as an
+//! entry allows.
+//!
+//! A hashbrown map stores each entry as a `(K, V)` tuple, packed: at fleet scale an entry of
+//! 368 bytes starts anywhere in a line and spans six or seven lines, and the tuple's field order
+//! is the compiler's. Here an entry is a `#[repr(C, align(64))]` slot: the key at its first byte,
+//! the value at `size_of::<K>()` (keys here are a multiple of the value's alignment), and the slot
+//! padded to whole lines. A value type that is itself `#[repr(C)]` and puts the fields every update
+//! touches first has them in the slot's first lines ([`LineTable::head`] names how many bytes);
+//! the rest of the slot is read only when that rest is.
+//!
+//! The map serializes as a map of keys to values, exactly as serde's map of the same entries in
+//! the same order does, so a checkpoint's encoding does not depend on the layout.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::marker::PhantomData;
+
+use hashbrown::{Equivalent, HashTable};
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// One entry: its key, then its value, on whole cache lines.
+#[repr(C, align(64))]
+struct Slot<K, V> {
+    key: K,
+    value: V,
+}
+
+/// A map of `K` to `V` with cache-line-aligned entries (see the module's documentation), hashed
+/// by `S`.
+pub struct LineTable<K, V, S> {
+    table: HashTable<Slot<K, V>>,
+    hasher: S,
+}
+
+impl<K, V, S: Default> Default for LineTable<K, V, S> {
+    fn default() -> Self {
+        LineTable {
+            table: HashTable::new(),
+            hasher: S::default(),
+        }
+    }
+}
+
+impl<K: fmt::Debug, V: fmt::Debug, S> fmt::Debug for LineTable<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// What [`LineTable::entry`] found.
+pub enum Entry<'t, K, V> {
+    Occupied(&'t K, &'t mut V),
+    Vacant(VacantEntry<'t, K, V>),
+}
+
+/// Where [`LineTable::entry`] would insert a key it did not find.
+pub struct VacantEntry<'t, K, V> {
+    entry: hashbrown::hash_table::VacantEntry<'t, Slot<K, V>>,
+}
+
+impl<'t, K, V> VacantEntry<'t, K, V> {
+    /// Inserts `key` (which must hash and compare as the key looked up) with `value`.
+    pub fn insert(self, key: K, value: V) -> (&'t K, &'t mut V) {
+        let slot = self.entry.insert(Slot { key, value }).into_mut();
+        (&slot.key, &mut slot.value)
+    }
+}
+
+impl<K, V, S> LineTable<K, V, S> {
+    /// Bytes of each entry in the table: the key, the value and the padding to whole lines.
+    pub const SLOT_BYTES: usize = std::mem::size_of::<Slot<K, V>>();
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
+    pub fn hasher(&self) -> &S {
+        &self.hasher
+    }
+
+    /// Bytes from an entry's start that hold its key and the first `value_bytes` bytes of its
+    /// value: the span to prefetch for what an update reads there.
+    pub const fn head(value_bytes: usize) -> usize {
+        std::mem::offset_of!(Slot<K, V>, value) + value_bytes
+    }
+
+    /// The entries in the table's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + Clone + '_ {
+        self.table.iter().map(|s| (&s.key, &s.value))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> + '_ {
+        self.table.iter_mut().map(|s| (&s.key, &mut s.value))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
+        self.table.iter().map(|s| &s.key)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
+        self.table.iter().map(|s| &s.value)
+    }
+
+    /// The entry a look-up of a key of hash `hash` most likely ends at, by its hash alone: keys
+    /// are not compared (so it may be another key's, with the same 7-bit tag), and only the
+    /// table's control bytes are read. For prefetching only.
+    pub fn at_hash(&self, hash: u64) -> Option<(&K, &V)> {
+        self.table.find(hash, |_| true).map(|s| (&s.key, &s.value))
+    }
+
+    /// The entry of a key `key` whose hash is `hash`.
+    pub fn get_hashed<Q: Equivalent<K> + ?Sized>(&self, hash: u64, key: &Q) -> Option<(&K, &V)> {
+        self.table
+            .find(hash, |s| key.equivalent(&s.key))
+            .map(|s| (&s.key, &s.value))
+    }
+
+    /// The value of a key `key` whose hash is `hash`, to change.
+    pub fn get_hashed_mut<Q: Equivalent<K> + ?Sized>(
+        &mut self,
+        hash: u64,
+        key: &Q,
+    ) -> Option<&mut V> {
+        self.table
+            .find_mut(hash, |s| key.equivalent(&s.key))
+            .map(|s| &mut s.value)
+    }
+}
+
+impl<K: Hash, V, S: BuildHasher> LineTable<K, V, S> {
+    pub fn get<Q: Equivalent<K> + Hash + ?Sized>(&self, key: &Q) -> Option<&V> {
+        self.get_hashed(self.hasher.hash_one(key), key)
+            .map(|(_, v)| v)
+    }
+
+    /// The entry of `key`, whose hash is `hash`, or where to insert it.
+    pub fn entry<Q: Equivalent<K> + ?Sized>(&mut self, hash: u64, key: &Q) -> Entry<'_, K, V> {
+        let hasher = &self.hasher;
+        match self.table.entry(
+            hash,
+            |s| key.equivalent(&s.key),
+            |s| hasher.hash_one(&s.key),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(o) => {
+                let slot = o.into_mut();
+                Entry::Occupied(&slot.key, &mut slot.value)
+            }
+            hashbrown::hash_table::Entry::Vacant(entry) => Entry::Vacant(VacantEntry { entry }),
+        }
+    }
+
+    /// Inserts `key` with `value`, replacing (and returning) the value it had.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V>
+    where
+        K: Eq,
+    {
+        let hash = self.hasher.hash_one(&key);
+        let hasher = &self.hasher;
+        match self
+            .table
+            .entry(hash, |s| s.key == key, |s| hasher.hash_one(&s.key))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                Some(std::mem::replace(&mut o.get_mut().value, value))
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(Slot { key, value });
+                None
+            }
+        }
+    }
+
+    pub fn remove<Q: Equivalent<K> + Hash + ?Sized>(&mut self, key: &Q) -> Option<V> {
+        let hash = self.hasher.hash_one(key);
+        self.table
+            .find_entry(hash, |s| key.equivalent(&s.key))
+            .ok()
+            .map(|o| o.remove().0.value)
+    }
+}
+
+impl<K: Serialize, V: Serialize, S> Serialize for LineTable<K, V, S> {
+    fn serialize<Sr: Serializer>(&self, s: Sr) -> Result<Sr::Ok, Sr::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de, K, V, S> Deserialize<'de> for LineTable<K, V, S>
+where
+    K: Deserialize<'de> + Hash + Eq,
+    V: Deserialize<'de>,
+    S: BuildHasher + Default,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MapVisitor<K, V, S>(PhantomData<(K, V, S)>);
+        impl<'de, K, V, S> Visitor<'de> for MapVisitor<K, V, S>
+        where
+            K: Deserialize<'de> + Hash + Eq,
+            V: Deserialize<'de>,
+            S: BuildHasher + Default,
+        {
+            type Value = LineTable<K, V, S>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut t = LineTable::<K, V, S>::default();
+                // As serde's maps do: the size hint is trusted only up to a bound.
+                let hasher = &t.hasher;
+                t.table
+                    .reserve(map.size_hint().unwrap_or(0).min(4096), |s| {
+                        hasher.hash_one(&s.key)
+                    });
+                while let Some((k, v)) = map.next_entry()? {
+                    t.insert(k, v);
+                }
+                Ok(t)
+            }
+        }
+        d.deserialize_map(MapVisitor(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Map = LineTable<String, [u64; 5], ahash::RandomState>;
+
+    #[test]
+    fn every_entry_starts_on_a_line_with_its_key_first() {
+        let mut m = Map::default();
+        for i in 0..1000u64 {
+            m.insert(format!("key-{i}"), [i; 5]);
+        }
+        assert_eq!(Map::SLOT_BYTES % 64, 0);
+        assert_eq!(Map::head(0), std::mem::size_of::<String>());
+        for (k, v) in m.iter() {
+            assert_eq!(k as *const String as usize % 64, 0, "{k} off a line");
+            assert_eq!(
+                v as *const [u64; 5] as usize - k as *const String as usize,
+                Map::head(0)
+            );
+        }
+    }
+
+    #[test]
+    fn inserts_finds_replaces_and_removes_as_a_map() {
+        let mut m = Map::default();
+        let mut model = std::collections::HashMap::new();
+        for i in 0..3000u64 {
+            let k = format!("key-{}", i % 1700);
+            assert_eq!(m.insert(k.clone(), [i; 5]), model.insert(k, [i; 5]));
+            if i % 7 == 0 {
+                let gone = format!("key-{}", i % 300);
+                assert_eq!(m.remove(gone.as_str()), model.remove(&gone));
+            }
+        }
+        assert_eq!(m.len(), model.len());
+        for (k, v) in &model {
+            assert_eq!(m.get(k.as_str()), Some(v));
+            let hash = m.hasher().hash_one(k.as_str());
+            assert_eq!(m.get_hashed(hash, k.as_str()).map(|(_, v)| v), Some(v));
+            match m.entry(hash, k.as_str()) {
+                Entry::Occupied(key, value) => assert_eq!((key, &*value), (k, v)),
+                Entry::Vacant(_) => panic!("{k} not found by its entry"),
+            }
+        }
+        assert_eq!(m.get("key-1700"), None);
+        let hash = m.hasher().hash_one("new");
+        match m.entry(hash, "new") {
+            Entry::Occupied(..) => panic!("found a key never inserted"),
+            Entry::Vacant(v) => {
+                v.insert("new".to_string(), [7; 5]);
+            }
+        }
+        assert_eq!(m.get("new"), Some(&[7; 5]));
+    }
+
+    #[test]
+    fn serializes_as_a_map_of_its_entries_and_reads_back() {
+        let mut m = Map::default();
+        for i in 0..100u64 {
+            m.insert(format!("key-{i}"), [i, i + 1, 0, 0, 9]);
+        }
+        let entries: Vec<(&String, &[u64; 5])> = m.iter().collect();
+        let as_map = serde_json::to_string(&m).unwrap();
+        let mut expected = serde_json::Map::new();
+        for (k, v) in &entries {
+            expected.insert((*k).clone(), serde_json::to_value(v).unwrap());
+        }
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&as_map).unwrap(),
+            serde_json::Value::Object(expected)
+        );
+        let back: Map = serde_json::from_str(&as_map).unwrap();
+        assert_eq!(back.len(), 100);
+        for (k, v) in entries {
+            assert_eq!(back.get(k.as_str()), Some(v));
+        }
+    }
+}
