@@ -63,6 +63,7 @@ pub struct VacantEntry<'t, K, V> {
 
 impl<'t, K, V> VacantEntry<'t, K, V> {
     /// Inserts `key` (which must hash and compare as the key looked up) with `value`.
+    #[inline]
     pub fn insert(self, key: K, value: V) -> (&'t K, &'t mut V) {
         let slot = self.entry.insert(Slot { key, value }).into_mut();
         (&slot.key, &mut slot.value)
@@ -73,41 +74,50 @@ impl<K, V, S> LineTable<K, V, S> {
     /// Bytes of each entry in the table: the key, the value and the padding to whole lines.
     pub const SLOT_BYTES: usize = std::mem::size_of::<Slot<K, V>>();
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.table.len()
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
 
+    #[inline]
     pub fn capacity(&self) -> usize {
         self.table.capacity()
     }
 
+    #[inline]
     pub fn hasher(&self) -> &S {
         &self.hasher
     }
 
     /// Bytes from an entry's start that hold its key and the first `value_bytes` bytes of its
     /// value: the span to prefetch for what an update reads there.
+    #[inline]
     pub const fn head(value_bytes: usize) -> usize {
         std::mem::offset_of!(Slot<K, V>, value) + value_bytes
     }
 
     /// The entries in the table's order.
+    #[inline]
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + Clone + '_ {
         self.table.iter().map(|s| (&s.key, &s.value))
     }
 
+    #[inline]
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> + '_ {
         self.table.iter_mut().map(|s| (&s.key, &mut s.value))
     }
 
+    #[inline]
     pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
         self.table.iter().map(|s| &s.key)
     }
 
+    #[inline]
     pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
         self.table.iter().map(|s| &s.value)
     }
@@ -115,11 +125,13 @@ impl<K, V, S> LineTable<K, V, S> {
     /// The entry a look-up of a key of hash `hash` most likely ends at, by its hash alone: keys
     /// are not compared (so it may be another key's, with the same 7-bit tag), and only the
     /// table's control bytes are read. For prefetching only.
+    #[inline]
     pub fn at_hash(&self, hash: u64) -> Option<(&K, &V)> {
         self.table.find(hash, |_| true).map(|s| (&s.key, &s.value))
     }
 
     /// The entry of a key `key` whose hash is `hash`.
+    #[inline]
     pub fn get_hashed<Q: Equivalent<K> + ?Sized>(&self, hash: u64, key: &Q) -> Option<(&K, &V)> {
         self.table
             .find(hash, |s| key.equivalent(&s.key))
@@ -127,6 +139,7 @@ impl<K, V, S> LineTable<K, V, S> {
     }
 
     /// The value of a key `key` whose hash is `hash`, to change.
+    #[inline]
     pub fn get_hashed_mut<Q: Equivalent<K> + ?Sized>(
         &mut self,
         hash: u64,
@@ -139,12 +152,14 @@ impl<K, V, S> LineTable<K, V, S> {
 }
 
 impl<K: Hash, V, S: BuildHasher> LineTable<K, V, S> {
+    #[inline]
     pub fn get<Q: Equivalent<K> + Hash + ?Sized>(&self, key: &Q) -> Option<&V> {
         self.get_hashed(self.hasher.hash_one(key), key)
             .map(|(_, v)| v)
     }
 
     /// The entry of `key`, whose hash is `hash`, or where to insert it.
+    #[inline]
     pub fn entry<Q: Equivalent<K> + ?Sized>(&mut self, hash: u64, key: &Q) -> Entry<'_, K, V> {
         let hasher = &self.hasher;
         match self.table.entry(
@@ -161,6 +176,7 @@ impl<K: Hash, V, S: BuildHasher> LineTable<K, V, S> {
     }
 
     /// Inserts `key` with `value`, replacing (and returning) the value it had.
+    #[inline]
     pub fn insert(&mut self, key: K, value: V) -> Option<V>
     where
         K: Eq,
@@ -181,6 +197,7 @@ impl<K: Hash, V, S: BuildHasher> LineTable<K, V, S> {
         }
     }
 
+    #[inline]
     pub fn remove<Q: Equivalent<K> + Hash + ?Sized>(&mut self, key: &Q) -> Option<V> {
         let hash = self.hasher.hash_one(key);
         self.table
