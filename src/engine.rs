@@ -460,6 +460,7 @@ const _: () = assert!(
 
 /// [`JobState`] as checkpoints hold it: its fields in this order, whatever its layout.
 #[derive(Serialize)]
+#[serde(rename = "JobState")]
 struct JobStateWire<'a> {
     account: &'a Account,
     series: &'a SeriesTable<SeriesState>,
@@ -475,6 +476,7 @@ struct JobStateWire<'a> {
 
 /// [`JobStateWire`] as read back.
 #[derive(Deserialize)]
+#[serde(rename = "JobState")]
 struct JobStateRead {
     account: Account,
     series: SeriesTable<SeriesState>,
