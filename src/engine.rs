@@ -2916,6 +2916,39 @@ mod tests {
     }
 
     #[test]
+    fn a_job_state_reads_back_field_by_field_whatever_its_layout() {
+        use bincode::Options as _;
+        let mut e = engine();
+        for gpu in 0..3 {
+            e.apply(&gpu_sample(60_000, "job", gpu));
+        }
+        let (_, job) = e.st.jobs.iter_mut().next().unwrap();
+        // Every scalar distinct from its default and from its neighbours in the checkpoint.
+        job.max_concurrent = 3.5;
+        job.score = 0.25;
+        job.suspected = true;
+        job.ever_suspected = false;
+        job.arrived_ms = 77;
+        job.touched = true;
+        job.models.push((Some(2), 9));
+        let job = &*job;
+        let back: JobState = crate::checkpoint::opts()
+            .deserialize(&bincode_of(job))
+            .unwrap();
+        assert_eq!(back.max_concurrent, 3.5);
+        assert_eq!(back.score, 0.25);
+        assert!(back.suspected && !back.ever_suspected && back.touched);
+        assert_eq!(back.arrived_ms, 77);
+        assert_eq!(back.models.as_slice(), job.models.as_slice());
+        assert_eq!(back.series.len(), 3);
+        assert_eq!(
+            (back.account.first_ts, back.account.last_ts),
+            (job.account.first_ts, job.account.last_ts)
+        );
+        assert_eq!(bincode_of(&back), bincode_of(job));
+    }
+
+    #[test]
     fn the_job_and_tenant_tables_serialize_as_serdes_maps_of_them_do() {
         struct Prefetched<'a>(&'a JobTable);
         impl Serialize for Prefetched<'_> {

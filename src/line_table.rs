@@ -2,13 +2,13 @@
 //! it, so that what a look-up and an update read can be laid out to touch as few lines as an
 //! entry allows.
 //!
-//! A hashbrown map stores each entry as a `(K, V)` tuple, packed: at fleet scale an entry of
-//! 368 bytes starts anywhere in a line and spans six or seven lines, and the tuple's field order
-//! is the compiler's. Here an entry is a `#[repr(C, align(64))]` slot: the key at its first byte,
-//! the value at `size_of::<K>()` (keys here are a multiple of the value's alignment), and the slot
-//! padded to whole lines. A value type that is itself `#[repr(C)]` and puts the fields every update
-//! touches first has them in the slot's first lines ([`LineTable::head`] names how many bytes);
-//! the rest of the slot is read only when that rest is.
+//! A hashbrown map stores each entry as a packed `(K, V)` tuple, in an order the compiler picks: a
+//! job's 368-byte entry starts anywhere in a cache line and spans six or seven lines, all of which
+//! a sample that reads 309 bytes of it loads. Here an entry is a `#[repr(C, align(64))]` slot: the
+//! key at its first byte, the value right after it, and the slot padded to whole lines. A value
+//! type that is itself `#[repr(C)]` and puts the fields every update touches first has them in the
+//! slot's first lines ([`LineTable::head`] gives how many bytes from the slot's start); the rest of
+//! the slot is loaded only when it is read.
 //!
 //! The map serializes as a map of keys to values, exactly as serde's map of the same entries in
 //! the same order does, so a checkpoint's encoding does not depend on the layout.
