@@ -106,15 +106,9 @@ impl Equivalent<JobKey> for JobRef<'_> {
 /// located entries by hash alone; since, 32 is up to 5% faster than 16 (BENCHMARKS.md).
 pub const WARM_BATCH: usize = 32;
 
-/// Hash tables of the state: hashbrown's, for look-ups by borrowed names ([`Equivalent`]).
+/// The organisation table: hashbrown's, for look-ups by borrowed names ([`Equivalent`]). (Jobs and
+/// tenants, which samples reach at random, have tables of whole cache lines: [`LineTable`].)
 type Table<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;
-
-/// The entry a look-up of a key of hash `hash` most likely ends at, located by its hash alone:
-/// names are not compared (so it may be another key, with the same 7-bit tag), and only the
-/// table's control bytes are read. For prefetching only.
-fn at_hash<K, V>(table: &Table<K, V>, hash: u64) -> Option<(&K, &V)> {
-    table.raw_entry().from_hash(hash, |_| true)
-}
 
 /// Where a sample's keys lie in the engine's tables: the hashes of its job (if it names one), its
 /// series and, for a sample of no job or of a job not seen yet, its tenant, computed once when its
@@ -130,7 +124,7 @@ pub struct KeyHashes {
 }
 
 /// The hash of tenant `name` in `tenants`.
-fn tenant_hash(tenants: &Table<Name, TenantState>, name: &str) -> u64 {
+fn tenant_hash(tenants: &TenantTable, name: &str) -> u64 {
     tenants.hasher().hash_one(name)
 }
 
@@ -364,25 +358,91 @@ impl Credit {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// A tenant's state, laid out for the tenant table ([`TenantTable`]): what a job's sample or
+/// credit reaching the tenant reads comes first, so that with the key it lies in the entry's first
+/// three cache lines ([`TENANT_HEAD_BYTES`]); the series of the tenant's own samples come after.
+/// It is written to checkpoints in the order of [`TenantStateWire`], which this layout does not
+/// change.
+#[derive(Debug, Default)]
+#[repr(C)]
 struct TenantState {
     /// Its own samples (of no job) as they come, and its jobs' as they credit it ([`Credit`]).
     account: Account,
-    /// Series of samples that name no job.
-    series: SeriesTable<SeriesState>,
+    /// Its organisation in the registry (the key of `State::orgs`), as resolved under the registry
+    /// `org_epoch` names: looked up again once the engine's registry changes, not per sample.
+    /// Not checkpointed (a restored tenant resolves it again).
+    org: Option<Name>,
+    org_epoch: u32,
     /// Idle for longer than every window: windows and series were freed, the lifetime is kept.
     dormant: bool,
     /// One of its jobs, or a group of them, has been suspected of training.
     training: bool,
     /// Listed in `State::touched_tenants`.
     touched: bool,
-    /// Its organisation in the registry (the key of `State::orgs`), as resolved under the registry
-    /// `org_epoch` names: looked up again once the engine's registry changes, not per sample.
-    /// Not checkpointed (a restored tenant resolves it again).
-    #[serde(skip)]
-    org: Option<Name>,
-    #[serde(skip)]
-    org_epoch: u32,
+    // Read by the tenant's own samples (and the sweep) only, from here on.
+    /// Series of samples that name no job.
+    series: SeriesTable<SeriesState>,
+}
+
+/// The tenant table: entries on whole cache lines, a tenant's name first.
+type TenantTable = LineTable<Name, TenantState, ahash::RandomState>;
+
+/// Bytes from a tenant entry's start that a job's sample or credit reaches: its name and the
+/// fields of [`TenantState`] before `series`.
+const TENANT_HEAD_BYTES: usize = TenantTable::head(std::mem::offset_of!(TenantState, series));
+const _: () = assert!(
+    TENANT_HEAD_BYTES <= 3 * 64,
+    "what a job brings a tenant spans three lines of its entry"
+);
+
+/// [`TenantState`] as checkpoints hold it: its fields in this order, whatever its layout.
+#[derive(Serialize)]
+#[serde(rename = "TenantState")]
+struct TenantStateWire<'a> {
+    account: &'a Account,
+    series: &'a SeriesTable<SeriesState>,
+    dormant: bool,
+    training: bool,
+    touched: bool,
+}
+
+/// [`TenantStateWire`] as read back.
+#[derive(Deserialize)]
+#[serde(rename = "TenantState")]
+struct TenantStateRead {
+    account: Account,
+    series: SeriesTable<SeriesState>,
+    dormant: bool,
+    training: bool,
+    touched: bool,
+}
+
+impl Serialize for TenantState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        TenantStateWire {
+            account: &self.account,
+            series: &self.series,
+            dormant: self.dormant,
+            training: self.training,
+            touched: self.touched,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TenantState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = TenantStateRead::deserialize(d)?;
+        Ok(TenantState {
+            account: r.account,
+            org: None,
+            org_epoch: 0,
+            dormant: r.dormant,
+            training: r.training,
+            touched: r.touched,
+            series: r.series,
+        })
+    }
 }
 
 /// An organisation of the tenant registry: the sum of its tenants' samples since the registry
@@ -651,7 +711,7 @@ pub struct State {
     #[serde(skip)]
     names: Names,
     #[serde(serialize_with = "serialize_tenants")]
-    tenants: Table<Name, TenantState>,
+    tenants: TenantTable,
     #[serde(serialize_with = "serialize_jobs")]
     jobs: JobTable,
     max_event_ms: Option<i64>,
@@ -718,10 +778,7 @@ fn serialize_jobs<S: serde::Serializer>(jobs: &JobTable, s: S) -> Result<S::Ok, 
 }
 
 /// The tenant table, as [`serialize_prefetched`].
-fn serialize_tenants<S: serde::Serializer>(
-    tenants: &Table<Name, TenantState>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn serialize_tenants<S: serde::Serializer>(tenants: &TenantTable, s: S) -> Result<S::Ok, S::Error> {
     serialize_prefetched(
         tenants.iter(),
         tenants.len(),
@@ -990,18 +1047,15 @@ fn keep_storage<T>(list: &mut Vec<T>, mut used: Vec<T>) {
 
 /// The entry of tenant `name` (hashed `hash` in `tenants`), made if there is none.
 fn tenant_entry<'t>(
-    tenants: &'t mut Table<Name, TenantState>,
+    tenants: &'t mut TenantTable,
     names: &mut Names,
     hash: u64,
     name: &str,
 ) -> (&'t Name, &'t mut TenantState) {
-    let (k, v) = match tenants.raw_entry_mut().from_key_hashed_nocheck(hash, name) {
-        RawEntryMut::Occupied(e) => e.into_key_value(),
-        RawEntryMut::Vacant(e) => {
-            e.insert_hashed_nocheck(hash, names.name(name), TenantState::default())
-        }
-    };
-    (k, v)
+    match tenants.entry(hash, name) {
+        line_table::Entry::Occupied(k, v) => (k, v),
+        line_table::Entry::Vacant(e) => e.insert(names.name(name), TenantState::default()),
+    }
 }
 
 /// What reaching a tenant and its organisation reads of the engine besides its state.
@@ -1220,7 +1274,7 @@ impl Engine {
             jobs: st.jobs.len(),
             ..Footprint::default()
         };
-        f.tenant_bytes = footprint::table_of::<Name, TenantState>(st.tenants.capacity());
+        f.tenant_bytes = footprint::table_bytes(st.tenants.capacity(), TenantTable::SLOT_BYTES);
         for t in st.tenants.values() {
             f.tenant_bytes += t.account.windows.heap_bytes();
             f.series += t.series.len();
@@ -1274,7 +1328,7 @@ impl Engine {
     /// The warm of a batch of samples starts loading what applying them will touch (their
     /// tenants, jobs and series and the window rings of each), without waiting for any of it, so
     /// that their cache misses overlap. It changes nothing, and works in passes, each reading only
-    /// what the pass before prefetched: entries are located by hash alone (`at_hash`: names are
+    /// what the pass before prefetched: entries are located by hash alone (`LineTable::at_hash`: names are
     /// not compared, a wrong guess only costs a useless prefetch), then read for the addresses of
     /// their long names (names held inline come with the entry), rings and series, then the
     /// series are located and prefetched the same way.
@@ -1300,7 +1354,7 @@ impl Engine {
                 let hash = *h
                     .tenant
                     .get_or_insert_with(|| tenant_hash(&st.tenants, &s.tenant));
-                at_hash(&st.tenants, hash)
+                st.tenants.at_hash(hash)
             }
         };
         if let Some((k, v)) = tenant {
@@ -1352,10 +1406,9 @@ impl Engine {
                 if !v.touched || moves {
                     // The job found by hash alone may be another: its tenant's hash serves to
                     // prefetch, and is not kept for the sample.
-                    l.tenant = at_hash(&st.tenants, tenant_hash(&st.tenants, &k.tenant));
-                    if let Some((k, v)) = l.tenant {
-                        prefetch::value(k);
-                        prefetch::value(v);
+                    l.tenant = st.tenants.at_hash(tenant_hash(&st.tenants, &k.tenant));
+                    if let Some((k, _)) = l.tenant {
+                        prefetch::range(k, TENANT_HEAD_BYTES);
                     }
                 }
             }
@@ -1438,7 +1491,7 @@ impl Engine {
         let st = &mut self.st;
         let names = &mut self.names;
         let tenant_name: &str = &sample.tenant;
-        let tenant_hash_of = |tenants: &Table<Name, TenantState>| {
+        let tenant_hash_of = |tenants: &TenantTable| {
             hashes
                 .tenant
                 .unwrap_or_else(|| tenant_hash(tenants, tenant_name))
@@ -1760,7 +1813,7 @@ impl Engine {
     /// Starts loading what evaluating the jobs after `jobs[i]` reads, which lie in arrival order
     /// and so at random in memory: the long names of the job 16 places ahead (hashing and comparing
     /// a key reads them), the table entries of the one 8 ahead and of its tenant (located by hash
-    /// alone, [`at_hash`]), and the detection panes, series and window rings of the one 4 ahead
+    /// alone, [`LineTable::at_hash`]), and the detection panes, series and window rings of the one 4 ahead
     /// and its tenant's window rings (settling what the job owes writes both). Each job's hashes
     /// are computed once, 8 places ahead, and kept in `ahead` for the passes after; returns those
     /// of `jobs[i]`. `i` counts up from 0 by one, with the same `ahead`.
@@ -1784,8 +1837,8 @@ impl Engine {
             if let Some((_, j)) = self.st.jobs.at_hash(h.job) {
                 prefetch::value(j);
             }
-            if let Some((_, t)) = at_hash(&self.st.tenants, h.tenant) {
-                prefetch::value(t);
+            if let Some((k, _)) = self.st.tenants.at_hash(h.tenant) {
+                prefetch::range(k, TENANT_HEAD_BYTES);
             }
         }
         if i + Ahead::LOAD < jobs.len() {
@@ -1795,7 +1848,7 @@ impl Engine {
                 j.series.prefetch_entries();
                 j.account.windows.prefetch();
             }
-            if let Some((_, t)) = at_hash(&self.st.tenants, h.tenant) {
+            if let Some((_, t)) = self.st.tenants.at_hash(h.tenant) {
                 t.account.windows.prefetch();
             }
         }
@@ -2916,7 +2969,7 @@ mod tests {
     }
 
     #[test]
-    fn a_job_state_reads_back_field_by_field_whatever_its_layout() {
+    fn job_and_tenant_states_read_back_field_by_field_whatever_their_layout() {
         use bincode::Options as _;
         let mut e = engine();
         for gpu in 0..3 {
@@ -2946,6 +2999,18 @@ mod tests {
             (job.account.first_ts, job.account.last_ts)
         );
         assert_eq!(bincode_of(&back), bincode_of(job));
+
+        let tenant = e.st.tenants.get_mut("acme").unwrap();
+        tenant.dormant = true;
+        tenant.training = false;
+        tenant.touched = true;
+        let tenant = &*tenant;
+        let back: TenantState = crate::checkpoint::opts()
+            .deserialize(&bincode_of(tenant))
+            .unwrap();
+        assert!(back.dormant && !back.training && back.touched);
+        assert_eq!(back.account.lifetime, tenant.account.lifetime);
+        assert_eq!(bincode_of(&back), bincode_of(tenant));
     }
 
     #[test]
@@ -2956,7 +3021,7 @@ mod tests {
                 serialize_jobs(self.0, s)
             }
         }
-        struct PrefetchedTenants<'a>(&'a Table<Name, TenantState>);
+        struct PrefetchedTenants<'a>(&'a TenantTable);
         impl Serialize for PrefetchedTenants<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 serialize_tenants(self.0, s)

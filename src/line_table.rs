@@ -118,6 +118,11 @@ impl<K, V, S> LineTable<K, V, S> {
     }
 
     #[inline]
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> + '_ {
+        self.table.iter_mut().map(|s| &mut s.value)
+    }
+
+    #[inline]
     pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
         self.table.iter().map(|s| &s.value)
     }
@@ -156,6 +161,16 @@ impl<K: Hash, V, S: BuildHasher> LineTable<K, V, S> {
     pub fn get<Q: Equivalent<K> + Hash + ?Sized>(&self, key: &Q) -> Option<&V> {
         self.get_hashed(self.hasher.hash_one(key), key)
             .map(|(_, v)| v)
+    }
+
+    #[inline]
+    pub fn get_key_value<Q: Equivalent<K> + Hash + ?Sized>(&self, key: &Q) -> Option<(&K, &V)> {
+        self.get_hashed(self.hasher.hash_one(key), key)
+    }
+
+    #[inline]
+    pub fn get_mut<Q: Equivalent<K> + Hash + ?Sized>(&mut self, key: &Q) -> Option<&mut V> {
+        self.get_hashed_mut(self.hasher.hash_one(key), key)
     }
 
     /// The entry of `key`, whose hash is `hash`, or where to insert it.
