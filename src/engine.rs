@@ -1328,10 +1328,10 @@ impl Engine {
     /// The warm of a batch of samples starts loading what applying them will touch (their
     /// tenants, jobs and series and the window rings of each), without waiting for any of it, so
     /// that their cache misses overlap. It changes nothing, and works in passes, each reading only
-    /// what the pass before prefetched: entries are located by hash alone (`LineTable::at_hash`: names are
-    /// not compared, a wrong guess only costs a useless prefetch), then read for the addresses of
-    /// their long names (names held inline come with the entry), rings and series, then the
-    /// series are located and prefetched the same way.
+    /// what the pass before prefetched: entries are located by hash alone
+    /// ([`LineTable::at_hash`]: names are not compared, a wrong guess only costs a useless
+    /// prefetch), then read for the addresses of their long names (names held inline come with
+    /// the entry), rings and series, then the series are located and prefetched the same way.
     ///
     /// This is the first pass, for one sample: its keys' hashes, and the entries of its job (or,
     /// for a sample of no job or of a new job, its tenant) located and prefetched. Only the
@@ -1813,10 +1813,10 @@ impl Engine {
     /// Starts loading what evaluating the jobs after `jobs[i]` reads, which lie in arrival order
     /// and so at random in memory: the long names of the job 16 places ahead (hashing and comparing
     /// a key reads them), the table entries of the one 8 ahead and of its tenant (located by hash
-    /// alone, [`LineTable::at_hash`]), and the detection panes, series and window rings of the one 4 ahead
-    /// and its tenant's window rings (settling what the job owes writes both). Each job's hashes
-    /// are computed once, 8 places ahead, and kept in `ahead` for the passes after; returns those
-    /// of `jobs[i]`. `i` counts up from 0 by one, with the same `ahead`.
+    /// alone, [`LineTable::at_hash`]), and the detection panes, series and window rings of the one
+    /// 4 ahead and its tenant's window rings (settling what the job owes writes both). Each job's
+    /// hashes are computed once, 8 places ahead, and kept in `ahead` for the passes after; returns
+    /// those of `jobs[i]`. `i` counts up from 0 by one, with the same `ahead`.
     fn prefetch_jobs(&self, jobs: &[JobKey], i: usize, ahead: &mut Ahead) -> JobHashes {
         let hashes = |k: &JobKey| JobHashes {
             job: self.st.jobs.hasher().hash_one(k),
