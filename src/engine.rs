@@ -164,6 +164,12 @@ impl Ahead {
     }
 }
 
+/// Where look-ups in the job and tenant tables start ([`Engine::probes`]).
+pub struct Probes<'e> {
+    jobs: line_table::Probe<'e>,
+    tenants: line_table::Probe<'e>,
+}
+
 /// Where [`Engine::locate`] found a sample's keys: their hashes, and the entries they most likely
 /// have (by hash alone), for the rest of the warm ([`Engine::warm_located`]).
 #[derive(Clone, Copy)]
@@ -1333,16 +1339,39 @@ impl Engine {
     /// prefetch), then read for the addresses of their long names (names held inline come with
     /// the entry), rings and series, then the series are located and prefetched the same way.
     ///
-    /// This is the first pass, for one sample: its keys' hashes, and the entries of its job (or,
-    /// for a sample of no job or of a new job, its tenant) located and prefetched. Only the
-    /// tables' control bytes are read. A job's sample reaches its tenant only now and then (see
-    /// `Credit`): its tenant waits for the job's entry (the second pass). The pipeline calls it
-    /// as it reads each sample, so that these reads overlap the reading of the next, and the
-    /// other passes ([`Engine::warm_located`]) once it has read a chunk.
+    /// This is the first pass, for one sample as it is read: its keys' hashes, and the control
+    /// bytes that locating it reads prefetched (its job's, or its tenant's for a sample of no
+    /// job), with `probes` of this engine's tables as they are now ([`Engine::probes`]). The
+    /// pipeline locates each sample ([`Engine::locate`]) a few samples after this, once those
+    /// bytes have had the time to arrive.
     #[inline(always)]
-    pub fn locate(&self, s: &SampleRef<'_>) -> Located<'_> {
+    pub fn hash_ahead(&self, s: &SampleRef<'_>, probes: &Probes<'_>) -> KeyHashes {
+        let h = self.key_hashes(s);
+        match h.tenant {
+            Some(tenant) => probes.tenants.prefetch(tenant),
+            None => probes.jobs.prefetch(h.job),
+        }
+        h
+    }
+
+    /// Where look-ups in the job and tenant tables start, for [`Engine::hash_ahead`].
+    pub fn probes(&self) -> Probes<'_> {
+        Probes {
+            jobs: self.st.jobs.probe(),
+            tenants: self.st.tenants.probe(),
+        }
+    }
+
+    /// The second pass of the warm ([`Engine::hash_ahead`]), for one sample whose keys hash to
+    /// `h`: the entries of its job (or, for a sample of no job or of a new job, its tenant)
+    /// located and prefetched. Only the tables' control bytes are read. A job's sample reaches
+    /// its tenant only now and then (see `Credit`): its tenant waits for the job's entry (the
+    /// third pass). The pipeline calls it as it reads the samples, so that these reads overlap
+    /// the reading of the next, and the other passes ([`Engine::warm_located`]) once it has
+    /// read a chunk.
+    #[inline(always)]
+    pub fn locate(&self, s: &SampleRef<'_>, mut h: KeyHashes) -> Located<'_> {
         let st = &self.st;
-        let mut h = self.key_hashes(s);
         let job = s.job.as_ref().and_then(|_| st.jobs.at_hash(h.job));
         if let Some((k, _)) = job {
             // The entry's part a sample reads, from the key on (`JOB_HEAD_BYTES`).
@@ -1370,7 +1399,7 @@ impl Engine {
         }
     }
 
-    /// The passes of the warm after the first ([`Engine::locate`]), over what it gave for a batch
+    /// The passes of the warm after the second ([`Engine::locate`]), over what it gave for a batch
     /// of samples (at most [`WARM_BATCH`]), in order. Returns their keys' hashes, for
     /// [`Engine::apply_warmed`]: each name is hashed once.
     pub fn warm_located<'e>(
@@ -1379,7 +1408,7 @@ impl Engine {
     ) -> SmallVec<[KeyHashes; WARM_BATCH]> {
         let st = &self.st;
         let slide = self.s.detect_slide_ms;
-        // 2. What the buckets point to: long key names, series tags, model counts, the window
+        // 3. What the buckets point to: long key names, series tags, model counts, the window
         // rings of keys whose sample falls outside their pending span, the slot of a job's
         // detection panes that a sample outside its head pane writes, and the tenant of a
         // job that the sample reaches it from (its first since an evaluation, or one that
@@ -1413,7 +1442,7 @@ impl Engine {
                 }
             }
         }
-        // 3. The series entries, by hash alone; then 4. their names, and the slot of the
+        // 4. The series entries, by hash alone; then 5. their names, and the slot of the
         // job's detection panes that the device is counted in when that is the slide before the
         // sample's: a sample at a slide's boundary covers the end of the slide before, where
         // the device was not counted yet when it is sampled once a slide or less often.

@@ -127,6 +127,25 @@ impl<K, V, S> LineTable<K, V, S> {
         self.table.iter().map(|s| &s.value)
     }
 
+    /// Where a look-up in the table as it is now starts reading, to prefetch it for a hash before
+    /// the look-up ([`Probe::prefetch`]). It reads one control byte of the table's.
+    #[inline]
+    pub fn probe(&self) -> Probe<'_> {
+        // hashbrown keeps the entries below the control bytes, entry `i` ending `i` entries
+        // before them (`[.., T1, T0 | C0, C1, ..]`), so any entry and its index give where they
+        // start. Should a later hashbrown lay its table out otherwise, this only makes the
+        // prefetch useless (and the test of this module fail).
+        let ctrl = self.table.iter_buckets().next().and_then(|i| {
+            let slot = self.table.get_bucket(i)?;
+            Some((slot as *const Slot<K, V> as *const u8).wrapping_add((i + 1) * Self::SLOT_BYTES))
+        });
+        Probe {
+            ctrl: ctrl.unwrap_or(std::ptr::null()),
+            mask: self.table.num_buckets().wrapping_sub(1),
+            table: PhantomData,
+        }
+    }
+
     /// The entry a look-up of a key of hash `hash` most likely ends at, by its hash alone: keys
     /// are not compared (so it may be another key's, with the same 7-bit tag), and only the
     /// table's control bytes are read. For prefetching only.
@@ -153,6 +172,33 @@ impl<K, V, S> LineTable<K, V, S> {
         self.table
             .find_mut(hash, |s| key.equivalent(&s.key))
             .map(|s| &mut s.value)
+    }
+}
+
+/// Where a look-up in a [`LineTable`] starts, for a hash: the group of control bytes it reads
+/// first. Valid while the table is borrowed, unchanged.
+#[derive(Clone, Copy)]
+pub struct Probe<'t> {
+    /// The table's first control byte; null for a table without entries.
+    ctrl: *const u8,
+    mask: usize,
+    table: PhantomData<&'t ()>,
+}
+
+impl Probe<'_> {
+    /// Prefetches the control bytes that a look-up of `hash` reads first (one group of 16), so
+    /// that the look-up, issued later, does not wait for them. Reads nothing.
+    #[inline(always)]
+    pub fn prefetch(&self, hash: u64) {
+        if !self.ctrl.is_null() {
+            crate::prefetch::range(self.ctrl.wrapping_add(hash as usize & self.mask), 16);
+        }
+    }
+
+    /// The address [`Probe::prefetch`] starts at for `hash`, if any.
+    #[cfg(test)]
+    fn at(&self, hash: u64) -> Option<*const u8> {
+        (!self.ctrl.is_null()).then(|| self.ctrl.wrapping_add(hash as usize & self.mask))
     }
 }
 
@@ -320,6 +366,43 @@ mod tests {
             }
         }
         assert_eq!(m.get("new"), Some(&[7; 5]));
+    }
+
+    /// The probe points where hashbrown's look-up reads first: the group of control bytes at
+    /// the hash's position holds the 7-bit tag of the key's hash, for all keys but those that
+    /// collisions displaced. Fails if hashbrown lays its table out otherwise.
+    #[test]
+    fn the_probe_points_at_the_control_bytes_a_look_up_reads_first() {
+        let mut m = Map::default();
+        assert_eq!(
+            m.probe().at(1),
+            None,
+            "a table without entries has nothing to prefetch"
+        );
+        for i in 0..5000u64 {
+            m.insert(format!("key-{i}"), [i; 5]);
+            if i % 97 == 0 {
+                m.remove(format!("key-{}", i / 2).as_str());
+            }
+        }
+        let probe = m.probe();
+        let mut tagged = 0;
+        for k in m.keys() {
+            let hash = m.hasher().hash_one(k.as_str());
+            let at = probe.at(hash).expect("a table with entries");
+            // SAFETY: the table is borrowed, unchanged; its control bytes span the buckets plus
+            // a group, so 16 bytes from any bucket's position are the table's.
+            let group = unsafe { std::slice::from_raw_parts(at, 16) };
+            let tag = (hash >> 57) as u8;
+            tagged += group.contains(&tag) as usize;
+        }
+        // Keys displaced to a later group by collisions are few; a group read elsewhere would
+        // hold a key's tag about one time in eight.
+        assert!(
+            tagged * 10 > m.len() * 9,
+            "only {tagged} of {} tagged",
+            m.len()
+        );
     }
 
     #[test]

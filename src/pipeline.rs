@@ -38,6 +38,10 @@ const GAUGE_REFRESH: Duration = Duration::from_secs(1);
 /// `Engine::warm_located`) this many at a time before any of them is applied.
 const WARM_CHUNK: usize = crate::engine::WARM_BATCH;
 
+/// Samples read between hashing a sample, which prefetches the control bytes that locating it
+/// reads ([`Engine::hash_ahead`]), and locating it ([`Engine::locate`]).
+const LOCATE_BEHIND: usize = 3;
+
 /// A message of a batch that the decoder rejected.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejected {
@@ -697,15 +701,26 @@ impl<'a> Chunk<'a> {
         self.events.clear();
         self.events.extend(payloads.take(WARM_CHUNK));
         self.samples.clear();
+        let probes = engine.probes();
+        // Each decoded sample's position in `samples` and its keys' hashes.
+        let mut hashed: SmallVec<[(usize, KeyHashes); WARM_CHUNK]> = SmallVec::new();
         let mut located: SmallVec<[Located<'_>; WARM_CHUNK]> = SmallVec::new();
         for (_, p) in &self.events {
             let sample = p
                 .and_then(|p| FlatNative::read(p, order))
                 .map(|f| f.sample(limits));
             if let Some(Ok(s)) = &sample {
-                located.push(engine.locate(s));
+                hashed.push((self.samples.len(), engine.hash_ahead(s, &probes)));
             }
             self.samples.push(sample);
+            // Each sample is located once `LOCATE_BEHIND` more are hashed.
+            if hashed.len() > located.len() + LOCATE_BEHIND {
+                let (i, h) = hashed[located.len()];
+                located.push(engine.locate(decoded(&self.samples[i]), h));
+            }
+        }
+        for &(i, h) in &hashed[located.len()..] {
+            located.push(engine.locate(decoded(&self.samples[i]), h));
         }
         self.hashes = engine.warm_located(located);
     }
@@ -737,6 +752,14 @@ impl<'a> Chunk<'a> {
                 reject(metrics, rejected, *index, rejection);
             }
         }
+    }
+}
+
+/// The sample of a chunk's entry that was decoded.
+fn decoded<'s, 'a>(sample: &'s Option<Result<SampleRef<'a>, Rejection>>) -> &'s SampleRef<'a> {
+    match sample {
+        Some(Ok(s)) => s,
+        _ => unreachable!("only decoded samples are hashed"),
     }
 }
 
