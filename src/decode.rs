@@ -310,8 +310,6 @@ impl DecodeLimits {
         max_ts_ms: i64::MAX,
     };
 
-    /// Checks an event time against the fixed bounds (2000-01-01 to the year 9999) and this
-    /// limit; every format applies it.
     /// An RFC 3339 event time, parsed and checked like [`DecodeLimits::check_ts`].
     pub fn rfc3339_ts(self, text: &str) -> Result<i64, Rejection> {
         let ms = parse_rfc3339_ms(text).ok_or_else(|| {
@@ -323,6 +321,8 @@ impl DecodeLimits {
         self.check_ts(ms)
     }
 
+    /// Checks an event time against the fixed bounds (2000-01-01 to the year 9999) and this
+    /// limit; every format applies it.
     pub fn check_ts(self, ms: i64) -> Result<i64, Rejection> {
         if ms < MIN_EVENT_TIME_MS {
             return Err(Rejection::new(
