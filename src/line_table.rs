@@ -128,7 +128,7 @@ impl<K, V, S> LineTable<K, V, S> {
     }
 
     /// Where a look-up in the table as it is now starts reading, to prefetch it for a hash before
-    /// the look-up ([`Probe::prefetch`]). It reads one control byte of the table's.
+    /// the look-up ([`Probe::prefetch`]). It reads the table's first control bytes.
     #[inline]
     pub fn probe(&self) -> Probe<'_> {
         // hashbrown keeps the entries below the control bytes, entry `i` ending `i` entries

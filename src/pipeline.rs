@@ -34,8 +34,9 @@ use crate::vector::VectorJson;
 /// How often per-tenant gauges (which walk every tenant) are refreshed at most.
 const GAUGE_REFRESH: Duration = Duration::from_secs(1);
 
-/// Native events are read and their keys warmed (`Engine::locate` as each is read, then
-/// `Engine::warm_located`) this many at a time before any of them is applied.
+/// Native events are read and their keys warmed (`Engine::hash_ahead` as each is read,
+/// `Engine::locate` a few events later, then `Engine::warm_located`) this many at a time before
+/// any of them is applied.
 const WARM_CHUNK: usize = crate::engine::WARM_BATCH;
 
 /// Samples read between hashing a sample, which prefetches the control bytes that locating it
@@ -644,9 +645,10 @@ impl Pipeline {
 }
 
 /// Applies a batch of native events in order, [`WARM_CHUNK`] at a time, one chunk ahead: a
-/// chunk is read and its keys warmed ([`Engine::locate`], [`Engine::warm_located`]) before the
-/// chunk before it is applied, so that the cache misses of their look-ups overlap each other and
-/// the work on another chunk instead of being paid one event after the other. Events the
+/// chunk is read and its keys warmed ([`Engine::hash_ahead`], [`Engine::locate`],
+/// [`Engine::warm_located`]) before the chunk before it is applied, so that the cache misses of
+/// their look-ups overlap each other and the work on another chunk instead of being paid one
+/// event after the other. Events the
 /// flat-object reader cannot read are decoded in place by serde_json, as [`decode_native`] does.
 /// Returns the number of messages.
 ///
@@ -688,9 +690,11 @@ struct Chunk<'a> {
 
 impl<'a> Chunk<'a> {
     /// Takes the next events of `payloads` (none once they are all taken), reads them and warms
-    /// their keys in `engine`: each sample's keys are located as soon as it is read
-    /// ([`Engine::locate`]), so that those reads overlap the reading of the next events, and the
-    /// rest of the warm follows the chunk ([`Engine::warm_located`]).
+    /// their keys in `engine`: each sample's keys are hashed as soon as it is read, which starts
+    /// loading the control bytes that locate them ([`Engine::hash_ahead`]), and located
+    /// [`LOCATE_BEHIND`] samples later ([`Engine::locate`]), so that those loads overlap the
+    /// reading of the next events; the rest of the warm follows the chunk
+    /// ([`Engine::warm_located`]).
     fn read(
         &mut self,
         payloads: &mut impl Iterator<Item = (usize, Option<&'a [u8]>)>,
