@@ -33,6 +33,10 @@ struct Slot<K, V> {
 pub struct LineTable<K, V, S> {
     table: HashTable<Slot<K, V>>,
     hasher: S,
+    /// The address of the table's control bytes as of the last insert, 0 before the first
+    /// ([`LineTable::probe`]). Only an insert can move them: hashbrown reallocates its table as
+    /// it grows, and neither a removal nor anything else this map offers changes it.
+    ctrl: usize,
 }
 
 impl<K, V, S: Default> Default for LineTable<K, V, S> {
@@ -40,6 +44,7 @@ impl<K, V, S: Default> Default for LineTable<K, V, S> {
         LineTable {
             table: HashTable::new(),
             hasher: S::default(),
+            ctrl: 0,
         }
     }
 }
@@ -59,15 +64,33 @@ pub enum Entry<'t, K, V> {
 /// Where [`LineTable::entry`] would insert a key it did not find.
 pub struct VacantEntry<'t, K, V> {
     entry: hashbrown::hash_table::VacantEntry<'t, Slot<K, V>>,
+    ctrl: &'t mut usize,
 }
 
 impl<'t, K, V> VacantEntry<'t, K, V> {
     /// Inserts `key` (which must hash and compare as the key looked up) with `value`.
     #[inline]
     pub fn insert(self, key: K, value: V) -> (&'t K, &'t mut V) {
-        let slot = self.entry.insert(Slot { key, value }).into_mut();
+        let slot = inserted(self.entry, Slot { key, value }, self.ctrl);
         (&slot.key, &mut slot.value)
     }
+}
+
+/// Inserts `slot` where `entry` is, and records in `ctrl` where the table's control bytes now
+/// are. hashbrown keeps the entries below them, entry `i` ending `i` entries before them
+/// (`[.., T1, T0 | C0, C1, ..]`). Should a later hashbrown lay its table out otherwise, this only
+/// makes [`Probe::prefetch`] useless (and the test of this module fail).
+#[inline]
+fn inserted<'t, K, V>(
+    entry: hashbrown::hash_table::VacantEntry<'t, Slot<K, V>>,
+    slot: Slot<K, V>,
+    ctrl: &mut usize,
+) -> &'t mut Slot<K, V> {
+    let occupied = entry.insert(slot);
+    let i = occupied.bucket_index();
+    let slot = occupied.into_mut();
+    *ctrl = slot as *mut Slot<K, V> as usize + (i + 1) * std::mem::size_of::<Slot<K, V>>();
+    slot
 }
 
 impl<K, V, S> LineTable<K, V, S> {
@@ -128,19 +151,11 @@ impl<K, V, S> LineTable<K, V, S> {
     }
 
     /// Where a look-up in the table as it is now starts reading, to prefetch it for a hash before
-    /// the look-up ([`Probe::prefetch`]). It reads the table's first control bytes.
+    /// the look-up ([`Probe::prefetch`]). Reads nothing of the table's.
     #[inline]
     pub fn probe(&self) -> Probe<'_> {
-        // hashbrown keeps the entries below the control bytes, entry `i` ending `i` entries
-        // before them (`[.., T1, T0 | C0, C1, ..]`), so any entry and its index give where they
-        // start. Should a later hashbrown lay its table out otherwise, this only makes the
-        // prefetch useless (and the test of this module fail).
-        let ctrl = self.table.iter_buckets().next().and_then(|i| {
-            let slot = self.table.get_bucket(i)?;
-            Some((slot as *const Slot<K, V> as *const u8).wrapping_add((i + 1) * Self::SLOT_BYTES))
-        });
         Probe {
-            ctrl: ctrl.unwrap_or(std::ptr::null()),
+            ctrl: self.ctrl as *const u8,
             mask: self.table.num_buckets().wrapping_sub(1),
             table: PhantomData,
         }
@@ -179,7 +194,7 @@ impl<K, V, S> LineTable<K, V, S> {
 /// first. Valid while the table is borrowed, unchanged.
 #[derive(Clone, Copy)]
 pub struct Probe<'t> {
-    /// The table's first control byte; null for a table without entries.
+    /// The table's first control byte; null for a table never given an entry.
     ctrl: *const u8,
     mask: usize,
     table: PhantomData<&'t ()>,
@@ -232,7 +247,10 @@ impl<K: Hash, V, S: BuildHasher> LineTable<K, V, S> {
                 let slot = o.into_mut();
                 Entry::Occupied(&slot.key, &mut slot.value)
             }
-            hashbrown::hash_table::Entry::Vacant(entry) => Entry::Vacant(VacantEntry { entry }),
+            hashbrown::hash_table::Entry::Vacant(entry) => Entry::Vacant(VacantEntry {
+                entry,
+                ctrl: &mut self.ctrl,
+            }),
         }
     }
 
@@ -252,7 +270,7 @@ impl<K: Hash, V, S: BuildHasher> LineTable<K, V, S> {
                 Some(std::mem::replace(&mut o.get_mut().value, value))
             }
             hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(Slot { key, value });
+                inserted(v, Slot { key, value }, &mut self.ctrl);
                 None
             }
         }
@@ -377,10 +395,16 @@ mod tests {
         assert_eq!(
             m.probe().at(1),
             None,
-            "a table without entries has nothing to prefetch"
+            "a table never given an entry has nothing to prefetch"
         );
+        // Through both ways in, since either can move the control bytes.
         for i in 0..5000u64 {
-            m.insert(format!("key-{i}"), [i; 5]);
+            let k = format!("key-{i}");
+            if i % 2 == 0 {
+                m.insert(k, [i; 5]);
+            } else if let Entry::Vacant(v) = m.entry(m.hasher().hash_one(k.as_str()), k.as_str()) {
+                v.insert(k, [i; 5]);
+            }
             if i % 97 == 0 {
                 m.remove(format!("key-{}", i / 2).as_str());
             }
