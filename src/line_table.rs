@@ -33,9 +33,13 @@ struct Slot<K, V> {
 pub struct LineTable<K, V, S> {
     table: HashTable<Slot<K, V>>,
     hasher: S,
-    /// The address of the table's control bytes as of the last insert, 0 before the first
-    /// ([`LineTable::probe`]). Only an insert can move them: hashbrown reallocates its table as
-    /// it grows, and neither a removal nor anything else this map offers changes it.
+    /// The address of the table's control bytes as of the last entry [`LineTable::entry`] or
+    /// [`LineTable::insert`] returned or inserted, 0 before the first ([`LineTable::probe`]).
+    /// Only those two can move them: hashbrown makes room for one more entry (reallocating the
+    /// table when it is full) before it looks a key up for an entry, and a removal or anything
+    /// else this map offers leaves the table where it is. (A vacant entry dropped without an
+    /// insert after such a move leaves the address stale until the next: it is only prefetched,
+    /// never read.)
     ctrl: usize,
 }
 
@@ -76,19 +80,27 @@ impl<'t, K, V> VacantEntry<'t, K, V> {
     }
 }
 
-/// Inserts `slot` where `entry` is, and records in `ctrl` where the table's control bytes now
-/// are. hashbrown keeps the entries below them, entry `i` ending `i` entries before them
-/// (`[.., T1, T0 | C0, C1, ..]`). Should a later hashbrown lay its table out otherwise, this only
-/// makes [`Probe::prefetch`] useless (and the test of this module fail).
+/// Inserts `slot` where `entry` is ([`found`]).
 #[inline]
 fn inserted<'t, K, V>(
     entry: hashbrown::hash_table::VacantEntry<'t, Slot<K, V>>,
     slot: Slot<K, V>,
     ctrl: &mut usize,
 ) -> &'t mut Slot<K, V> {
-    let occupied = entry.insert(slot);
-    let i = occupied.bucket_index();
-    let slot = occupied.into_mut();
+    found(entry.insert(slot), ctrl)
+}
+
+/// The slot of `entry`, having recorded in `ctrl` where the table's control bytes are.
+/// hashbrown keeps the entries below them, entry `i` ending `i` entries before them
+/// (`[.., T1, T0 | C0, C1, ..]`). Should a later hashbrown lay its table out otherwise, this only
+/// makes [`Probe::prefetch`] useless (and the test of this module fail).
+#[inline]
+fn found<'t, K, V>(
+    entry: hashbrown::hash_table::OccupiedEntry<'t, Slot<K, V>>,
+    ctrl: &mut usize,
+) -> &'t mut Slot<K, V> {
+    let i = entry.bucket_index();
+    let slot = entry.into_mut();
     *ctrl = slot as *mut Slot<K, V> as usize + (i + 1) * std::mem::size_of::<Slot<K, V>>();
     slot
 }
@@ -244,7 +256,7 @@ impl<K: Hash, V, S: BuildHasher> LineTable<K, V, S> {
             |s| hasher.hash_one(&s.key),
         ) {
             hashbrown::hash_table::Entry::Occupied(o) => {
-                let slot = o.into_mut();
+                let slot = found(o, &mut self.ctrl);
                 Entry::Occupied(&slot.key, &mut slot.value)
             }
             hashbrown::hash_table::Entry::Vacant(entry) => Entry::Vacant(VacantEntry {
@@ -266,8 +278,9 @@ impl<K: Hash, V, S: BuildHasher> LineTable<K, V, S> {
             .table
             .entry(hash, |s| s.key == key, |s| hasher.hash_one(&s.key))
         {
-            hashbrown::hash_table::Entry::Occupied(mut o) => {
-                Some(std::mem::replace(&mut o.get_mut().value, value))
+            hashbrown::hash_table::Entry::Occupied(o) => {
+                let slot = found(o, &mut self.ctrl);
+                Some(std::mem::replace(&mut slot.value, value))
             }
             hashbrown::hash_table::Entry::Vacant(v) => {
                 inserted(v, Slot { key, value }, &mut self.ctrl);
@@ -409,6 +422,33 @@ mod tests {
                 m.remove(format!("key-{}", i / 2).as_str());
             }
         }
+        assert_the_probe_points_at_each_keys_tag(&m);
+    }
+
+    /// hashbrown makes room before it looks a key up for an entry: the look-up of a key that is
+    /// there moves the control bytes of a full table, and the probe follows them.
+    #[test]
+    fn the_probe_follows_the_control_bytes_when_a_look_up_moves_them() {
+        let mut m = Map::default();
+        let mut i = 0u64;
+        // Past the small tables, whose control bytes repeat themselves in the group after them.
+        while m.len() < 1000 || m.len() < m.capacity() {
+            m.insert(format!("key-{i}"), [i; 5]);
+            i += 1;
+        }
+        let full = m.capacity();
+        let k = "key-0";
+        assert!(matches!(
+            m.entry(m.hasher().hash_one(k), k),
+            Entry::Occupied(..)
+        ));
+        assert!(m.capacity() > full, "the look-up of a full table grew it");
+        assert_the_probe_points_at_each_keys_tag(&m);
+    }
+
+    /// The group of control bytes each key's probe points at holds the key's 7-bit tag, for all
+    /// keys but those that collisions displaced.
+    fn assert_the_probe_points_at_each_keys_tag(m: &Map) {
         let probe = m.probe();
         let mut tagged = 0;
         for k in m.keys() {
