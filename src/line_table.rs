@@ -75,19 +75,9 @@ impl<'t, K, V> VacantEntry<'t, K, V> {
     /// Inserts `key` (which must hash and compare as the key looked up) with `value`.
     #[inline]
     pub fn insert(self, key: K, value: V) -> (&'t K, &'t mut V) {
-        let slot = inserted(self.entry, Slot { key, value }, self.ctrl);
+        let slot = found(self.entry.insert(Slot { key, value }), self.ctrl);
         (&slot.key, &mut slot.value)
     }
-}
-
-/// Inserts `slot` where `entry` is ([`found`]).
-#[inline]
-fn inserted<'t, K, V>(
-    entry: hashbrown::hash_table::VacantEntry<'t, Slot<K, V>>,
-    slot: Slot<K, V>,
-    ctrl: &mut usize,
-) -> &'t mut Slot<K, V> {
-    found(entry.insert(slot), ctrl)
 }
 
 /// The slot of `entry`, having recorded in `ctrl` where the table's control bytes are.
@@ -272,18 +262,10 @@ impl<K: Hash, V, S: BuildHasher> LineTable<K, V, S> {
     where
         K: Eq,
     {
-        let hash = self.hasher.hash_one(&key);
-        let hasher = &self.hasher;
-        match self
-            .table
-            .entry(hash, |s| s.key == key, |s| hasher.hash_one(&s.key))
-        {
-            hashbrown::hash_table::Entry::Occupied(o) => {
-                let slot = found(o, &mut self.ctrl);
-                Some(std::mem::replace(&mut slot.value, value))
-            }
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                inserted(v, Slot { key, value }, &mut self.ctrl);
+        match self.entry(self.hasher.hash_one(&key), &key) {
+            Entry::Occupied(_, v) => Some(std::mem::replace(v, value)),
+            Entry::Vacant(e) => {
+                e.insert(key, value);
                 None
             }
         }
