@@ -225,7 +225,20 @@ fn daemon_on_tansu_counts_exactly_alerts_and_dead_letters_for_a_foreign_client()
     assert_eq!(report["events"]["duplicate"], 200);
     assert_eq!(report["events"]["rejected"], 3);
 
-    // Metrics: promtool accepts the exposition, and the counts are right.
+    // Metrics: promtool accepts the exposition, and the counts are right. A batch's messages count
+    // as consumed when it is processed, its dead letters as produced once the broker acknowledged
+    // them, which can come later.
+    wait_for(
+        "the broker to acknowledge the dead letters",
+        Duration::from_secs(30),
+        || {
+            metric(
+                &http_get(&format!("{base}/metrics")),
+                "trainspotter_ingest_dead_letter_produced_total",
+            )
+            .is_some_and(|n| n >= 3.0)
+        },
+    );
     let metrics = http_get(&format!("{base}/metrics"));
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
