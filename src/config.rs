@@ -735,6 +735,11 @@ pub struct Settings {
     pub dedup_horizon_ms: i64,
     pub detect_window_ms: i64,
     pub detect_slide_ms: i64,
+    /// Slides in the detection window (`detect_window_ms / detect_slide_ms`).
+    pub detect_panes: i64,
+    /// Half the detection window in whole slides (at least one), in milliseconds: the span over
+    /// which gang synchrony takes each device's variance.
+    pub sync_half_ms: i64,
     pub job_end_after_ms: i64,
     pub ended_job_retention_ms: i64,
     pub projection_window: usize,
@@ -1124,6 +1129,8 @@ impl Config {
             dedup_horizon_ms: w.dedup_horizon.ms(),
             detect_window_ms: dw,
             detect_slide_ms: ds,
+            detect_panes: dw / ds,
+            sync_half_ms: (dw / ds / 2).max(1) * ds,
             job_end_after_ms: d.job_end_after.ms(),
             ended_job_retention_ms: retention,
             projection_window,

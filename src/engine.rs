@@ -194,6 +194,36 @@ pub fn decoding<T, E>(
     Ok(decoded)
 }
 
+/// The detection panes of a sample at `ts` covering `interval_ms` before it, with slides of `slide`
+/// ms: the pane of `ts` itself (where its readings count), and the first and last panes its
+/// interval `[ts - interval_ms, ts)` covers (`last < first` when it covers none). That is
+/// `ts.div_euclid(slide)`, `(ts - interval_ms).div_euclid(slide)` and `(ts - 1).div_euclid(slide)`,
+/// with one division instead of three unless the interval reaches into an earlier pane (the
+/// divider is slow, and every sample of a job asks).
+#[inline]
+fn detection_panes(ts: i64, interval_ms: i64, slide: i64) -> (i64, i64, i64) {
+    let pane = ts.div_euclid(slide);
+    let pane_start = pane * slide;
+    let last = if ts == pane_start { pane - 1 } else { pane };
+    let start = ts - interval_ms;
+    let first = if (pane_start..=ts).contains(&start) {
+        pane
+    } else {
+        start.div_euclid(slide)
+    };
+    (pane, first, last)
+}
+
+/// `ts.div_euclid(span_ms)`, without a division when `ts` lies in span `current` (nearly every
+/// reading of a series lies in the span of the reading before it).
+#[inline]
+fn span_index(ts: i64, span_ms: i64, current: i64) -> i64 {
+    match current.checked_mul(span_ms) {
+        Some(from) if ts >= from && (ts.wrapping_sub(from) as u64) < span_ms as u64 => current,
+        _ => ts.div_euclid(span_ms),
+    }
+}
+
 /// One device series (or one aggregate series when the sample names no device).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SeriesState {
@@ -234,7 +264,7 @@ impl SeriesState {
         } else {
             *a + DEVICE_EWMA_ALPHA * (v - *a)
         };
-        let h = ts.div_euclid(half_ms);
+        let h = span_index(ts, half_ms, self.half);
         if h > self.half {
             self.halves = if h == self.half.saturating_add(1) {
                 [self.halves[1], detect::Spread::default()]
@@ -1515,7 +1545,7 @@ impl Engine {
         let late = watermark_before.is_some_and(|w| ts < w);
         let half_ms = self.sync_half_ms();
         let slide = self.s.detect_slide_ms;
-        let n = (self.s.detect_window_ms / slide) as usize;
+        let n = self.s.detect_panes as usize;
 
         let st = &mut self.st;
         let names = &mut self.names;
@@ -1577,9 +1607,8 @@ impl Engine {
         // The sample covers [ts - interval, ts): the device counts once in each detection pane it
         // covers that it was not counted in yet (used for job samples only).
         let interval_ms = crate::estimate::round(sample.interval_s * 1000.0);
-        let last = (ts - 1).div_euclid(slide);
-        let first = (ts - interval_ms)
-            .div_euclid(slide)
+        let (ts_pane, first, last) = detection_panes(ts, interval_ms, slide);
+        let first = first
             .max(series.covered_pane.saturating_add(1))
             .max(last - n as i64 + 1);
         if of_job && last >= first {
@@ -1614,7 +1643,7 @@ impl Engine {
                     Some((_, c)) => *c += 1,
                     None => job.models.push((peak.model, 1)),
                 }
-                if let Some(pane) = job.detect.pane_mut(ts.div_euclid(slide), n) {
+                if let Some(pane) = job.detect.pane_mut(ts_pane, n) {
                     let acc_s = usage.acc_ms as f32 / 1000.0;
                     if let Some((signal, v)) = best {
                         pane.activity[signal as usize].add(v as f32, acc_s);
@@ -1721,8 +1750,7 @@ impl Engine {
 
     /// Half the detection window, in whole slides (at least one).
     fn sync_half_ms(&self) -> i64 {
-        let slides = self.s.detect_window_ms / self.s.detect_slide_ms;
-        (slides / 2).max(1) * self.s.detect_slide_ms
+        self.s.sync_half_ms
     }
 
     fn sweep_interval_ms(&self) -> i64 {
@@ -2266,7 +2294,7 @@ impl Engine {
     /// and the score.
     fn verdict(&self, jobs: &[&JobState], now: i64) -> Verdict {
         let slide = self.s.detect_slide_ms;
-        let n = self.s.detect_window_ms / slide;
+        let n = self.s.detect_panes;
         let last = now.div_euclid(slide) - 1;
         let first_ts = jobs.iter().map(|j| j.account.first_ts).min().unwrap_or(now);
         let first = (last - n + 1).max(first_ts.div_euclid(slide));
@@ -2480,7 +2508,7 @@ impl Engine {
     fn signals_available(&self, job: &JobState, now: i64) -> Vec<Signal> {
         let slide = self.s.detect_slide_ms;
         let last = now.div_euclid(slide) - 1;
-        let first = last - self.s.detect_window_ms / slide + 1;
+        let first = last - self.s.detect_panes + 1;
         Signal::ALL
             .iter()
             .filter(|s| {
@@ -2633,7 +2661,7 @@ impl Engine {
         // clock says it may have ended.
         let specs = &self.s.windows;
         let detect_slide = self.s.detect_slide_ms;
-        let detect_panes = self.s.detect_window_ms / detect_slide;
+        let detect_panes = self.s.detect_panes;
         let tenants = &self.st.tenants;
         let mut gone: Vec<JobKey> = Vec::new();
         for (k, j) in self.st.jobs.iter_mut() {
@@ -2939,6 +2967,41 @@ mod tests {
             order_candidates(&mut got, &jobs);
             let positions = |v: &[GroupCandidate]| v.iter().map(|c| c.job).collect::<Vec<_>>();
             proptest::prop_assert_eq!(positions(&got), positions(&expected));
+        }
+    }
+
+    proptest::proptest! {
+        /// The panes a sample touches are those the three divisions give, wherever `ts` and its
+        /// interval fall against the slides (on a boundary, just after one, reaching back over
+        /// several, or none at all).
+        #[test]
+        fn detection_panes_are_the_divisions_they_spare(
+            ts in -1_000_000i64..1_000_000,
+            interval in 0i64..300_000,
+            slide in 1i64..100_000,
+            on_boundary in proptest::bool::ANY,
+        ) {
+            let ts = if on_boundary { ts.div_euclid(slide) * slide } else { ts };
+            proptest::prop_assert_eq!(
+                detection_panes(ts, interval, slide),
+                (ts.div_euclid(slide), (ts - interval).div_euclid(slide), (ts - 1).div_euclid(slide))
+            );
+        }
+
+        /// A span index taken against the current span is `ts.div_euclid(span)` whatever span is
+        /// current (the one of `ts`, one before or after it, far away, or none yet), also for a
+        /// `ts` on a span's boundary.
+        #[test]
+        fn span_index_is_the_division_it_spares(
+            ts in -10_000_000i64..10_000_000,
+            span in 1i64..1_000_000,
+            offset in -3i64..3,
+            none_yet in proptest::bool::ANY,
+            on_boundary in proptest::bool::ANY,
+        ) {
+            let ts = if on_boundary { ts.div_euclid(span) * span } else { ts };
+            let current = if none_yet { i64::MIN } else { ts.div_euclid(span) + offset };
+            proptest::prop_assert_eq!(span_index(ts, span, current), ts.div_euclid(span));
         }
     }
 
