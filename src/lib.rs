@@ -39,6 +39,7 @@
 //! - [`traces`]: readers of the real traces (Helios, openb) used by the report and tests.
 //! - [`svg`]: the report's charts.
 //! - [`bench`](mod@bench): the throughput and memory harness (`trainspotter bench`).
+//! - [`cpu`]: the processor features a build assumes, checked at start.
 
 pub mod alert;
 pub mod alertmanager;
@@ -47,6 +48,7 @@ pub mod catalog;
 pub mod changelog;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu;
 pub mod decode;
 pub mod demo;
 pub mod detect;

@@ -294,6 +294,11 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
+    let lacking = trainspotter::cpu::missing();
+    if !lacking.is_empty() {
+        eprintln!("trainspotter: {}", trainspotter::cpu::refusal(&lacking));
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => match Config::load(Some(&file)).and_then(|cfg| {
