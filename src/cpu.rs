@@ -1,10 +1,10 @@
 //! The processor features a build was compiled to assume, checked when the binary starts.
 //!
-//! A default build runs on any x86-64 processor. A build for newer ones (`RUSTFLAGS="-C
-//! target-cpu=x86-64-v3"`, README "Building for newer processors") uses AVX2, BMI2 and their kin
-//! anywhere the compiler sees fit, and would die of an illegal instruction on a processor without
-//! them, at a moment no one chose. [`missing`] names such features, so that the binary can refuse
-//! to start instead, saying why.
+//! On x86-64 the project builds for x86-64-v3 with AES (`.cargo/config.toml`, README "Processor
+//! baseline"): the compiler uses AVX2, BMI2 and their kin wherever it sees fit, so the binary
+//! would die of an illegal instruction on a processor without them, at a moment no one chose.
+//! [`missing`] names such features, so that the binary refuses to start instead, saying why. A
+//! build for any x86-64 processor (`RUSTFLAGS=""`) assumes none of them.
 
 /// The features this build was compiled to assume that the processor it runs on lacks (none for
 /// a default build).
@@ -51,8 +51,8 @@ pub fn missing() -> Vec<&'static str> {
 /// Why a binary built for `lacking` cannot run on this processor, and what to do about it.
 pub fn refusal(lacking: &[&str]) -> String {
     format!(
-        "this binary was built for processor features this processor lacks ({}); build it again \
-         without a target-cpu setting (a plain `cargo build --release`) to run it here",
+        "this binary was built for processor features this processor lacks ({}); to run it \
+         here, build it for any x86-64 processor: `RUSTFLAGS=\"\" cargo build --release`",
         lacking.join(", ")
     )
 }
@@ -65,6 +65,9 @@ mod tests {
     fn the_refusal_names_each_missing_feature_and_how_to_build_for_this_processor() {
         let text = refusal(&["avx2", "bmi2"]);
         assert!(text.contains("(avx2, bmi2)"), "{text}");
-        assert!(text.contains("cargo build --release"), "{text}");
+        assert!(
+            text.contains("`RUSTFLAGS=\"\" cargo build --release`"),
+            "{text}"
+        );
     }
 }
