@@ -161,16 +161,24 @@ impl Scope {
     }
 }
 
-async fn wait_consumed(running: &kafka::Running, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while running.metrics.events_consumed_total() < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "consumed {} of {n}",
-            running.metrics.events_consumed_total()
-        );
+/// Waits up to `limit` for `done` to hold, checking every 50 ms; panics with `state()` if it does
+/// not.
+async fn wait_until(limit: Duration, done: impl Fn() -> bool, state: impl Fn() -> String) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{}", state());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn wait_consumed(running: &kafka::Running, n: u64) {
+    let consumed = || running.metrics.events_consumed_total();
+    wait_until(
+        Duration::from_secs(60),
+        || consumed() >= n,
+        || format!("consumed {} of {n}", consumed()),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,16 +329,13 @@ async fn advances_offset_past_poison_messages_via_the_dead_letter_topic() {
     );
     // A dead letter counts as produced when the broker's acknowledgement reaches the producer,
     // which need not come before another client reads it back.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let produced = "trainspotter_ingest_dead_letter_produced_total";
-    while !running.metrics.render().contains(&format!("{produced} 4")) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{}",
-            running.metrics.render()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        Duration::from_secs(30),
+        || running.metrics.render().contains(&format!("{produced} 4")),
+        || running.metrics.render(),
+    )
+    .await;
     let metrics = running.metrics.render();
     assert!(
         metrics.contains("trainspotter_ingest_events_rejected_total{reason=\"malformed_json\"} 1")
