@@ -128,11 +128,14 @@ fn tenant_hash(tenants: &TenantTable, name: &str) -> u64 {
     tenants.hasher().hash_one(name)
 }
 
-/// A job key's hashes in the job table and of its tenant in the tenant table.
+/// A job key's hashes in the job table and of its tenant in the tenant table, and the job
+/// table's slot that a look-up of the job's hash alone found ([`LineTable::slot_at_hash`]: most
+/// likely the job's, to be checked against its key).
 #[derive(Debug, Clone, Copy, Default)]
 struct JobHashes {
     job: u64,
     tenant: u64,
+    slot: Option<usize>,
 }
 
 /// The hashes of the jobs a pass over a list of job keys has located and not yet reached
@@ -1870,14 +1873,18 @@ impl Engine {
     /// Starts loading what evaluating the jobs after `jobs[i]` reads, which lie in arrival order
     /// and so at random in memory: the long names of the job 16 places ahead (hashing and comparing
     /// a key reads them), the table entries of the one 8 ahead and of its tenant (located by hash
-    /// alone, [`LineTable::at_hash`]), and the detection panes, series and window rings of the one
-    /// 4 ahead and its tenant's window rings (settling what the job owes writes both). Each job's
-    /// hashes are computed once, 8 places ahead, and kept in `ahead` for the passes after; returns
-    /// those of `jobs[i]`. `i` counts up from 0 by one, with the same `ahead`.
+    /// alone, [`LineTable::slot_at_hash`]), and the detection panes, series and window rings of the
+    /// one 4 ahead and its tenant's window rings (settling what the job owes writes both). Each
+    /// job's hashes and slot are found once, 8 places ahead, and kept in `ahead` for the passes
+    /// after; returns those of `jobs[i]`. `i` counts up from 0 by one, with the same `ahead`.
     fn prefetch_jobs(&self, jobs: &[JobKey], i: usize, ahead: &mut Ahead) -> JobHashes {
-        let hashes = |k: &JobKey| JobHashes {
-            job: self.st.jobs.hasher().hash_one(k),
-            tenant: tenant_hash(&self.st.tenants, &k.tenant),
+        let hashes = |k: &JobKey| {
+            let job = self.st.jobs.hasher().hash_one(k);
+            JobHashes {
+                job,
+                tenant: tenant_hash(&self.st.tenants, &k.tenant),
+                slot: self.st.jobs.slot_at_hash(job),
+            }
         };
         if i == 0 {
             for (j, k) in jobs.iter().enumerate().take(Ahead::LOCATE) {
@@ -1891,7 +1898,7 @@ impl Engine {
         if let Some(k) = jobs.get(i + Ahead::LOCATE) {
             let h = hashes(k);
             ahead.put(i + Ahead::LOCATE, h);
-            if let Some((_, j)) = self.st.jobs.at_hash(h.job) {
+            if let Some((_, j)) = h.slot.and_then(|s| self.st.jobs.at_slot(s)) {
                 prefetch::value(j);
             }
             if let Some((k, _)) = self.st.tenants.at_hash(h.tenant) {
@@ -1900,7 +1907,7 @@ impl Engine {
         }
         if i + Ahead::LOAD < jobs.len() {
             let h = ahead.get(i + Ahead::LOAD);
-            if let Some((_, j)) = self.st.jobs.at_hash(h.job) {
+            if let Some((_, j)) = h.slot.and_then(|s| self.st.jobs.at_slot(s)) {
                 j.detect.prefetch();
                 j.series.prefetch_entries();
                 j.account.windows.prefetch();
@@ -1922,10 +1929,20 @@ impl Engine {
         touched: bool,
         now: i64,
     ) -> Option<GroupCandidate> {
-        // Two look-ups: the second, to update, comes after reading the job.
+        // One look-up, of the job's slot: the job is read there, then changed there after.
         let hash = hashes.job;
         debug_assert_eq!(hash, self.st.jobs.hasher().hash_one(k));
-        let found = self.st.jobs.get_hashed(hash, k);
+        let jobs = &self.st.jobs;
+        let slot = hashes
+            .slot
+            .filter(|&s| jobs.at_slot(s).is_some_and(|(key, _)| key == k))
+            .or_else(|| jobs.slot_of(hash, k));
+        let found = slot.and_then(|s| jobs.at_slot(s));
+        debug_assert_eq!(
+            found.map(|(key, _)| key as *const JobKey),
+            jobs.get_hashed(hash, k)
+                .map(|(key, _)| key as *const JobKey)
+        );
         if touched && found.is_some_and(|(_, j)| !j.touched) {
             return None; // listed twice: evaluated already
         }
@@ -1978,11 +1995,9 @@ impl Engine {
                     max_concurrent: job.max_concurrent,
                 }
             });
-        let job = self
-            .st
-            .jobs
-            .get_hashed_mut(hash, k)
-            .expect("found above, and nothing was removed since");
+        let job = slot
+            .and_then(|s| self.st.jobs.at_slot_mut(s))
+            .expect("found above, and nothing was inserted or removed since");
         job.touched = false;
         // What the job owes its tenant is settled before the tenants are evaluated (`Credit`).
         let owed = job.account.settle(&self.s);

@@ -179,6 +179,33 @@ impl<K, V, S> LineTable<K, V, S> {
             .map(|s| (&s.key, &s.value))
     }
 
+    /// The slot of the entry [`LineTable::at_hash`] gives: a look-up by hash alone, to be
+    /// checked against the key with [`LineTable::at_slot`].
+    #[inline]
+    pub fn slot_at_hash(&self, hash: u64) -> Option<usize> {
+        self.table.find_bucket_index(hash, |_| true)
+    }
+
+    /// The slot of the entry of a key `key` whose hash is `hash`.
+    #[inline]
+    pub fn slot_of<Q: Equivalent<K> + ?Sized>(&self, hash: u64, key: &Q) -> Option<usize> {
+        self.table
+            .find_bucket_index(hash, |s| key.equivalent(&s.key))
+    }
+
+    /// The entry in slot `slot`, if one is there. A slot stays an entry's until the table
+    /// inserts or removes one.
+    #[inline]
+    pub fn at_slot(&self, slot: usize) -> Option<(&K, &V)> {
+        self.table.get_bucket(slot).map(|s| (&s.key, &s.value))
+    }
+
+    /// The value in slot `slot`, if an entry is there, to change (see [`LineTable::at_slot`]).
+    #[inline]
+    pub fn at_slot_mut(&mut self, slot: usize) -> Option<&mut V> {
+        self.table.get_bucket_mut(slot).map(|s| &mut s.value)
+    }
+
     /// The value of a key `key` whose hash is `hash`, to change.
     #[inline]
     pub fn get_hashed_mut<Q: Equivalent<K> + ?Sized>(
@@ -379,6 +406,45 @@ mod tests {
             }
         }
         assert_eq!(m.get("new"), Some(&[7; 5]));
+    }
+
+    /// A key's slot holds its entry until the table inserts or removes one; a slot found by hash
+    /// alone holds the key's entry or another's (then checked by its key), and an empty slot
+    /// holds none.
+    #[test]
+    fn slots_hold_the_entries_their_look_ups_found() {
+        let mut m = Map::default();
+        for i in 0..2000u64 {
+            m.insert(format!("key-{i}"), [i; 5]);
+        }
+        m.remove("key-7");
+        let mut guessed_right = 0;
+        for i in 0..2000u64 {
+            let k = format!("key-{i}");
+            let hash = m.hasher().hash_one(k.as_str());
+            let Some(slot) = m.slot_of(hash, k.as_str()) else {
+                assert_eq!(i, 7, "{k} has no slot");
+                assert_eq!(m.get(k.as_str()), None);
+                continue;
+            };
+            assert_eq!(m.at_slot(slot), Some((&k, &[i; 5])));
+            m.at_slot_mut(slot).expect("an entry")[1] = i + 1;
+            assert_eq!(m.get(k.as_str()), Some(&[i, i + 1, i, i, i]));
+            let guess = m.slot_at_hash(hash).expect("a table with entries");
+            let (guessed, _) = m.at_slot(guess).expect("a guess is an entry's slot");
+            guessed_right += (guessed == &k) as usize;
+        }
+        // Another key with the same 7-bit tag ahead in the probe sequence is rare.
+        assert!(
+            guessed_right > 1900,
+            "{guessed_right} of 1999 guessed right"
+        );
+        let empty = (0..m.table.num_buckets())
+            .find(|&b| m.table.get_bucket(b).is_none())
+            .expect("a table is never full");
+        assert_eq!(m.at_slot(empty), None);
+        assert_eq!(m.at_slot_mut(empty), None);
+        assert_eq!(m.at_slot(m.table.num_buckets()), None);
     }
 
     /// The probe points where hashbrown's look-up reads first: the group of control bytes at
