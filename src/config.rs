@@ -946,11 +946,7 @@ impl Config {
                     "more than 100000 panes per window",
                 ));
             }
-            windows.push(WindowSpec {
-                name: s.name.clone(),
-                width_ms: width,
-                slide_ms: slide,
-            });
+            windows.push(WindowSpec::new(s.name.clone(), width, slide));
         }
         let longest = windows.iter().map(|w| w.width_ms).max().unwrap_or(0);
         if w.dedup_horizon.ms() > longest {

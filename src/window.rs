@@ -20,11 +20,46 @@ pub struct WindowSpec {
     pub name: String,
     pub width_ms: i64,
     pub slide_ms: i64,
+    /// `width_ms / slide_ms`, divided out once.
+    panes: usize,
 }
 
 impl WindowSpec {
+    /// A window `width_ms` wide sliding every `slide_ms` (positive, and dividing `width_ms`).
+    pub fn new(name: impl Into<String>, width_ms: i64, slide_ms: i64) -> WindowSpec {
+        assert!(
+            slide_ms > 0 && width_ms > 0 && width_ms % slide_ms == 0,
+            "a window's slide is positive and divides its width"
+        );
+        WindowSpec {
+            name: name.into(),
+            width_ms,
+            slide_ms,
+            panes: (width_ms / slide_ms) as usize,
+        }
+    }
+
     pub fn panes(&self) -> usize {
-        (self.width_ms / self.slide_ms) as usize
+        self.panes
+    }
+
+    /// The pane of event time `ts_ms` (`ts_ms.div_euclid(slide_ms)`). `near` is a pane that
+    /// `ts_ms` most likely lies in or just after (a ring's newest): then it costs a multiplication
+    /// and two comparisons instead of a division.
+    #[inline]
+    pub fn pane_of(&self, ts_ms: i64, near: Option<i64>) -> i64 {
+        let slide = self.slide_ms;
+        if let Some((near, into)) =
+            near.and_then(|n| Some((n, ts_ms.checked_sub(n.checked_mul(slide)?)?)))
+        {
+            if (0..slide).contains(&into) {
+                return near;
+            }
+            if into >= slide && into - slide < slide {
+                return near + 1;
+            }
+        }
+        ts_ms.div_euclid(slide)
     }
 
     /// End of the window reported "now": the first slide boundary strictly after `latest_ms`,
@@ -348,10 +383,12 @@ impl Windows {
             });
         }
         let moved = self.flush(specs);
-        // The panes of every window that hold `ts_ms` overlap in [start, end).
+        // The panes of every window that hold `ts_ms` overlap in [start, end). Those the flush
+        // just wrote are the ones `ts_ms` most likely lies in or after.
         let (mut start, mut end) = (i64::MIN, i64::MAX);
-        for spec in specs {
-            let pane_start = ts_ms.div_euclid(spec.slide_ms) * spec.slide_ms;
+        for (i, spec) in specs.iter().enumerate() {
+            let near = self.rings.get(i).and_then(PaneRing::head);
+            let pane_start = spec.pane_of(ts_ms, near) * spec.slide_ms;
             start = start.max(pane_start);
             end = end.min(pane_start.saturating_add(spec.slide_ms));
         }
@@ -388,7 +425,7 @@ impl Windows {
             self.make_rings(specs.len());
         }
         for (ring, spec) in self.rings.iter_mut().zip(specs) {
-            if let Some(p) = ring.pane_mut(ts_ms.div_euclid(spec.slide_ms), spec.panes()) {
+            if let Some(p) = ring.pane_mut(spec.pane_of(ts_ms, ring.head()), spec.panes()) {
                 p.add(usage);
             }
         }
@@ -460,11 +497,7 @@ mod tests {
     const MIN: i64 = 60_000;
 
     fn spec(width: i64, slide: i64) -> WindowSpec {
-        WindowSpec {
-            name: "w".into(),
-            width_ms: width,
-            slide_ms: slide,
-        }
+        WindowSpec::new("w", width, slide)
     }
 
     fn usage(acc_ms: u64) -> Usage {
@@ -519,6 +552,24 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The pane of an event time is the division it spares, whatever pane it is told the
+        /// time is near: the same pane, the next, any other or none, boundaries and negative
+        /// times included.
+        #[test]
+        fn pane_of_is_the_division_it_spares(
+            slide in proptest::prop_oneof![1i64..5, 1i64..100_000_000],
+            ts in proptest::prop_oneof![-1_000i64..1_000, 0i64..4_000_000_000_000, proptest::prelude::any::<i64>()],
+            offset in proptest::prop_oneof![-3i64..3, proptest::prelude::any::<i64>()],
+            boundary in proptest::prelude::any::<bool>(),
+            none in proptest::prelude::any::<bool>(),
+        ) {
+            let w = spec(slide * 4, slide);
+            // On a pane's first millisecond, or anywhere.
+            let ts = if boundary { ts.div_euclid(slide).saturating_mul(slide) } else { ts };
+            let near = (!none).then(|| ts.div_euclid(slide).wrapping_sub(offset));
+            proptest::prop_assert_eq!(w.pane_of(ts, near), ts.div_euclid(slide));
+        }
+
         /// Whatever the order of writes, the ring holds exactly the sums of the written panes it
         /// retains (the `n` newest indexes up to the newest written), in whole and in any part,
         /// never more than `n` panes, and no pane array until it has held two panes at once.
