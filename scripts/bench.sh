@@ -8,7 +8,11 @@
 # 2-partition topic, under /usr/bin/time -v for the peak RSS the OS saw. Each run prints the
 # in-process table (1M devices / 200k jobs / 100k tenants by default) and the Kafka catch-up table
 # (10M events, the daemon against a bare rdkafka consumer); the outcomes are also written as JSON
-# to target/bench/run-N.json. Needs tansu (scripts/deps.sh) and about 8 GiB of memory.
+# to target/bench/run-N.json. Without extra options, each run then measures the pipeline in
+# process again at the throughput target's own cadence, every device once a second (121 rounds
+# of 1 s: 120 steady rounds and two evaluations of every job, one a minute as in a 1M-device
+# fleet sampled every second), written to target/bench/run-N-1s.json. Needs tansu
+# (scripts/deps.sh) and about 8 GiB of memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,4 +38,8 @@ for i in $(seq 1 "$runs"); do
     --brokers "127.0.0.1:$port" --topic "$topic" --json "$dir/run-$i.json" "$@"
   awk -F': ' '/Maximum resident set size/ {printf "peak RSS (OS, whole run including the Kafka part): %.0f MiB\n", $2/1024}
               /Elapsed \(wall clock\)/ {print "wall clock: " $2}' "$dir/run-$i.time"
+  if [ $# -eq 0 ]; then
+    echo "## run $i of $runs, in process at the target's cadence: every device once a second"
+    target/release/trainspotter bench --interval 1s --rounds 121 --json "$dir/run-$i-1s.json"
+  fi
 done
