@@ -173,7 +173,9 @@ enum Command {
         /// Tenants the jobs are spread over at random.
         #[arg(long, default_value_t = 100_000)]
         tenants: usize,
-        /// Event time between rounds (each device's sampling interval).
+        /// Event time between rounds (each device's sampling interval). The throughput target's
+        /// fleet samples every second: `--interval 1s --rounds 121` measures it (one evaluation
+        /// of every job a minute), as scripts/bench.sh does after each run.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         interval: std::time::Duration,
         /// Rounds of events; the first creates every key and is reported apart. The default, 37
