@@ -217,16 +217,6 @@ fn detection_panes(ts: i64, interval_ms: i64, slide: i64) -> (i64, i64, i64) {
     (pane, first, last)
 }
 
-/// `ts.div_euclid(span_ms)`, without a division when `ts` lies in span `current` (nearly every
-/// reading of a series lies in the span of the reading before it).
-#[inline]
-fn span_index(ts: i64, span_ms: i64, current: i64) -> i64 {
-    match current.checked_mul(span_ms) {
-        Some(from) if ts >= from && (ts.wrapping_sub(from) as u64) < span_ms as u64 => current,
-        _ => ts.div_euclid(span_ms),
-    }
-}
-
 /// One device series (or one aggregate series when the sample names no device).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SeriesState {
@@ -267,7 +257,8 @@ impl SeriesState {
         } else {
             *a + DEVICE_EWMA_ALPHA * (v - *a)
         };
-        let h = span_index(ts, half_ms, self.half);
+        // Nearly every reading of a series lies in the half of the reading before it.
+        let h = crate::window::pane_near(ts, half_ms, Some(self.half));
         if h > self.half {
             self.halves = if h == self.half.saturating_add(1) {
                 [self.halves[1], detect::Spread::default()]
@@ -1546,7 +1537,7 @@ impl Engine {
         }
         let floor = watermark_before.map_or(i64::MIN, |w| w - self.s.dedup_horizon_ms);
         let late = watermark_before.is_some_and(|w| ts < w);
-        let half_ms = self.sync_half_ms();
+        let half_ms = self.s.sync_half_ms;
         let slide = self.s.detect_slide_ms;
         let n = self.s.detect_panes as usize;
 
@@ -1749,11 +1740,6 @@ impl Engine {
         if let Some(m) = self.st.max_event_ms {
             self.evaluate(m);
         }
-    }
-
-    /// Half the detection window, in whole slides (at least one).
-    fn sync_half_ms(&self) -> i64 {
-        self.s.sync_half_ms
     }
 
     fn sweep_interval_ms(&self) -> i64 {
@@ -2315,7 +2301,7 @@ impl Engine {
         let first = (last - n + 1).max(first_ts.div_euclid(slide));
         // Gang synchrony looks at the current and the previous half window, as the devices keep
         // it: up to the newest slide received (devices keep every reading, also those past `now`).
-        let half = self.sync_half_ms();
+        let half = self.s.sync_half_ms;
         // A ring released by the sweep held nothing inside the window: no synchrony panes, as
         // before its release.
         let held = jobs.iter().filter_map(|j| j.detect.head()).max();
@@ -3003,11 +2989,11 @@ mod tests {
             );
         }
 
-        /// A span index taken against the current span is `ts.div_euclid(span)` whatever span is
-        /// current (the one of `ts`, one before or after it, far away, or none yet), also for a
-        /// `ts` on a span's boundary.
+        /// A series' half window taken near its current one (`window::pane_near`, as
+        /// `SeriesState` does) is `ts.div_euclid(span)` whatever half is current (the one of
+        /// `ts`, one before or after it, far away, or none yet), also for a `ts` on a boundary.
         #[test]
-        fn span_index_is_the_division_it_spares(
+        fn a_half_taken_near_the_current_one_is_the_division_it_spares(
             ts in -10_000_000i64..10_000_000,
             span in 1i64..1_000_000,
             offset in -3i64..3,
@@ -3016,7 +3002,7 @@ mod tests {
         ) {
             let ts = if on_boundary { ts.div_euclid(span) * span } else { ts };
             let current = if none_yet { i64::MIN } else { ts.div_euclid(span) + offset };
-            proptest::prop_assert_eq!(span_index(ts, span, current), ts.div_euclid(span));
+            proptest::prop_assert_eq!(crate::window::pane_near(ts, span, Some(current)), ts.div_euclid(span));
         }
     }
 

@@ -43,23 +43,10 @@ impl WindowSpec {
         self.panes
     }
 
-    /// The pane of event time `ts_ms` (`ts_ms.div_euclid(slide_ms)`). `near` is a pane that
-    /// `ts_ms` most likely lies in or just after (a ring's newest): then it costs a multiplication
-    /// and two comparisons instead of a division.
+    /// The pane of event time `ts_ms` in this window, [`pane_near`] `near` (a ring's newest).
     #[inline]
     pub fn pane_of(&self, ts_ms: i64, near: Option<i64>) -> i64 {
-        let slide = self.slide_ms;
-        if let Some((near, into)) =
-            near.and_then(|n| Some((n, ts_ms.checked_sub(n.checked_mul(slide)?)?)))
-        {
-            if (0..slide).contains(&into) {
-                return near;
-            }
-            if into >= slide && into - slide < slide {
-                return near + 1;
-            }
-        }
-        ts_ms.div_euclid(slide)
+        pane_near(ts_ms, self.slide_ms, near)
     }
 
     /// End of the window reported "now": the first slide boundary strictly after `latest_ms`,
@@ -67,6 +54,25 @@ impl WindowSpec {
     pub fn end_after(&self, latest_ms: i64) -> i64 {
         (latest_ms.div_euclid(self.slide_ms) + 1) * self.slide_ms
     }
+}
+
+/// The span of `len_ms` milliseconds that event time `ts_ms` lies in, numbered from the epoch
+/// (`ts_ms.div_euclid(len_ms)`). `near` is a span that `ts_ms` most likely lies in or just after
+/// (a ring's newest pane, a series' current half window): then it costs a multiplication and two
+/// comparisons instead of a division.
+#[inline]
+pub fn pane_near(ts_ms: i64, len_ms: i64, near: Option<i64>) -> i64 {
+    if let Some((near, into)) =
+        near.and_then(|n| Some((n, ts_ms.checked_sub(n.checked_mul(len_ms)?)?)))
+    {
+        if (0..len_ms).contains(&into) {
+            return near;
+        }
+        if into >= len_ms && into - len_ms < len_ms {
+            return near + 1;
+        }
+    }
+    ts_ms.div_euclid(len_ms)
 }
 
 /// A ring of up to `n` panes indexed by absolute pane number; it retains panes `head - n + 1 ..= head`.
