@@ -680,12 +680,24 @@ fn process_native<'a>(
 struct Chunk<'a> {
     /// Each event's index in the batch and its payload.
     events: Vec<(usize, Option<&'a [u8]>)>,
-    /// Each event read and validated in one pass, or `None` for one the flat reader could not
-    /// read, into a vector kept from chunk to chunk: a sample (272 bytes) is copied once on its
-    /// way to the engine, where reading all of a chunk and then validating it took three.
-    samples: Vec<Option<Result<SampleRef<'a>, Rejection>>>,
+    /// What became of each event: read and validated in one pass into its slot of `samples`,
+    /// rejected, or left to serde_json.
+    read: Vec<Read>,
+    /// The samples, event by event; places kept from chunk to chunk and written over, each
+    /// sample read and validated straight into its own: a sample made first and moved into a
+    /// vector after was copied (272 bytes) twice.
+    samples: Vec<SampleRef<'a>>,
     /// The hashes of each decoded sample's keys, in order, from the warm.
     hashes: SmallVec<[KeyHashes; WARM_CHUNK]>,
+}
+
+/// What became of an event of a [`Chunk`].
+enum Read {
+    /// Its sample is in its place in `Chunk::samples`.
+    Decoded,
+    Rejected(Rejection),
+    /// The flat reader could not read it: serde_json decodes it when it is applied.
+    Unread,
 }
 
 impl<'a> Chunk<'a> {
@@ -704,27 +716,36 @@ impl<'a> Chunk<'a> {
     ) {
         self.events.clear();
         self.events.extend(payloads.take(WARM_CHUNK));
-        self.samples.clear();
+        self.read.clear();
+        if self.samples.len() < self.events.len() {
+            self.samples
+                .resize_with(self.events.len(), SampleRef::blank);
+        }
         let probes = engine.probes();
         // Each decoded sample's position in `samples` and its keys' hashes.
         let mut hashed: SmallVec<[(usize, KeyHashes); WARM_CHUNK]> = SmallVec::new();
         let mut located: SmallVec<[Located<'_>; WARM_CHUNK]> = SmallVec::new();
-        for (_, p) in &self.events {
-            let sample = p
-                .and_then(|p| FlatNative::read(p, order))
-                .map(|f| f.sample(limits));
-            if let Some(Ok(s)) = &sample {
-                hashed.push((self.samples.len(), engine.hash_ahead(s, &probes)));
-            }
-            self.samples.push(sample);
+        for (i, (_, p)) in self.events.iter().enumerate() {
+            let slot = &mut self.samples[i];
+            let read = match p.and_then(|p| FlatNative::read(p, order)) {
+                None => Read::Unread,
+                Some(f) => match f.sample_into(limits, slot) {
+                    Ok(()) => {
+                        hashed.push((i, engine.hash_ahead(slot, &probes)));
+                        Read::Decoded
+                    }
+                    Err(r) => Read::Rejected(r),
+                },
+            };
+            self.read.push(read);
             // Each sample is located once `LOCATE_BEHIND` more are hashed.
             if hashed.len() > located.len() + LOCATE_BEHIND {
                 let (i, h) = hashed[located.len()];
-                located.push(engine.locate(decoded(&self.samples[i]), h));
+                located.push(engine.locate(&self.samples[i], h));
             }
         }
         for &(i, h) in &hashed[located.len()..] {
-            located.push(engine.locate(decoded(&self.samples[i]), h));
+            located.push(engine.locate(&self.samples[i], h));
         }
         self.hashes = engine.warm_located(located);
     }
@@ -738,32 +759,24 @@ impl<'a> Chunk<'a> {
         rejected: &mut Vec<Rejected>,
     ) {
         let mut hashes = self.hashes.iter();
-        // By reference: moving each sample out would copy its 272 bytes once more.
-        for ((index, payload), sample) in self.events.iter().zip(&self.samples) {
-            let result = match (sample, payload) {
-                (Some(Ok(s)), _) => {
+        let events = self.events.iter().zip(&self.read).zip(&self.samples);
+        for (((index, payload), read), sample) in events {
+            let result = match (read, payload) {
+                (Read::Decoded, _) => {
                     let h = hashes.next().expect("one hash per decoded sample");
-                    engine.apply_warmed(s, *h);
+                    engine.apply_warmed(sample, *h);
                     Ok(())
                 }
-                (Some(Err(r)), _) => Err(r.clone()),
-                (None, Some(p)) => decode_native_by_serde(p, limits).map(|s| {
+                (Read::Rejected(r), _) => Err(r.clone()),
+                (Read::Unread, Some(p)) => decode_native_by_serde(p, limits).map(|s| {
                     engine.apply(&s);
                 }),
-                (None, None) => Err(no_payload()),
+                (Read::Unread, None) => Err(no_payload()),
             };
             if let Err(rejection) = result {
                 reject(metrics, rejected, *index, rejection);
             }
         }
-    }
-}
-
-/// The sample of a chunk's entry that was decoded.
-fn decoded<'s, 'a>(sample: &'s Option<Result<SampleRef<'a>, Rejection>>) -> &'s SampleRef<'a> {
-    match sample {
-        Some(Ok(s)) => s,
-        _ => unreachable!("only decoded samples are hashed"),
     }
 }
 
