@@ -747,7 +747,7 @@ impl<'a> Chunk<'a> {
         for &(i, h) in &hashed[located.len()..] {
             located.push(engine.locate(&self.samples[i], h));
         }
-        self.hashes = engine.warm_located(located);
+        engine.warm_located(&mut located, &mut self.hashes);
     }
 
     /// Applies the events in order and lists each one rejected.
