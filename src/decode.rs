@@ -780,33 +780,66 @@ impl<'a> FlatEvent<'a> {
         if payload.len() > u32::MAX as usize {
             return None;
         }
-        let mut kinds = [Kind::Absent; FIELDS];
-        let mut words = [0u64; FIELDS];
-        let base = payload.as_ptr() as usize;
-        flatjson::scan(payload, &NATIVE_KEYS, order, |key, value| {
-            let Some(f) = key else {
-                return;
-            };
-            let (kind, word) = match value {
-                FlatValue::Str(s) => (
-                    Kind::Str,
-                    (s.as_ptr() as usize - base) as u64 | (s.len() as u64) << 32,
-                ),
-                FlatValue::Int(i) => (Kind::Int, i as u64),
-                FlatValue::Float(x) => (Kind::Float, x.to_bits()),
-                FlatValue::Bool => (Kind::Bool, 0),
-                FlatValue::Null => (Kind::Null, 0),
-            };
-            kinds[f] = kind;
-            words[f] = word;
-        })?;
+        let mut fields = FlatFields {
+            base: payload.as_ptr() as usize,
+            kinds: [Kind::Absent; FIELDS],
+            words: [0u64; FIELDS],
+        };
+        flatjson::scan(payload, &NATIVE_KEYS, order, &mut fields)?;
         // SAFETY: `scan` accepted the payload as JSON, so it is valid UTF-8 (see its doc).
         let payload = unsafe { std::str::from_utf8_unchecked(payload) };
         Some(FlatEvent {
             payload,
-            kinds,
-            words,
+            kinds: fields.kinds,
+            words: fields.words,
         })
+    }
+}
+
+/// The known fields [`flatjson::scan`] gives [`FlatEvent::read`], as it collects them: each one's
+/// kind and word, a string's word its place in the payload that starts at `base`.
+struct FlatFields {
+    base: usize,
+    kinds: [Kind; FIELDS],
+    words: [u64; FIELDS],
+}
+
+impl FlatFields {
+    #[inline(always)]
+    fn set(&mut self, key: Option<usize>, kind: Kind, word: u64) {
+        if let Some(f) = key {
+            self.kinds[f] = kind;
+            self.words[f] = word;
+        }
+    }
+}
+
+impl<'a> flatjson::Visit<'a> for FlatFields {
+    #[inline(always)]
+    fn field(&mut self, key: Option<usize>, value: FlatValue<'a>) {
+        match value {
+            FlatValue::Str(s) => self.str(key, s),
+            FlatValue::Int(i) => self.int(key, i),
+            FlatValue::Float(x) => self.float(key, x),
+            FlatValue::Bool => self.set(key, Kind::Bool, 0),
+            FlatValue::Null => self.set(key, Kind::Null, 0),
+        }
+    }
+
+    #[inline(always)]
+    fn str(&mut self, key: Option<usize>, s: &'a str) {
+        let place = (s.as_ptr() as usize - self.base) as u64 | (s.len() as u64) << 32;
+        self.set(key, Kind::Str, place);
+    }
+
+    #[inline(always)]
+    fn int(&mut self, key: Option<usize>, v: i64) {
+        self.set(key, Kind::Int, v as u64);
+    }
+
+    #[inline(always)]
+    fn float(&mut self, key: Option<usize>, v: f64) {
+        self.set(key, Kind::Float, v.to_bits());
     }
 }
 

@@ -131,15 +131,47 @@ impl Default for KeyOrder {
 /// The index in [`KeyOrder::next`] of an object's start.
 const START: usize = MAX_KNOWN;
 
-/// Calls `field` with each key and value of the flat object in `payload`, in order: the key as
-/// its index in `known`, or `None` for a key not among them. `None` when the payload is not such
-/// an object (the caller falls back to a full JSON parser). `order` says where known keys are
-/// expected, and learns where they were.
+/// What [`scan`] gives each field of an object to, in order: the key as its index in the known
+/// keys, or `None` for a key not among them, and the value. A closure taking the two is one.
+///
+/// Strings and numbers, nearly every value, come through their own methods, called from the
+/// branch of the reader that read them, so that an implementation that overrides them (inlined)
+/// stores each kind without a dispatch on [`FlatValue`]; by default they call
+/// [`Visit::field`].
+pub trait Visit<'a> {
+    fn field(&mut self, key: Option<usize>, value: FlatValue<'a>);
+
+    #[inline(always)]
+    fn str(&mut self, key: Option<usize>, s: &'a str) {
+        self.field(key, FlatValue::Str(s));
+    }
+
+    #[inline(always)]
+    fn int(&mut self, key: Option<usize>, v: i64) {
+        self.field(key, FlatValue::Int(v));
+    }
+
+    #[inline(always)]
+    fn float(&mut self, key: Option<usize>, v: f64) {
+        self.field(key, FlatValue::Float(v));
+    }
+}
+
+impl<'a, F: FnMut(Option<usize>, FlatValue<'a>)> Visit<'a> for F {
+    #[inline(always)]
+    fn field(&mut self, key: Option<usize>, value: FlatValue<'a>) {
+        self(key, value)
+    }
+}
+
+/// Gives each key and value of the flat object in `payload` to `visit`, in order. `None` when the
+/// payload is not such an object (the caller falls back to a full JSON parser). `order` says
+/// where known keys are expected, and learns where they were.
 pub fn scan<'a>(
     payload: &'a [u8],
     known: &[KnownKey],
     order: &mut KeyOrder,
-    mut field: impl FnMut(Option<usize>, FlatValue<'a>),
+    visit: &mut impl Visit<'a>,
 ) -> Option<()> {
     assert!(known.len() <= MAX_KNOWN, "at most {MAX_KNOWN} known keys");
     // Outside strings only ASCII bytes of the grammar are accepted, so checking each string's
@@ -187,12 +219,10 @@ pub fn scan<'a>(
         if let Some(k) = key {
             previous = k;
         }
-        let (value, next) = match value(b, i) {
-            Some(v) => v,
-            None => value(b, skip_ws(b, i))?,
+        i = match value(b, i, key, visit) {
+            Some(next) => next,
+            None => value(b, skip_ws(b, i), key, visit)?,
         };
-        field(key, value);
-        i = next;
         match b.get(i) {
             Some(b',') => i += 1,
             Some(b'}') => return (skip_ws(b, i + 1) == b.len()).then_some(()),
@@ -413,23 +443,34 @@ fn digit_values(w: u64, run: usize) -> u64 {
         >> 32
 }
 
+/// Reads the value at `i` and gives it to `visit` as the value of `key`; the index after it, or
+/// `None` (and nothing given) if there is none.
 #[inline(always)]
-fn value(b: &[u8], i: usize) -> Option<(FlatValue<'_>, usize)> {
+fn value<'a>(
+    b: &'a [u8],
+    i: usize,
+    key: Option<usize>,
+    visit: &mut impl Visit<'a>,
+) -> Option<usize> {
     let c = *b.get(i)?;
     // Numbers and strings first, without a jump table: they are nearly every value.
     if c.is_ascii_digit() {
-        return number(b, i);
+        return number(b, i, key, visit);
     }
     if c == b'"' {
-        return string(b, i).map(|(s, n)| (FlatValue::Str(s), n));
+        let (s, next) = string(b, i)?;
+        visit.str(key, s);
+        return Some(next);
     }
-    match c {
+    let (v, next) = match c {
         b't' => literal(b, i, b"true", FlatValue::Bool),
         b'f' => literal(b, i, b"false", FlatValue::Bool),
         b'n' => literal(b, i, b"null", FlatValue::Null),
-        b'-' | b'0'..=b'9' => number(b, i),
+        b'-' | b'0'..=b'9' => any_number(b, i),
         _ => None,
-    }
+    }?;
+    visit.field(key, v);
+    Some(next)
 }
 
 fn literal<'a>(
@@ -441,16 +482,18 @@ fn literal<'a>(
     b[i..].starts_with(word).then_some((v, i + word.len()))
 }
 
-/// A JSON number at `i`, read in one pass. Integers of up to 18 digits are exact `Int`s; other
-/// numbers take Clinger's fast path ([`Number::fast`]) or go through the standard library's
-/// correctly rounded parser, as serde_json's `float_roundtrip` does. Negative zero, longer
-/// integers and non-finite results are left to serde_json.
+/// A JSON number at `i`, read in one pass and given to `visit` as [`value`] does. Integers of up
+/// to 18 digits are exact `Int`s; other numbers take Clinger's fast path ([`Number::fast`]) or go
+/// through the standard library's correctly rounded parser, as serde_json's `float_roundtrip`
+/// does. Negative zero, longer integers and non-finite results are left to serde_json.
 #[inline(always)]
-fn number(b: &[u8], i: usize) -> Option<(FlatValue<'static>, usize)> {
-    match short_number(b, i) {
-        Some(short) => Some(short),
-        None => any_number(b, i),
+fn number<'a>(b: &[u8], i: usize, key: Option<usize>, visit: &mut impl Visit<'a>) -> Option<usize> {
+    if let Some(next) = short_number(b, i, key, visit) {
+        return Some(next);
     }
+    let (v, next) = any_number(b, i)?;
+    visit.field(key, v);
+    Some(next)
 }
 
 /// [`number`] of any JSON number text, through [`Number::read`].
@@ -473,14 +516,20 @@ fn any_number(b: &[u8], i: usize) -> Option<(FlatValue<'static>, usize)> {
     v.is_finite().then_some((FlatValue::Float(v), j))
 }
 
-/// The number at `i` if it has one of the shapes telemetry writes, read from at most two words
-/// of the payload: a non-negative integer of 1 to 15 digits, or a decimal of 1 to 7 integer
-/// digits and 1 to 7 fraction digits, without an exponent. `None` for any other text, valid or
-/// not, which [`Number::read`] then reads. Gives what `Number::read` and [`Number::fast`] give
-/// for the same text: at most 14 digits make an integer below 2^53, so a decimal is that integer
-/// divided by an exact power of ten, correctly rounded, as the fast path computes it.
+/// The number at `i`, given to `visit` as [`value`] does, if it has one of the shapes telemetry
+/// writes, read from at most two words of the payload: a non-negative integer of 1 to 15 digits,
+/// or a decimal of 1 to 7 integer digits and 1 to 7 fraction digits, without an exponent. `None`
+/// (and nothing given) for any other text, valid or not, which [`Number::read`] then reads.
+/// Gives what `Number::read` and [`Number::fast`] give for the same text: at most 14 digits make
+/// an integer below 2^53, so a decimal is that integer divided by an exact power of ten,
+/// correctly rounded, as the fast path computes it.
 #[inline(always)]
-fn short_number(b: &[u8], i: usize) -> Option<(FlatValue<'static>, usize)> {
+fn short_number<'a>(
+    b: &[u8],
+    i: usize,
+    key: Option<usize>,
+    visit: &mut impl Visit<'a>,
+) -> Option<usize> {
     /// Byte `k` (below 8) of the word `w`.
     fn byte(w: u64, k: usize) -> u8 {
         (w >> (8 * k)) as u8
@@ -503,7 +552,8 @@ fn short_number(b: &[u8], i: usize) -> Option<(FlatValue<'static>, usize)> {
             0 => int,
             _ => int * POW10[run2] + digit_values(w2, run2),
         };
-        return Some((FlatValue::Int(v as i64), i + 8 + run2));
+        visit.int(key, v as i64);
+        return Some(i + 8 + run2);
     }
     match byte(w, run) {
         b'e' | b'E' => None,
@@ -517,9 +567,13 @@ fn short_number(b: &[u8], i: usize) -> Option<(FlatValue<'static>, usize)> {
             // Below 10^14, so exact as an i64 and as an f64: converted as signed, which x86-64
             // does in one instruction (an unsigned conversion takes four).
             let v = m as i64 as f64 / POW10_F64[frac];
-            Some((FlatValue::Float(v), i + run + 1 + frac))
+            visit.float(key, v);
+            Some(i + run + 1 + frac)
         }
-        _ => Some((FlatValue::Int(int as i64), i + run)),
+        _ => {
+            visit.int(key, int as i64);
+            Some(i + run)
+        }
     }
 }
 
@@ -689,7 +743,7 @@ mod tests {
         order: &mut KeyOrder,
     ) -> Option<Vec<(&'static str, FlatValue<'a>)>> {
         let mut out = Vec::new();
-        scan(s.as_bytes(), &KNOWN, order, |k, v| {
+        scan(s.as_bytes(), &KNOWN, order, &mut |k: Option<usize>, v| {
             out.push((k.map_or("?", |k| KNOWN[k].name()), v))
         })?;
         Some(out)
@@ -699,8 +753,20 @@ mod tests {
         fields_in(s, &mut KeyOrder::default())
     }
 
+    /// What [`short_number`] gives for the text at the start of `b`, and the index after it.
+    fn short_number_at_start(b: &[u8]) -> Option<(FlatValue<'static>, usize)> {
+        let mut given = None;
+        let end = short_number(b, 0, None, &mut |_: Option<usize>, v| given = Some(v))?;
+        Some((given.expect("a number given where one is read"), end))
+    }
+
     fn scan_all(b: &[u8]) -> Option<()> {
-        scan(b, &KNOWN, &mut KeyOrder::default(), |_, _| {})
+        scan(
+            b,
+            &KNOWN,
+            &mut KeyOrder::default(),
+            &mut |_: Option<usize>, _| {},
+        )
     }
 
     #[test]
@@ -851,7 +917,7 @@ mod tests {
             ],
         ) {
             let b = text.as_bytes();
-            if let Some((short, end)) = short_number(b, 0) {
+            if let Some((short, end)) = short_number_at_start(b) {
                 let (general, general_end) = any_number(b, 0).expect("a number the general path reads");
                 proptest::prop_assert_eq!(end, general_end, "{}", text);
                 let bits = |v: FlatValue<'_>| match v {
@@ -915,7 +981,7 @@ mod tests {
 
     #[test]
     fn the_short_number_path_takes_the_shapes_telemetry_writes_and_nothing_else() {
-        let short = |t: &str| short_number(t.as_bytes(), 0);
+        let short = |t: &str| short_number_at_start(t.as_bytes());
         assert_eq!(short("0.450,\"sm\""), Some((FlatValue::Float(0.45), 5)));
         assert_eq!(
             short("1712000000000,\"t\""),
