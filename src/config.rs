@@ -948,7 +948,7 @@ impl Config {
             }
             windows.push(WindowSpec::new(s.name.clone(), width, slide));
         }
-        let longest = windows.iter().map(|w| w.width_ms).max().unwrap_or(0);
+        let longest = windows.iter().map(|w| w.width_ms()).max().unwrap_or(0);
         if w.dedup_horizon.ms() > longest {
             // Idle keys are evicted after the longest window: de-duplication cannot remember longer.
             return Err(invalid(
@@ -1180,7 +1180,7 @@ mod tests {
         let s = Config::default().validate().unwrap();
         let names: Vec<_> = s.windows.iter().map(|w| w.name.as_str()).collect();
         assert_eq!(names, ["1h", "24h", "7d", "30d"]);
-        assert_eq!(s.windows[1].slide_ms, 300_000);
+        assert_eq!(s.windows[1].slide_ms(), 300_000);
         assert_eq!(s.allowed_lateness_ms, 300_000);
         assert_eq!(s.thresholds, vec![1e23, 1e25, 1e26]);
     }

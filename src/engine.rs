@@ -1234,7 +1234,7 @@ impl Engine {
             .s
             .windows
             .iter()
-            .map(|w| format!("{}={}/{}", w.name, w.width_ms, w.slide_ms))
+            .map(|w| format!("{}={}/{}", w.name, w.width_ms(), w.slide_ms()))
             .collect();
         format!(
             "windows:{};detect:{}/{}",
@@ -1746,7 +1746,13 @@ impl Engine {
     }
 
     fn sweep_interval_ms(&self) -> i64 {
-        let longest_slide = self.s.windows.iter().map(|w| w.slide_ms).max().unwrap_or(0);
+        let longest_slide = self
+            .s
+            .windows
+            .iter()
+            .map(|w| w.slide_ms())
+            .max()
+            .unwrap_or(0);
         longest_slide.clamp(self.s.detect_slide_ms, 3_600_000)
     }
 
@@ -2562,7 +2568,7 @@ impl Engine {
             window_end,
         ));
         let observed_ms = (account.last_ts - account.first_ts).max(0);
-        let rate_span_ms = observed_ms.min(spec.width_ms);
+        let rate_span_ms = observed_ms.min(spec.width_ms());
         let rate = if rate_span_ms > 0 {
             in_window.central / (rate_span_ms as f64 / 1000.0)
         } else {
@@ -2643,7 +2649,7 @@ impl Engine {
             .s
             .windows
             .iter()
-            .map(|w| w.width_ms + w.slide_ms)
+            .map(|w| w.width_ms() + w.slide_ms())
             .max()
             .unwrap_or(0);
         let idle_before = watermark - longest;

@@ -18,8 +18,9 @@ use crate::estimate::Usage;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowSpec {
     pub name: String,
-    pub width_ms: i64,
-    pub slide_ms: i64,
+    // Private, so that `panes` always agrees with them: `WindowSpec::new` checks and derives.
+    width_ms: i64,
+    slide_ms: i64,
     /// `width_ms / slide_ms`, divided out once.
     panes: usize,
 }
@@ -37,6 +38,16 @@ impl WindowSpec {
             slide_ms,
             panes: (width_ms / slide_ms) as usize,
         }
+    }
+
+    /// The window's width in milliseconds.
+    pub fn width_ms(&self) -> i64 {
+        self.width_ms
+    }
+
+    /// How far the window slides, in milliseconds: the length of one pane.
+    pub fn slide_ms(&self) -> i64 {
+        self.slide_ms
     }
 
     pub fn panes(&self) -> usize {

@@ -75,7 +75,7 @@ fn helios_tenant_totals_and_windows_equal_plain_sums() {
             let end = w.end_after(latest);
             let expected: u64 = rows
                 .iter()
-                .filter(|r| r.ts_ms >= end - w.width_ms && r.ts_ms < end)
+                .filter(|r| r.ts_ms >= end - w.width_ms() && r.ts_ms < end)
                 .map(|r| r.gpus * 60)
                 .sum();
             assert_eq!(

@@ -93,7 +93,7 @@ fn check(cfg: &Config, events: &[Ev]) -> Result<(), TestCaseError> {
     // for the ended-job retention.
     let longest = specs
         .iter()
-        .map(|w| w.width_ms + w.slide_ms)
+        .map(|w| w.width_ms() + w.slide_ms())
         .max()
         .unwrap()
         .min(settings.ended_job_retention_ms);
@@ -151,7 +151,7 @@ fn check(cfg: &Config, events: &[Ev]) -> Result<(), TestCaseError> {
             .map(|w| {
                 let end = w.end_after(latest);
                 evs.iter()
-                    .filter(|e| e.ts >= end - w.width_ms && e.ts < end)
+                    .filter(|e| e.ts >= end - w.width_ms() && e.ts < end)
                     .map(|e| accelerator_ms(e.gpus as f64, e.interval_s as f64))
                     .sum()
             })

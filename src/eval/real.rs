@@ -128,7 +128,7 @@ fn helios(cfg: &Config, dir: &Path) -> Result<Option<Helios>, EvalError> {
                     let end = w.end_after(latest);
                     let sum: u64 = rows
                         .iter()
-                        .filter(|r| r.ts_ms >= end - w.width_ms && r.ts_ms < end)
+                        .filter(|r| r.ts_ms >= end - w.width_ms() && r.ts_ms < end)
                         .map(|r| r.gpus * 60)
                         .sum();
                     t.windows.0.get(i).is_some_and(|(_, v)| *v == sum as f64)

@@ -326,7 +326,7 @@ pub fn expected(events: &[Event]) -> (Totals, Totals) {
             .map(|w| {
                 let end = w.end_after(latest);
                 evs.iter()
-                    .filter(|e| e.ts >= end - w.width_ms && e.ts < end)
+                    .filter(|e| e.ts >= end - w.width_ms() && e.ts < end)
                     .map(|e| accelerator_ms(e.gpus, e.interval_s))
                     .sum()
             })
