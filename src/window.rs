@@ -50,6 +50,7 @@ impl WindowSpec {
         self.slide_ms
     }
 
+    /// The panes the window spans: its width over its slide.
     pub fn panes(&self) -> usize {
         self.panes
     }
