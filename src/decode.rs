@@ -463,11 +463,7 @@ pub fn decode_native_with<R>(
         flat
     });
     match flat {
-        Some(flat) => {
-            let mut sample = SampleRef::blank();
-            flat.sample_into(limits, &mut sample)?;
-            Ok(f(sample))
-        }
+        Some(flat) => flat.sample(limits).map(f),
         None => decode_native_by_serde(payload, limits).map(|s| f(s.borrowed())),
     }
 }
@@ -494,9 +490,7 @@ impl<'a> FlatNative<'a> {
 
     /// The sample, exactly as [`decode_native_with`] gives it for the same payload.
     pub fn sample(&self, limits: DecodeLimits) -> Result<SampleRef<'a>, Rejection> {
-        let mut sample = SampleRef::blank();
-        self.0.sample_into(limits, &mut sample)?;
-        Ok(sample)
+        self.0.sample(limits)
     }
 
     /// [`FlatNative::sample`] written into `out` (any sample, e.g. [`SampleRef::blank`]) instead
@@ -844,6 +838,14 @@ impl<'a> flatjson::Visit<'a> for FlatFields {
 }
 
 impl<'a> FlatEvent<'a> {
+    /// [`FlatEvent::sample_into`] a blank place: the sample, returned.
+    #[inline(always)]
+    fn sample(&self, limits: DecodeLimits) -> Result<SampleRef<'a>, Rejection> {
+        let mut sample = SampleRef::blank();
+        self.sample_into(limits, &mut sample)?;
+        Ok(sample)
+    }
+
     /// [`validate_into`] of these fields: by [`FlatEvent::plain_into`] when every field is of a
     /// kind and in a range that validation accepts as it is, as nearly every event's are; by
     /// `validate_into` otherwise, which then gives the same sample (a name given as an integer)
