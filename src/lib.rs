@@ -9,6 +9,7 @@
 //! - [`catalog`]: accelerator model names to peak dense FLOP/s.
 //! - [`estimate`]: accelerator time and FLOP estimates (low / central / high).
 //! - [`window`]: event-time sliding windows by pane aggregation (exact integer sums).
+//! - [`pane_archive`]: the older panes of a usage window, encoded compactly and exactly.
 //! - [`detect`]: per-job features and the training-likeness score.
 //! - [`alert`]: alert identity, lifecycle and the CloudEvents rendering.
 //! - [`evidence`]: what an alert condition rests on, rendered to JSON when a record is made.
@@ -67,6 +68,7 @@ pub mod line_table;
 pub mod metrics;
 pub mod name;
 pub mod otlp;
+pub mod pane_archive;
 pub mod partitions;
 pub mod persist;
 pub mod pipeline;

@@ -90,6 +90,21 @@ pub fn read_helios_vc(path: &Path) -> Result<Vec<HeliosRow>, TraceError> {
         .collect()
 }
 
+/// The minutes of [`read_helios`]'s clusters that had GPUs running, as `(ts_ms, cluster index,
+/// gpus)` in time order (the cluster's index into `vcs`): the samples a collector would send.
+pub fn helios_samples(vcs: &[(String, Vec<HeliosRow>)]) -> Vec<(i64, usize, u64)> {
+    let mut events: Vec<(i64, usize, u64)> = Vec::new();
+    for (i, (_, rows)) in vcs.iter().enumerate() {
+        events.extend(
+            rows.iter()
+                .filter(|r| r.gpus > 0)
+                .map(|r| (r.ts_ms, i, r.gpus)),
+        );
+    }
+    events.sort_unstable();
+    events
+}
+
 /// Every virtual cluster of a `helios-earth-vcs` folder, by name (file name without `.csv.gz`).
 pub fn read_helios(dir: &Path) -> Result<Vec<(String, Vec<HeliosRow>)>, TraceError> {
     let io = |source| TraceError::Io {

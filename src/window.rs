@@ -6,13 +6,16 @@
 //! sample is stored once per window length, not once per overlapping window. Accelerator time is kept
 //! in integer milliseconds, so sums are exact and independent of arrival order. The samples of a
 //! key's newest span (one pane of every window) are summed apart and added to the rings once, when
-//! the key moves on to the next span ([`Windows`]).
+//! the key moves on to the next span ([`Windows`]). A ring keeps its newest panes in an array and
+//! its older ones encoded compactly ([`UsageRing`], [`crate::pane_archive`]): a long-lived key's
+//! day and week hold hundreds of panes.
 //!
 //! This module does no I/O and never reads the clock: callers pass event times in.
 
 use serde::{Deserialize, Serialize};
 
 use crate::estimate::Usage;
+use crate::pane_archive::{GroupedSum, PaneArchive};
 
 /// A configured sliding window, in the checked form the engine uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,6 +290,228 @@ impl<T: Default + Clone> PaneRing<T> {
             *self = PaneRing::default();
         }
     }
+
+    /// Whether the ring's bookkeeping agrees with its storage (a ring read from a checkpoint is
+    /// checked before it is used): a ring holding panes before its head has an array with a slot
+    /// for each.
+    pub fn is_consistent(&self) -> bool {
+        self.head == NEVER
+            || (self.start <= self.head
+                && (self.start == self.head
+                    || ((self.head - self.start) as u64) < self.panes.len() as u64))
+    }
+
+    /// Takes the held panes older than `cut` out of the ring, calling `f` with each and its index,
+    /// oldest first (every index from the oldest held; a pane never written is `T::default()`).
+    /// A ring left holding nothing reads as never written; an array longer than what is left
+    /// needs is made smaller.
+    pub fn take_before(&mut self, cut: i64, mut f: impl FnMut(i64, T)) {
+        if self.head == NEVER || cut <= self.start {
+            return;
+        }
+        for i in self.start..cut.min(self.head + 1) {
+            let p = if i == self.head {
+                std::mem::take(&mut self.current)
+            } else {
+                let s = self.slot(i);
+                std::mem::take(&mut self.panes[s])
+            };
+            f(i, p);
+        }
+        if cut > self.head {
+            *self = PaneRing::default();
+            return;
+        }
+        self.start = cut;
+        let want = ((self.head - cut + 1) as usize).next_power_of_two().max(2);
+        if self.panes.len() > want {
+            let mut smaller = vec![T::default(); want].into_boxed_slice();
+            for i in self.start..self.head {
+                smaller[i.rem_euclid(want as i64) as usize] =
+                    std::mem::take(&mut self.panes[self.slot(i)]);
+            }
+            self.panes = smaller;
+        }
+    }
+}
+
+/// The panes of a usage window a ring keeps in a pane array: its newest, where nearly every
+/// write lands (a sample within the allowed lateness of the key's newest, with the default
+/// windows). Older panes, to the window's width, are held in a [`PaneArchive`].
+pub const LIVE_PANES: usize = 8;
+
+/// The ring of one usage window: its newest [`LIVE_PANES`] panes in a [`PaneRing`], the older
+/// ones (a window of more panes than that) encoded in a [`PaneArchive`], a third of the size.
+/// The archive's panes all come before the live ring's; a write to one of them (a sample later
+/// than the live panes reach) re-encodes the archive, and so does each advance of the ring that
+/// moves a pane into it or drops its oldest (decoding the rest of that pane's block). A window's
+/// value adds its panes in aligned blocks ([`GroupedSum`]): a block the window covers wholly is
+/// read as its kept sum, without decoding, and every value reads as it would from one ring of
+/// all the panes, bit for bit.
+///
+/// Checkpoints hold the ring in [`PaneRing`]'s form, every pane in its array: the format is that
+/// of a ring without an archive, and a ring read from it is split again.
+#[derive(Debug, Clone, Default)]
+pub struct UsageRing {
+    live: PaneRing<Usage>,
+    archive: Option<Box<PaneArchive>>,
+}
+
+impl UsageRing {
+    /// Newest pane index, if any pane was ever written.
+    pub fn head(&self) -> Option<i64> {
+        self.live.head()
+    }
+
+    /// Panes in the live ring's array.
+    pub fn capacity(&self) -> usize {
+        self.live.capacity()
+    }
+
+    /// Heap bytes beyond the ring itself: the live array and the archive.
+    pub fn heap_bytes(&self) -> usize {
+        self.live.capacity() * std::mem::size_of::<Usage>()
+            + self
+                .archive
+                .as_ref()
+                .map_or(0, |a| std::mem::size_of::<PaneArchive>() + a.heap_bytes())
+    }
+
+    /// Adds `usage` to pane `idx` of a window of `n` panes. False if the pane is older than the
+    /// ring retains (the `n` newest up to its newest).
+    pub fn add(&mut self, idx: i64, n: usize, usage: &Usage) -> bool {
+        let live_n = n.min(LIVE_PANES);
+        if live_n < n {
+            if let Some(head) = self.live.head() {
+                if idx > head {
+                    self.advance(idx, n, live_n);
+                } else if idx <= head - live_n as i64 {
+                    if idx <= head - n as i64 {
+                        return false;
+                    }
+                    self.archive
+                        .get_or_insert_with(Default::default)
+                        .add(idx, usage);
+                    return true;
+                }
+            }
+        }
+        match self.live.pane_mut(idx, live_n) {
+            Some(p) => {
+                p.add(usage);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Before the live ring moves on to `idx`: the panes it would let go of go to the archive,
+    /// which lets go of those the window no longer covers.
+    #[cold]
+    fn advance(&mut self, idx: i64, n: usize, live_n: usize) {
+        let keep_from = idx - n as i64 + 1;
+        let archive = &mut self.archive;
+        self.live.take_before(idx - live_n as i64 + 1, |i, p| {
+            if i < keep_from {
+                return;
+            }
+            let a = archive.get_or_insert_with(|| Box::new(PaneArchive::starting_at(i)));
+            if a.is_empty() {
+                **a = PaneArchive::starting_at(i);
+            }
+            debug_assert!(
+                a.end() <= i,
+                "the archive's panes come before the live ones"
+            );
+            while a.end() < i {
+                a.push(&Usage::default());
+            }
+            a.push(&p);
+        });
+        if let Some(a) = &mut self.archive {
+            a.drop_before(keep_from);
+            if a.is_empty() {
+                self.archive = None;
+            }
+        }
+    }
+
+    /// The sum of the held panes with `first <= index <= last`, in the order of [`GroupedSum`].
+    pub fn sum_in(&self, first: i64, last: i64) -> Usage {
+        let mut sum = GroupedSum::default();
+        if let Some(a) = &self.archive {
+            a.sum_into(first, last, &mut sum);
+        }
+        self.live.for_each_in(first, last, |i, p| sum.pane(i, p));
+        sum.finish()
+    }
+
+    /// Starts loading what a read touches: the live array and the archive's sum.
+    #[inline]
+    pub fn prefetch(&self) {
+        self.live.prefetch();
+        if let Some(a) = &self.archive {
+            crate::prefetch::value(&**a);
+        }
+    }
+
+    /// Frees the storage if every pane written is older than `idx`.
+    pub fn release_before(&mut self, idx: i64) {
+        if self.live.head().is_some_and(|h| h < idx) {
+            *self = UsageRing::default();
+        }
+    }
+
+    /// The ring as one [`PaneRing`] of all its panes (the checkpoint's form).
+    fn whole(&self) -> std::borrow::Cow<'_, PaneRing<Usage>> {
+        let (Some(a), Some(head)) = (&self.archive, self.live.head()) else {
+            return std::borrow::Cow::Borrowed(&self.live);
+        };
+        let start = a.start();
+        let len = (head - start + 1) as usize;
+        let slot = |i: i64| i.rem_euclid(len as i64) as usize;
+        let mut panes = vec![Usage::default(); len].into_boxed_slice();
+        a.for_each(|i, p| panes[slot(i)] = *p);
+        self.live
+            .for_each_in(start, head - 1, |i, p| panes[slot(i)] = *p);
+        std::borrow::Cow::Owned(PaneRing {
+            head,
+            start,
+            current: self.live.current,
+            panes,
+        })
+    }
+
+    /// A ring of all its panes split into the live ring and the archive.
+    fn split(mut live: PaneRing<Usage>) -> UsageRing {
+        let mut archive: Option<Box<PaneArchive>> = None;
+        if let Some(head) = live.head() {
+            live.take_before(head - LIVE_PANES as i64 + 1, |i, p| {
+                archive
+                    .get_or_insert_with(|| Box::new(PaneArchive::starting_at(i)))
+                    .push(&p)
+            });
+        }
+        UsageRing { live, archive }
+    }
+}
+
+impl Serialize for UsageRing {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.whole().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for UsageRing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let ring = PaneRing::deserialize(d)?;
+        if !ring.is_consistent() {
+            return Err(serde::de::Error::custom(
+                "a window ring holds more panes than its pane array",
+            ));
+        }
+        Ok(UsageRing::split(ring))
+    }
 }
 
 /// The accounting windows of one key (a tenant or a job): one ring per configured window, and the
@@ -306,7 +531,7 @@ impl<T: Default + Clone> PaneRing<T> {
 pub struct Windows {
     pending: Pending,
     /// One ring per window once anything moved into them (none before, nor once all were freed).
-    rings: Box<[PaneRing<Usage>]>,
+    rings: Box<[UsageRing]>,
 }
 
 /// What [`Windows::add`] or [`Windows::flush`] moved into the rings: the pending span's sum, or a
@@ -336,12 +561,8 @@ impl Pending {
 impl Windows {
     /// Heap bytes of the rings (for memory accounting).
     pub fn heap_bytes(&self) -> usize {
-        self.rings.len() * std::mem::size_of::<PaneRing<Usage>>()
-            + self
-                .rings
-                .iter()
-                .map(|r| r.capacity() * std::mem::size_of::<Usage>())
-                .sum::<usize>()
+        self.rings.len() * std::mem::size_of::<UsageRing>()
+            + self.rings.iter().map(UsageRing::heap_bytes).sum::<usize>()
     }
 
     /// Whether adding a sample at `ts_ms` touches the rings: it falls outside a pending span
@@ -405,7 +626,7 @@ impl Windows {
         // just wrote are the ones `ts_ms` most likely lies in or after.
         let (mut start, mut end) = (i64::MIN, i64::MAX);
         for (i, spec) in specs.iter().enumerate() {
-            let near = self.rings.get(i).and_then(PaneRing::head);
+            let near = self.rings.get(i).and_then(UsageRing::head);
             let pane_start = spec.pane_of(ts_ms, near) * spec.slide_ms;
             start = start.max(pane_start);
             end = end.min(pane_start.saturating_add(spec.slide_ms));
@@ -443,9 +664,7 @@ impl Windows {
             self.make_rings(specs.len());
         }
         for (ring, spec) in self.rings.iter_mut().zip(specs) {
-            if let Some(p) = ring.pane_mut(spec.pane_of(ts_ms, ring.head()), spec.panes()) {
-                p.add(usage);
-            }
+            ring.add(spec.pane_of(ts_ms, ring.head()), spec.panes(), usage);
         }
     }
 
@@ -459,7 +678,7 @@ impl Windows {
                 .into_iter()
                 .take(n),
         );
-        rings.resize_with(n, PaneRing::default);
+        rings.resize_with(n, UsageRing::default);
         self.rings = rings.into_boxed_slice();
     }
 
@@ -490,14 +709,12 @@ impl Windows {
     /// older windows have lost their oldest panes to eviction.
     pub fn value(&self, specs: &[WindowSpec], i: usize, end_ms: i64) -> Usage {
         let spec = &specs[i];
-        let mut total = Usage::default();
         let last = end_ms.div_euclid(spec.slide_ms) - 1;
         let first = last - spec.panes() as i64 + 1;
-        if let Some(ring) = self.rings.get(i) {
-            for (_, p) in ring.range(first, last) {
-                total.add(p);
-            }
-        }
+        let mut total = match self.rings.get(i) {
+            Some(ring) => ring.sum_in(first, last),
+            None => Usage::default(),
+        };
         if !self.pending.is_empty() {
             let pane = self.pending.start_ms.div_euclid(spec.slide_ms);
             if (first..=last).contains(&pane) {
@@ -708,6 +925,110 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Windows whose rings keep their older panes archived read, for every window and end
+        /// (past ones included), bit for bit what one plain ring of all the panes per window
+        /// reads when given the same moves: late samples into archived panes, jumps past a
+        /// ring's width and idle stretches included. A checkpoint's round trip changes nothing,
+        /// then or after.
+        #[test]
+        fn archived_rings_read_bit_for_bit_as_plain_rings_of_every_pane(
+            steps in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        8 => 0i64..2 * MIN,
+                        2 => -40 * MIN..0,
+                        1 => 0i64..300 * MIN,
+                    ],
+                    0u64..200_000,
+                    proptest::prop_oneof![proptest::prelude::Just(0.0), 1e10f64..1e18],
+                    proptest::prop_oneof![proptest::prelude::Just(0.0), 1e10f64..1e18],
+                ),
+                1..300,
+            ),
+        ) {
+            let specs = [
+                spec(10 * MIN, MIN),
+                spec(40 * MIN, MIN),
+                spec(60 * MIN, 3 * MIN),
+                spec(120 * MIN, 5 * MIN),
+                spec(6 * MIN, 3 * MIN),
+            ];
+            let mut w = Windows::default();
+            let mut plain: Vec<PaneRing<Usage>> = specs.iter().map(|_| PaneRing::default()).collect();
+            let (mut ts, mut newest) = (0i64, i64::MIN);
+            let bits = |u: &Usage| (u.acc_ms, u.measured_flop.to_bits(), u.nominal_flop.to_bits());
+            for (k, (step, acc_ms, measured_flop, nominal_flop)) in steps.into_iter().enumerate() {
+                ts = (ts + step).max(0);
+                newest = newest.max(ts);
+                let u = Usage { acc_ms, measured_flop, nominal_flop };
+                if let Some(m) = w.add(&specs, ts, &u) {
+                    for (ring, spec) in plain.iter_mut().zip(&specs) {
+                        if let Some(p) = ring.pane_mut(spec.pane_of(m.ts_ms, None), spec.panes()) {
+                            p.add(&m.usage);
+                        }
+                    }
+                }
+                if k % 7 == 0 {
+                    let bytes = bincode::serialize(&w).unwrap();
+                    let back: Windows = bincode::deserialize(&bytes).unwrap();
+                    proptest::prop_assert_eq!(bincode::serialize(&back).unwrap(), bytes);
+                    w = back;
+                }
+                for (i, s) in specs.iter().enumerate() {
+                    let now = s.end_after(newest);
+                    for end in (now - 2 * s.width_ms()..=now + s.width_ms()).step_by(s.slide_ms() as usize) {
+                        let last = end.div_euclid(s.slide_ms()) - 1;
+                        let mut grouped = GroupedSum::default();
+                        plain[i].for_each_in(last - s.panes() as i64 + 1, last, |i, p| grouped.pane(i, p));
+                        let mut want = grouped.finish();
+                        if let Some(m) = w.pending() {
+                            if (last - s.panes() as i64 + 1..=last).contains(&m.ts_ms.div_euclid(s.slide_ms())) {
+                                want.add(&m.usage);
+                            }
+                        }
+                        proptest::prop_assert_eq!(bits(&w.value(&specs, i, end)), bits(&want), "window {} end {}", i, end);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_ring_keeps_its_newest_panes_live_and_the_older_ones_archived() {
+        let specs = [spec(24 * 60 * MIN, 5 * MIN)];
+        let mut w = Windows::default();
+        let pane = |m: i64| Usage {
+            acc_ms: 8 * 60_000,
+            measured_flop: 4.0e17 * (1.0 + (m % 13) as f64 / 100.0),
+            nominal_flop: 0.0,
+        };
+        // Two days of minutes: the day's ring is full.
+        for m in 0..2 * 24 * 60 {
+            w.add(&specs, m * MIN, &pane(m));
+        }
+        let ring = &w.rings[0];
+        assert_eq!(ring.capacity(), LIVE_PANES);
+        let archive = ring.archive.as_ref().unwrap();
+        assert_eq!(archive.end() - archive.start(), 288 - LIVE_PANES as i64);
+        let plain_bytes = 288 * std::mem::size_of::<Usage>();
+        // Five-minute FLOP sums that differ by up to 12% keep about seven bytes of each
+        // difference: the ring is under 60% of a plain one.
+        assert!(
+            w.heap_bytes() * 5 < plain_bytes * 3,
+            "{} heap bytes against {plain_bytes} for a plain ring",
+            w.heap_bytes()
+        );
+        // The window ending now: every sample of the last day but the pending minute's, which
+        // the read adds in.
+        let now = specs[0].end_after(2 * 24 * 60 * MIN - 1);
+        let want: u64 = (24 * 60..2 * 24 * 60).map(|m| pane(m).acc_ms).sum();
+        assert_eq!(w.value(&specs, 0, now).acc_ms, want);
+        // A sample a day late lands in the archive and counts.
+        w.add(&specs, 24 * 60 * MIN + 30_000, &pane(0));
+        assert_eq!(w.value(&specs, 0, now).acc_ms, want + pane(0).acc_ms);
+    }
+
     #[test]
     fn samples_within_the_pending_span_touch_no_ring_until_one_falls_past_it() {
         let specs = [spec(60 * MIN, MIN), spec(24 * 60 * MIN, 5 * MIN)];
@@ -728,13 +1049,13 @@ mod tests {
         assert_eq!(w.value(&specs, 0, 11 * MIN).acc_ms, 6);
         assert!(w.touches_rings(11 * MIN));
         w.add(&specs, 11 * MIN, &usage(1));
-        let heads: Vec<Option<i64>> = w.rings.iter().map(PaneRing::head).collect();
+        let heads: Vec<Option<i64>> = w.rings.iter().map(UsageRing::head).collect();
         assert_eq!(
             heads,
             [Some(10), Some(2)],
             "the first minute's sum went to both rings"
         );
-        let panes: Vec<usize> = w.rings.iter().map(PaneRing::capacity).collect();
+        let panes: Vec<usize> = w.rings.iter().map(UsageRing::capacity).collect();
         assert_eq!(panes, [0, 0], "each ring holds that one pane inline");
         assert_eq!(w.value(&specs, 0, 12 * MIN).acc_ms, 7);
         assert_eq!(w.value(&specs, 1, 15 * MIN).acc_ms, 7);

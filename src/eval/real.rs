@@ -83,15 +83,7 @@ fn helios(cfg: &Config, dir: &Path) -> Result<Option<Helios>, EvalError> {
             return Ok(None);
         }
     };
-    let mut events: Vec<(i64, usize, u64)> = Vec::new();
-    for (i, (_, rows)) in vcs.iter().enumerate() {
-        events.extend(
-            rows.iter()
-                .filter(|r| r.gpus > 0)
-                .map(|r| (r.ts_ms, i, r.gpus)),
-        );
-    }
-    events.sort_unstable();
+    let events = crate::traces::helios_samples(&vcs);
     let mut p = Pipeline::new(cfg, Arc::new(Metrics::new()))?;
     let mut fired: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
     let mut note = |recs: Vec<crate::alert::AlertRecord>| {
