@@ -3,7 +3,7 @@
 //! A ring's newest panes take nearly every write; its older ones (a day's ring holds 288 panes of
 //! five minutes, a week's 168 hours) are written again only by a sample later than most of the
 //! ring, and are otherwise read as a sum. A [`PaneArchive`] holds such a run of consecutive panes
-//! as bytes, each pane encoded against the newest nonzero pane before it:
+//! as bytes, each pane encoded against the newest nonzero pane before it in its block:
 //!
 //! - a tag byte: `0xFF` for a pane that holds nothing; otherwise the byte counts of the two FLOP
 //!   sums' differences, the measured one in the low four bits and the nominal one in the high four;
@@ -13,14 +13,14 @@
 //!
 //! Every field is recovered bit for bit. A steadily running key repeats its accelerator
 //! milliseconds from pane to pane (one byte); a FLOP sum of varying activity keeps six or seven
-//! bytes of difference; a key that is idle for a while pays one byte a pane. That is about 8 bytes
-//! a pane against 24 in a pane array.
+//! bytes of difference; a key that is idle for a while pays one byte a pane. That is 9 to 10 bytes
+//! a pane with varying activity, 2 to 4 without, against 24 in a pane array.
 //!
 //! The encoding starts afresh at each block of [`BLOCK`] panes aligned to pane 0, and the archive
 //! keeps each block's sum. A window adds its panes block by block ([`GroupedSum`]), so a window
-//! that covers a whole block reads its sum without decoding it (the window ending now covers all
-//! but the oldest block), and dropping the oldest pane as the ring moves on decodes only the
-//! rest of its block.
+//! that covers a whole block reads its sum without decoding it (the window ending now covers every
+//! block held), and dropping the oldest pane as the ring moves on decodes only the rest of its
+//! block.
 
 use crate::estimate::Usage;
 

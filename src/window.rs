@@ -292,11 +292,14 @@ impl<T: Default + Clone> PaneRing<T> {
     }
 
     /// Whether the ring's bookkeeping agrees with its storage (a ring read from a checkpoint is
-    /// checked before it is used): a ring holding panes before its head has an array with a slot
-    /// for each.
+    /// checked before it is used): its indexes are those of event times (within 2^60 of pane 0,
+    /// so that nothing computed from them overflows), and a ring holding panes before its head
+    /// has an array with a slot for each.
     pub fn is_consistent(&self) -> bool {
+        const BOUND: i64 = 1 << 60;
         self.head == NEVER
-            || (self.start <= self.head
+            || ((-BOUND..=BOUND).contains(&self.head)
+                && (-BOUND..=self.head).contains(&self.start)
                 && (self.start == self.head
                     || ((self.head - self.start) as u64) < self.panes.len() as u64))
     }
@@ -341,13 +344,14 @@ impl<T: Default + Clone> PaneRing<T> {
 pub const LIVE_PANES: usize = 8;
 
 /// The ring of one usage window: its newest [`LIVE_PANES`] panes in a [`PaneRing`], the older
-/// ones (a window of more panes than that) encoded in a [`PaneArchive`], a third of the size.
-/// The archive's panes all come before the live ring's; a write to one of them (a sample later
-/// than the live panes reach) re-encodes the archive, and so does each advance of the ring that
-/// moves a pane into it or drops its oldest (decoding the rest of that pane's block). A window's
-/// value adds its panes in aligned blocks ([`GroupedSum`]): a block the window covers wholly is
-/// read as its kept sum, without decoding, and every value reads as it would from one ring of
-/// all the panes, bit for bit.
+/// ones (a window of more panes than that) encoded in a [`PaneArchive`], in a third to a half of
+/// the bytes. The archive's panes all come before the live ring's. Each advance of the ring
+/// appends the panes the live ring lets go of and drops those the window no longer covers
+/// (decoding the rest of the first block kept, to make its sum again); a write to an archived
+/// pane (a sample later than the live panes reach) encodes the archive again. A window's value
+/// adds its panes in aligned blocks ([`GroupedSum`]): a block the window covers wholly is read as
+/// its kept sum, without decoding, and every value reads as it would from one ring of all the
+/// panes, bit for bit.
 ///
 /// Checkpoints hold the ring in [`PaneRing`]'s form, every pane in its array: the format is that
 /// of a ring without an archive, and a ring read from it is split again.
@@ -991,6 +995,35 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_ring_read_with_bookkeeping_its_storage_cannot_hold_is_refused() {
+        let ring = |head: i64, start: i64, len: usize| PaneRing {
+            head,
+            start,
+            current: usage(1),
+            panes: vec![usage(2); len].into_boxed_slice(),
+        };
+        let read = |r: &PaneRing<Usage>| {
+            bincode::deserialize::<UsageRing>(&bincode::serialize(r).unwrap())
+                .map(|u| u.sum_in(i64::MIN, i64::MAX).acc_ms)
+        };
+        // Consistent: a single pane without an array, and 12 panes in 16 slots (split on reading).
+        assert_eq!(read(&ring(100, 100, 0)).unwrap(), 1);
+        assert_eq!(read(&ring(100, 89, 16)).unwrap(), 1 + 2 * 11);
+        for (head, start, len) in [
+            (100, 90, 4),                 // more panes than slots
+            (100, 101, 16),               // starting after its head
+            (i64::MAX, i64::MAX - 3, 16), // indexes no event time has
+            (i64::MIN + 3, i64::MIN + 1, 16),
+            (1 << 61, 0, 16),
+        ] {
+            assert!(
+                read(&ring(head, start, len)).is_err(),
+                "{head} {start} {len}"
+            );
         }
     }
 
