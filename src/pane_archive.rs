@@ -157,8 +157,9 @@ impl PaneArchive {
             self.last = Usage::default();
         }
         if self.bytes.capacity() - self.bytes.len() < MAX_PANE {
-            // An eighth of slack, not the doubling of `Vec`: the archive is most of a long-lived
-            // key's memory.
+            // An eighth of slack (four panes' worth at least), not the doubling of `Vec`: the
+            // archive is most of a long-lived key's memory. (`Block::at` fits in a `u32`: the
+            // configuration allows at most 100,000 panes a window.)
             self.bytes
                 .reserve_exact((4 * MAX_PANE).max(self.bytes.len() / 8));
         }
