@@ -137,11 +137,6 @@ impl PaneArchive {
         self.bytes.capacity() + self.blocks.capacity() * std::mem::size_of::<Block>()
     }
 
-    /// The encoding's length in bytes.
-    pub fn encoded_len(&self) -> usize {
-        self.bytes.len()
-    }
-
     /// Appends pane [`PaneArchive::end`].
     pub fn push(&mut self, pane: &Usage) {
         if self.is_empty() {
@@ -211,13 +206,6 @@ impl PaneArchive {
                 });
             }
         }
-    }
-
-    /// The sum of the panes held with `first <= index <= last`, in the order of [`GroupedSum`].
-    pub fn sum_in(&self, first: i64, last: i64) -> Usage {
-        let mut sum = GroupedSum::default();
-        self.sum_into(first, last, &mut sum);
-        sum.finish()
     }
 
     /// Drops the panes before `idx`. Whole blocks go with their bytes; within the first block
@@ -413,6 +401,18 @@ mod tests {
             acc_ms,
             measured_flop: measured,
             nominal_flop: nominal,
+        }
+    }
+
+    impl PaneArchive {
+        fn encoded_len(&self) -> usize {
+            self.bytes.len()
+        }
+
+        fn sum_in(&self, first: i64, last: i64) -> Usage {
+            let mut sum = GroupedSum::default();
+            self.sum_into(first, last, &mut sum);
+            sum.finish()
         }
     }
 

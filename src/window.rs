@@ -213,12 +213,17 @@ impl<T: Default + Clone> PaneRing<T> {
         if need <= self.panes.len() {
             return;
         }
-        let len = need.next_power_of_two().min(n);
-        let mut grown = vec![T::default(); len].into_boxed_slice();
-        for i in self.start.max(lo)..self.head {
-            grown[i.rem_euclid(len as i64) as usize] = self.panes[self.slot(i)].clone();
+        self.reslot(need.next_power_of_two().min(n), self.start.max(lo));
+    }
+
+    /// Moves the panes `from .. head` (the head lives inline) into a new array of `len` slots.
+    fn reslot(&mut self, len: usize, from: i64) {
+        let mut panes = vec![T::default(); len].into_boxed_slice();
+        for i in from..self.head {
+            panes[i.rem_euclid(len as i64) as usize] =
+                std::mem::take(&mut self.panes[self.slot(i)]);
         }
-        self.panes = grown;
+        self.panes = panes;
     }
 
     /// Held panes with `first <= index <= last`, oldest first.
@@ -328,12 +333,7 @@ impl<T: Default + Clone> PaneRing<T> {
         self.start = cut;
         let want = ((self.head - cut + 1) as usize).next_power_of_two().max(2);
         if self.panes.len() > want {
-            let mut smaller = vec![T::default(); want].into_boxed_slice();
-            for i in self.start..self.head {
-                smaller[i.rem_euclid(want as i64) as usize] =
-                    std::mem::take(&mut self.panes[self.slot(i)]);
-            }
-            self.panes = smaller;
+            self.reslot(want, self.start);
         }
     }
 }
@@ -414,15 +414,25 @@ impl UsageRing {
     #[cold]
     fn advance(&mut self, idx: i64, n: usize, live_n: usize) {
         let keep_from = idx - n as i64 + 1;
+        self.archive_before(idx - live_n as i64 + 1, keep_from);
+        if let Some(a) = &mut self.archive {
+            a.drop_before(keep_from);
+            if a.is_empty() {
+                self.archive = None;
+            }
+        }
+    }
+
+    /// Moves the live panes before `cut` to the end of the archive, but those before
+    /// `keep_from`; indexes between the archive's end and the first moved hold nothing.
+    fn archive_before(&mut self, cut: i64, keep_from: i64) {
         let archive = &mut self.archive;
-        self.live.take_before(idx - live_n as i64 + 1, |i, p| {
+        self.live.take_before(cut, |i, p| {
             if i < keep_from {
                 return;
             }
+            // An archive held is never empty: it starts with its first pane.
             let a = archive.get_or_insert_with(|| Box::new(PaneArchive::starting_at(i)));
-            if a.is_empty() {
-                **a = PaneArchive::starting_at(i);
-            }
             debug_assert!(
                 a.end() <= i,
                 "the archive's panes come before the live ones"
@@ -432,12 +442,6 @@ impl UsageRing {
             }
             a.push(&p);
         });
-        if let Some(a) = &mut self.archive {
-            a.drop_before(keep_from);
-            if a.is_empty() {
-                self.archive = None;
-            }
-        }
     }
 
     /// The sum of the held panes with `first <= index <= last`, in the order of [`GroupedSum`].
@@ -487,16 +491,15 @@ impl UsageRing {
     }
 
     /// A ring of all its panes split into the live ring and the archive.
-    fn split(mut live: PaneRing<Usage>) -> UsageRing {
-        let mut archive: Option<Box<PaneArchive>> = None;
-        if let Some(head) = live.head() {
-            live.take_before(head - LIVE_PANES as i64 + 1, |i, p| {
-                archive
-                    .get_or_insert_with(|| Box::new(PaneArchive::starting_at(i)))
-                    .push(&p)
-            });
+    fn split(live: PaneRing<Usage>) -> UsageRing {
+        let mut ring = UsageRing {
+            live,
+            archive: None,
+        };
+        if let Some(head) = ring.live.head() {
+            ring.archive_before(head - LIVE_PANES as i64 + 1, i64::MIN);
         }
-        UsageRing { live, archive }
+        ring
     }
 }
 
