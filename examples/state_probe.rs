@@ -94,9 +94,8 @@ fn dcgm_jobs() {
         rng ^= rng >> 27;
         (rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
     };
-    let mut ages = [1i64, 6 * 60, 24 * 60, 7 * 24 * 60, 31 * 24 * 60]
-        .into_iter()
-        .peekable();
+    // The 31st day is reported once the loop ends.
+    let mut ages = [1i64, 6 * 60, 24 * 60, 7 * 24 * 60].into_iter().peekable();
     println!("Jobs of {GPUS} H100s, one sample per device a minute, activity varying");
     for minute in 0..31 * 24 * 60 {
         if ages.peek() == Some(&minute) {
