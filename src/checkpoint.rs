@@ -29,8 +29,12 @@ const MAGIC: &[u8; 8] = b"TSCKPT\0\0";
 /// apart from its window rings; version 8 tenants and organisations credited by their jobs a span
 /// at a time, so that their accounts lack what the jobs with samples since the last evaluation
 /// still owe them; version 9 a ring holding a single pane without a pane array (a version-8 state is
-/// a valid version-9 state, and is read as one).
-pub const VERSION: u32 = 9;
+/// a valid version-9 state, and is read as one); version 10 a usage window ring's older panes in
+/// their encoded form (`pane_archive`) instead of every pane in its array (versions 8 and 9 are
+/// read with the rings in that array form, as they were written).
+pub const VERSION: u32 = 10;
+/// The first format version holding a usage window ring's older panes encoded.
+pub(crate) const ENCODED_RINGS: u32 = 10;
 /// Oldest format version this build reads: each later version's state reads the same as it did.
 pub const OLDEST_READ: u32 = 8;
 const PREFIX_LEN: usize = 8 + 4 + 8 + 4;
@@ -200,6 +204,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> 
             computed,
         });
     }
+    let _reading = Reading::version(version);
     crate::engine::decoding(
         || opts().with_limit(len).deserialize::<Checkpoint>(payload),
         |cp| &mut cp.state,
@@ -208,6 +213,33 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> 
         path: p(),
         message: e.to_string(),
     })
+}
+
+thread_local! {
+    /// The format version of the checkpoint this thread is decoding ([`VERSION`] when none is).
+    static READING: std::cell::Cell<u32> = const { std::cell::Cell::new(VERSION) };
+}
+
+/// The format version of the checkpoint being decoded on this thread, [`VERSION`] outside
+/// [`decode`]: the types whose form changed between the versions this build reads ask it, since
+/// bincode passes a deserializer nothing else.
+pub(crate) fn format_read() -> u32 {
+    READING.with(std::cell::Cell::get)
+}
+
+/// Sets the version [`format_read`] gives for as long as it lives.
+pub(crate) struct Reading(u32);
+
+impl Reading {
+    pub(crate) fn version(version: u32) -> Reading {
+        Reading(READING.with(|r| r.replace(version)))
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        READING.with(|r| r.set(self.0));
+    }
 }
 
 /// The one bincode configuration used for writing and reading (little endian, fixed-width ints).
@@ -353,18 +385,23 @@ mod tests {
         assert_eq!(restored.drain_alerts(), original.drain_alerts());
     }
 
-    /// A checkpoint of format version 8, written by the build before version 9 (the fuzz corpus's
-    /// seed of that time), restores to the state this build makes of the same samples: the same
-    /// reports and alerts, and both continue the same way.
+    /// Checkpoints of format versions 8 and 9, each written by the last build of its format (the
+    /// fuzz corpus's seed of that time), restore to the state this build makes of the same
+    /// samples: the same reports and alerts, and both continue the same way.
     #[test]
-    fn a_version_8_checkpoint_restores_the_state_this_build_makes_of_the_same_samples() {
-        let bytes = include_bytes!("../tests/golden/checkpoint-v8.ckpt");
-        assert_eq!(
-            bytes[8..12],
-            8u32.to_le_bytes(),
-            "the fixture is of version 8"
-        );
-        let cp = decode(Path::new("v8.ckpt"), bytes).unwrap();
+    fn version_8_and_9_checkpoints_restore_the_state_this_build_makes_of_the_same_samples() {
+        let fixtures: [(u32, &[u8]); 2] = [
+            (8, include_bytes!("../tests/golden/checkpoint-v8.ckpt")),
+            (9, include_bytes!("../tests/golden/checkpoint-v9.ckpt")),
+        ];
+        for (version, bytes) in fixtures {
+            assert_eq!(bytes[8..12], version.to_le_bytes(), "the fixture's version");
+            restores_as_the_same_samples(bytes);
+        }
+    }
+
+    fn restores_as_the_same_samples(bytes: &[u8]) {
+        let cp = decode(Path::new("old.ckpt"), bytes).unwrap();
         assert_eq!(cp.header.next_offset, 2600);
         let mut restored = Engine::with_state(&Config::default(), cp.state).unwrap();
         // A sample of the fixture's job: minute `m`, device `gpu`.

@@ -287,6 +287,79 @@ impl PaneArchive {
         self.for_each(|_, p| out.push(*p));
         out
     }
+
+    /// The archive of panes `start .. end` whose encoding is `bytes`, `base` being what pane
+    /// `start` is encoded against (a checkpoint's form of it). Every pane is checked as it is
+    /// read, and the blocks' offsets and sums are made again from the panes, as
+    /// [`PaneArchive::push`] made them; `Err` says what is wrong.
+    pub fn from_encoded(
+        start: i64,
+        end: i64,
+        base: Usage,
+        bytes: Vec<u8>,
+    ) -> Result<PaneArchive, &'static str> {
+        // Indexes of event times, as `PaneRing::is_consistent` bounds them.
+        const BOUND: i64 = 1 << 60;
+        if !(-BOUND < start && start < end && end < BOUND) {
+            return Err("an archive's panes are out of order or out of range");
+        }
+        // Every pane takes a byte at least, and `Block::at` is a `u32`.
+        if (end - start) as u64 > bytes.len() as u64 || bytes.len() > u32::MAX as usize {
+            return Err("an archive holds more panes than bytes, or more than 4 GiB");
+        }
+        if start.rem_euclid(BLOCK) == 0 && base != Usage::default() {
+            return Err("an archive's first pane starts a block but is encoded against a pane");
+        }
+        let mut blocks = Vec::with_capacity((block_of(end - 1) - block_of(start) + 1) as usize);
+        let (mut at, mut last) = (0, base);
+        for i in start..end {
+            if i == start || i.rem_euclid(BLOCK) == 0 {
+                if i != start {
+                    last = Usage::default();
+                }
+                blocks.push(Block {
+                    at: at as u32,
+                    sum: Usage::default(),
+                });
+            }
+            let len = pane_len(&bytes, at).ok_or("an archive's pane is cut short or mistagged")?;
+            let from = at;
+            let p = decode(&bytes, &mut at, &mut last);
+            debug_assert_eq!(at, from + len, "decode reads the bytes pane_len checked");
+            blocks.last_mut().expect("a block").sum.add(&p);
+        }
+        if at != bytes.len() {
+            return Err("an archive's encoding goes on past its last pane");
+        }
+        Ok(PaneArchive {
+            start,
+            end,
+            base,
+            last,
+            blocks,
+            bytes,
+        })
+    }
+}
+
+/// A checkpoint holds an archive as its panes' indexes, what the first is encoded against and the
+/// encoding from the first pane on (the bytes a drop within the first block left before it are
+/// not written); reading it checks every pane ([`PaneArchive::from_encoded`]).
+impl serde::Serialize for PaneArchive {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let first = self.blocks.first().map_or(0, |b| b.at as usize);
+        let bytes = serde_bytes::Bytes::new(&self.bytes[first..]);
+        (self.start, self.end, &self.base, bytes).serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PaneArchive {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (start, end, base, bytes): (i64, i64, Usage, serde_bytes::ByteBuf) =
+            serde::Deserialize::deserialize(d)?;
+        PaneArchive::from_encoded(start, end, base, bytes.into_vec())
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 fn is_empty_pane(p: &Usage) -> bool {
@@ -339,8 +412,36 @@ fn encode(out: &mut Vec<u8>, last: &mut Usage, p: &Usage) {
     *last = *p;
 }
 
+/// The length of the pane encoded at `at`, if `bytes` hold all of it and its tag and varint are
+/// well formed: what [`decode`] may then read without going past the end (bytes not written by
+/// [`encode`], such as a checkpoint's, are checked so before they are decoded).
+fn pane_len(bytes: &[u8], at: usize) -> Option<usize> {
+    let tag = *bytes.get(at)?;
+    if tag == EMPTY {
+        return Some(1);
+    }
+    let (lm, ln) = (usize::from(tag & 0x0F), usize::from(tag >> 4));
+    if lm > 8 || ln > 8 {
+        return None;
+    }
+    // A `u64` takes at most ten bytes of seven bits.
+    let mut len = 1;
+    loop {
+        let b = *bytes.get(at + len)?;
+        len += 1;
+        if b < 0x80 {
+            break;
+        }
+        if len > 10 {
+            return None;
+        }
+    }
+    let len = len + lm + ln;
+    (at + len <= bytes.len()).then_some(len)
+}
+
 /// Reads the pane at `*at` (encoded against `last`), moving `at` past it and `last` on to it if
-/// it holds anything. The bytes are the archive's own encoding.
+/// it holds anything. The bytes are the archive's own encoding, or were checked by [`pane_len`].
 #[inline(always)]
 fn decode(bytes: &[u8], at: &mut usize, last: &mut Usage) -> Usage {
     let tag = bytes[*at];
@@ -491,7 +592,129 @@ mod tests {
                 }
                 // Whole blocks dropped take their bytes with them.
                 prop_assert!(a.encoded_len() <= (a.end() - a.start() + BLOCK) as usize * MAX_PANE);
+                // A checkpoint's round trip gives back the same archive, blocks and all.
+                if !a.is_empty() {
+                    let bytes = bincode::serialize(&a).unwrap();
+                    let back: PaneArchive = bincode::deserialize(&bytes)
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(bincode::serialize(&back).unwrap(), bytes);
+                    prop_assert_eq!(parts(&back), parts(&a));
+                }
             }
+        }
+
+        /// Any bytes read as an archive are refused or give an archive whose every operation
+        /// works: `from_encoded` checks each pane before it is decoded.
+        #[test]
+        fn an_archive_read_from_any_bytes_is_refused_or_usable(
+            start in -40i64..40,
+            panes in 1i64..40,
+            base in any_usage(),
+            bytes in prop::collection::vec(
+                prop_oneof![4 => any::<u8>(), 1 => Just(EMPTY), 1 => Just(0x88), 1 => Just(0x80)],
+                0..200,
+            ),
+            u in any_usage(),
+        ) {
+            if let Ok(mut a) = PaneArchive::from_encoded(start, start + panes, base, bytes) {
+                prop_assert_eq!(held(&a).len() as i64, panes);
+                let _ = a.sum_in(i64::MIN, i64::MAX);
+                a.add(start + panes / 2, &u);
+                a.push(&u);
+                a.drop_before(start + panes / 3);
+                prop_assert_eq!(held(&a).len() as i64, a.end() - a.start());
+            }
+        }
+    }
+
+    /// What an archive holds, its floating-point values as bits (NaNs compare equal so): its
+    /// panes, its blocks' sums and encodings, and what the next pane pushed is encoded against.
+    #[allow(clippy::type_complexity)]
+    fn parts(
+        a: &PaneArchive,
+    ) -> (
+        Vec<(i64, (u64, u64, u64))>,
+        Vec<((u64, u64, u64), &[u8])>,
+        (u64, u64, u64),
+    ) {
+        let panes = held(a).iter().map(|(i, p)| (*i, bits(p))).collect();
+        let ends = a
+            .blocks
+            .iter()
+            .skip(1)
+            .map(|b| b.at as usize)
+            .chain([a.bytes.len()]);
+        let blocks = a
+            .blocks
+            .iter()
+            .zip(ends)
+            .map(|(b, end)| (bits(&b.sum), &a.bytes[b.at as usize..end]))
+            .collect();
+        (panes, blocks, bits(&a.last))
+    }
+
+    #[test]
+    fn a_checkpoint_holds_the_encoding_and_refuses_one_that_does_not_hold_its_panes() {
+        let mut a = PaneArchive::starting_at(3);
+        for k in 0..70u32 {
+            a.push(&usage(60_000, 1e15 * f64::from(k % 9), 0.0));
+        }
+        a.drop_before(40);
+        // The drop decoded its way into the first block: the bytes before pane 40 stay, unread.
+        let first = a.blocks[0].at as usize;
+        assert!(first > 0);
+        let read = |start: i64, end: i64, base: Usage, bytes: Vec<u8>| {
+            PaneArchive::from_encoded(start, end, base, bytes).map(|b| b.bytes.len())
+        };
+        let written = a.bytes[first..].to_vec();
+        assert_eq!(
+            read(a.start, a.end, a.base, written.clone()),
+            Ok(written.len())
+        );
+        let back = PaneArchive::from_encoded(a.start, a.end, a.base, written.clone()).unwrap();
+        assert_eq!(parts(&back), parts(&a));
+        let (s, e, b) = (a.start, a.end, a.base);
+        let mut longer = written.clone();
+        longer.push(EMPTY);
+        let cut = written[..written.len() - 1].to_vec();
+        for (what, got) in [
+            (
+                "the bytes before the first pane too",
+                read(s, e, b, a.bytes.clone()),
+            ),
+            ("one pane more", read(s, e + 1, b, written.clone())),
+            ("a byte past the panes", read(s, e, b, longer)),
+            ("the last byte missing", read(s, e, b, cut)),
+            ("no panes", read(s, s, b, Vec::new())),
+            ("more panes than bytes", read(s, s + 3, b, vec![EMPTY; 2])),
+            (
+                "a byte count over eight",
+                read(
+                    0,
+                    1,
+                    Usage::default(),
+                    vec![0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                ),
+            ),
+            (
+                "a varint of eleven bytes",
+                read(
+                    0,
+                    1,
+                    Usage::default(),
+                    [&[0x00][..], &[0x80; 10], &[0x01]].concat(),
+                ),
+            ),
+            (
+                "a block's first pane encoded against one",
+                read(32, 33, usage(1, 0.0, 0.0), vec![EMPTY]),
+            ),
+            (
+                "an index no event time has",
+                read(i64::MAX - 1, i64::MAX, b, vec![EMPTY]),
+            ),
+        ] {
+            assert!(got.is_err(), "{what}: {got:?}");
         }
     }
 

@@ -353,8 +353,8 @@ pub const LIVE_PANES: usize = 8;
 /// its kept sum, without decoding, and every value reads as it would from one ring of all the
 /// panes, bit for bit.
 ///
-/// Checkpoints hold the ring in [`PaneRing`]'s form, every pane in its array: the format is that
-/// of a ring without an archive, and a ring read from it is split again.
+/// Checkpoints hold the live ring and the archive's encoding as they are (format 10 on); a ring
+/// of the earlier formats, every pane in its array, is split when it is read.
 #[derive(Debug, Clone, Default)]
 pub struct UsageRing {
     live: PaneRing<Usage>,
@@ -470,7 +470,8 @@ impl UsageRing {
         }
     }
 
-    /// The ring as one [`PaneRing`] of all its panes (the checkpoint's form).
+    /// The ring as one [`PaneRing`] of all its panes (the checkpoint's form before format 10).
+    #[cfg(test)]
     fn whole(&self) -> std::borrow::Cow<'_, PaneRing<Usage>> {
         let (Some(a), Some(head)) = (&self.archive, self.live.head()) else {
             return std::borrow::Cow::Borrowed(&self.live);
@@ -505,19 +506,42 @@ impl UsageRing {
 
 impl Serialize for UsageRing {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.whole().serialize(s)
+        (&self.live, &self.archive).serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for UsageRing {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let ring = PaneRing::deserialize(d)?;
-        if !ring.is_consistent() {
-            return Err(serde::de::Error::custom(
+        use serde::de::Error;
+        if crate::checkpoint::format_read() < crate::checkpoint::ENCODED_RINGS {
+            let ring = PaneRing::deserialize(d)?;
+            if !ring.is_consistent() {
+                return Err(D::Error::custom(
+                    "a window ring holds more panes than its pane array",
+                ));
+            }
+            return Ok(UsageRing::split(ring));
+        }
+        let (live, archive) = <(PaneRing<Usage>, Option<Box<PaneArchive>>)>::deserialize(d)?;
+        if !live.is_consistent() {
+            return Err(D::Error::custom(
                 "a window ring holds more panes than its pane array",
             ));
         }
-        Ok(UsageRing::split(ring))
+        let mut ring = UsageRing { live, archive };
+        if let Some(a) = &ring.archive {
+            // The archive's panes come before the live ones (`live.start` is the oldest held).
+            if ring.live.head().is_none() || a.end() > ring.live.start {
+                return Err(D::Error::custom(
+                    "a window ring's archive does not end before its live panes",
+                ));
+            }
+        }
+        // As written, the live ring holds at most `LIVE_PANES`; any older ones move on.
+        if let Some(head) = ring.live.head() {
+            ring.archive_before(head - LIVE_PANES as i64 + 1, i64::MIN);
+        }
+        Ok(ring)
     }
 }
 
@@ -980,6 +1004,13 @@ mod tests {
                     let bytes = bincode::serialize(&w).unwrap();
                     let back: Windows = bincode::deserialize(&bytes).unwrap();
                     proptest::prop_assert_eq!(bincode::serialize(&back).unwrap(), bytes);
+                    // Each ring in the form of the formats before 10, read back, holds the same.
+                    let _v9 = crate::checkpoint::Reading::version(9);
+                    for r in back.rings.iter() {
+                        let plain = bincode::serialize(&r.whole()).unwrap();
+                        let split: UsageRing = bincode::deserialize(&plain).unwrap();
+                        proptest::prop_assert_eq!(bincode::serialize(&split.whole()).unwrap(), plain);
+                    }
                     w = back;
                 }
                 for (i, s) in specs.iter().enumerate() {
@@ -1009,6 +1040,8 @@ mod tests {
             current: usage(1),
             panes: vec![usage(2); len].into_boxed_slice(),
         };
+        // The form of the formats before 10: every pane in the ring's array.
+        let _v9 = crate::checkpoint::Reading::version(9);
         let read = |r: &PaneRing<Usage>| {
             bincode::deserialize::<UsageRing>(&bincode::serialize(r).unwrap())
                 .map(|u| u.sum_in(i64::MIN, i64::MAX).acc_ms)
@@ -1063,6 +1096,62 @@ mod tests {
         // A sample a day late lands in the archive and counts.
         w.add(&specs, 24 * 60 * MIN + 30_000, &pane(0));
         assert_eq!(w.value(&specs, 0, now).acc_ms, want + pane(0).acc_ms);
+    }
+
+    #[test]
+    fn a_checkpoint_holds_a_long_ring_encoded_and_refuses_an_archive_that_overlaps_its_live_panes()
+    {
+        let specs = [spec(24 * 60 * MIN, 5 * MIN)];
+        let mut w = Windows::default();
+        for m in 0..2 * 24 * 60 {
+            let flop = 4.0e17 * (1.0 + (m % 13) as f64 / 100.0);
+            w.add(
+                &specs,
+                m * MIN,
+                &Usage {
+                    acc_ms: 8 * 60_000,
+                    measured_flop: flop,
+                    nominal_flop: 0.0,
+                },
+            );
+        }
+        let ring = &w.rings[0];
+        let bytes = bincode::serialize(ring).unwrap();
+        let plain = bincode::serialize(&ring.whole()).unwrap();
+        // The archived panes as they are held: under half the bytes of every pane in an array.
+        assert!(
+            bytes.len() * 2 < plain.len(),
+            "{} against {}",
+            bytes.len(),
+            plain.len()
+        );
+        let back: UsageRing = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(bincode::serialize(&back.whole()).unwrap(), plain);
+        assert_eq!(back.capacity(), LIVE_PANES);
+
+        let archive = ring.archive.as_deref().unwrap();
+        let read = |live: &PaneRing<Usage>| {
+            bincode::deserialize::<UsageRing>(&bincode::serialize(&(live, Some(archive))).unwrap())
+        };
+        let head = archive.end() + 2;
+        let live = |start: i64| PaneRing {
+            head,
+            start,
+            current: usage(1),
+            panes: vec![usage(1); 4].into_boxed_slice(),
+        };
+        assert!(
+            read(&live(archive.end())).is_ok(),
+            "the live panes start where the archive ends"
+        );
+        assert!(
+            read(&live(archive.end() - 1)).is_err(),
+            "a pane both live and archived"
+        );
+        assert!(
+            read(&PaneRing::default()).is_err(),
+            "an archive without live panes"
+        );
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //! Each input is decoded twice:
 //! 1. as a whole checkpoint file, which exercises the prefix checks (length, magic, version,
 //!    payload length, CRC-32);
-//! 2. as a payload inside a well-formed frame built here (magic, `VERSION`, length and CRC-32 of
+//! 2. as a payload inside a well-formed frame built here (magic, version, length and CRC-32 of
 //!    the payload), so that the checksum does not hide the bincode payload decoder from the
 //!    fuzzer. If the input already starts with the magic and holds a whole prefix (as the seed
-//!    checkpoint does), its own prefix is replaced, so mutations of a real checkpoint's payload
-//!    reach the payload decoder; otherwise the whole input is the payload.
+//!    checkpoints do), its own prefix is replaced, keeping its version if this build reads it (so
+//!    mutations of a real checkpoint's payload reach the payload decoder of its format);
+//!    otherwise the whole input is the payload, framed with `VERSION`.
 //!
 //! Neither may panic or allocate without bound (libFuzzer's -rss_limit_mb catches the latter). A
 //! framed payload that decodes must re-encode with `checkpoint::encode`, decode again, and give
@@ -17,15 +18,15 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use trainspotter::checkpoint::{self, CheckpointError, VERSION};
+use trainspotter::checkpoint::{self, CheckpointError, OLDEST_READ, VERSION};
 
 const MAGIC: &[u8; 8] = b"TSCKPT\0\0";
 const PREFIX_LEN: usize = 8 + 4 + 8 + 4;
 
-fn frame(payload: &[u8]) -> Vec<u8> {
+fn frame(version: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(PREFIX_LEN + payload.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     out.extend_from_slice(payload);
@@ -41,23 +42,29 @@ fuzz_target!(|data: &[u8]| {
         let _ = e.to_string();
         if data.len() >= PREFIX_LEN && data[..8] == MAGIC[..] {
             // A correct prefix with the right length and checksum only fails in the payload.
-            let framed = frame(&data[PREFIX_LEN..]);
-            if framed == data {
+            let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
+            let framed = frame(version, &data[PREFIX_LEN..]);
+            if framed == data && (OLDEST_READ..=VERSION).contains(&version) {
                 assert!(matches!(e, CheckpointError::Decode { .. }), "{e}");
             }
         }
     }
 
-    // 2. The payload in a well-formed frame.
-    let payload = if data.len() >= PREFIX_LEN && data[..8] == MAGIC[..] {
-        &data[PREFIX_LEN..]
+    // 2. The payload in a well-formed frame, of its own version if this build reads it.
+    let (version, payload) = if data.len() >= PREFIX_LEN && data[..8] == MAGIC[..] {
+        let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
+        let readable = (OLDEST_READ..=VERSION).contains(&version);
+        (
+            if readable { version } else { VERSION },
+            &data[PREFIX_LEN..],
+        )
     } else {
-        data
+        (VERSION, data)
     };
     if payload.is_empty() {
         return;
     }
-    let framed = frame(payload);
+    let framed = frame(version, payload);
     match checkpoint::decode(path, &framed) {
         Ok(cp) => {
             let bytes = checkpoint::encode(&cp.header, &cp.state)
