@@ -415,6 +415,8 @@ pub struct SlidingWindow {
 #[serde(deny_unknown_fields, default)]
 pub struct WindowsConfig {
     /// The watermark trails the latest event time by this much; older samples are counted as late.
+    /// Window rings keep the panes it reaches back to in plain form, their older ones encoded
+    /// ([`WindowSpec::with_lateness`]).
     pub allowed_lateness: HumanDuration,
     /// How far behind the watermark a duplicate is still recognised (at most the longest window).
     /// Older samples are counted without the check (`unverified` in metrics and reports).
@@ -946,7 +948,10 @@ impl Config {
                     "more than 100000 panes per window",
                 ));
             }
-            windows.push(WindowSpec::new(s.name.clone(), width, slide));
+            windows.push(
+                WindowSpec::new(s.name.clone(), width, slide)
+                    .with_lateness(w.allowed_lateness.ms()),
+            );
         }
         let longest = windows.iter().map(|w| w.width_ms()).max().unwrap_or(0);
         if w.dedup_horizon.ms() > longest {
@@ -1182,6 +1187,9 @@ mod tests {
         assert_eq!(names, ["1h", "24h", "7d", "30d"]);
         assert_eq!(s.windows[1].slide_ms(), 300_000);
         assert_eq!(s.allowed_lateness_ms, 300_000);
+        // Live panes: the newest and those five minutes of lateness reach into.
+        let live: Vec<_> = s.windows.iter().map(|w| w.live_panes()).collect();
+        assert_eq!(live, [6, 2, 2, 2]);
         assert_eq!(s.thresholds, vec![1e23, 1e25, 1e26]);
     }
 

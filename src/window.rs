@@ -26,6 +26,9 @@ pub struct WindowSpec {
     slide_ms: i64,
     /// `width_ms / slide_ms`, divided out once.
     panes: usize,
+    /// The newest panes a ring keeps in its pane array (at most `panes`); see
+    /// [`WindowSpec::with_lateness`].
+    live: usize,
 }
 
 impl WindowSpec {
@@ -35,12 +38,25 @@ impl WindowSpec {
             slide_ms > 0 && width_ms > 0 && width_ms % slide_ms == 0,
             "a window's slide is positive and divides its width"
         );
+        let panes = (width_ms / slide_ms) as usize;
         WindowSpec {
             name: name.into(),
             width_ms,
             slide_ms,
-            panes: (width_ms / slide_ms) as usize,
+            panes,
+            live: panes.min(LIVE_PANES),
         }
+    }
+
+    /// The window with its rings keeping live, in their pane arrays, the panes a sample within
+    /// `lateness_ms` of its key's newest can land in: the newest pane and as many before it as
+    /// the lateness reaches into (`ceil(lateness / slide)`; with the default 5-minute lateness,
+    /// six panes of a minute, two of five minutes or more). Older panes are held encoded
+    /// ([`UsageRing`]). Without it, a ring keeps [`LIVE_PANES`] live.
+    pub fn with_lateness(mut self, lateness_ms: i64) -> WindowSpec {
+        let behind = (lateness_ms.max(0) as u64).div_ceil(self.slide_ms as u64);
+        self.live = behind.saturating_add(1).min(self.panes as u64) as usize;
+        self
     }
 
     /// The window's width in milliseconds.
@@ -56,6 +72,12 @@ impl WindowSpec {
     /// The panes the window spans: its width over its slide.
     pub fn panes(&self) -> usize {
         self.panes
+    }
+
+    /// The newest panes a ring of this window keeps in its pane array, at most
+    /// [`WindowSpec::panes`].
+    pub fn live_panes(&self) -> usize {
+        self.live
     }
 
     /// The pane of event time `ts_ms` in this window, [`pane_near`] `near` (a ring's newest).
@@ -338,14 +360,21 @@ impl<T: Default + Clone> PaneRing<T> {
     }
 }
 
-/// The panes of a usage window a ring keeps in a pane array: its newest, where nearly every
-/// write lands (a sample within the allowed lateness of the key's newest, with the default
-/// windows). Older panes, to the window's width, are held in a [`PaneArchive`].
+/// The newest panes a usage window's ring keeps in a pane array unless its window says otherwise
+/// ([`WindowSpec::with_lateness`], which the configuration's windows do); the panes a ring keeps
+/// there before it has an archive, whatever its window says (an archive of a few panes would
+/// take more than their slots: its bookkeeping is about 250 bytes); and those a ring read from a
+/// checkpoint keeps until it moves on.
 pub const LIVE_PANES: usize = 8;
 
-/// The ring of one usage window: its newest [`LIVE_PANES`] panes in a [`PaneRing`], the older
-/// ones (a window of more panes than that) encoded in a [`PaneArchive`], in a third to a half of
-/// the bytes. The archive's panes all come before the live ring's. Each advance of the ring
+/// The ring of one usage window: its newest panes in a [`PaneRing`], where nearly every write
+/// lands (as many as [`WindowSpec::live_panes`], those a sample within the allowed lateness can
+/// reach, once the ring has an archive; up to [`LIVE_PANES`] before), the older ones encoded in a
+/// [`PaneArchive`], in a third to a half of the bytes. The
+/// archive's panes all come before the live ring's: a pane is written in the archive if the
+/// archive holds it or it is older than both the live span and the live ring's oldest pane, in
+/// the live ring otherwise (which so stays right when the live span changes with the
+/// configuration, the ring keeping what it holds until it moves on). Each advance of the ring
 /// appends the panes the live ring lets go of and drops those the window no longer covers
 /// (decoding the rest of the first block kept, to make its sum again); a write to an archived
 /// pane (a sample later than the live panes reach) encodes the archive again. A window's value
@@ -381,18 +410,22 @@ impl UsageRing {
                 .map_or(0, |a| std::mem::size_of::<PaneArchive>() + a.heap_bytes())
     }
 
-    /// Adds `usage` to pane `idx` of a window of `n` panes. False if the pane is older than the
-    /// ring retains (the `n` newest up to its newest).
-    pub fn add(&mut self, idx: i64, n: usize, usage: &Usage) -> bool {
-        let live_n = n.min(LIVE_PANES);
-        if live_n < n {
-            if let Some(head) = self.live.head() {
+    /// Adds `usage` to pane `idx` of a window of `n` panes whose newest `live` are kept live.
+    /// False if the pane is older than the ring retains (the `n` newest up to its newest).
+    pub fn add(&mut self, idx: i64, n: usize, live: usize, usage: &Usage) -> bool {
+        // A ring without an archive keeps up to `LIVE_PANES` live (see there).
+        let live_n = n.min(if self.archive.is_some() {
+            live.max(1)
+        } else {
+            live.max(LIVE_PANES)
+        });
+        if let Some(head) = self.live.head() {
+            if live_n < n || self.archive.is_some() {
                 if idx > head {
                     self.advance(idx, n, live_n);
-                } else if idx <= head - live_n as i64 {
-                    if idx <= head - n as i64 {
-                        return false;
-                    }
+                } else if idx <= head - n as i64 {
+                    return false;
+                } else if self.archived(idx, head, live_n) {
                     self.archive
                         .get_or_insert_with(Default::default)
                         .add(idx, usage);
@@ -406,6 +439,15 @@ impl UsageRing {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Whether pane `idx`, not after the head, is written in the archive: the archive holds it,
+    /// or it is older than both the live span and the live ring's oldest pane.
+    fn archived(&self, idx: i64, head: i64, live_n: usize) -> bool {
+        match &self.archive {
+            Some(a) if idx < a.end() => true,
+            _ => idx <= head - live_n as i64 && idx < self.live.start,
         }
     }
 
@@ -695,7 +737,8 @@ impl Windows {
             self.make_rings(specs.len());
         }
         for (ring, spec) in self.rings.iter_mut().zip(specs) {
-            ring.add(spec.pane_of(ts_ms, ring.head()), spec.panes(), usage);
+            let idx = spec.pane_of(ts_ms, ring.head());
+            ring.add(idx, spec.panes(), spec.live_panes(), usage);
         }
     }
 
@@ -961,7 +1004,8 @@ mod tests {
         /// (past ones included), bit for bit what one plain ring of all the panes per window
         /// reads when given the same moves: late samples into archived panes, jumps past a
         /// ring's width and idle stretches included. A checkpoint's round trip changes nothing,
-        /// then or after.
+        /// then or after, nor does a change of the panes kept live (as a new allowed lateness
+        /// brings), which the test makes at every other round trip.
         #[test]
         fn archived_rings_read_bit_for_bit_as_plain_rings_of_every_pane(
             steps in proptest::collection::vec(
@@ -978,23 +1022,32 @@ mod tests {
                 1..300,
             ),
         ) {
-            let specs = [
+            let eight_live = [
                 spec(10 * MIN, MIN),
                 spec(40 * MIN, MIN),
                 spec(60 * MIN, 3 * MIN),
                 spec(120 * MIN, 5 * MIN),
                 spec(6 * MIN, 3 * MIN),
             ];
+            // The same windows with 1, 4, 2, 7 and 2 panes live.
+            let lateness = [0, 3 * MIN, MIN, 30 * MIN, 3 * MIN];
+            let fewer_live: Vec<WindowSpec> =
+                eight_live.iter().cloned().zip(lateness).map(|(s, l)| s.with_lateness(l)).collect();
+            let mut specs: &[WindowSpec] = &eight_live;
             let mut w = Windows::default();
             let mut plain: Vec<PaneRing<Usage>> = specs.iter().map(|_| PaneRing::default()).collect();
+            proptest::prop_assert_eq!(
+                fewer_live.iter().map(|s| s.live_panes()).collect::<Vec<_>>(),
+                [1, 4, 2, 7, 2]
+            );
             let (mut ts, mut newest) = (0i64, i64::MIN);
             let bits = |u: &Usage| (u.acc_ms, u.measured_flop.to_bits(), u.nominal_flop.to_bits());
             for (k, (step, acc_ms, measured_flop, nominal_flop)) in steps.into_iter().enumerate() {
                 ts = (ts + step).max(0);
                 newest = newest.max(ts);
                 let u = Usage { acc_ms, measured_flop, nominal_flop };
-                if let Some(m) = w.add(&specs, ts, &u) {
-                    for (ring, spec) in plain.iter_mut().zip(&specs) {
+                if let Some(m) = w.add(specs, ts, &u) {
+                    for (ring, spec) in plain.iter_mut().zip(specs) {
                         if let Some(p) = ring.pane_mut(spec.pane_of(m.ts_ms, None), spec.panes()) {
                             p.add(&m.usage);
                         }
@@ -1012,6 +1065,7 @@ mod tests {
                         proptest::prop_assert_eq!(bincode::serialize(&split.whole()).unwrap(), plain);
                     }
                     w = back;
+                    specs = if k % 14 == 0 { &fewer_live } else { &eight_live };
                 }
                 for (i, s) in specs.iter().enumerate() {
                     let now = s.end_after(newest);
@@ -1025,7 +1079,7 @@ mod tests {
                                 want.add(&m.usage);
                             }
                         }
-                        proptest::prop_assert_eq!(bits(&w.value(&specs, i, end)), bits(&want), "window {} end {}", i, end);
+                        proptest::prop_assert_eq!(bits(&w.value(specs, i, end)), bits(&want), "window {} end {}", i, end);
                     }
                 }
             }
@@ -1080,6 +1134,7 @@ mod tests {
         assert_eq!(ring.capacity(), LIVE_PANES);
         let archive = ring.archive.as_ref().unwrap();
         assert_eq!(archive.end() - archive.start(), 288 - LIVE_PANES as i64);
+        let eight_live = w.heap_bytes();
         let plain_bytes = 288 * std::mem::size_of::<Usage>();
         // Five-minute FLOP sums that differ by up to 12% keep about seven bytes of each
         // difference: the ring is under 60% of a plain one.
@@ -1096,6 +1151,23 @@ mod tests {
         // A sample a day late lands in the archive and counts.
         w.add(&specs, 24 * 60 * MIN + 30_000, &pane(0));
         assert_eq!(w.value(&specs, 0, now).acc_ms, want + pane(0).acc_ms);
+
+        // With five minutes of allowed lateness the ring keeps two panes live (the newest and
+        // the one before, which a sample five minutes late can reach), in fewer bytes.
+        let late = [spec(24 * 60 * MIN, 5 * MIN).with_lateness(5 * MIN)];
+        let mut l = Windows::default();
+        for m in 0..2 * 24 * 60 {
+            l.add(&late, m * MIN, &pane(m));
+        }
+        assert_eq!(l.rings[0].capacity(), 2);
+        let archive = l.rings[0].archive.as_ref().unwrap();
+        assert_eq!(archive.end() - archive.start(), 288 - 2);
+        assert!(
+            l.heap_bytes() < eight_live,
+            "{} against {eight_live}",
+            l.heap_bytes()
+        );
+        assert_eq!(l.value(&late, 0, now).acc_ms, want);
     }
 
     #[test]
