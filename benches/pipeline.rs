@@ -1,4 +1,5 @@
-//! Throughput of the hot path: decoding (each input format), window update, detection, the engine,
+//! Throughput of the hot path: decoding (each input format), window update (and a late sample into
+//! a long-lived key's encoded panes), detection, the engine,
 //! a batch of tenant registry updates, a whole pipeline batch, and rendering an alert. Run with
 //! `cargo bench --bench pipeline`; results depend on the machine (report it with them). The
 //! fleet-scale harness is `trainspotter bench` (BENCHMARKS.md).
@@ -141,6 +142,23 @@ fn windows(c: &mut Criterion) {
             ts += 10_000;
             w.add(&specs, ts, std::hint::black_box(&usage));
         })
+    });
+    // A key two days old, sampled every minute with varying activity, given a sample 30 minutes
+    // late: it lands in the encoded panes of the hour's and the day's rings.
+    let mut old = Windows::default();
+    let minutes = 2 * 24 * 60;
+    for m in 0..minutes {
+        let flop = 4e17 * (1.0 + (m % 13) as f64 / 100.0);
+        let u = Usage {
+            acc_ms: 60_000,
+            measured_flop: flop,
+            nominal_flop: 0.0,
+        };
+        old.add(&specs, T0 + m * 60_000, &u);
+    }
+    let late = T0 + (minutes - 30) * 60_000;
+    g.bench_function("add_30_minutes_late_to_a_key_2_days_old", |b| {
+        b.iter(|| old.add(&specs, late, std::hint::black_box(&usage)))
     });
     g.finish();
 }

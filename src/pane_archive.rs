@@ -19,8 +19,8 @@
 //! The encoding starts afresh at each block of [`BLOCK`] panes aligned to pane 0, and the archive
 //! keeps each block's sum. A window adds its panes block by block ([`GroupedSum`]), so a window
 //! that covers a whole block reads its sum without decoding it (the window ending now covers every
-//! block held), and dropping the oldest pane as the ring moves on decodes only the rest of its
-//! block.
+//! block held), dropping the oldest pane as the ring moves on decodes only the rest of its
+//! block, and a late sample written into a held pane encodes only that pane's block again.
 
 use crate::estimate::Usage;
 
@@ -250,13 +250,19 @@ impl PaneArchive {
 
     /// Adds `usage` to pane `idx`, which may lie before or after the panes held: the archive
     /// grows to it, the panes between holding nothing. (A write into the archive is rare: a
-    /// sample later than a ring's live panes reach. It encodes the archive again.)
+    /// sample later than a ring's live panes reach. A held pane's block is encoded again, every
+    /// block's encoding standing alone; a pane before or after those held, rarer still, encodes
+    /// the archive again.)
     pub fn add(&mut self, idx: i64, usage: &Usage) {
         if idx == self.end && !self.is_empty() {
             // What adding to a pane that holds nothing gives (`-0.0` becomes `0.0`).
             let mut p = Usage::default();
             p.add(usage);
             self.push(&p);
+            return;
+        }
+        if (self.start..self.end).contains(&idx) {
+            self.add_held(idx, usage);
             return;
         }
         let (start, mut panes) = if self.is_empty() {
@@ -279,6 +285,41 @@ impl PaneArchive {
         }
         self.bytes
             .shrink_to(self.bytes.len() + self.bytes.len() / 8);
+    }
+
+    /// Adds `usage` to held pane `idx`, encoding its block again in place of the old encoding
+    /// and making the block's sum again, as [`PaneArchive::push`] made them.
+    fn add_held(&mut self, idx: i64, usage: &Usage) {
+        let k = (block_of(idx) - block_of(self.start)) as usize;
+        let held = self.block_panes(k);
+        let mut panes = [Usage::default(); BLOCK as usize];
+        self.for_each_of_block(k, |i, p| panes[(i - held.start) as usize] = *p);
+        let panes = &mut panes[..(held.end - held.start) as usize];
+        panes[(idx - held.start) as usize].add(usage);
+        let mut last = if k == 0 { self.base } else { Usage::default() };
+        let (mut encoded, mut sum) = (Vec::with_capacity(panes.len() * MAX_PANE), Usage::default());
+        for p in panes.iter() {
+            encode(&mut encoded, &mut last, p);
+            sum.add(p);
+        }
+        let from = self.blocks[k].at as usize;
+        let to = self
+            .blocks
+            .get(k + 1)
+            .map_or(self.bytes.len(), |b| b.at as usize);
+        let grown = encoded.len() as i64 - (to - from) as i64;
+        self.bytes.splice(from..to, encoded);
+        if self.bytes.capacity() > self.bytes.len() + self.bytes.len() / 4 + MAX_PANE {
+            self.bytes
+                .shrink_to(self.bytes.len() + self.bytes.len() / 8);
+        }
+        for b in &mut self.blocks[k + 1..] {
+            b.at = (i64::from(b.at) + grown) as u32;
+        }
+        self.blocks[k].sum = sum;
+        if k + 1 == self.blocks.len() {
+            self.last = last;
+        }
     }
 
     /// Every pane held, decoded.
@@ -307,7 +348,7 @@ impl PaneArchive {
         if (end - start) as u64 > bytes.len() as u64 || bytes.len() > u32::MAX as usize {
             return Err("an archive holds more panes than bytes, or more than 4 GiB");
         }
-        if start.rem_euclid(BLOCK) == 0 && base != Usage::default() {
+        if start.rem_euclid(BLOCK) == 0 && !is_empty_pane(&base) {
             return Err("an archive's first pane starts a block but is encoded against a pane");
         }
         let mut blocks = Vec::with_capacity((block_of(end - 1) - block_of(start) + 1) as usize);

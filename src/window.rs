@@ -370,14 +370,14 @@ pub const LIVE_PANES: usize = 8;
 /// The ring of one usage window: its newest panes in a [`PaneRing`], where nearly every write
 /// lands (as many as [`WindowSpec::live_panes`], those a sample within the allowed lateness can
 /// reach, once the ring has an archive; up to [`LIVE_PANES`] before), the older ones encoded in a
-/// [`PaneArchive`], in a third to a half of the bytes. The
-/// archive's panes all come before the live ring's: a pane is written in the archive if the
-/// archive holds it or it is older than both the live span and the live ring's oldest pane, in
-/// the live ring otherwise (which so stays right when the live span changes with the
-/// configuration, the ring keeping what it holds until it moves on). Each advance of the ring
-/// appends the panes the live ring lets go of and drops those the window no longer covers
-/// (decoding the rest of the first block kept, to make its sum again); a write to an archived
-/// pane (a sample later than the live panes reach) encodes the archive again. A window's value
+/// [`PaneArchive`], in a third to a half of the bytes. The archive's panes all come before the
+/// live ring's: a pane is written in the archive if the archive holds it or it is older than both
+/// the live span and the live ring's oldest pane, in the live ring otherwise (which so stays
+/// right when the live span changes with the configuration, the ring keeping what it holds until
+/// it moves on). Each advance of the ring appends the panes the live ring lets go of and drops
+/// those the window no longer covers (decoding the rest of the first block kept, to make its sum
+/// again); a write to an archived pane (a sample later than the live panes reach) encodes that
+/// pane's block again. A window's value
 /// adds its panes in aligned blocks ([`GroupedSum`]): a block the window covers wholly is read as
 /// its kept sum, without decoding, and every value reads as it would from one ring of all the
 /// panes, bit for bit.
