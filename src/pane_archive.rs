@@ -224,10 +224,7 @@ impl PaneArchive {
             self.blocks.drain(..whole);
             let cut = self.blocks[0].at;
             self.bytes.drain(..cut as usize);
-            if self.bytes.capacity() > self.bytes.len() + self.bytes.len() / 4 + MAX_PANE {
-                self.bytes
-                    .shrink_to(self.bytes.len() + self.bytes.len() / 8);
-            }
+            self.trim_slack();
             for b in &mut self.blocks {
                 b.at -= cut;
             }
@@ -309,16 +306,22 @@ impl PaneArchive {
             .map_or(self.bytes.len(), |b| b.at as usize);
         let grown = encoded.len() as i64 - (to - from) as i64;
         self.bytes.splice(from..to, encoded);
-        if self.bytes.capacity() > self.bytes.len() + self.bytes.len() / 4 + MAX_PANE {
-            self.bytes
-                .shrink_to(self.bytes.len() + self.bytes.len() / 8);
-        }
+        self.trim_slack();
         for b in &mut self.blocks[k + 1..] {
             b.at = (i64::from(b.at) + grown) as u32;
         }
         self.blocks[k].sum = sum;
         if k + 1 == self.blocks.len() {
             self.last = last;
+        }
+    }
+
+    /// Gives back the encoding's spare capacity once it exceeds a quarter of its length (and a
+    /// pane), down to an eighth: bytes dropped or encoded shorter leave no lasting slack.
+    fn trim_slack(&mut self) {
+        if self.bytes.capacity() > self.bytes.len() + self.bytes.len() / 4 + MAX_PANE {
+            self.bytes
+                .shrink_to(self.bytes.len() + self.bytes.len() / 8);
         }
     }
 
@@ -339,9 +342,8 @@ impl PaneArchive {
         base: Usage,
         bytes: Vec<u8>,
     ) -> Result<PaneArchive, &'static str> {
-        // Indexes of event times, as `PaneRing::is_consistent` bounds them.
-        const BOUND: i64 = 1 << 60;
-        if !(-BOUND < start && start < end && end < BOUND) {
+        use crate::window::INDEX_BOUND;
+        if !(-INDEX_BOUND < start && start < end && end < INDEX_BOUND) {
             return Err("an archive's panes are out of order or out of range");
         }
         // Every pane takes a byte at least, and `Block::at` is a `u32`.

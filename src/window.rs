@@ -138,6 +138,11 @@ pub struct PaneRing<T> {
     panes: Box<[T]>,
 }
 
+/// How far from pane 0 the pane indexes of a ring or archive read from a checkpoint may lie:
+/// indexes of event times are far within it, and nothing computed from indexes within it
+/// overflows.
+pub(crate) const INDEX_BOUND: i64 = 1 << 60;
+
 /// The head of a ring never written. No pane has this index: panes are numbered from event times,
 /// which are after the year 2000 (`decode`), and a slide is at least a millisecond.
 const NEVER: i64 = i64::MIN;
@@ -323,10 +328,9 @@ impl<T: Default + Clone> PaneRing<T> {
     /// so that nothing computed from them overflows), and a ring holding panes before its head
     /// has an array with a slot for each.
     pub fn is_consistent(&self) -> bool {
-        const BOUND: i64 = 1 << 60;
         self.head == NEVER
-            || ((-BOUND..=BOUND).contains(&self.head)
-                && (-BOUND..=self.head).contains(&self.start)
+            || ((-INDEX_BOUND..=INDEX_BOUND).contains(&self.head)
+                && (-INDEX_BOUND..=self.head).contains(&self.start)
                 && (self.start == self.head
                     || ((self.head - self.start) as u64) < self.panes.len() as u64))
     }
@@ -377,10 +381,9 @@ pub const LIVE_PANES: usize = 8;
 /// it moves on). Each advance of the ring appends the panes the live ring lets go of and drops
 /// those the window no longer covers (decoding the rest of the first block kept, to make its sum
 /// again); a write to an archived pane (a sample later than the live panes reach) encodes that
-/// pane's block again. A window's value
-/// adds its panes in aligned blocks ([`GroupedSum`]): a block the window covers wholly is read as
-/// its kept sum, without decoding, and every value reads as it would from one ring of all the
-/// panes, bit for bit.
+/// pane's block again. A window's value adds its panes in aligned blocks ([`GroupedSum`]): a
+/// block the window covers wholly is read as its kept sum, without decoding, and every value
+/// reads as it would from one ring of all the panes, bit for bit.
 ///
 /// Checkpoints hold the live ring and the archive's encoding as they are (format 10 on); a ring
 /// of the earlier formats, every pane in its array, is split when it is read.
@@ -533,16 +536,28 @@ impl UsageRing {
         })
     }
 
-    /// A ring of all its panes split into the live ring and the archive.
-    fn split(live: PaneRing<Usage>) -> UsageRing {
-        let mut ring = UsageRing {
-            live,
-            archive: None,
-        };
+    /// A ring read from a checkpoint, its live panes beyond the newest [`LIVE_PANES`] moved to
+    /// the archive (all but those for a ring of the formats before 10, none for one of 10 on).
+    /// `Err` if its bookkeeping is impossible: the live ring's storage cannot hold its panes, or
+    /// the archive does not end before them.
+    fn read(
+        live: PaneRing<Usage>,
+        archive: Option<Box<PaneArchive>>,
+    ) -> Result<UsageRing, &'static str> {
+        if !live.is_consistent() {
+            return Err("a window ring holds more panes than its pane array");
+        }
+        if let Some(a) = &archive {
+            // The archive's panes come before the live ones (`live.start` is the oldest held).
+            if live.head().is_none() || a.end() > live.start {
+                return Err("a window ring's archive does not end before its live panes");
+            }
+        }
+        let mut ring = UsageRing { live, archive };
         if let Some(head) = ring.live.head() {
             ring.archive_before(head - LIVE_PANES as i64 + 1, i64::MIN);
         }
-        ring
+        Ok(ring)
     }
 }
 
@@ -554,36 +569,13 @@ impl Serialize for UsageRing {
 
 impl<'de> Deserialize<'de> for UsageRing {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        if crate::checkpoint::format_read() < crate::checkpoint::ENCODED_RINGS {
-            let ring = PaneRing::deserialize(d)?;
-            if !ring.is_consistent() {
-                return Err(D::Error::custom(
-                    "a window ring holds more panes than its pane array",
-                ));
-            }
-            return Ok(UsageRing::split(ring));
-        }
-        let (live, archive) = <(PaneRing<Usage>, Option<Box<PaneArchive>>)>::deserialize(d)?;
-        if !live.is_consistent() {
-            return Err(D::Error::custom(
-                "a window ring holds more panes than its pane array",
-            ));
-        }
-        let mut ring = UsageRing { live, archive };
-        if let Some(a) = &ring.archive {
-            // The archive's panes come before the live ones (`live.start` is the oldest held).
-            if ring.live.head().is_none() || a.end() > ring.live.start {
-                return Err(D::Error::custom(
-                    "a window ring's archive does not end before its live panes",
-                ));
-            }
-        }
-        // As written, the live ring holds at most `LIVE_PANES`; any older ones move on.
-        if let Some(head) = ring.live.head() {
-            ring.archive_before(head - LIVE_PANES as i64 + 1, i64::MIN);
-        }
-        Ok(ring)
+        let (live, archive) = if crate::checkpoint::format_read() < crate::checkpoint::ENCODED_RINGS
+        {
+            (PaneRing::deserialize(d)?, None)
+        } else {
+            <(PaneRing<Usage>, Option<Box<PaneArchive>>)>::deserialize(d)?
+        };
+        UsageRing::read(live, archive).map_err(serde::de::Error::custom)
     }
 }
 
@@ -1117,19 +1109,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_long_ring_keeps_its_newest_panes_live_and_the_older_ones_archived() {
-        let specs = [spec(24 * 60 * MIN, 5 * MIN)];
-        let mut w = Windows::default();
-        let pane = |m: i64| Usage {
+    /// Minute `m`'s sample of a steadily running key of 8 devices, its FLOP varying by up to 12%.
+    fn minute(m: i64) -> Usage {
+        Usage {
             acc_ms: 8 * 60_000,
             measured_flop: 4.0e17 * (1.0 + (m % 13) as f64 / 100.0),
             nominal_flop: 0.0,
-        };
-        // Two days of minutes: the day's ring is full.
-        for m in 0..2 * 24 * 60 {
-            w.add(&specs, m * MIN, &pane(m));
         }
+    }
+
+    /// Two days of [`minute`]s: a day's ring is full.
+    fn two_days(specs: &[WindowSpec]) -> Windows {
+        let mut w = Windows::default();
+        for m in 0..2 * 24 * 60 {
+            w.add(specs, m * MIN, &minute(m));
+        }
+        w
+    }
+
+    #[test]
+    fn a_long_ring_keeps_its_newest_panes_live_and_the_older_ones_archived() {
+        let specs = [spec(24 * 60 * MIN, 5 * MIN)];
+        let mut w = two_days(&specs);
         let ring = &w.rings[0];
         assert_eq!(ring.capacity(), LIVE_PANES);
         let archive = ring.archive.as_ref().unwrap();
@@ -1146,19 +1147,16 @@ mod tests {
         // The window ending now: every sample of the last day but the pending minute's, which
         // the read adds in.
         let now = specs[0].end_after(2 * 24 * 60 * MIN - 1);
-        let want: u64 = (24 * 60..2 * 24 * 60).map(|m| pane(m).acc_ms).sum();
+        let want: u64 = (24 * 60..2 * 24 * 60).map(|m| minute(m).acc_ms).sum();
         assert_eq!(w.value(&specs, 0, now).acc_ms, want);
         // A sample a day late lands in the archive and counts.
-        w.add(&specs, 24 * 60 * MIN + 30_000, &pane(0));
-        assert_eq!(w.value(&specs, 0, now).acc_ms, want + pane(0).acc_ms);
+        w.add(&specs, 24 * 60 * MIN + 30_000, &minute(0));
+        assert_eq!(w.value(&specs, 0, now).acc_ms, want + minute(0).acc_ms);
 
         // With five minutes of allowed lateness the ring keeps two panes live (the newest and
         // the one before, which a sample five minutes late can reach), in fewer bytes.
         let late = [spec(24 * 60 * MIN, 5 * MIN).with_lateness(5 * MIN)];
-        let mut l = Windows::default();
-        for m in 0..2 * 24 * 60 {
-            l.add(&late, m * MIN, &pane(m));
-        }
+        let l = two_days(&late);
         assert_eq!(l.rings[0].capacity(), 2);
         let archive = l.rings[0].archive.as_ref().unwrap();
         assert_eq!(archive.end() - archive.start(), 288 - 2);
@@ -1173,20 +1171,7 @@ mod tests {
     #[test]
     fn a_checkpoint_holds_a_long_ring_encoded_and_refuses_an_archive_that_overlaps_its_live_panes()
     {
-        let specs = [spec(24 * 60 * MIN, 5 * MIN)];
-        let mut w = Windows::default();
-        for m in 0..2 * 24 * 60 {
-            let flop = 4.0e17 * (1.0 + (m % 13) as f64 / 100.0);
-            w.add(
-                &specs,
-                m * MIN,
-                &Usage {
-                    acc_ms: 8 * 60_000,
-                    measured_flop: flop,
-                    nominal_flop: 0.0,
-                },
-            );
-        }
+        let w = two_days(&[spec(24 * 60 * MIN, 5 * MIN)]);
         let ring = &w.rings[0];
         let bytes = bincode::serialize(ring).unwrap();
         let plain = bincode::serialize(&ring.whole()).unwrap();

@@ -35,31 +35,29 @@ fn frame(version: u32, payload: &[u8]) -> Vec<u8> {
 
 fuzz_target!(|data: &[u8]| {
     let path = Path::new("fuzz.ckpt");
+    // The input's own prefix, if it has one: its version, if this build reads it, and payload.
+    let prefixed = (data.len() >= PREFIX_LEN && data[..8] == MAGIC[..]).then(|| {
+        let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
+        let readable = (OLDEST_READ..=VERSION).contains(&version);
+        (readable.then_some(version), &data[PREFIX_LEN..])
+    });
 
     // 1. The input as a file. Anything not framed correctly must be refused by the prefix
     //    checks, and the error must render (it goes to the log).
     if let Err(e) = checkpoint::decode(path, data) {
         let _ = e.to_string();
-        if data.len() >= PREFIX_LEN && data[..8] == MAGIC[..] {
+        if let Some((Some(version), payload)) = prefixed {
             // A correct prefix with the right length and checksum only fails in the payload.
-            let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
-            let framed = frame(version, &data[PREFIX_LEN..]);
-            if framed == data && (OLDEST_READ..=VERSION).contains(&version) {
+            if frame(version, payload) == data {
                 assert!(matches!(e, CheckpointError::Decode { .. }), "{e}");
             }
         }
     }
 
     // 2. The payload in a well-formed frame, of its own version if this build reads it.
-    let (version, payload) = if data.len() >= PREFIX_LEN && data[..8] == MAGIC[..] {
-        let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
-        let readable = (OLDEST_READ..=VERSION).contains(&version);
-        (
-            if readable { version } else { VERSION },
-            &data[PREFIX_LEN..],
-        )
-    } else {
-        (VERSION, data)
+    let (version, payload) = match prefixed {
+        Some((version, payload)) => (version.unwrap_or(VERSION), payload),
+        None => (VERSION, data),
     };
     if payload.is_empty() {
         return;
