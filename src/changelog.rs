@@ -12,7 +12,11 @@
 //! | `T/P`                | manifest (JSON): the complete snapshot, its chunk count, length, CRC-32 and offset |
 //!
 //! A snapshot's chunks are written and acknowledged before its manifest, and the previous snapshot's
-//! chunks are deleted (tombstones) only after the new manifest is acknowledged. With
+//! chunks are deleted (tombstones) only after the new manifest is acknowledged. The chunks are read
+//! from the checkpoint file and sent a group at a time, each group acknowledged before the next is
+//! read: [`IN_FLIGHT`] chunks, or as many as fill half of the producer's queue
+//! (`queue.buffering.max.kbytes`) when that is smaller. A snapshot of any size thus takes that much
+//! memory in the producer, and never overflows its queue. With
 //! `cleanup.policy=compact` the topic therefore always holds, per partition, the newest manifest and
 //! the chunks it names. Restoring reads the changelog partition from its start to its high watermark,
 //! takes the last manifest of the partition and checks length and CRC-32 of the reassembled bytes;
@@ -20,6 +24,7 @@
 //! deleted then.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
@@ -38,12 +43,16 @@ use crate::topics::{self, left};
 
 /// Largest chunk of a snapshot in one record: half of Kafka's default `message.max.bytes`.
 pub const CHUNK: usize = 512 * 1024;
+/// Chunks sent before their acknowledgement is awaited (16 MiB), at most.
+pub const IN_FLIGHT: usize = 32;
 
 /// Where partition snapshots are kept besides the local directory (so another instance can read
-/// them). `bytes` are a complete checkpoint file.
+/// them). A snapshot is a complete checkpoint file's bytes.
 pub trait SnapshotStore: Send {
-    /// Stores the snapshot of `shard` covering offsets before `next_offset`; `Ok` once durable.
-    fn save(&mut self, shard: &Shard, next_offset: i64, bytes: &[u8]) -> Result<(), String>;
+    /// Stores the snapshot of `shard` covering offsets before `next_offset`, read from `bytes`;
+    /// `Ok` once durable.
+    fn save(&mut self, shard: &Shard, next_offset: i64, bytes: &mut dyn Read)
+        -> Result<(), String>;
     /// The newest complete snapshot of `shard`, if any.
     fn load(&mut self, shard: &Shard) -> Result<Option<Vec<u8>>, String>;
 }
@@ -67,6 +76,8 @@ pub struct Changelog {
     inputs: Vec<String>,
     partitions: Option<i32>,
     timeout: Duration,
+    /// Chunks sent before their acknowledgement is awaited.
+    in_flight: usize,
     /// Per partition, the snapshot this instance last wrote or restored: deleted once a newer one is
     /// complete.
     previous: HashMap<Shard, Manifest>,
@@ -96,8 +107,14 @@ impl Changelog {
             .set("enable.partition.eof", "false")
             .set("fetch.max.bytes", (64 * CHUNK).to_string())
             .set("max.partition.fetch.bytes", (8 * CHUNK).to_string());
+        // librdkafka's default queue holds 1 GiB.
+        let queue_kib = p
+            .get("queue.buffering.max.kbytes")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1 << 20);
         Ok(Changelog {
             topic: topic.to_string(),
+            in_flight: (queue_kib * 1024 / 2 / CHUNK).clamp(1, IN_FLIGHT),
             producer: p.create()?,
             reader: r.create()?,
             base: base.clone(),
@@ -165,32 +182,45 @@ impl Changelog {
 }
 
 impl SnapshotStore for Changelog {
-    fn save(&mut self, shard: &Shard, next_offset: i64, bytes: &[u8]) -> Result<(), String> {
+    fn save(
+        &mut self,
+        shard: &Shard,
+        next_offset: i64,
+        bytes: &mut dyn Read,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + self.timeout;
         let n = self.partitions(deadline)?;
         let partition = shard.partition.rem_euclid(n);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let manifest = Manifest {
+        let mut manifest = Manifest {
             snapshot: format!("{next_offset}-{nanos}"),
-            chunks: bytes.chunks(CHUNK).count() as u32,
-            bytes: bytes.len() as u64,
-            crc32: crc32fast::hash(bytes),
+            chunks: 0,
+            bytes: 0,
+            crc32: 0,
             next_offset,
         };
-        let sent = bytes
-            .chunks(CHUNK)
-            .enumerate()
-            .map(|(i, c)| {
-                self.send(
-                    partition,
-                    &chunk_key(shard, &manifest.snapshot, i as u32),
-                    Some(c),
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut crc = crc32fast::Hasher::new();
+        let mut chunk = vec![0; CHUNK];
+        let mut sent = Vec::with_capacity(self.in_flight);
+        loop {
+            let len = read_chunk(bytes, &mut chunk)
+                .map_err(|e| format!("changelog: reading the checkpoint: {e}"))?;
+            if len == 0 {
+                break;
+            }
+            crc.update(&chunk[..len]);
+            let key = chunk_key(shard, &manifest.snapshot, manifest.chunks);
+            sent.push(self.send(partition, &key, Some(&chunk[..len]))?);
+            manifest.chunks += 1;
+            manifest.bytes += len as u64;
+            if sent.len() == self.in_flight {
+                self.acknowledged(std::mem::take(&mut sent), deadline)?;
+            }
+        }
         self.acknowledged(sent, deadline)?;
+        manifest.crc32 = crc.finalize();
         let body = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
         let sent = self.send(partition, &manifest_key(shard), Some(&body))?;
         self.acknowledged(vec![sent], deadline)?;
@@ -286,7 +316,11 @@ impl SnapshotStore for Changelog {
                 manifest.chunks
             ));
         }
-        let bytes: Vec<u8> = parts.into_values().flatten().collect();
+        // One copy at a time: each chunk is let go as it is appended.
+        let mut bytes = Vec::with_capacity(parts.values().map(Vec::len).sum());
+        for part in parts.into_values() {
+            bytes.extend_from_slice(&part);
+        }
         if bytes.len() as u64 != manifest.bytes || crc32fast::hash(&bytes) != manifest.crc32 {
             return Err(format!(
                 "changelog snapshot {} of {} fails its length or checksum",
@@ -304,6 +338,21 @@ impl Drop for Changelog {
             warn!(error = %e, "changelog deletes not flushed");
         }
     }
+}
+
+/// Fills `chunk` from `bytes` as far as they reach; the length read (below the chunk's only at
+/// their end).
+fn read_chunk(bytes: &mut dyn Read, chunk: &mut [u8]) -> std::io::Result<usize> {
+    let mut len = 0;
+    while len < chunk.len() {
+        match bytes.read(&mut chunk[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
 }
 
 fn manifest_key(shard: &Shard) -> String {
@@ -326,5 +375,43 @@ mod tests {
         assert_eq!(chunk_key(&s, "10-5", 3), "gpu-usage/1/10-5/3");
         // A chunk of partition 12 does not carry partition 1's chunk prefix.
         assert!(!chunk_key(&other, "10-5", 0).starts_with(&format!("{}/", manifest_key(&s))));
+    }
+
+    /// A snapshot larger than the producer's queue may hold is sent a group of chunks at a time
+    /// and reads back whole (sent at once, its chunks overflowed the queue and the save failed).
+    /// The mock broker keeps about 5 MiB of a partition, so the queue is made small here.
+    #[test]
+    fn a_snapshot_larger_than_the_producers_queue_is_saved_and_read_back() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("gpu-usage", 1, 1).unwrap();
+        cluster.create_topic("changelog", 1, 1).unwrap();
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("queue.buffering.max.kbytes", "2048")
+            .set("log_level", "3");
+        let instance = || {
+            let inputs = ["gpu-usage".to_string()];
+            Changelog::new(
+                &base,
+                "changelog",
+                "trainspotter",
+                &inputs,
+                Duration::from_secs(60),
+            )
+            .unwrap()
+        };
+        let mut changelog = instance();
+        let shard = Shard::new("gpu-usage", 0);
+        assert_eq!(changelog.in_flight, 2, "half of a 2-MiB queue");
+        let snapshot: Vec<u8> = (0..8 * CHUNK + 1234).map(|i| (i % 251) as u8).collect();
+        changelog
+            .save(&shard, 42, &mut snapshot.as_slice())
+            .unwrap();
+        let manifest = changelog.previous[&shard].clone();
+        assert_eq!(manifest.chunks, 9);
+        assert_eq!(manifest.bytes, snapshot.len() as u64);
+        assert_eq!(manifest.next_offset, 42);
+        // Another instance reads it back.
+        assert_eq!(instance().load(&shard).unwrap(), Some(snapshot));
     }
 }

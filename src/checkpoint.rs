@@ -3,15 +3,25 @@
 //! One file per partition, `<dir>/<topic>-<partition>.ckpt`, replaced atomically: the new content is
 //! written to a temporary file and fsynced, the current file becomes `.prev`, the temporary file is
 //! renamed into place and the directory is fsynced. A crash at any point leaves a complete current
-//! file, or a complete `.prev` file, or both.
+//! file, or a complete `.prev` file, or both. The temporary file is the `.prev` file written over
+//! when there is a current one (its pages are then most likely in the page cache already), so
+//! while a checkpoint is staged the current file is the only complete one.
+//!
+//! Writing goes in two steps: [`stage`] encodes the state into the temporary file through a few
+//! spools of [`SPOOL_BYTES`], so that however large the state the encoding holds no more memory
+//! than those (the daemon stages on its consumer thread, which owns the state), and
+//! [`Staged::commit`] makes it durable and puts it in place (the daemon's checkpoint writer
+//! thread). Reading decodes the file as it reads it, a buffer at a time, and checks the checksum
+//! at its end: no copy of the file is held beside the state it becomes.
 //!
 //! Layout: magic `TSCKPT\0\0` (8 bytes), format version (u32 LE), payload length (u64 LE), CRC-32 of
 //! the payload (u32 LE), payload (bincode of [`Header`] fields followed by the engine [`State`]).
 //! Reading checks all four and never panics on any input.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use serde::{Deserialize, Serialize};
 
@@ -122,60 +132,292 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
     }
 }
 
-/// Encodes a checkpoint into its file bytes. The state is serialised once, straight after room
-/// left for the prefix (bincode's `serialize` would walk it twice, sizing first, and the payload
-/// would then be copied behind the prefix).
+/// Encodes a checkpoint into its file bytes, in memory (tests, tools, the fuzz targets; the daemon
+/// writes its checkpoints with [`stage`]).
 pub fn encode(header: &Header, state: &State) -> Result<Vec<u8>, CheckpointError> {
-    let mut out = Vec::new();
-    encode_into(header, state, &mut out)?;
+    let mut out = vec![0; PREFIX_LEN];
+    opts()
+        .serialize_into(&mut out, &Borrowed { header, state })
+        .map_err(encode_err(Path::new("(memory)")))?;
+    let payload = &out[PREFIX_LEN..];
+    let prefix = prefix(payload.len() as u64, crc32fast::hash(payload));
+    out[..PREFIX_LEN].copy_from_slice(&prefix);
     Ok(out)
 }
 
-/// [`encode`] into `out`, replacing what it held. Encoding into a buffer kept from the previous
-/// checkpoint writes to memory the process already has: a new buffer of a few hundred MiB is
-/// paged in on first write, each page zeroed by the kernel (and, on a virtual machine that gives
-/// freed memory back to its host, fetched from the host first), which can take longer than the
-/// encoding itself.
-pub fn encode_into(
-    header: &Header,
-    state: &State,
-    out: &mut Vec<u8>,
-) -> Result<(), CheckpointError> {
-    out.clear();
-    out.resize(PREFIX_LEN, 0);
-    opts()
-        .serialize_into(&mut *out, &Borrowed { header, state })
-        .map_err(|e| CheckpointError::Encode(e.to_string()))?;
-    let prefix = prefix(&out[PREFIX_LEN..]);
-    out[..PREFIX_LEN].copy_from_slice(&prefix);
-    Ok(())
+/// Bytes of an encoding gathered in memory before they go to the file ([`stage`]).
+pub const SPOOL_BYTES: usize = 1 << 20;
+/// Spools of an encoding: one being filled, the others written or waiting to be.
+const SPOOLS: usize = 4;
+
+/// A checkpoint encoded into its partition's temporary file, not yet in place; [`Staged::commit`]
+/// makes it the current file. Dropped uncommitted, the temporary file is removed.
+///
+/// A partition has one temporary file, so one checkpoint of it is staged at a time: the caller
+/// commits or drops a staged checkpoint before it stages the next.
+#[derive(Debug)]
+pub struct Staged {
+    file: File,
+    dir: PathBuf,
+    tmp: PathBuf,
+    target: PathBuf,
+    len: u64,
+    committed: bool,
 }
 
-/// The prefix of an encoded payload's file: magic, version, payload length, CRC-32.
-fn prefix(payload: &[u8]) -> [u8; PREFIX_LEN] {
+/// Encodes the checkpoint of `header.topic`/`header.partition` into its temporary file in `dir`.
+/// The calling thread serialises the state into spools of [`SPOOL_BYTES`]; a thread of the call's
+/// own takes each full spool, adds it to the checksum and writes it to the file, while the caller
+/// fills the next. However large the state, the encoding holds four spools of memory. The
+/// bytes go to the kernel's page cache; [`Staged::commit`] waits for the disk.
+pub fn stage(dir: &Path, header: &Header, state: &State) -> Result<Staged, CheckpointError> {
+    stage_in(dir, header, state, SPOOL_BYTES)
+}
+
+fn stage_in(
+    dir: &Path,
+    header: &Header,
+    state: &State,
+    limit: usize,
+) -> Result<Staged, CheckpointError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let target = path(dir, &header.topic, header.partition);
+    let tmp = target.with_extension("ckpt.tmp");
+    // With a current file, the previous one becomes the temporary one and is written over: its
+    // pages are most likely still in the page cache, and writing over them is a copy, where new
+    // pages cost the kernel an allocation each (on a virtual machine, often a fetch from the
+    // host). The current file stays whole meanwhile.
+    let over_previous = target.exists() && fs::rename(prev_path(&target), &tmp).is_ok();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(!over_previous)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    // From here on, an error drops `staged`, which removes the temporary file.
+    let mut staged = Staged {
+        file,
+        dir: dir.to_path_buf(),
+        tmp,
+        target,
+        len: 0,
+        committed: false,
+    };
+    // The prefix's place, filled in once the payload's length and checksum are known.
+    staged
+        .file
+        .write_all(&[0; PREFIX_LEN])
+        .map_err(io_err(&staged.tmp))?;
+    let (full, to_write) = mpsc::sync_channel::<Vec<u8>>(SPOOLS);
+    let (written, free) = mpsc::channel::<Vec<u8>>();
+    for _ in 1..SPOOLS {
+        let _ = written.send(Vec::with_capacity(limit));
+    }
+    let file = &mut staged.file;
+    let (serialised, wrote) = std::thread::scope(|scope| {
+        let writer = std::thread::Builder::new()
+            .name("checkpoint-spool".into())
+            .spawn_scoped(scope, move || {
+                let (mut crc, mut len) = (crc32fast::Hasher::new(), 0u64);
+                for mut spool in to_write {
+                    crc.update(&spool);
+                    file.write_all(&spool)?;
+                    len += spool.len() as u64;
+                    spool.clear();
+                    // The serialiser may have finished and gone.
+                    let _ = written.send(spool);
+                }
+                Ok::<_, io::Error>((len, crc.finalize()))
+            });
+        let writer = match writer {
+            Ok(w) => w,
+            Err(e) => return (Ok(()), Err(e)),
+        };
+        let mut out = Spool {
+            spool: Vec::with_capacity(limit),
+            limit,
+            full,
+            free,
+        };
+        let serialised = opts()
+            .serialize_into(&mut out, &Borrowed { header, state })
+            .and_then(|()| out.send().map_err(Into::into));
+        // Dropping the sender ends the writer's loop.
+        drop(out);
+        let wrote = writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the checkpoint's writing thread panicked")));
+        (serialised, wrote)
+    });
+    // A failed write ends the writer, which the serialiser then sees as its own failure: the
+    // writer's error says what happened.
+    let (len, crc) = wrote.map_err(io_err(&staged.tmp))?;
+    serialised.map_err(encode_err(&staged.tmp))?;
+    staged.len = PREFIX_LEN as u64 + len;
+    staged
+        .file
+        .set_len(staged.len)
+        .and_then(|_| staged.file.seek(SeekFrom::Start(0)))
+        .and_then(|_| staged.file.write_all(&prefix(len, crc)))
+        .map_err(io_err(&staged.tmp))?;
+    Ok(staged)
+}
+
+impl Staged {
+    /// The file's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Never true: a checkpoint file holds at least its prefix.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Makes the staged checkpoint the partition's current file, atomically: the file is fsynced,
+    /// the current file becomes `.prev`, the staged file is renamed into place and the directory
+    /// is fsynced.
+    pub fn commit(&mut self) -> Result<(), CheckpointError> {
+        self.file.sync_all().map_err(io_err(&self.tmp))?;
+        if self.target.exists() {
+            let prev = prev_path(&self.target);
+            fs::rename(&self.target, &prev).map_err(io_err(&prev))?;
+        }
+        fs::rename(&self.tmp, &self.target).map_err(io_err(&self.target))?;
+        self.committed = true;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))
+    }
+
+    /// The file's bytes from its start (for the changelog), read through the file as staged,
+    /// whatever has been renamed since.
+    pub fn bytes(&mut self) -> Result<impl Read + '_, CheckpointError> {
+        let path = if self.committed {
+            &self.target
+        } else {
+            &self.tmp
+        };
+        self.file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+        Ok((&self.file).take(self.len))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A payload on its way to a file: bytes gather in `spool` until `limit`, then the spool goes to
+/// the writing thread (`full`) and an empty one comes back (`free`).
+struct Spool {
+    spool: Vec<u8>,
+    limit: usize,
+    full: mpsc::SyncSender<Vec<u8>>,
+    free: mpsc::Receiver<Vec<u8>>,
+}
+
+impl Spool {
+    /// Hands the spool over to be written, and takes an empty one.
+    fn send(&mut self) -> io::Result<()> {
+        let gone = || io::Error::other("the checkpoint's writing thread stopped");
+        let empty = self.free.recv().map_err(|_| gone())?;
+        let spool = std::mem::replace(&mut self.spool, empty);
+        self.full.send(spool).map_err(|_| gone())
+    }
+}
+
+impl Spool {
+    /// Fills the spool, hands it over, and goes on in the next, for as long as `bytes` last.
+    #[cold]
+    #[inline(never)]
+    fn overflow(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while self.spool.len() + bytes.len() > self.limit {
+            let room = self.limit - self.spool.len();
+            self.spool.extend_from_slice(&bytes[..room]);
+            bytes = &bytes[room..];
+            self.send()?;
+        }
+        self.spool.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+impl Write for Spool {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.write_all(bytes)?;
+        Ok(bytes.len())
+    }
+
+    #[inline(always)]
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        // The serialiser writes every field through here: the common case stays small enough to
+        // be inlined into it.
+        if self.spool.len() + bytes.len() <= self.limit {
+            self.spool.extend_from_slice(bytes);
+            return Ok(());
+        }
+        self.overflow(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The error of serialising into a file at `path` (or into memory).
+fn encode_err(path: &Path) -> impl FnOnce(bincode::Error) -> CheckpointError + '_ {
+    move |e| match *e {
+        bincode::ErrorKind::Io(source) => CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => CheckpointError::Encode(other.to_string()),
+    }
+}
+
+/// The prefix of a payload of `len` bytes with CRC-32 `crc`: magic, version, length, checksum.
+fn prefix(len: u64, crc: u32) -> [u8; PREFIX_LEN] {
     let mut p = [0; PREFIX_LEN];
     p[..8].copy_from_slice(MAGIC);
     p[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    p[12..20].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-    p[20..24].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    p[12..20].copy_from_slice(&len.to_le_bytes());
+    p[20..24].copy_from_slice(&crc.to_le_bytes());
     p
 }
 
 /// Decodes file bytes; `path` only labels errors.
 pub fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
+    decode_from(path, bytes, bytes.len() as u64)
+}
+
+/// Bytes read from a checkpoint file at a time.
+const READ_BUFFER: usize = 1 << 20;
+
+/// Decodes the checkpoint file of `total` bytes that `r` reads, in one pass: the payload is
+/// decoded as it is read, and its checksum checked at the end (a payload that fails it is
+/// refused, decoded or not). Decoding never panics on any payload, so reading one before its
+/// checksum is known is safe, and keeps no copy of the file in memory.
+fn decode_from(path: &Path, mut r: impl Read, total: u64) -> Result<Checkpoint, CheckpointError> {
     let p = || path.to_path_buf();
-    if bytes.len() < PREFIX_LEN {
+    if total < PREFIX_LEN as u64 {
         return Err(CheckpointError::Truncated {
             path: p(),
-            len: bytes.len() as u64,
+            len: total,
             expected: PREFIX_LEN as u64,
         });
     }
-    if &bytes[..8] != MAGIC {
+    let mut head = [0u8; PREFIX_LEN];
+    r.read_exact(&mut head).map_err(io_err(path))?;
+    if &head[..8] != MAGIC {
         return Err(CheckpointError::BadMagic { path: p() });
     }
-    let u32_at =
-        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let u32_at = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
     let version = u32_at(8);
     if !(OLDEST_READ..=VERSION).contains(&version) {
         return Err(CheckpointError::UnsupportedVersion {
@@ -184,19 +426,31 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> 
         });
     }
     let mut len = [0u8; 8];
-    len.copy_from_slice(&bytes[12..20]);
+    len.copy_from_slice(&head[12..20]);
     let len = u64::from_le_bytes(len);
     let stored = u32_at(20);
     let expected = (PREFIX_LEN as u64).saturating_add(len.min(MAX_PAYLOAD));
-    if len > MAX_PAYLOAD || bytes.len() as u64 != expected {
+    if len > MAX_PAYLOAD || total != expected {
         return Err(CheckpointError::Truncated {
             path: p(),
-            len: bytes.len() as u64,
+            len: total,
             expected,
         });
     }
-    let payload = &bytes[PREFIX_LEN..];
-    let computed = crc32fast::hash(payload);
+    let mut payload = Checked::new(r, len);
+    let decoded = {
+        let _reading = Reading::version(version);
+        crate::engine::decoding(
+            || {
+                opts()
+                    .with_limit(len)
+                    .deserialize_from_custom::<_, Checkpoint>(&mut payload)
+            },
+            |cp| &mut cp.state,
+        )
+    };
+    let unread = payload.finish().map_err(io_err(path))?;
+    let computed = payload.crc.finalize();
     if computed != stored {
         return Err(CheckpointError::Checksum {
             path: p(),
@@ -204,15 +458,165 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> 
             computed,
         });
     }
-    let _reading = Reading::version(version);
-    crate::engine::decoding(
-        || opts().with_limit(len).deserialize::<Checkpoint>(payload),
-        |cp| &mut cp.state,
-    )
-    .map_err(|e| CheckpointError::Decode {
-        path: p(),
-        message: e.to_string(),
-    })
+    let decode_err = |message: String| CheckpointError::Decode { path: p(), message };
+    let cp = decoded.map_err(|e| decode_err(e.to_string()))?;
+    if unread > 0 {
+        return Err(decode_err(format!("{unread} bytes after the state")));
+    }
+    Ok(cp)
+}
+
+/// A payload of a known length read from `inner` a buffer at a time, each buffer added to the
+/// checksum as it is filled.
+struct Checked<R> {
+    inner: R,
+    /// Payload bytes not yet read from `inner`.
+    left: u64,
+    buf: Box<[u8]>,
+    /// `buf[pos..end]` is read from `inner` and not yet from the payload.
+    pos: usize,
+    end: usize,
+    crc: crc32fast::Hasher,
+}
+
+impl<R: Read> Checked<R> {
+    fn new(inner: R, len: u64) -> Checked<R> {
+        Checked {
+            inner,
+            left: len,
+            buf: vec![0; len.min(READ_BUFFER as u64) as usize].into_boxed_slice(),
+            pos: 0,
+            end: 0,
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+
+    /// Fills the buffer again once it is read; an error if the payload ends early.
+    #[cold]
+    fn refill(&mut self) -> io::Result<()> {
+        let want = self.left.min(self.buf.len() as u64) as usize;
+        let n = loop {
+            match self.inner.read(&mut self.buf[..want]) {
+                Ok(0) if want > 0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        };
+        self.crc.update(&self.buf[..n]);
+        self.left -= n as u64;
+        (self.pos, self.end) = (0, n);
+        Ok(())
+    }
+
+    /// Reads (and checksums) what is left; returns how many bytes that was.
+    fn finish(&mut self) -> io::Result<u64> {
+        let mut unread = (self.end - self.pos) as u64;
+        while self.left > 0 {
+            self.refill()?;
+            unread += self.end as u64;
+        }
+        self.pos = self.end;
+        Ok(unread)
+    }
+}
+
+impl<R: Read> Read for Checked<R> {
+    #[inline]
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.end {
+            self.refill()?;
+        }
+        let n = (self.end - self.pos).min(out.len());
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+
+    #[inline(always)]
+    fn read_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
+        // The deserialiser reads every field through here: the common case stays small enough
+        // to be inlined into it.
+        if let Some(src) = self.buf[..self.end].get(self.pos..self.pos + out.len()) {
+            out.copy_from_slice(src);
+            self.pos += out.len();
+            return Ok(());
+        }
+        self.read_across(out)
+    }
+}
+
+impl<R: Read> Checked<R> {
+    /// Reads `out` from what is left of the buffer and the buffers after it.
+    #[cold]
+    #[inline(never)]
+    fn read_across(&mut self, mut out: &mut [u8]) -> io::Result<()> {
+        while !out.is_empty() {
+            if self.pos == self.end {
+                if self.left == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                self.refill()?;
+            }
+            let n = (self.end - self.pos).min(out.len());
+            out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+            self.pos += n;
+            out = &mut out[n..];
+        }
+        Ok(())
+    }
+}
+
+/// Strings and byte strings are visited where they lie in the buffer, without the copy into a
+/// buffer of their own that bincode's reader of any [`Read`] makes.
+impl<'de, R: Read> bincode::BincodeRead<'de> for &mut Checked<R> {
+    fn forward_read_str<V: serde::de::Visitor<'de>>(
+        &mut self,
+        length: usize,
+        visitor: V,
+    ) -> bincode::Result<V::Value> {
+        let visit = |bytes: &[u8]| match std::str::from_utf8(bytes) {
+            Ok(s) => visitor.visit_str(s),
+            Err(e) => Err(bincode::ErrorKind::InvalidUtf8Encoding(e).into()),
+        };
+        let this = &mut **self;
+        match this.buf[..this.end].get(this.pos..this.pos + length) {
+            Some(bytes) => {
+                this.pos += length;
+                visit(bytes)
+            }
+            None => visit(&self.get_byte_buffer(length)?),
+        }
+    }
+
+    fn get_byte_buffer(&mut self, length: usize) -> bincode::Result<Vec<u8>> {
+        // Bincode checks `length` against what is left of its limit, the payload, first.
+        let this = &mut **self;
+        if let Some(bytes) = this.buf[..this.end].get(this.pos..this.pos + length) {
+            this.pos += length;
+            return Ok(bytes.to_vec());
+        }
+        let mut bytes = Vec::with_capacity(length);
+        if this.take(length as u64).read_to_end(&mut bytes)? < length {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+        Ok(bytes)
+    }
+
+    fn forward_read_bytes<V: serde::de::Visitor<'de>>(
+        &mut self,
+        length: usize,
+        visitor: V,
+    ) -> bincode::Result<V::Value> {
+        let this = &mut **self;
+        match this.buf[..this.end].get(this.pos..this.pos + length) {
+            Some(bytes) => {
+                this.pos += length;
+                visitor.visit_bytes(bytes)
+            }
+            None => visitor.visit_bytes(&self.get_byte_buffer(length)?),
+        }
+    }
 }
 
 thread_local! {
@@ -254,45 +658,17 @@ use bincode::Options as _;
 
 /// Reads and verifies one checkpoint file.
 pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
-    let bytes = fs::read(path).map_err(io_err(path))?;
-    decode(path, &bytes)
+    let file = File::open(path).map_err(io_err(path))?;
+    let total = file.metadata().map_err(io_err(path))?.len();
+    decode_from(path, file, total)
 }
 
-/// Writes the checkpoint of `header.topic`/`header.partition` atomically; returns its size.
+/// Writes the checkpoint of `header.topic`/`header.partition` atomically ([`stage`], then
+/// [`Staged::commit`]); returns its size.
 pub fn write(dir: &Path, header: &Header, state: &State) -> Result<u64, CheckpointError> {
-    let bytes = encode(header, state)?;
-    write_bytes(dir, &header.topic, header.partition, &bytes)?;
-    Ok(bytes.len() as u64)
-}
-
-/// Writes encoded checkpoint bytes (see [`encode`]) of a partition atomically.
-pub fn write_bytes(
-    dir: &Path,
-    topic: &str,
-    partition: i32,
-    bytes: &[u8],
-) -> Result<(), CheckpointError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let target = path(dir, topic, partition);
-    let tmp = target.with_extension("ckpt.tmp");
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    if target.exists() {
-        let prev = prev_path(&target);
-        fs::rename(&target, &prev).map_err(io_err(&prev))?;
-    }
-    fs::rename(&tmp, &target).map_err(io_err(&target))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    let mut staged = stage(dir, header, state)?;
+    staged.commit()?;
+    Ok(staged.len())
 }
 
 /// Finds the newest good checkpoint of a partition: the current file, else the previous one.
@@ -465,20 +841,86 @@ mod tests {
         assert_eq!(restored.drain_alerts(), fresh.drain_alerts());
     }
 
+    /// Staging writes the bytes [`encode`] makes, whatever the spools' size (the payload going
+    /// out a few bytes at a time, in pieces, or whole), and a smaller checkpoint after a larger one leaves
+    /// nothing of the larger behind. Until committed the file is not the current one, and a
+    /// staged checkpoint dropped uncommitted leaves no file.
     #[test]
-    fn encoding_into_a_used_buffer_gives_the_bytes_of_a_fresh_encoding() {
+    fn a_staged_checkpoint_holds_the_bytes_of_an_encoding_whatever_its_spool() {
+        let dir = tempfile::tempdir().unwrap();
         let big = engine_with_data();
         let small = Engine::new(&Config::default()).unwrap();
-        let mut buf = Vec::new();
-        encode_into(&header(&big, 7200), big.state(), &mut buf).unwrap();
-        let big_len = buf.len();
-        // A smaller checkpoint after a larger one: nothing of the larger is left behind.
-        encode_into(&header(&small, 1), small.state(), &mut buf).unwrap();
-        assert!(buf.len() < big_len);
-        assert_eq!(buf, encode(&header(&small, 1), small.state()).unwrap());
-        assert!(decode(Path::new("buf"), &buf).is_ok());
-        encode_into(&header(&big, 7200), big.state(), &mut buf).unwrap();
-        assert_eq!(buf, encode(&header(&big, 7200), big.state()).unwrap());
+        let (big_header, small_header) = (header(&big, 7200), header(&small, 1));
+        let big_bytes = encode(&big_header, big.state()).unwrap();
+        let small_bytes = encode(&small_header, small.state()).unwrap();
+        let current = path(dir.path(), "gpu-usage", 3);
+        let tmp = current.with_extension("ckpt.tmp");
+        for limit in [7, 100, 4096, SPOOL_BYTES] {
+            for (h, e, bytes) in [
+                (&big_header, &big, &big_bytes),
+                (&small_header, &small, &small_bytes),
+            ] {
+                let mut staged = stage_in(dir.path(), h, e.state(), limit).unwrap();
+                assert_eq!(staged.len(), bytes.len() as u64);
+                assert_eq!(&fs::read(&tmp).unwrap(), bytes, "limit {limit}");
+                let mut read_back = Vec::new();
+                staged.bytes().unwrap().read_to_end(&mut read_back).unwrap();
+                assert_eq!(&read_back, bytes);
+                assert!(!current.exists(), "staged, not yet current");
+                drop(staged);
+                assert!(!tmp.exists(), "dropped uncommitted: removed");
+            }
+        }
+
+        let mut first = stage(dir.path(), &big_header, big.state()).unwrap();
+        first.commit().unwrap();
+        let mut second = stage(dir.path(), &small_header, small.state()).unwrap();
+        second.commit().unwrap();
+        drop((first, second));
+        assert_eq!(fs::read(&current).unwrap(), small_bytes);
+        assert_eq!(fs::read(prev_path(&current)).unwrap(), big_bytes);
+        assert!(!tmp.exists());
+        assert_eq!(read(&current).unwrap().header, small_header);
+        assert_eq!(read(&prev_path(&current)).unwrap().header, big_header);
+    }
+
+    /// While a current file exists, staging writes over the previous one (whose pages are most
+    /// likely cached) and leaves the current one whole; a smaller checkpoint leaves nothing of
+    /// the larger behind. Without a current file, the previous one, then the only complete one,
+    /// is left alone.
+    #[test]
+    fn staging_writes_over_the_previous_file_only_while_a_current_one_exists() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let big = engine_with_data();
+        let small = Engine::new(&Config::default()).unwrap();
+        let current = path(dir.path(), "gpu-usage", 3);
+        let (prev, tmp) = (prev_path(&current), current.with_extension("ckpt.tmp"));
+        let inode = |p: &Path| fs::metadata(p).unwrap().ino();
+        for next in [100, 200] {
+            let mut s = stage(dir.path(), &header(&big, next), big.state()).unwrap();
+            s.commit().unwrap();
+        }
+        let (first, second) = (inode(&prev), inode(&current));
+
+        let mut third = stage(dir.path(), &header(&small, 300), small.state()).unwrap();
+        assert!(!prev.exists());
+        assert_eq!(inode(&tmp), first, "the previous file, written over");
+        assert_eq!(read(&current).unwrap().header.next_offset, 200);
+        let mut bytes = Vec::new();
+        third.bytes().unwrap().read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes, encode(&header(&small, 300), small.state()).unwrap());
+        third.commit().unwrap();
+        assert_eq!((inode(&current), inode(&prev)), (first, second));
+        assert_eq!(fs::read(&current).unwrap(), bytes);
+
+        fs::remove_file(&current).unwrap();
+        let fourth = stage(dir.path(), &header(&big, 400), big.state()).unwrap();
+        assert_eq!(inode(&prev), second);
+        assert_eq!(read(&prev).unwrap().header.next_offset, 200);
+        drop(fourth);
+        assert!(!tmp.exists());
+        assert_eq!(read(&prev).unwrap().header.next_offset, 200);
     }
 
     #[test]
@@ -523,7 +965,43 @@ mod tests {
             decode(p, b"PK\x03\x04 not a checkpoint at all...."),
             Err(CheckpointError::BadMagic { .. })
         ));
-        drop(dir);
+        // A byte changed where the state starts fails its decoding, and is reported as what it
+        // is: a checksum mismatch.
+        let mut early = good.clone();
+        early[PREFIX_LEN] ^= 0x40;
+        assert!(matches!(
+            decode(p, &early),
+            Err(CheckpointError::Checksum { .. })
+        ));
+        // The same through a file, read as it is decoded.
+        let file = dir.path().join("flipped.ckpt");
+        fs::write(&file, &early).unwrap();
+        assert!(matches!(read(&file), Err(CheckpointError::Checksum { .. })));
+        fs::write(&file, truncated).unwrap();
+        assert!(matches!(
+            read(&file),
+            Err(CheckpointError::Truncated { .. })
+        ));
+        fs::write(&file, &good).unwrap();
+        assert!(read(&file).is_ok());
+    }
+
+    /// A payload holding more than the state (its length and checksum agreeing) is refused.
+    #[test]
+    fn bytes_after_the_state_are_a_decode_error() {
+        let e = engine_with_data();
+        let good = encode(&header(&e, 1), e.state()).unwrap();
+        let payload = [&good[PREFIX_LEN..], b"extra"].concat();
+        let framed = [
+            prefix(payload.len() as u64, crc32fast::hash(&payload)).as_slice(),
+            &payload,
+        ]
+        .concat();
+        let err = decode(Path::new("x.ckpt"), &framed).unwrap_err();
+        assert!(
+            matches!(&err, CheckpointError::Decode { message, .. } if message.contains("5 bytes after the state")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -533,7 +1011,11 @@ mod tests {
         // that many entries used to abort the process.
         let file = include_bytes!("../fuzz/regressions/checkpoint_read/series-count-2e61.ckpt");
         let payload = &file[PREFIX_LEN..];
-        let framed = [prefix(payload).as_slice(), payload].concat();
+        let framed = [
+            prefix(payload.len() as u64, crc32fast::hash(payload)).as_slice(),
+            payload,
+        ]
+        .concat();
         let err = decode(Path::new("x.ckpt"), &framed).unwrap_err();
         assert!(matches!(err, CheckpointError::Decode { .. }), "{err}");
     }

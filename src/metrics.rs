@@ -273,7 +273,7 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "trainspotter_checkpoint_encode_seconds",
-                        "Time to encode one partition's checkpoint on the consumer's thread, which takes no batch meanwhile (the write that follows runs on a thread of its own).",
+                        "Time to encode one partition's checkpoint into its temporary file on the consumer's thread, which takes no batch meanwhile (the fsync and the changelog that follow run on a thread of their own).",
                     )
                     .buckets(vec![1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
                 ),

@@ -140,7 +140,7 @@ impl Partitions {
         changelog: Option<Box<dyn SnapshotStore>>,
     ) -> Partitions {
         let dir = PathBuf::from(&cfg.state.dir);
-        let persister = Persister::start(dir.clone(), changelog, pipeline.metrics().clone());
+        let persister = Persister::start(changelog, pipeline.metrics().clone());
         Partitions {
             pipeline,
             offsets: HashMap::new(),
@@ -290,10 +290,10 @@ impl Partitions {
         }
     }
 
-    /// Starts a checkpoint round: every partition that moved is encoded in turn, on this thread,
-    /// and handed to the writer thread; the next one is encoded when the writer reports the one
-    /// before ([`Partitions::finished`]), so one encoded checkpoint at most waits in memory. A
-    /// round still running when the next is due makes that one skip.
+    /// Starts a checkpoint round: every partition that moved is encoded into its file in turn, on
+    /// this thread, and handed to the writer thread; the next one is encoded when the writer
+    /// reports the one before ([`Partitions::finished`]), so one staged checkpoint at most waits
+    /// for the writer. A round still running when the next is due makes that one skip.
     ///
     /// The consumer takes no batch while it encodes, so an encoding waits for a gap between
     /// evaluations (see `Partitions::in_gap`); call [`Partitions::resume_checkpoint`] after
@@ -341,8 +341,6 @@ impl Partitions {
         for shard in &shards {
             if let Some(save) = self.encode(shard, now_ms) {
                 self.persister.save(save);
-                // One at a time, so one encoded checkpoint at most is in memory.
-                self.persister.wait();
             }
         }
         self.persister.wait();
@@ -369,9 +367,11 @@ impl Partitions {
             shape: engine.shape(),
             written_at_ms: now_ms,
         };
+        // The writer finishes what it holds first: one checkpoint is staged at a time (each
+        // partition has one temporary file).
+        self.persister.wait();
         let started = std::time::Instant::now();
-        let mut bytes = self.persister.buffer();
-        let encoded = checkpoint::encode_into(&header, engine.state(), &mut bytes);
+        let staged = checkpoint::stage(&self.dir, &header, engine.state());
         let took = started.elapsed();
         self.pipeline
             .metrics()
@@ -379,15 +379,15 @@ impl Partitions {
         tracing::debug!(topic = %shard.topic, partition = shard.partition, seconds = took.as_secs_f64(),
                         round_started_ms_ago = self.round.active.then(|| now_ms - self.round.started_ms),
                         "checkpoint encoded");
-        match encoded {
-            Ok(()) => {
+        match staged {
+            Ok(staged) => {
                 self.seq += 1;
                 Some(Save {
                     shard: shard.clone(),
                     next,
                     assigned_at: o.assigned_at,
                     seq: self.seq,
-                    bytes,
+                    staged,
                 })
             }
             Err(e) => {
@@ -578,6 +578,7 @@ pub fn drop_repeats(
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
     use std::sync::Arc;
 
     use super::*;
@@ -710,15 +711,14 @@ mod tests {
     }
 
     impl SnapshotStore for SharedStore {
-        fn save(&mut self, shard: &Shard, _: i64, bytes: &[u8]) -> Result<(), String> {
+        fn save(&mut self, shard: &Shard, _: i64, bytes: &mut dyn Read) -> Result<(), String> {
             drop(self.hold.lock().unwrap());
             if self.fail.load(Ordering::SeqCst) {
                 return Err("broker down".into());
             }
-            self.snapshots
-                .lock()
-                .unwrap()
-                .insert(shard.clone(), bytes.to_vec());
+            let mut read = Vec::new();
+            bytes.read_to_end(&mut read).map_err(|e| e.to_string())?;
+            self.snapshots.lock().unwrap().insert(shard.clone(), read);
             Ok(())
         }
         fn load(&mut self, shard: &Shard) -> Result<Option<Vec<u8>>, String> {

@@ -1,6 +1,8 @@
-//! The checkpoint writer: a thread that makes encoded partition checkpoints durable (the local
-//! file, then the changelog when one is configured), so that the consumer task goes on consuming
-//! while a few hundred MiB go to disk and to Kafka.
+//! The checkpoint writer: a thread that makes staged partition checkpoints durable (the local
+//! file fsynced and put in place, then the changelog when one is configured), so that the consumer
+//! task goes on consuming while a few hundred MiB go to disk and to Kafka. The consumer task
+//! encodes each checkpoint into its temporary file ([`checkpoint::stage`]); the writer commits it
+//! ([`checkpoint::Staged::commit`]) and sends the file to the changelog from there.
 //!
 //! Jobs run one at a time, in the order they are handed over. That order is what keeps the stores
 //! right: a partition's checkpoints are written oldest first, so a newer one is never replaced by
@@ -9,7 +11,6 @@
 //! owner collects with [`Persister::take_saved`]; [`Persister::signal`] wakes it when there is one.
 //! [`Persister::wait`] returns once every job handed over before it has finished.
 
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -22,7 +23,7 @@ use crate::checkpoint;
 use crate::metrics::{Metrics, Store};
 use crate::pipeline::Shard;
 
-/// An encoded checkpoint of a partition, to be made durable.
+/// A staged checkpoint of a partition, to be made durable.
 pub struct Save {
     pub shard: Shard,
     /// The checkpoint holds every message of the partition before this offset.
@@ -31,21 +32,22 @@ pub struct Save {
     pub assigned_at: u64,
     /// Identifies the save to its owner.
     pub seq: u64,
-    /// The checkpoint file's bytes ([`checkpoint::encode`]).
-    pub bytes: Vec<u8>,
+    /// The checkpoint, encoded into its temporary file.
+    pub staged: checkpoint::Staged,
 }
 
 impl Save {
-    /// Its outcome, and the buffer that held the encoded bytes.
-    fn outcome(self, durable: bool) -> (Saved, Vec<u8>) {
-        let saved = Saved {
+    /// Its outcome. The staged file is closed (and, not committed, removed) before the outcome is
+    /// reported, so that the next checkpoint of the partition, staged once it is, has the
+    /// temporary file to itself.
+    fn outcome(self, durable: bool) -> Saved {
+        Saved {
             shard: self.shard,
             next: self.next,
             assigned_at: self.assigned_at,
             seq: self.seq,
             durable,
-        };
-        (saved, self.bytes)
+        }
     }
 }
 
@@ -63,7 +65,7 @@ pub struct Saved {
 type Loaded = Result<Option<Vec<u8>>, String>;
 
 enum Job {
-    Save(Save),
+    Save(Box<Save>),
     Load(Shard, mpsc::SyncSender<Loaded>),
     Barrier(mpsc::SyncSender<()>),
 }
@@ -78,17 +80,13 @@ pub struct Persister {
 }
 
 impl Persister {
-    /// Starts the thread: checkpoint files go to `dir`, and to `changelog` when there is one.
-    pub fn start(
-        dir: PathBuf,
-        changelog: Option<Box<dyn SnapshotStore>>,
-        metrics: Arc<Metrics>,
-    ) -> Persister {
+    /// Starts the thread: staged checkpoints are committed where they were staged, and sent to
+    /// `changelog` when there is one.
+    pub fn start(changelog: Option<Box<dyn SnapshotStore>>, metrics: Arc<Metrics>) -> Persister {
         let (jobs, queue) = mpsc::channel();
         let reports = Arc::new(Reports::default());
         let has_changelog = changelog.is_some();
         let writer = Writer {
-            dir,
             changelog,
             metrics,
             reports: reports.clone(),
@@ -107,20 +105,11 @@ impl Persister {
 
     /// Hands a checkpoint over to be made durable; its outcome comes back as a [`Saved`].
     pub fn save(&self, save: Save) {
-        if let Err(mpsc::SendError(Job::Save(s))) = self.send(Job::Save(save)) {
+        if let Err(mpsc::SendError(Job::Save(s))) = self.send(Job::Save(Box::new(save))) {
             error!(topic = %s.shard.topic, partition = s.shard.partition,
                    "the checkpoint writer has stopped; checkpoint not written");
-            self.reports.push(s.outcome(false).0);
+            self.reports.push(s.outcome(false));
         }
-    }
-
-    /// A buffer to encode the next checkpoint into ([`checkpoint::encode_into`]): the one the
-    /// largest save written since the last call was in, or a new one. The writer keeps one such
-    /// buffer (its pages stay with the process, so the next encoding does not wait for the kernel
-    /// to provide and zero them); the memory it holds is that of the largest checkpoint, which
-    /// the process needs at every checkpoint anyway.
-    pub fn buffer(&self) -> Vec<u8> {
-        lock(&self.reports.spare).take().unwrap_or_default()
     }
 
     /// The newest complete snapshot of `shard` in the changelog, read after every job handed over
@@ -172,28 +161,12 @@ impl Persister {
 struct Reports {
     saved: Mutex<Vec<Saved>>,
     signal: Arc<Notify>,
-    /// The buffer of a written save, for the next encoding ([`Persister::buffer`]).
-    spare: Mutex<Option<Vec<u8>>>,
 }
 
 impl Reports {
     fn push(&self, saved: Saved) {
         lock(&self.saved).push(saved);
         self.signal.notify_one();
-    }
-
-    /// Keeps the larger of `bytes` and the spare buffer. A buffer more than twice as large as
-    /// what it held is first cut down to twice that, so it follows a state that shrank (ended
-    /// jobs let go, partitions given up).
-    fn recycle(&self, mut bytes: Vec<u8>) {
-        bytes.shrink_to(bytes.len().saturating_mul(2));
-        let mut spare = lock(&self.spare);
-        if spare
-            .as_ref()
-            .is_none_or(|s| s.capacity() < bytes.capacity())
-        {
-            *spare = Some(bytes);
-        }
     }
 }
 
@@ -212,7 +185,6 @@ impl Drop for Persister {
 
 /// What the thread owns.
 struct Writer {
-    dir: PathBuf,
     changelog: Option<Box<dyn SnapshotStore>>,
     metrics: Arc<Metrics>,
     reports: Arc<Reports>,
@@ -222,12 +194,9 @@ impl Writer {
     fn run(mut self, queue: mpsc::Receiver<Job>) {
         for job in queue {
             match job {
-                Job::Save(s) => {
-                    let durable = self.write(&s);
-                    let (saved, bytes) = s.outcome(durable);
-                    // Before the report, so the encoding it lets start finds the buffer.
-                    self.reports.recycle(bytes);
-                    self.reports.push(saved);
+                Job::Save(mut s) => {
+                    let durable = self.write(&mut s);
+                    self.reports.push(s.outcome(durable));
                 }
                 Job::Load(shard, reply) => {
                     let loaded = match self.changelog.as_mut() {
@@ -243,64 +212,30 @@ impl Writer {
         }
     }
 
-    /// Writes the local file, then the changelog; durable once both are.
-    fn write(&mut self, s: &Save) -> bool {
+    /// Commits the local file, then sends it to the changelog; durable once both are.
+    fn write(&mut self, s: &mut Save) -> bool {
         let shard = &s.shard;
-        if let Err(e) = checkpoint::write_bytes(&self.dir, &shard.topic, shard.partition, &s.bytes)
-        {
+        if let Err(e) = s.staged.commit() {
             error!(error = %e, "checkpoint failed; offsets stay uncommitted");
             self.metrics.checkpoint_failed(Store::Local);
             return false;
         }
-        self.metrics.checkpoint_written(Store::Local, s.bytes.len());
+        let len = s.staged.len() as usize;
+        self.metrics.checkpoint_written(Store::Local, len);
         if let Some(changelog) = self.changelog.as_mut() {
-            if let Err(e) = changelog.save(shard, s.next, &s.bytes) {
+            let sent = s
+                .staged
+                .bytes()
+                .map_err(|e| e.to_string())
+                .and_then(|mut bytes| changelog.save(shard, s.next, &mut bytes));
+            if let Err(e) = sent {
                 error!(error = %e, topic = %shard.topic, partition = shard.partition,
                        "changelog write failed; offsets stay uncommitted, retried at the next checkpoint");
                 self.metrics.checkpoint_failed(Store::Changelog);
                 return false;
             }
-            self.metrics
-                .checkpoint_written(Store::Changelog, s.bytes.len());
+            self.metrics.checkpoint_written(Store::Changelog, len);
         }
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn save(seq: u64, bytes: Vec<u8>) -> Save {
-        Save {
-            shard: Shard::new("gpu-usage", 0),
-            next: seq as i64,
-            assigned_at: 0,
-            seq,
-            bytes,
-        }
-    }
-
-    #[test]
-    fn the_buffer_of_the_largest_written_save_is_handed_back_for_the_next_encoding() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = Persister::start(dir.path().into(), None, Arc::new(Metrics::new()));
-        assert_eq!(p.buffer().capacity(), 0, "a new buffer before any save");
-        let mut large = Vec::with_capacity(4096);
-        large.resize(3000, 1);
-        p.save(save(1, large));
-        p.save(save(2, vec![2; 64]));
-        p.wait();
-        assert_eq!(p.take_saved().len(), 2);
-        let kept = p.buffer();
-        assert!(kept.capacity() >= 4096, "the larger buffer is kept");
-        assert_eq!(p.buffer().capacity(), 0, "a buffer is handed out once");
-        // A buffer much larger than what it held is cut down.
-        let mut oversized = Vec::with_capacity(1 << 20);
-        oversized.resize(100, 3);
-        p.save(save(3, oversized));
-        p.wait();
-        let kept = p.buffer();
-        assert!(kept.capacity() < 1 << 20 && kept.capacity() >= 100);
     }
 }
