@@ -12,19 +12,24 @@
 //! | `T/P`                | manifest (JSON): the complete snapshot, its chunk count, length, CRC-32 and offset |
 //!
 //! A snapshot's chunks are written and acknowledged before its manifest, and the previous snapshot's
-//! chunks are deleted (tombstones) only after the new manifest is acknowledged. The chunks are read
-//! from the checkpoint file and sent a group at a time, each group acknowledged before the next is
-//! read: [`IN_FLIGHT`] chunks, or as many as fill half of the producer's queue
-//! (`queue.buffering.max.kbytes`) when that is smaller. A snapshot of any size thus takes that much
-//! memory in the producer, and never overflows its queue. With
+//! chunks are deleted (tombstones) only after the new manifest is acknowledged. With
 //! `cleanup.policy=compact` the topic therefore always holds, per partition, the newest manifest and
 //! the chunks it names. Restoring reads the changelog partition from its start to its high watermark,
 //! takes the last manifest of the partition and checks length and CRC-32 of the reassembled bytes;
 //! chunks that no manifest names (left by a write interrupted between chunks and manifest) are
 //! deleted then.
+//!
+//! Neither direction holds a snapshot in memory. Saving reads the checkpoint file and sends its
+//! chunks a group at a time, each group acknowledged before the next is read: [`IN_FLIGHT`] chunks,
+//! or as many as fill half of the producer's queue (`queue.buffering.max.kbytes`) when that is
+//! smaller, so a snapshot of any size never overflows that queue. Restoring writes each snapshot's
+//! chunks to a file of its own beside the file it restores into, as they arrive, and checks and
+//! renames the manifest's one into place.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
@@ -53,8 +58,9 @@ pub trait SnapshotStore: Send {
     /// `Ok` once durable.
     fn save(&mut self, shard: &Shard, next_offset: i64, bytes: &mut dyn Read)
         -> Result<(), String>;
-    /// The newest complete snapshot of `shard`, if any.
-    fn load(&mut self, shard: &Shard) -> Result<Option<Vec<u8>>, String>;
+    /// Writes the newest complete snapshot of `shard` to the file `into` (replacing it); false
+    /// when there is none.
+    fn load(&mut self, shard: &Shard, into: &Path) -> Result<bool, String>;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -230,7 +236,7 @@ impl SnapshotStore for Changelog {
         Ok(())
     }
 
-    fn load(&mut self, shard: &Shard) -> Result<Option<Vec<u8>>, String> {
+    fn load(&mut self, shard: &Shard, into: &Path) -> Result<bool, String> {
         let deadline = Instant::now() + self.timeout;
         let n = self.partitions(deadline)?;
         let partition = shard.partition.rem_euclid(n);
@@ -239,7 +245,7 @@ impl SnapshotStore for Changelog {
             .fetch_watermarks(&self.topic, partition, left(deadline))
             .map_err(|e| format!("changelog watermarks: {e}"))?;
         if high <= low {
-            return Ok(None);
+            return Ok(false);
         }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, partition, Offset::Offset(low))
@@ -248,7 +254,7 @@ impl SnapshotStore for Changelog {
         let manifest_key = manifest_key(shard);
         let chunk_prefix = format!("{manifest_key}/");
         let mut manifest: Option<Manifest> = None;
-        let mut chunks: HashMap<String, BTreeMap<u32, Vec<u8>>> = HashMap::new();
+        let mut parts: HashMap<String, Part> = HashMap::new();
         let mut next = low;
         let result = loop {
             if next >= high {
@@ -280,56 +286,138 @@ impl SnapshotStore for Changelog {
                 };
                 match m.payload() {
                     Some(p) => {
-                        chunks
-                            .entry(snapshot.to_string())
-                            .or_default()
-                            .insert(index, p.to_vec());
+                        if !parts.contains_key(snapshot) {
+                            let path = part_path(into, parts.len());
+                            match Part::create(path) {
+                                Ok(part) => parts.insert(snapshot.to_string(), part),
+                                Err(e) => break Err(e),
+                            };
+                        }
+                        if let Some(Err(e)) = parts.get_mut(snapshot).map(|c| c.add(index, p)) {
+                            break Err(e);
+                        }
                     }
                     None => {
-                        if let Some(c) = chunks.get_mut(snapshot) {
-                            c.remove(&index);
+                        if let Some(part) = parts.get_mut(snapshot) {
+                            part.present.remove(&index);
                         }
                     }
                 }
             }
         };
         let _ = self.reader.unassign();
-        result?;
         // Chunks no manifest names are left by interrupted writes: delete them.
-        for (snapshot, c) in &chunks {
+        for (snapshot, part) in &parts {
             if manifest.as_ref().is_none_or(|m| &m.snapshot != snapshot) {
-                for &i in c.keys() {
+                for &i in &part.present {
                     let _ = self.send(partition, &chunk_key(shard, snapshot, i), None);
                 }
             }
         }
-        let Some(manifest) = manifest else {
-            return Ok(None);
-        };
-        let parts = chunks.remove(&manifest.snapshot).unwrap_or_default();
-        if parts.len() != manifest.chunks as usize || parts.keys().copied().ne(0..manifest.chunks) {
-            return Err(format!(
-                "changelog snapshot {} of {} is incomplete ({} of {} chunks)",
-                manifest.snapshot,
-                manifest_key,
-                parts.len(),
-                manifest.chunks
-            ));
+        let loaded = result.and_then(|()| {
+            let Some(manifest) = manifest else {
+                return Ok(false);
+            };
+            let part = parts.get_mut(&manifest.snapshot);
+            let complete = part.as_ref().is_some_and(|p| {
+                p.in_order && p.next == manifest.chunks && p.present.len() == p.next as usize
+            });
+            let Some(part) = part.filter(|_| complete) else {
+                return Err(format!(
+                    "changelog snapshot {} of {} is incomplete ({} of {} chunks)",
+                    manifest.snapshot,
+                    manifest_key,
+                    parts.get(&manifest.snapshot).map_or(0, |p| p.present.len()),
+                    manifest.chunks
+                ));
+            };
+            if part.checksum()? != (manifest.bytes, manifest.crc32) {
+                return Err(format!(
+                    "changelog snapshot {} of {} fails its length or checksum",
+                    manifest.snapshot, manifest_key
+                ));
+            }
+            std::fs::rename(&part.path, into)
+                .map_err(|e| format!("changelog: {}: {e}", into.display()))?;
+            self.previous.insert(shard.clone(), manifest);
+            Ok(true)
+        });
+        for part in parts.values() {
+            let _ = std::fs::remove_file(&part.path);
         }
-        // One copy at a time: each chunk is let go as it is appended.
-        let mut bytes = Vec::with_capacity(parts.values().map(Vec::len).sum());
-        for part in parts.into_values() {
-            bytes.extend_from_slice(&part);
-        }
-        if bytes.len() as u64 != manifest.bytes || crc32fast::hash(&bytes) != manifest.crc32 {
-            return Err(format!(
-                "changelog snapshot {} of {} fails its length or checksum",
-                manifest.snapshot, manifest_key
-            ));
-        }
-        self.previous.insert(shard.clone(), manifest);
-        Ok(Some(bytes))
+        loaded
     }
+}
+
+/// The chunks of one snapshot read from the changelog, written one after another to a file of
+/// their own as they arrive: a snapshot of any size takes a chunk of memory to restore.
+struct Part {
+    path: PathBuf,
+    file: File,
+    /// The index the next chunk must have to be written.
+    next: u32,
+    /// Every chunk arrived in index order, each once (as a snapshot's chunks are written); the
+    /// file holds chunks `0..next`.
+    in_order: bool,
+    /// Chunks seen and not deleted since.
+    present: BTreeSet<u32>,
+}
+
+impl Part {
+    fn create(path: PathBuf) -> Result<Part, String> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| format!("changelog: {}: {e}", path.display()))?;
+        Ok(Part {
+            path,
+            file,
+            next: 0,
+            in_order: true,
+            present: BTreeSet::new(),
+        })
+    }
+
+    fn add(&mut self, index: u32, chunk: &[u8]) -> Result<(), String> {
+        self.present.insert(index);
+        if self.in_order && index == self.next {
+            self.file
+                .write_all(chunk)
+                .map_err(|e| format!("changelog: {}: {e}", self.path.display()))?;
+            self.next += 1;
+        } else {
+            self.in_order = false;
+        }
+        Ok(())
+    }
+
+    /// The length and CRC-32 of what the file holds.
+    fn checksum(&mut self) -> Result<(u64, u32), String> {
+        let err = |e: std::io::Error| format!("changelog: {}: {e}", self.path.display());
+        self.file.seek(SeekFrom::Start(0)).map_err(err)?;
+        let (mut crc, mut len, mut buf) = (crc32fast::Hasher::new(), 0u64, vec![0; CHUNK]);
+        loop {
+            match self.file.read(&mut buf) {
+                Ok(0) => return Ok((len, crc.finalize())),
+                Ok(n) => {
+                    crc.update(&buf[..n]);
+                    len += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+    }
+}
+
+/// The file the chunks of the `k`-th snapshot met while restoring into `into` are written to.
+fn part_path(into: &Path, k: usize) -> PathBuf {
+    let mut name = into.as_os_str().to_owned();
+    name.push(format!(".part{k}"));
+    PathBuf::from(name)
 }
 
 impl Drop for Changelog {
@@ -377,29 +465,42 @@ mod tests {
         assert!(!chunk_key(&other, "10-5", 0).starts_with(&format!("{}/", manifest_key(&s))));
     }
 
-    /// A snapshot larger than the producer's queue may hold is sent a group of chunks at a time
-    /// and reads back whole (sent at once, its chunks overflowed the queue and the save failed).
-    /// The mock broker keeps about 5 MiB of a partition, so the queue is made small here.
-    #[test]
-    fn a_snapshot_larger_than_the_producers_queue_is_saved_and_read_back() {
+    /// A mock broker with the input topic and the changelog, one partition each, and the base
+    /// client configuration that reaches it.
+    fn mock_cluster() -> (
+        rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        ClientConfig,
+    ) {
         let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
         cluster.create_topic("gpu-usage", 1, 1).unwrap();
         cluster.create_topic("changelog", 1, 1).unwrap();
         let mut base = ClientConfig::new();
         base.set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("queue.buffering.max.kbytes", "2048")
             .set("log_level", "3");
-        let instance = || {
-            let inputs = ["gpu-usage".to_string()];
-            Changelog::new(
-                &base,
-                "changelog",
-                "trainspotter",
-                &inputs,
-                Duration::from_secs(60),
-            )
-            .unwrap()
-        };
+        (cluster, base)
+    }
+
+    /// An instance's changelog on the mock broker.
+    fn instance(base: &ClientConfig) -> Changelog {
+        let inputs = ["gpu-usage".to_string()];
+        Changelog::new(
+            base,
+            "changelog",
+            "trainspotter",
+            &inputs,
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    }
+
+    /// A snapshot larger than the producer's queue may hold is sent a group of chunks at a time
+    /// and reads back whole (sent at once, its chunks overflowed the queue and the save failed).
+    /// The mock broker keeps about 5 MiB of a partition, so the queue is made small here.
+    #[test]
+    fn a_snapshot_larger_than_the_producers_queue_is_saved_and_read_back() {
+        let (_cluster, mut base) = mock_cluster();
+        base.set("queue.buffering.max.kbytes", "2048");
+        let instance = || instance(&base);
         let mut changelog = instance();
         let shard = Shard::new("gpu-usage", 0);
         assert_eq!(changelog.in_flight, 2, "half of a 2-MiB queue");
@@ -412,6 +513,64 @@ mod tests {
         assert_eq!(manifest.bytes, snapshot.len() as u64);
         assert_eq!(manifest.next_offset, 42);
         // Another instance reads it back.
-        assert_eq!(instance().load(&shard).unwrap(), Some(snapshot));
+        let dir = tempfile::tempdir().unwrap();
+        let into = dir.path().join("gpu-usage-0.changelog");
+        assert!(instance().load(&shard, &into).unwrap());
+        assert_eq!(std::fs::read(&into).unwrap(), snapshot);
+    }
+
+    /// Restoring takes the snapshot the last manifest names, written chunk by chunk to a file,
+    /// past a superseded snapshot and the chunks of an interrupted write (which it deletes), and
+    /// leaves no other file behind.
+    #[test]
+    fn a_restore_writes_the_manifests_snapshot_to_its_file_past_older_and_orphaned_chunks() {
+        let (_cluster, base) = mock_cluster();
+        let instance = || instance(&base);
+        let shard = Shard::new("gpu-usage", 0);
+        let bytes = |n: usize, seed: usize| -> Vec<u8> {
+            (0..n).map(|i| ((i * 7 + seed) % 253) as u8).collect()
+        };
+        let (older, newer) = (bytes(3 * CHUNK + 10, 1), bytes(2 * CHUNK + 99, 2));
+        let mut writer = instance();
+        writer.save(&shard, 10, &mut older.as_slice()).unwrap();
+        // A write interrupted before its manifest.
+        let orphan = chunk_key(&shard, "15-1", 0);
+        let sent = writer.send(0, &orphan, Some(&bytes(100, 3))).unwrap();
+        writer
+            .acknowledged(vec![sent], Instant::now() + Duration::from_secs(10))
+            .unwrap();
+        writer.save(&shard, 20, &mut newer.as_slice()).unwrap();
+        drop(writer);
+
+        let dir = tempfile::tempdir().unwrap();
+        let into = dir.path().join("gpu-usage-0.changelog");
+        let mut reader = instance();
+        assert!(reader.load(&shard, &into).unwrap());
+        assert_eq!(std::fs::read(&into).unwrap(), newer);
+        assert_eq!(reader.previous[&shard].next_offset, 20);
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(files.len(), 1, "only the snapshot's file is left");
+        // The orphaned chunk was deleted (dropping the reader flushes its deletes): the topic's
+        // last record of its key is a tombstone.
+        drop(reader);
+        let consumer: BaseConsumer = base.clone().set("group.id", "check").create().unwrap();
+        let (_, high) = consumer
+            .fetch_watermarks("changelog", 0, Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("changelog", 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let (mut next, mut orphan_has_payload) = (0, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while next < high && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                next = m.offset() + 1;
+                if m.key() == Some(orphan.as_bytes()) {
+                    orphan_has_payload = Some(m.payload().is_some());
+                }
+            }
+        }
+        assert_eq!(orphan_has_payload, Some(false));
     }
 }

@@ -121,7 +121,8 @@ pub fn path(dir: &Path, topic: &str, partition: i32) -> PathBuf {
     dir.join(format!("{topic}-{partition}.ckpt"))
 }
 
-fn prev_path(p: &Path) -> PathBuf {
+/// The previous checkpoint file of the one at `p`.
+pub fn prev_path(p: &Path) -> PathBuf {
     p.with_extension("ckpt.prev")
 }
 
@@ -405,38 +406,11 @@ const READ_BUFFER: usize = 1 << 20;
 /// checksum is known is safe, and keeps no copy of the file in memory.
 fn decode_from(path: &Path, mut r: impl Read, total: u64) -> Result<Checkpoint, CheckpointError> {
     let p = || path.to_path_buf();
-    if total < PREFIX_LEN as u64 {
-        return Err(CheckpointError::Truncated {
-            path: p(),
-            len: total,
-            expected: PREFIX_LEN as u64,
-        });
-    }
-    let mut head = [0u8; PREFIX_LEN];
-    r.read_exact(&mut head).map_err(io_err(path))?;
-    if &head[..8] != MAGIC {
-        return Err(CheckpointError::BadMagic { path: p() });
-    }
-    let u32_at = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
-    let version = u32_at(8);
-    if !(OLDEST_READ..=VERSION).contains(&version) {
-        return Err(CheckpointError::UnsupportedVersion {
-            path: p(),
-            found: version,
-        });
-    }
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&head[12..20]);
-    let len = u64::from_le_bytes(len);
-    let stored = u32_at(20);
-    let expected = (PREFIX_LEN as u64).saturating_add(len.min(MAX_PAYLOAD));
-    if len > MAX_PAYLOAD || total != expected {
-        return Err(CheckpointError::Truncated {
-            path: p(),
-            len: total,
-            expected,
-        });
-    }
+    let Prefix {
+        version,
+        len,
+        crc: stored,
+    } = read_prefix(path, &mut r, total)?;
     let mut payload = Checked::new(r, len);
     let decoded = {
         let _reading = Reading::version(version);
@@ -464,6 +438,72 @@ fn decode_from(path: &Path, mut r: impl Read, total: u64) -> Result<Checkpoint, 
         return Err(decode_err(format!("{unread} bytes after the state")));
     }
     Ok(cp)
+}
+
+/// What a checkpoint file's prefix says of its payload.
+struct Prefix {
+    version: u32,
+    len: u64,
+    crc: u32,
+}
+
+/// Reads and checks the prefix of a checkpoint file of `total` bytes: its magic, a version this
+/// build reads, and a payload length that the file's agrees with.
+fn read_prefix(path: &Path, r: &mut impl Read, total: u64) -> Result<Prefix, CheckpointError> {
+    let p = || path.to_path_buf();
+    if total < PREFIX_LEN as u64 {
+        return Err(CheckpointError::Truncated {
+            path: p(),
+            len: total,
+            expected: PREFIX_LEN as u64,
+        });
+    }
+    let mut head = [0u8; PREFIX_LEN];
+    r.read_exact(&mut head).map_err(io_err(path))?;
+    if &head[..8] != MAGIC {
+        return Err(CheckpointError::BadMagic { path: p() });
+    }
+    let u32_at = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    let version = u32_at(8);
+    if !(OLDEST_READ..=VERSION).contains(&version) {
+        return Err(CheckpointError::UnsupportedVersion {
+            path: p(),
+            found: version,
+        });
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&head[12..20]);
+    let len = u64::from_le_bytes(len);
+    let expected = (PREFIX_LEN as u64).saturating_add(len.min(MAX_PAYLOAD));
+    if len > MAX_PAYLOAD || total != expected {
+        return Err(CheckpointError::Truncated {
+            path: p(),
+            len: total,
+            expected,
+        });
+    }
+    Ok(Prefix {
+        version,
+        len,
+        crc: u32_at(20),
+    })
+}
+
+/// The header of the checkpoint file at `path`, read without the state after it, and so without
+/// checking the checksum, which covers the state too: what a restore compares snapshots by before
+/// it decodes one.
+pub fn peek(path: &Path) -> Result<Header, CheckpointError> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let total = file.metadata().map_err(io_err(path))?.len();
+    let Prefix { version, len, .. } = read_prefix(path, &mut file, total)?;
+    let _reading = Reading::version(version);
+    opts()
+        .with_limit(len)
+        .deserialize_from(io::BufReader::new(file.take(len)))
+        .map_err(|e| CheckpointError::Decode {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 /// A payload of a known length read from `inner` a buffer at a time, each buffer added to the

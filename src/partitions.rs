@@ -174,44 +174,44 @@ impl Partitions {
         // finished before the stores are read.
         self.persister.wait();
         self.collect();
-        let local = match checkpoint::load(&self.dir, &shard.topic, shard.partition) {
-            Ok(Loaded::Current(cp)) => Some((cp, Source::Checkpoint)),
-            Ok(Loaded::Previous(cp, why)) => {
-                if let Some(e) = why {
-                    error!(error = %e, "newest checkpoint unusable; using the previous one");
-                }
-                Some((cp, Source::PreviousCheckpoint))
-            }
-            Ok(Loaded::None) => None,
-            Err(e) => {
-                error!(error = %e, topic = %shard.topic, partition = shard.partition,
-                       "no usable local checkpoint");
-                None
-            }
+        // Both stores hold states of a prefix of the partition: the longer prefix saves re-reading
+        // (a local one at the same offset wins). The changelog's snapshot is fetched to a file and
+        // its header read first, so that only the state restored is decoded: one in memory at a
+        // time.
+        let remote = self.fetch_changelog(shard);
+        let current = checkpoint::path(&self.dir, &shard.topic, shard.partition);
+        let local_next = [current.clone(), checkpoint::prev_path(&current)]
+            .iter()
+            .find_map(|file| checkpoint::peek(file).ok())
+            .filter(|h| covers(h, shard))
+            .map(|h| h.next_offset);
+        let remote_first = remote
+            .as_ref()
+            .is_some_and(|(_, h)| local_next.is_none_or(|l| h.next_offset > l));
+        let mut best = if remote_first {
+            remote
+                .as_ref()
+                .and_then(|(file, _)| read_changelog(shard, file))
+        } else {
+            None
         };
-        let remote = self.persister.load_changelog(shard).and_then(|l| match l {
-            Ok(Some(bytes)) => {
-                match checkpoint::decode(std::path::Path::new("changelog"), &bytes) {
-                    Ok(cp) => Some((cp, Source::Changelog)),
-                    Err(e) => {
-                        error!(error = %e, topic = %shard.topic, partition = shard.partition, "changelog snapshot unusable");
-                        None
-                    }
-                }
+        if best.is_none() {
+            best = self.load_local(shard);
+            // The local state fell back to an older checkpoint than the changelog's.
+            let beaten = remote.as_ref().is_some_and(|(_, h)| {
+                !remote_first
+                    && best
+                        .as_ref()
+                        .is_none_or(|(cp, _)| h.next_offset > cp.header.next_offset)
+            });
+            if let (true, Some((file, _))) = (beaten, &remote) {
+                drop(best);
+                best = read_changelog(shard, file).or_else(|| self.load_local(shard));
             }
-            Ok(None) => None,
-            Err(e) => {
-                warn!(error = %e, topic = %shard.topic, partition = shard.partition,
-                      "cannot read the changelog; restoring from local state only");
-                None
-            }
-        });
-        // Both are states of a prefix of the partition: the longer prefix saves re-reading.
-        let candidates = [local, remote].into_iter().flatten().filter(|(cp, _)| {
-            cp.header.topic == *shard.topic && cp.header.partition == shard.partition
-        });
-        let best = candidates
-            .max_by_key(|(cp, source)| (cp.header.next_offset, *source != Source::Changelog));
+        }
+        if let Some((file, _)) = &remote {
+            let _ = std::fs::remove_file(file);
+        }
         let (engine, start, source) = match best
             .map(|(cp, source)| (self.restore(shard, cp), source))
         {
@@ -245,6 +245,59 @@ impl Partitions {
             },
         );
         start
+    }
+
+    /// The partition's newest good local checkpoint, if it holds this partition.
+    fn load_local(&self, shard: &Shard) -> Option<(Checkpoint, Source)> {
+        let local = match checkpoint::load(&self.dir, &shard.topic, shard.partition) {
+            Ok(Loaded::Current(cp)) => Some((cp, Source::Checkpoint)),
+            Ok(Loaded::Previous(cp, why)) => {
+                if let Some(e) = why {
+                    error!(error = %e, "newest checkpoint unusable; using the previous one");
+                }
+                Some((cp, Source::PreviousCheckpoint))
+            }
+            Ok(Loaded::None) => None,
+            Err(e) => {
+                error!(error = %e, topic = %shard.topic, partition = shard.partition,
+                       "no usable local checkpoint");
+                None
+            }
+        };
+        local.filter(|(cp, _)| covers(&cp.header, shard))
+    }
+
+    /// The changelog's newest snapshot of the partition, written to a file in the state directory
+    /// (removed by the caller), with its header; `None` without a changelog, or when it holds no
+    /// snapshot of the partition or cannot be read.
+    fn fetch_changelog(&self, shard: &Shard) -> Option<(PathBuf, Header)> {
+        let file = self
+            .dir
+            .join(format!("{}-{}.changelog", shard.topic, shard.partition));
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            warn!(error = %e, dir = %self.dir.display(), "cannot create the state directory");
+        }
+        match self.persister.load_changelog(shard, &file)? {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                warn!(error = %e, topic = %shard.topic, partition = shard.partition,
+                      "cannot read the changelog; restoring from local state only");
+                return None;
+            }
+        }
+        match checkpoint::peek(&file) {
+            Ok(header) if covers(&header, shard) => Some((file, header)),
+            Ok(_) => {
+                let _ = std::fs::remove_file(&file);
+                None
+            }
+            Err(e) => {
+                error!(error = %e, topic = %shard.topic, partition = shard.partition, "changelog snapshot unusable");
+                let _ = std::fs::remove_file(&file);
+                None
+            }
+        }
     }
 
     fn restore(&self, shard: &Shard, cp: Checkpoint) -> (Engine, StartAt) {
@@ -576,6 +629,22 @@ pub fn drop_repeats(
     repeats
 }
 
+/// Whether a checkpoint's header is of this partition.
+fn covers(header: &Header, shard: &Shard) -> bool {
+    header.topic == *shard.topic && header.partition == shard.partition
+}
+
+/// The checkpoint in a snapshot fetched from the changelog, decoded.
+fn read_changelog(shard: &Shard, file: &std::path::Path) -> Option<(Checkpoint, Source)> {
+    match checkpoint::read(file) {
+        Ok(cp) => Some((cp, Source::Changelog)),
+        Err(e) => {
+            error!(error = %e, topic = %shard.topic, partition = shard.partition, "changelog snapshot unusable");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Read;
@@ -721,8 +790,12 @@ mod tests {
             self.snapshots.lock().unwrap().insert(shard.clone(), read);
             Ok(())
         }
-        fn load(&mut self, shard: &Shard) -> Result<Option<Vec<u8>>, String> {
-            Ok(self.snapshots.lock().unwrap().get(shard).cloned())
+        fn load(&mut self, shard: &Shard, into: &std::path::Path) -> Result<bool, String> {
+            match self.snapshots.lock().unwrap().get(shard) {
+                Some(bytes) => std::fs::write(into, bytes).map_err(|e| e.to_string())?,
+                None => return Ok(false),
+            }
+            Ok(true)
         }
     }
 
@@ -771,6 +844,53 @@ mod tests {
         a.lose(&shard);
         assert!(a.status().is_empty());
         assert_eq!(b.assign(&shard), StartAt::Offset(30));
+    }
+
+    /// A local checkpoint covering more than the changelog's snapshot is restored without the
+    /// snapshot being decoded; a newer snapshot that fails its checksum gives way to the local
+    /// one. The snapshot's file is removed either way.
+    #[test]
+    fn the_local_checkpoint_wins_over_an_older_or_broken_changelog_snapshot() {
+        let (dir, store, mut p) = with_changelog();
+        let shard = Shard::new("gpu-usage", 1);
+        owning(&mut p, &shard, 10);
+        assert_eq!(p.checkpoint(0), vec![(shard.clone(), 10)]);
+        // The changelog refuses the next one: the local file covers 20, the changelog 10.
+        store.fail.store(true, Ordering::SeqCst);
+        feed(&mut p, &shard, 10..20);
+        p.processed(&shard, 20);
+        assert!(p.checkpoint(0).is_empty());
+        store.fail.store(false, Ordering::SeqCst);
+        p.lose(&shard);
+        assert_eq!(p.assign(&shard), StartAt::Offset(20));
+        assert_eq!(p.status()[0].restored_from, Source::Checkpoint);
+        assert_eq!(seconds(&p, &shard), 20.0 * 8.0 * 60.0);
+        let leftovers = |dir: &std::path::Path| {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.contains("changelog"))
+                .count()
+        };
+        assert_eq!(leftovers(dir.path()), 0);
+
+        // A newer snapshot (30) whose bytes are damaged after its header.
+        let other_dir = tempfile::tempdir().unwrap();
+        let mut o = partitions(other_dir.path(), Some(Box::new(store.clone())));
+        p.lose(&shard);
+        assert_eq!(o.assign(&shard), StartAt::Offset(10));
+        feed(&mut o, &shard, 10..30);
+        o.processed(&shard, 30);
+        assert_eq!(o.checkpoint(0), vec![(shard.clone(), 30)]);
+        {
+            let mut snapshots = store.snapshots.lock().unwrap();
+            let bytes = snapshots.get_mut(&shard).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x20;
+        }
+        assert_eq!(p.assign(&shard), StartAt::Offset(20));
+        assert_eq!(p.status()[0].restored_from, Source::Checkpoint);
+        assert_eq!(leftovers(dir.path()), 0);
     }
 
     fn with_changelog() -> (tempfile::TempDir, SharedStore, Partitions) {

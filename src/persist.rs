@@ -11,6 +11,7 @@
 //! owner collects with [`Persister::take_saved`]; [`Persister::signal`] wakes it when there is one.
 //! [`Persister::wait`] returns once every job handed over before it has finished.
 
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -62,11 +63,12 @@ pub struct Saved {
     pub durable: bool,
 }
 
-type Loaded = Result<Option<Vec<u8>>, String>;
+/// Whether a changelog snapshot was written to the file asked for.
+type Loaded = Result<bool, String>;
 
 enum Job {
     Save(Box<Save>),
-    Load(Shard, mpsc::SyncSender<Loaded>),
+    Load(Shard, PathBuf, mpsc::SyncSender<Loaded>),
     Barrier(mpsc::SyncSender<()>),
 }
 
@@ -112,14 +114,18 @@ impl Persister {
         }
     }
 
-    /// The newest complete snapshot of `shard` in the changelog, read after every job handed over
-    /// before; `None` without a changelog.
-    pub fn load_changelog(&self, shard: &Shard) -> Option<Loaded> {
+    /// Writes the newest complete snapshot of `shard` in the changelog to the file `into`, read
+    /// after every job handed over before; `Ok(false)` when there is none, `None` without a
+    /// changelog.
+    pub fn load_changelog(&self, shard: &Shard, into: &Path) -> Option<Loaded> {
         if !self.has_changelog {
             return None;
         }
         let (reply, answer) = mpsc::sync_channel(1);
-        if self.send(Job::Load(shard.clone(), reply)).is_err() {
+        if self
+            .send(Job::Load(shard.clone(), into.to_path_buf(), reply))
+            .is_err()
+        {
             return Some(Err("the checkpoint writer has stopped".into()));
         }
         Some(
@@ -198,10 +204,10 @@ impl Writer {
                     let durable = self.write(&mut s);
                     self.reports.push(s.outcome(durable));
                 }
-                Job::Load(shard, reply) => {
+                Job::Load(shard, into, reply) => {
                     let loaded = match self.changelog.as_mut() {
-                        Some(c) => c.load(&shard),
-                        None => Ok(None),
+                        Some(c) => c.load(&shard, &into),
+                        None => Ok(false),
                     };
                     let _ = reply.send(loaded);
                 }
