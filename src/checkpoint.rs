@@ -922,6 +922,15 @@ mod tests {
         assert!(!tmp.exists());
         assert_eq!(read(&current).unwrap().header, small_header);
         assert_eq!(read(&prev_path(&current)).unwrap().header, big_header);
+        // The header alone, without the state after it.
+        assert_eq!(peek(&current).unwrap(), small_header);
+        assert_eq!(peek(&prev_path(&current)).unwrap(), big_header);
+        let short = dir.path().join("short.ckpt");
+        fs::write(&short, &big_bytes[..big_bytes.len() - 1]).unwrap();
+        assert!(matches!(
+            peek(&short),
+            Err(CheckpointError::Truncated { .. })
+        ));
     }
 
     /// While a current file exists, staging writes over the previous one (whose pages are most
