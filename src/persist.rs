@@ -245,3 +245,74 @@ impl Writer {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Header;
+    use crate::config::Config;
+    use crate::engine::Engine;
+
+    /// A changelog that refuses every write.
+    struct Down;
+
+    impl SnapshotStore for Down {
+        fn save(&mut self, _: &Shard, _: i64, _: &mut dyn std::io::Read) -> Result<(), String> {
+            Err("broker down".into())
+        }
+        fn load(&mut self, _: &Shard, _: &Path) -> Result<bool, String> {
+            Ok(false)
+        }
+    }
+
+    /// Staged checkpoints handed over are committed in order and reported durable; with a
+    /// changelog that refuses them, the local file is still put in place but the save is not
+    /// durable (its offset must not be committed).
+    #[test]
+    fn staged_checkpoints_are_committed_in_order_and_durable_only_once_the_changelog_has_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::new(&Config::default()).unwrap();
+        let shard = Shard::new("gpu-usage", 0);
+        let save = |next: i64| {
+            let header = Header {
+                topic: "gpu-usage".into(),
+                partition: 0,
+                next_offset: next,
+                shape: engine.shape(),
+                written_at_ms: 0,
+            };
+            Save {
+                shard: shard.clone(),
+                next,
+                assigned_at: 0,
+                seq: next as u64,
+                staged: checkpoint::stage(dir.path(), &header, engine.state()).unwrap(),
+            }
+        };
+        let current = checkpoint::path(dir.path(), "gpu-usage", 0);
+        let next_of = |p: &Path| checkpoint::read(p).unwrap().header.next_offset;
+
+        let local = Persister::start(None, Arc::new(Metrics::new()));
+        for next in [1, 2] {
+            local.save(save(next));
+            // One staged checkpoint of a partition at a time.
+            local.wait();
+        }
+        let saved = local.take_saved();
+        assert_eq!(
+            saved.iter().map(|s| (s.seq, s.durable)).collect::<Vec<_>>(),
+            [(1, true), (2, true)]
+        );
+        assert_eq!(next_of(&current), 2);
+        assert_eq!(next_of(&checkpoint::prev_path(&current)), 1);
+
+        let refused = Persister::start(Some(Box::new(Down)), Arc::new(Metrics::new()));
+        refused.save(save(3));
+        refused.wait();
+        let saved = refused.take_saved();
+        assert_eq!(saved.len(), 1);
+        assert!(!saved[0].durable);
+        assert_eq!(next_of(&current), 3, "the local file is in place");
+        assert!(!current.with_extension("ckpt.tmp").exists());
+    }
+}
