@@ -241,11 +241,12 @@ fn stage_in(
             full,
             free,
         };
-        let serialised = opts()
-            .serialize_into(&mut out, &Borrowed { header, state })
-            .and_then(|()| out.send().map_err(Into::into));
-        // Dropping the sender ends the writer's loop.
-        drop(out);
+        // Whether or not it serialises, `out` is consumed here, and with it the sender whose
+        // dropping ends the writer's loop.
+        let serialised = match opts().serialize_into(&mut out, &Borrowed { header, state }) {
+            Ok(()) => out.finish().map_err(Into::into),
+            Err(e) => Err(e),
+        };
         let wrote = writer
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the checkpoint's writing thread panicked")));
@@ -322,17 +323,23 @@ struct Spool {
     free: mpsc::Receiver<Vec<u8>>,
 }
 
-impl Spool {
-    /// Hands the spool over to be written, and takes an empty one.
-    fn send(&mut self) -> io::Result<()> {
-        let gone = || io::Error::other("the checkpoint's writing thread stopped");
-        let empty = self.free.recv().map_err(|_| gone())?;
-        let spool = std::mem::replace(&mut self.spool, empty);
-        self.full.send(spool).map_err(|_| gone())
-    }
+fn writer_gone() -> io::Error {
+    io::Error::other("the checkpoint's writing thread stopped")
 }
 
 impl Spool {
+    /// Hands the spool over to be written, and takes an empty one.
+    fn send(&mut self) -> io::Result<()> {
+        let empty = self.free.recv().map_err(|_| writer_gone())?;
+        let spool = std::mem::replace(&mut self.spool, empty);
+        self.full.send(spool).map_err(|_| writer_gone())
+    }
+
+    /// Hands the last spool over; the writing thread's loop ends once it is written.
+    fn finish(self) -> io::Result<()> {
+        self.full.send(self.spool).map_err(|_| writer_gone())
+    }
+
     /// Fills the spool, hands it over, and goes on in the next, for as long as `bytes` last.
     #[cold]
     #[inline(never)]
@@ -493,8 +500,7 @@ fn read_prefix(path: &Path, r: &mut impl Read, total: u64) -> Result<Prefix, Che
 /// checking the checksum, which covers the state too: what a restore compares snapshots by before
 /// it decodes one.
 pub fn peek(path: &Path) -> Result<Header, CheckpointError> {
-    let mut file = File::open(path).map_err(io_err(path))?;
-    let total = file.metadata().map_err(io_err(path))?.len();
+    let (mut file, total) = open(path)?;
     let Prefix { version, len, .. } = read_prefix(path, &mut file, total)?;
     let _reading = Reading::version(version);
     opts()
@@ -549,6 +555,15 @@ impl<R: Read> Checked<R> {
         Ok(())
     }
 
+    /// The next `len` bytes of the payload if the buffer holds them all, read.
+    #[inline(always)]
+    fn take_buffered(&mut self, len: usize) -> Option<&[u8]> {
+        let at = self.pos;
+        let bytes = self.buf[..self.end].get(at..at + len)?;
+        self.pos = at + len;
+        Some(bytes)
+    }
+
     /// Reads (and checksums) what is left; returns how many bytes that was.
     fn finish(&mut self) -> io::Result<u64> {
         let mut unread = (self.end - self.pos) as u64;
@@ -577,9 +592,8 @@ impl<R: Read> Read for Checked<R> {
     fn read_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
         // The deserialiser reads every field through here: the common case stays small enough
         // to be inlined into it.
-        if let Some(src) = self.buf[..self.end].get(self.pos..self.pos + out.len()) {
+        if let Some(src) = self.take_buffered(out.len()) {
             out.copy_from_slice(src);
-            self.pos += out.len();
             return Ok(());
         }
         self.read_across(out)
@@ -619,25 +633,19 @@ impl<'de, R: Read> bincode::BincodeRead<'de> for &mut Checked<R> {
             Ok(s) => visitor.visit_str(s),
             Err(e) => Err(bincode::ErrorKind::InvalidUtf8Encoding(e).into()),
         };
-        let this = &mut **self;
-        match this.buf[..this.end].get(this.pos..this.pos + length) {
-            Some(bytes) => {
-                this.pos += length;
-                visit(bytes)
-            }
+        match self.take_buffered(length) {
+            Some(bytes) => visit(bytes),
             None => visit(&self.get_byte_buffer(length)?),
         }
     }
 
     fn get_byte_buffer(&mut self, length: usize) -> bincode::Result<Vec<u8>> {
         // Bincode checks `length` against what is left of its limit, the payload, first.
-        let this = &mut **self;
-        if let Some(bytes) = this.buf[..this.end].get(this.pos..this.pos + length) {
-            this.pos += length;
+        if let Some(bytes) = self.take_buffered(length) {
             return Ok(bytes.to_vec());
         }
         let mut bytes = Vec::with_capacity(length);
-        if this.take(length as u64).read_to_end(&mut bytes)? < length {
+        if (&mut **self).take(length as u64).read_to_end(&mut bytes)? < length {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
         Ok(bytes)
@@ -648,12 +656,8 @@ impl<'de, R: Read> bincode::BincodeRead<'de> for &mut Checked<R> {
         length: usize,
         visitor: V,
     ) -> bincode::Result<V::Value> {
-        let this = &mut **self;
-        match this.buf[..this.end].get(this.pos..this.pos + length) {
-            Some(bytes) => {
-                this.pos += length;
-                visitor.visit_bytes(bytes)
-            }
+        match self.take_buffered(length) {
+            Some(bytes) => visitor.visit_bytes(bytes),
             None => visitor.visit_bytes(&self.get_byte_buffer(length)?),
         }
     }
@@ -698,9 +702,15 @@ use bincode::Options as _;
 
 /// Reads and verifies one checkpoint file.
 pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    let (file, total) = open(path)?;
+    decode_from(path, file, total)
+}
+
+/// The checkpoint file at `path`, opened for reading, and its length.
+fn open(path: &Path) -> Result<(File, u64), CheckpointError> {
     let file = File::open(path).map_err(io_err(path))?;
     let total = file.metadata().map_err(io_err(path))?.len();
-    decode_from(path, file, total)
+    Ok((file, total))
 }
 
 /// Writes the checkpoint of `header.topic`/`header.partition` atomically ([`stage`], then
