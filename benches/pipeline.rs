@@ -13,7 +13,7 @@ use trainspotter::config::InputFormat;
 use trainspotter::decode::{
     decode_native, decode_native_by_serde, DecodeLimits, Decoded, FlatNative, UsageSample,
 };
-use trainspotter::detect::{self, DetectPane, DeviceStat};
+use trainspotter::detect::{self, DetectPane, DeviceStat, Signal};
 use trainspotter::engine::Engine;
 use trainspotter::estimate::Usage;
 use trainspotter::flatjson::KeyOrder;
@@ -168,11 +168,13 @@ fn detection(c: &mut Criterion) {
     // A 64-device gang over the 60 one-minute panes of the default detection window.
     let panes: Vec<DetectPane> = (0..60)
         .map(|i| {
-            let mut p = DetectPane {
-                accelerators: 64.0,
-                ..DetectPane::default()
-            };
-            p.activity[0].add(0.4 + 0.01 * (i % 7) as f32, 64.0 * 60.0);
+            let mut p = DetectPane::default();
+            p.accelerators = 64.0;
+            p.add_activity(
+                Signal::TensorActive,
+                0.4 + 0.01 * (i % 7) as f32,
+                64.0 * 60.0,
+            );
             p.memory.add(60.0, 64.0 * 60.0);
             p
         })

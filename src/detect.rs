@@ -29,6 +29,8 @@
 //!   value, and the feature is left out rather than guessed. When it has a value it is a gate:
 //!   a gang whose devices vary on their own is not suspected, whatever else it looks like.
 
+use std::cmp::Ordering;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DetectionConfig, Ramp};
@@ -68,7 +70,7 @@ impl Signal {
 }
 
 /// Accelerator-time-weighted sum of one signal.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Moments {
     /// Accelerator-seconds that reported this signal.
     pub weight: f32,
@@ -120,25 +122,116 @@ impl Spread {
     }
 }
 
-/// One detection slide of one job.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+/// One detection slide of one job (24 bytes).
+///
+/// A sample brings only its best signal ([`Signal::best`]), and the features read only the best
+/// signal that any slide of the window received. So a slide keeps the moments of the best signal
+/// it received and drops a worse one's, remembering only that it came: in a window whose best
+/// signal a slide did not receive, that slide is one without the signal, as it was when the
+/// slide kept every signal's moments. The features come out the same, bit for bit (tested
+/// against slides that keep all three).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct DetectPane {
     /// Accelerators active in this slide (each device counted once per slide it covers).
     pub accelerators: f32,
-    /// Per signal, indexed like [`Signal::ALL`].
-    pub activity: [Moments; 3],
+    /// The moments of the best signal received (the lowest bit of `signals`).
+    activity: Moments,
     /// Device memory in use, GiB (weighted by accelerator-seconds, per accelerator).
     pub memory: Moments,
+    /// The signals received with a weight, bit `i` for [`Signal::ALL`]`[i]`.
+    signals: u8,
 }
 
 impl DetectPane {
+    /// Adds a reading of `signal` weighing `weight` accelerator-seconds. A reading of no weight
+    /// adds nothing.
+    pub fn add_activity(&mut self, signal: Signal, value: f32, weight: f32) {
+        if weight.is_nan() || weight <= 0.0 {
+            return;
+        }
+        let i = signal as u32;
+        match i.cmp(&self.best_index()) {
+            Ordering::Less => {
+                self.activity = Moments::default();
+                self.activity.add(value, weight);
+            }
+            Ordering::Equal => self.activity.add(value, weight),
+            Ordering::Greater => {}
+        }
+        self.signals |= 1 << i;
+    }
+
     /// Adds another job's pane of the same slide (for a group of jobs).
     pub fn add(&mut self, o: &DetectPane) {
         self.accelerators += o.accelerators;
-        for (a, b) in self.activity.iter_mut().zip(&o.activity) {
-            a.merge(b);
+        match o.best_index().cmp(&self.best_index()) {
+            Ordering::Less => {
+                self.activity = Moments::default();
+                self.activity.merge(&o.activity);
+            }
+            Ordering::Equal => self.activity.merge(&o.activity),
+            Ordering::Greater => {}
         }
+        self.signals |= o.signals;
         self.memory.merge(&o.memory);
+    }
+
+    /// Whether a reading of `signal` with a weight came in this slide.
+    pub fn received(&self, signal: Signal) -> bool {
+        self.signals & (1 << signal as u32) != 0
+    }
+
+    /// The moments of `signal` when it is the best this slide received; `None` when it is not
+    /// (when it did not come, or a better one did).
+    pub fn activity(&self, signal: Signal) -> Option<&Moments> {
+        (signal as u32 == self.best_index()).then_some(&self.activity)
+    }
+
+    /// Index in [`Signal::ALL`] of the best signal received, 8 with none.
+    fn best_index(&self) -> u32 {
+        self.signals.trailing_zeros()
+    }
+
+    /// A pane of the checkpoint formats before 11, which kept every signal's moments.
+    fn from_every_signal(accelerators: f32, activity: [Moments; 3], memory: Moments) -> DetectPane {
+        let mut p = DetectPane {
+            accelerators,
+            memory,
+            ..DetectPane::default()
+        };
+        for (signal, m) in Signal::ALL.into_iter().zip(activity).rev() {
+            if m.weight > 0.0 {
+                p.signals |= 1 << signal as u32;
+                p.activity = m;
+            }
+        }
+        p
+    }
+}
+
+impl<'de> Deserialize<'de> for DetectPane {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if crate::checkpoint::format_read() < crate::checkpoint::BEST_SIGNAL_PANES {
+            let (accelerators, activity, memory) = <(f32, [Moments; 3], Moments)>::deserialize(d)?;
+            return Ok(DetectPane::from_every_signal(
+                accelerators,
+                activity,
+                memory,
+            ));
+        }
+        let (accelerators, activity, memory, signals) =
+            <(f32, Moments, Moments, u8)>::deserialize(d)?;
+        if signals >> Signal::ALL.len() != 0 {
+            return Err(serde::de::Error::custom(format!(
+                "a detection pane's signals {signals:#b} name a signal that does not exist"
+            )));
+        }
+        Ok(DetectPane {
+            accelerators,
+            activity,
+            memory,
+            signals,
+        })
     }
 }
 
@@ -204,19 +297,20 @@ pub fn features(
     });
     f.memory_gib = (mw > 0.0).then(|| ms / mw);
     let chosen = Signal::ALL
-        .iter()
-        .enumerate()
-        .find(|(i, _)| panes.iter().any(|p| p.activity[*i].weight > 0.0));
-    if let Some((i, signal)) = chosen {
-        let (w, s) = panes.iter().fold((0.0f64, 0.0f64), |(w, s), p| {
-            (
-                w + p.activity[i].weight as f64,
-                s + p.activity[i].sum as f64,
-            )
-        });
-        f.signal = Some(*signal);
-        let slide_mean = |p: &DetectPane| (p.activity[i].sum / p.activity[i].weight) as f64;
-        let working = panes.iter().filter(|p| p.activity[i].weight > 0.0);
+        .into_iter()
+        .find(|s| panes.iter().any(|p| p.received(*s)));
+    if let Some(signal) = chosen {
+        // No slide holds a better signal than the window's best: each that received it holds
+        // its moments.
+        let (w, s) = panes
+            .iter()
+            .filter_map(|p| p.activity(signal))
+            .fold((0.0f64, 0.0f64), |(w, s), m| {
+                (w + m.weight as f64, s + m.sum as f64)
+            });
+        f.signal = Some(signal);
+        let slide_mean = |m: &Moments| (m.sum / m.weight) as f64;
+        let working = panes.iter().filter_map(|p| p.activity(signal));
         let activity = values.fill(panes.len(), working.map(slide_mean));
         // How busy the gang is while it works: checkpoint dips and pauses shorter than a quarter
         // of the window do not lower it, and a run that alternates work and idle minutes to stay
@@ -224,7 +318,7 @@ pub fn features(
         let sorted = Sorted::new(activity);
         f.activity = Some(sorted.quantile(ACTIVITY_QUANTILE));
         f.temporal_variation = sorted.relative_mad();
-        let working = sync_panes.iter().filter(|p| p.activity[i].weight > 0.0);
+        let working = sync_panes.iter().filter_map(|p| p.activity(signal));
         let synced = values.fill(sync_panes.len(), working.map(slide_mean));
         let (var_sum, var_count) = devices
             .iter()
@@ -596,7 +690,7 @@ mod tests {
             accelerators,
             ..DetectPane::default()
         };
-        p.activity[signal].add(activity, accelerators * 60.0);
+        p.add_activity(Signal::ALL[signal], activity, accelerators * 60.0);
         p
     }
 
@@ -773,7 +867,151 @@ mod tests {
         assert!(!v.suspects(cfg.score_threshold, cfg.resolve_below, true));
     }
 
+    /// A slide as the formats before 11 kept it: the moments of every signal.
+    #[derive(Default, Clone, Copy)]
+    struct EverySignal {
+        accelerators: f32,
+        activity: [Moments; 3],
+        memory: Moments,
+    }
+
+    /// What comes into a slide: a reading, or another job's slide of the same time.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Reading {
+            signal: usize,
+            value: f32,
+            weight: f32,
+        },
+        Devices(f32),
+        Memory(f32, f32),
+        Merge(Vec<(usize, f32, f32)>),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let reading = (
+            0usize..3,
+            0u32..=100,
+            prop_oneof![Just(0.0f32), 0.5f32..600.0],
+        );
+        prop_oneof![
+            4 => reading.clone().prop_map(|(signal, v, weight)| Step::Reading {
+                signal,
+                value: v as f32 / 100.0,
+                weight,
+            }),
+            1 => (1u32..64).prop_map(|n| Step::Devices(n as f32)),
+            1 => (0.0f32..80.0, 1.0f32..600.0).prop_map(|(g, w)| Step::Memory(g, w)),
+            1 => proptest::collection::vec(reading, 0..4).prop_map(|r| {
+                Step::Merge(r.into_iter().map(|(s, v, w)| (s, v as f32 / 100.0, w)).collect())
+            }),
+        ]
+    }
+
+    /// Applies `steps` to a slide of both forms, the merged slides built the same way.
+    fn slides(steps: &[Step]) -> (DetectPane, EverySignal) {
+        let (mut pane, mut every) = (DetectPane::default(), EverySignal::default());
+        for step in steps {
+            match step {
+                Step::Reading {
+                    signal,
+                    value,
+                    weight,
+                } => {
+                    pane.add_activity(Signal::ALL[*signal], *value, *weight);
+                    every.activity[*signal].add(*value, *weight);
+                }
+                Step::Devices(n) => {
+                    pane.accelerators += n;
+                    every.accelerators += n;
+                }
+                Step::Memory(g, w) => {
+                    pane.memory.add(*g, *w);
+                    every.memory.add(*g, *w);
+                }
+                Step::Merge(readings) => {
+                    let steps: Vec<_> = readings
+                        .iter()
+                        .map(|&(signal, value, weight)| Step::Reading {
+                            signal,
+                            value,
+                            weight,
+                        })
+                        .collect();
+                    let (p, e) = slides(&steps);
+                    pane.add(&p);
+                    every.accelerators += e.accelerators;
+                    for (a, b) in every.activity.iter_mut().zip(&e.activity) {
+                        a.merge(b);
+                    }
+                    every.memory.merge(&e.memory);
+                }
+            }
+        }
+        (pane, every)
+    }
+
+    #[test]
+    fn a_slide_is_24_bytes() {
+        assert_eq!(std::mem::size_of::<DetectPane>(), 24);
+    }
+
     proptest::proptest! {
+        /// A slide keeping its best signal's moments is, bit for bit, the slide keeping every
+        /// signal's read the new way (which is how a checkpoint of an earlier format is read):
+        /// the same signals received, the best one's moments, none for the others.
+        #[test]
+        fn a_slide_keeps_its_best_signal_as_the_slide_of_every_signal_holds_it(
+            steps in proptest::collection::vec(step(), 0..24),
+        ) {
+            let (pane, every) = slides(&steps);
+            let best = (0..3).find(|&i| every.activity[i].weight > 0.0);
+            for (i, signal) in Signal::ALL.into_iter().enumerate() {
+                prop_assert_eq!(pane.received(signal), every.activity[i].weight > 0.0);
+                let expected = (best == Some(i)).then_some(&every.activity[i]);
+                prop_assert_eq!(pane.activity(signal), expected);
+            }
+            let read = DetectPane::from_every_signal(every.accelerators, every.activity, every.memory);
+            prop_assert_eq!(read, pane);
+        }
+
+        /// The features of a window of such slides are those of the slides keeping every
+        /// signal, read for the window's best signal as the features read them.
+        #[test]
+        fn features_of_best_signal_slides_are_those_of_every_signal_slides(
+            window in proptest::collection::vec(proptest::collection::vec(step(), 0..12), 1..40),
+            sync_from in 0usize..40,
+        ) {
+            let built: Vec<_> = window.iter().map(|steps| slides(steps)).collect();
+            let panes: Vec<_> = built.iter().map(|(p, _)| *p).collect();
+            // The window's best signal as the formats before 11 chose it, and each slide holding
+            // only that signal's moments.
+            let best = (0..3).find(|&i| built.iter().any(|(_, e)| e.activity[i].weight > 0.0));
+            let only_best: Vec<_> = built
+                .iter()
+                .map(|(_, e)| {
+                    let mut p = DetectPane {
+                        accelerators: e.accelerators,
+                        memory: e.memory,
+                        ..DetectPane::default()
+                    };
+                    if let Some(i) = best.filter(|&i| e.activity[i].weight > 0.0) {
+                        p.activity = e.activity[i];
+                        p.signals = 1 << i;
+                    }
+                    p
+                })
+                .collect();
+            let devices: Vec<_> = [(0.4, 0.01), (0.5, 0.02), (0.45, 0.015)]
+                .map(|(activity, variance)| DeviceStat { activity, variance: Some(variance) })
+                .into();
+            let from = sync_from.min(panes.len());
+            prop_assert_eq!(
+                features(&panes, &devices, 3600.0, MIN_VARIATION, &panes[from..]),
+                features(&only_best, &devices, 3600.0, MIN_VARIATION, &only_best[from..])
+            );
+        }
+
         /// The order statistics read from one sort are statrs' own, to the bit: the median, the
         /// activity quantile, and the median absolute deviation over the median (with ties,
         /// zeros, negative values, even and odd counts).

@@ -1643,7 +1643,7 @@ impl Engine {
                 if let Some(pane) = job.detect.pane_mut(ts_pane, n) {
                     let acc_s = usage.acc_ms as f32 / 1000.0;
                     if let Some((signal, v)) = best {
-                        pane.activity[signal as usize].add(v as f32, acc_s);
+                        pane.add_activity(signal, v as f32, acc_s);
                     }
                     if let Some(bytes) = sample.fb_used_bytes {
                         // Per accelerator: an aggregate sample of several devices reports their sum.
@@ -2521,11 +2521,7 @@ impl Engine {
         let first = last - self.s.detect_panes + 1;
         Signal::ALL
             .iter()
-            .filter(|s| {
-                job.detect
-                    .range(first, last)
-                    .any(|(_, p)| p.activity[**s as usize].weight > 0.0)
-            })
+            .filter(|s| job.detect.range(first, last).any(|(_, p)| p.received(**s)))
             .copied()
             .collect()
     }
