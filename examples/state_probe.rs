@@ -2,7 +2,8 @@
 //! BENCHMARKS.md's "State per long-running key".
 //!
 //! ```sh
-//! cargo run --release --example state_probe -- ../shared/data/helios-earth-vcs
+//! cargo run --release --example state_probe -- ../shared/data/helios-earth-vcs \
+//!     ../shared/data/alibaba-gpu-v2023-openb/openb_pod_list_default.csv
 //! ```
 //!
 //! 1. Tenants over a real month: the eight virtual clusters of SenseTime's Helios "Earth" cluster,
@@ -13,7 +14,13 @@
 //!    31 days, its tensor activity wandering around 0.45 (a seeded random walk, reported to three
 //!    decimals as the exporter does), so that every pane's FLOP sum differs from the one before.
 //!
-//! Both print the state's bytes per key at several ages: a job's and a tenant's windows grow
+//! 3. The job ages of a real fleet: the GPU pods of Alibaba's openb trace (149 days, 6,203 pods
+//!    with a schedule and a deletion time; at any moment 1 to 43 of them running, mostly
+//!    long-lived ones although the median pod lives minutes), each a job whose devices are sampled
+//!    once a minute while it runs, with tensor activity wandering as in 2. (the trace has none).
+//!    Printed at 50 instants spread over the trace: the job state held per running pod.
+//!
+//! 1. and 2. print the state's bytes per key at several ages: a job's and a tenant's windows grow
 //! until their longest (30 days) is full.
 
 use std::path::PathBuf;
@@ -21,7 +28,7 @@ use std::path::PathBuf;
 use trainspotter::config::Config;
 use trainspotter::decode::UsageSample;
 use trainspotter::engine::Engine;
-use trainspotter::traces::{helios_samples, read_helios};
+use trainspotter::traces::{helios_samples, read_helios, read_openb_pods};
 
 const DAY_MS: i64 = 86_400_000;
 /// 2024-05-01T00:00:00Z.
@@ -39,6 +46,111 @@ fn main() {
     let t = std::time::Instant::now();
     dcgm_jobs();
     println!("  ({:.2} s)", t.elapsed().as_secs_f64());
+    let openb = PathBuf::from(std::env::args().nth(2).unwrap_or_else(|| {
+        "../shared/data/alibaba-gpu-v2023-openb/openb_pod_list_default.csv".into()
+    }));
+    let t = std::time::Instant::now();
+    openb_jobs(&openb);
+    println!("  ({:.2} s)", t.elapsed().as_secs_f64());
+}
+
+/// A fixed, seeded sequence in [0, 1) (xorshift64*).
+fn uniform(seed: u64) -> impl FnMut() -> f64 {
+    let mut rng = seed;
+    move || {
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        (rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn openb_jobs(path: &std::path::Path) {
+    const INSTANTS: i64 = 50;
+    let mut pods = read_openb_pods(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    pods.sort_by_key(|p| p.scheduled_s);
+    let end_min = pods.iter().map(|p| p.deletion_s).max().unwrap_or(0) / 60;
+    let mut engine = Engine::new(&Config::default()).expect("the default configuration");
+    let mut next = uniform(0x9E37_79B9_7F4A_7C15);
+    // Running pods: index into `pods` and each device's activity.
+    let mut running: Vec<(usize, Vec<f64>)> = Vec::new();
+    let mut waiting = pods.iter().enumerate().peekable();
+    let step = end_min / INSTANTS;
+    let mut per_running = Vec::new();
+    // Pods running and their median age (hours) at each instant with one.
+    let mut seen: Vec<(usize, f64)> = Vec::new();
+    println!(
+        "Alibaba openb GPU pods ({} pods over {} days), each a job sampled every minute while it runs",
+        pods.len(),
+        end_min / (24 * 60)
+    );
+    println!("  instant  running  median age  jobs held  job state per running pod");
+    for minute in 0..=end_min {
+        let now_s = minute * 60;
+        while let Some((i, p)) = waiting.next_if(|(_, p)| p.scheduled_s <= now_s) {
+            running.push((i, vec![0.45; p.num_gpu as usize]));
+        }
+        running.retain(|(i, _)| pods[*i].deletion_s > now_s);
+        if minute > 0 && minute % step == 0 && minute / step <= INSTANTS {
+            let f = engine.footprint();
+            let mut ages: Vec<f64> = running
+                .iter()
+                .map(|(i, _)| (now_s - pods[*i].scheduled_s) as f64 / 3600.0)
+                .collect();
+            ages.sort_by(f64::total_cmp);
+            let per = f.job_bytes as f64 / running.len().max(1) as f64;
+            let median_age = ages.get(ages.len() / 2).copied().unwrap_or(0.0);
+            if !running.is_empty() {
+                per_running.push(per);
+                seen.push((running.len(), median_age));
+            }
+            if minute / step % 5 == 0 {
+                println!(
+                    "  day {:>3}  {:>7}  {:>8.1} h  {:>9}  {:>8.0} B",
+                    minute / (24 * 60),
+                    running.len(),
+                    median_age,
+                    f.jobs,
+                    per
+                );
+            }
+        }
+        for (i, activity) in running.iter_mut() {
+            let pod = &pods[*i];
+            for (g, a) in activity.iter_mut().enumerate() {
+                *a = (*a + (next() - 0.5) * 0.02).clamp(0.3, 0.6);
+                let tensor = (*a * 1000.0).round() / 1000.0;
+                let s = UsageSample::new(
+                    T0 + minute * 60_000,
+                    pod.qos.as_str(),
+                    pod.gpu_milli as f64 / 1000.0,
+                    60.0,
+                )
+                .job(pod.name.as_str())
+                .device(pod.name.as_str(), g.to_string())
+                .tensor_active(tensor);
+                engine.apply(&s);
+            }
+        }
+    }
+    let fewest = seen.iter().map(|s| s.0).min().unwrap_or(0);
+    let most = seen.iter().map(|s| s.0).max().unwrap_or(0);
+    let youngest = seen.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
+    let oldest = seen.iter().map(|s| s.1).fold(0.0, f64::max);
+    println!(
+        "  at those instants {fewest} to {most} pods running, their median age {youngest:.0} to {oldest:.0} h"
+    );
+    per_running.sort_by(f64::total_cmp);
+    let q = |x: f64| per_running[((per_running.len() - 1) as f64 * x).round() as usize];
+    println!(
+        "  job state per running pod over the {} instants with one: median {:.0} B, quartiles {:.0} to {:.0} B, from {:.0} to {:.0} B",
+        per_running.len(),
+        q(0.5),
+        q(0.25),
+        q(0.75),
+        q(0.0),
+        q(1.0)
+    );
 }
 
 fn helios_tenants(dir: &std::path::Path) {
@@ -86,14 +198,7 @@ fn dcgm_jobs() {
     const GPUS: usize = 8;
     let mut engine = Engine::new(&Config::default()).expect("the default configuration");
     let mut activity = vec![0.45f64; JOBS * GPUS];
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        // xorshift64*: a fixed, seeded sequence.
-        rng ^= rng >> 12;
-        rng ^= rng << 25;
-        rng ^= rng >> 27;
-        (rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut next = uniform(0x2545_F491_4F6C_DD1D);
     // The 31st day is reported once the loop ends.
     let mut ages = [1i64, 6 * 60, 24 * 60, 7 * 24 * 60].into_iter().peekable();
     println!("Jobs of {GPUS} H100s, one sample per device a minute, activity varying");
