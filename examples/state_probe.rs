@@ -15,13 +15,13 @@
 //!    decimals as the exporter does), so that every pane's FLOP sum differs from the one before.
 //!
 //! 3. The job ages of a real fleet: the GPU pods of Alibaba's openb trace (149 days, 6,203 pods
-//!    with a schedule and a deletion time; at any moment 1 to 43 of them running, mostly
+//!    with a schedule and a deletion time; at any moment up to about 40 of them running, mostly
 //!    long-lived ones although the median pod lives minutes), each a job whose devices are sampled
-//!    once a minute while it runs, with tensor activity wandering as in 2. (the trace has none).
-//!    Printed at 50 instants spread over the trace: the job state held per running pod.
+//!    once a minute while it runs, with tensor activity wandering as in the second part (the trace
+//!    has none). Printed at 50 instants spread over the trace: the job state held per running pod.
 //!
-//! 1. and 2. print the state's bytes per key at several ages: a job's and a tenant's windows grow
-//! until their longest (30 days) is full.
+//! The first two print the state's bytes per key at several ages: a job's and a tenant's windows
+//! grow until their longest (30 days) is full.
 
 use std::path::PathBuf;
 
