@@ -125,9 +125,27 @@ impl Default for Metrics {
     }
 }
 
+/// The process's own metrics, as the standard client libraries expose them (Linux only): its
+/// resident memory is what a container's memory limit is compared with, its open file
+/// descriptors what their limit is.
+pub const PROCESS_METRICS: [&str; 7] = [
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
+
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("a new registry takes the process collector");
         let m = Metrics {
             events_consumed: counter(&r, "trainspotter_ingest_events_consumed_total", "Messages read from the input."),
             events_accepted: counter(&r, "trainspotter_ingest_events_accepted_total", "Samples counted in the windows."),
@@ -656,6 +674,27 @@ fn buckets(h: &Histogram) -> (Vec<(f64, u64)>, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each process metric is exposed with a value, the resident memory being this process's
+    /// (at least the few MiB a test binary holds) and the threads at least this one.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_process_metrics_are_exposed_with_this_process_values() {
+        let text = Metrics::new().render();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{name} is not exposed"))
+                .parse()
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        for name in PROCESS_METRICS {
+            assert!(value(name) >= 0.0, "{name}");
+        }
+        assert!(value("process_resident_memory_bytes") > 1_048_576.0);
+        assert!(value("process_threads") >= 1.0);
+        assert!(value("process_open_fds") >= 1.0);
+    }
 
     #[test]
     fn a_tenant_named_other_is_summed_into_other_and_takes_no_top_n_place() {

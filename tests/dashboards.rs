@@ -129,24 +129,32 @@ fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b':'
 }
 
-/// The metric names an expression selects, each with the byte offset just after the name.
+/// The prefixes of the metrics the daemon exposes: its own, and the process's
+/// (`PROCESS_METRICS`).
+const PREFIXES: [&str; 2] = ["trainspotter_", "process_"];
+
+/// The metric names an expression selects, each with the byte offset just after the name, in
+/// the order they appear.
 fn metric_names(expr: &str) -> Vec<(&str, usize)> {
     let b = expr.as_bytes();
     let mut out = Vec::new();
-    let mut i = 0;
-    while let Some(k) = expr[i..].find("trainspotter_") {
-        let start = i + k;
-        let mut end = start;
-        while end < b.len() && is_ident(b[end]) {
-            end += 1;
+    for prefix in PREFIXES {
+        let mut i = 0;
+        while let Some(k) = expr[i..].find(prefix) {
+            let start = i + k;
+            let mut end = start;
+            while end < b.len() && is_ident(b[end]) {
+                end += 1;
+            }
+            // Only a whole word outside a string: not `x_trainspotter_...` or `"trainspotter_..."`.
+            let quoted = expr[..start].matches('"').count() % 2 == 1;
+            if (start == 0 || !is_ident(b[start - 1])) && !quoted {
+                out.push((&expr[start..end], end));
+            }
+            i = end;
         }
-        // Only a whole word outside a string: not `x_trainspotter_...` or `"trainspotter_..."`.
-        let quoted = expr[..start].matches('"').count() % 2 == 1;
-        if (start == 0 || !is_ident(b[start - 1])) && !quoted {
-            out.push((&expr[start..end], end));
-        }
-        i = end;
     }
+    out.sort_by_key(|&(_, end)| end);
     out
 }
 
@@ -211,7 +219,8 @@ fn defined_metrics() -> BTreeSet<String> {
         .skip(1)
         .step_by(2)
         .filter(|s| {
-            s.starts_with("trainspotter_") && s.bytes().all(|c| c.is_ascii_lowercase() || c == b'_')
+            PREFIXES.iter().any(|p| s.starts_with(p))
+                && s.bytes().all(|c| c.is_ascii_lowercase() || c == b'_')
         })
         .map(str::to_string)
         .collect()
@@ -231,7 +240,7 @@ fn expr_problems(expr: &str, defined: &BTreeSet<String>) -> Vec<String> {
     let mut problems = Vec::new();
     let names = metric_names(expr);
     if names.is_empty() {
-        problems.push("selects no trainspotter metric".into());
+        problems.push("selects no metric the daemon exposes".into());
     }
     for (name, end) in names {
         if defined_as(name, defined).is_none() {
