@@ -65,6 +65,13 @@ fn uniform(seed: u64) -> impl FnMut() -> f64 {
     }
 }
 
+/// Moves a device's tensor activity one step of its random walk (within 0.3 to 0.6) and gives
+/// it as the exporter reports it, to three decimals.
+fn wander(activity: &mut f64, next: &mut impl FnMut() -> f64) -> f64 {
+    *activity = (*activity + (next() - 0.5) * 0.02).clamp(0.3, 0.6);
+    (*activity * 1000.0).round() / 1000.0
+}
+
 fn openb_jobs(path: &std::path::Path) {
     const INSTANTS: i64 = 50;
     let mut pods = read_openb_pods(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -118,8 +125,7 @@ fn openb_jobs(path: &std::path::Path) {
         for (i, activity) in running.iter_mut() {
             let pod = &pods[*i];
             for (g, a) in activity.iter_mut().enumerate() {
-                *a = (*a + (next() - 0.5) * 0.02).clamp(0.3, 0.6);
-                let tensor = (*a * 1000.0).round() / 1000.0;
+                let tensor = wander(a, &mut next);
                 let s = UsageSample::new(
                     T0 + minute * 60_000,
                     pod.qos.as_str(),
@@ -210,8 +216,7 @@ fn dcgm_jobs() {
         for j in 0..JOBS {
             for g in 0..GPUS {
                 let a = &mut activity[j * GPUS + g];
-                *a = (*a + (next() - 0.5) * 0.02).clamp(0.3, 0.6);
-                let tensor = (*a * 1000.0).round() / 1000.0;
+                let tensor = wander(a, &mut next);
                 let s = UsageSample::new(T0 + minute * 60_000, format!("t{}", j % 4), 1.0, 60.0)
                     .job(format!("pretrain-{j}"))
                     .device(format!("n{j}"), g.to_string())
