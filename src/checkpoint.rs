@@ -43,12 +43,16 @@ const MAGIC: &[u8; 8] = b"TSCKPT\0\0";
 /// their encoded form (`pane_archive`) instead of every pane in its array (versions 8 and 9 are
 /// read with the rings in that array form, as they were written); version 11 a detection pane's
 /// moments of its best signal only, and which signals it received (versions before are read with
-/// the moments of all three, as they were written, and keep those of the best).
-pub const VERSION: u32 = 11;
+/// the moments of all three, as they were written, and keep those of the best); version 12 a
+/// detection ring's older slides in their encoded form (`slide_archive`) instead of every slide
+/// in its array (versions before are read with the rings in that array form).
+pub const VERSION: u32 = 12;
 /// The first format version holding a usage window ring's older panes encoded.
 pub(crate) const ENCODED_RINGS: u32 = 10;
 /// The first format version holding a detection pane's best signal only.
 pub(crate) const BEST_SIGNAL_PANES: u32 = 11;
+/// The first format version holding a detection ring's older slides encoded.
+pub(crate) const ENCODED_SLIDES: u32 = 12;
 /// Oldest format version this build reads: each later version's state reads the same as it did.
 pub const OLDEST_READ: u32 = 8;
 const PREFIX_LEN: usize = 8 + 4 + 8 + 4;
@@ -815,15 +819,16 @@ mod tests {
         assert_eq!(restored.drain_alerts(), original.drain_alerts());
     }
 
-    /// Checkpoints of format versions 8, 9 and 10, each written by the last build of its format
+    /// Checkpoints of format versions 8 to 11, each written by the last build of its format
     /// (the fuzz corpus's seed of that time), restore to the state this build makes of the same
     /// samples: the same reports and alerts, and both continue the same way.
     #[test]
-    fn version_8_to_10_checkpoints_restore_the_state_this_build_makes_of_the_same_samples() {
-        let fixtures: [(u32, &[u8]); 3] = [
+    fn version_8_to_11_checkpoints_restore_the_state_this_build_makes_of_the_same_samples() {
+        let fixtures: [(u32, &[u8]); 4] = [
             (8, include_bytes!("../tests/golden/checkpoint-v8.ckpt")),
             (9, include_bytes!("../tests/golden/checkpoint-v9.ckpt")),
             (10, include_bytes!("../tests/golden/checkpoint-v10.ckpt")),
+            (11, include_bytes!("../tests/golden/checkpoint-v11.ckpt")),
         ];
         for (version, bytes) in fixtures {
             assert_eq!(bytes[8..12], version.to_le_bytes(), "the fixture's version");

@@ -739,6 +739,10 @@ pub struct Settings {
     pub detect_slide_ms: i64,
     /// Slides in the detection window (`detect_window_ms / detect_slide_ms`).
     pub detect_panes: i64,
+    /// The newest slides a job's detection ring keeps in its array: those a sample within the
+    /// allowed lateness can land in (`ceil(lateness / slide) + 1`, at most `detect_panes`). The
+    /// older ones are held encoded ([`crate::slide_archive`]).
+    pub detect_live: usize,
     /// Half the detection window in whole slides (at least one), in milliseconds: the span over
     /// which gang synchrony takes each device's variance.
     pub sync_half_ms: i64,
@@ -1131,6 +1135,8 @@ impl Config {
             detect_window_ms: dw,
             detect_slide_ms: ds,
             detect_panes: dw / ds,
+            detect_live: ((w.allowed_lateness.ms().max(0) as u64).div_ceil(ds as u64) + 1)
+                .min((dw / ds) as u64) as usize,
             sync_half_ms: (dw / ds / 2).max(1) * ds,
             job_end_after_ms: d.job_end_after.ms(),
             ended_job_retention_ms: retention,

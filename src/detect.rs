@@ -192,6 +192,39 @@ impl DetectPane {
         self.signals.trailing_zeros()
     }
 
+    /// The slide as the bit patterns of its five numbers (accelerators, the best signal's weight
+    /// and sum, memory's weight and sum) and its signals byte: what [`crate::slide_archive`]
+    /// encodes.
+    pub(crate) fn to_parts(self) -> ([u32; 5], u8) {
+        let words = [
+            self.accelerators,
+            self.activity.weight,
+            self.activity.sum,
+            self.memory.weight,
+            self.memory.sum,
+        ]
+        .map(f32::to_bits);
+        (words, self.signals)
+    }
+
+    /// The slide of [`DetectPane::to_parts`]; `None` if the signals byte names a signal that
+    /// does not exist.
+    pub(crate) fn from_parts(words: [u32; 5], signals: u8) -> Option<DetectPane> {
+        if signals >> Signal::ALL.len() != 0 {
+            return None;
+        }
+        let [accelerators, weight, sum, memory_weight, memory_sum] = words.map(f32::from_bits);
+        Some(DetectPane {
+            accelerators,
+            activity: Moments { weight, sum },
+            memory: Moments {
+                weight: memory_weight,
+                sum: memory_sum,
+            },
+            signals,
+        })
+    }
+
     /// A pane of the checkpoint formats before 11, which kept every signal's moments.
     fn from_every_signal(accelerators: f32, activity: [Moments; 3], memory: Moments) -> DetectPane {
         let mut p = DetectPane {
@@ -221,16 +254,17 @@ impl<'de> Deserialize<'de> for DetectPane {
         }
         let (accelerators, activity, memory, signals) =
             <(f32, Moments, Moments, u8)>::deserialize(d)?;
-        if signals >> Signal::ALL.len() != 0 {
-            return Err(serde::de::Error::custom(format!(
-                "a detection pane's signals {signals:#b} name a signal that does not exist"
-            )));
-        }
-        Ok(DetectPane {
+        let numbers = [
             accelerators,
-            activity,
-            memory,
-            signals,
+            activity.weight,
+            activity.sum,
+            memory.weight,
+            memory.sum,
+        ];
+        DetectPane::from_parts(numbers.map(f32::to_bits), signals).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "a detection pane's signals {signals:#b} name a signal that does not exist"
+            ))
         })
     }
 }

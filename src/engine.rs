@@ -37,8 +37,9 @@ use crate::name::{Name, Names};
 use crate::prefetch;
 use crate::registry::{Effective, Registry};
 use crate::series::{SeriesKey, SeriesRef, SeriesTable};
+use crate::slide_archive::DetectRing;
 use crate::stamps::StampSet;
-use crate::window::{Moved, PaneRing, Windows};
+use crate::window::{Moved, Windows};
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -150,6 +151,8 @@ impl Ahead {
     const LOCATE: usize = 8;
     /// How far ahead what a job's evaluation reads behind its entries is loaded.
     const LOAD: usize = 4;
+    /// How far ahead what lies behind that is loaded (an archive's encoding).
+    const CONTENTS: usize = 2;
 
     fn new() -> Self {
         const { assert!(Self::LOCATE < 16) };
@@ -515,7 +518,7 @@ struct RegistryView {
 struct JobState {
     account: Account,
     series: SeriesTable<SeriesState>,
-    detect: PaneRing<DetectPane>,
+    detect: DetectRing,
     /// Accelerator models seen (catalog index; `None` = unknown or unspecified) with sample counts;
     /// the first inline, where every sample of a job of one model counts without touching another
     /// allocation.
@@ -554,7 +557,7 @@ const _: () = assert!(
 struct JobStateWire<'a> {
     account: &'a Account,
     series: &'a SeriesTable<SeriesState>,
-    detect: &'a PaneRing<DetectPane>,
+    detect: &'a DetectRing,
     max_concurrent: f32,
     score: f64,
     suspected: bool,
@@ -570,7 +573,7 @@ struct JobStateWire<'a> {
 struct JobStateRead {
     account: Account,
     series: SeriesTable<SeriesState>,
-    detect: PaneRing<DetectPane>,
+    detect: DetectRing,
     max_concurrent: f32,
     score: f64,
     suspected: bool,
@@ -1317,7 +1320,7 @@ impl Engine {
         f.job_bytes = footprint::table_bytes(st.jobs.capacity(), JobTable::SLOT_BYTES);
         for j in st.jobs.values() {
             f.job_bytes += j.account.windows.heap_bytes()
-                + j.detect.capacity() * std::mem::size_of::<DetectPane>()
+                + j.detect.heap_bytes()
                 + footprint::small_vec_bytes(&j.models);
             f.series += j.series.len();
             f.series_bytes += series_bytes(&j.series);
@@ -1543,6 +1546,7 @@ impl Engine {
         let half_ms = self.s.sync_half_ms;
         let slide = self.s.detect_slide_ms;
         let n = self.s.detect_panes as usize;
+        let live = self.s.detect_live;
 
         let st = &mut self.st;
         let names = &mut self.names;
@@ -1640,7 +1644,7 @@ impl Engine {
                     Some((_, c)) => *c += 1,
                     None => job.models.push((peak.model, 1)),
                 }
-                if let Some(pane) = job.detect.pane_mut(ts_pane, n) {
+                job.detect.write(ts_pane, n, live, |pane| {
                     let acc_s = usage.acc_ms as f32 / 1000.0;
                     if let Some((signal, v)) = best {
                         pane.add_activity(signal, v as f32, acc_s);
@@ -1649,12 +1653,13 @@ impl Engine {
                         // Per accelerator: an aggregate sample of several devices reports their sum.
                         pane.memory.add((bytes / sample.gpus / GIB) as f32, acc_s);
                     }
-                }
+                });
                 for p in first..=last {
-                    if let Some(pane) = job.detect.pane_mut(p, n) {
+                    let max_concurrent = &mut job.max_concurrent;
+                    job.detect.write(p, n, live, |pane| {
                         pane.accelerators += sample.gpus as f32;
-                        job.max_concurrent = job.max_concurrent.max(pane.accelerators);
-                    }
+                        *max_concurrent = max_concurrent.max(pane.accelerators);
+                    });
                 }
                 let touch = !job.touched;
                 if touch {
@@ -1909,6 +1914,13 @@ impl Engine {
             }
             if let Some((_, t)) = self.st.tenants.at_hash(h.tenant) {
                 t.account.windows.prefetch();
+            }
+        }
+        if i + Ahead::CONTENTS < jobs.len() {
+            let h = ahead.get(i + Ahead::CONTENTS);
+            if let Some((_, j)) = h.slot.and_then(|s| self.st.jobs.at_slot(s)) {
+                // The detection slides' archive, whose bookkeeping was loaded above.
+                j.detect.prefetch_archive();
             }
         }
         ahead.get(i)
@@ -2521,7 +2533,12 @@ impl Engine {
         let first = last - self.s.detect_panes + 1;
         Signal::ALL
             .iter()
-            .filter(|s| job.detect.range(first, last).any(|(_, p)| p.received(**s)))
+            .filter(|s| {
+                let mut received = false;
+                job.detect
+                    .for_each_in(first, last, |_, p| received |= p.received(**s));
+                received
+            })
             .copied()
             .collect()
     }

@@ -81,6 +81,7 @@ pub mod scenario;
 pub mod series;
 pub mod sim;
 pub mod simulate;
+pub mod slide_archive;
 pub mod stamps;
 pub mod svg;
 pub mod topics;

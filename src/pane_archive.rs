@@ -23,6 +23,7 @@
 //! block, and a late sample written into a held pane encodes only that pane's block again.
 
 use crate::estimate::Usage;
+use crate::window::Archive;
 
 /// The panes a block spans: archives reset their encoding at, and sums group by, blocks of this
 /// many panes aligned to pane 0.
@@ -107,9 +108,10 @@ pub struct PaneArchive {
     bytes: Vec<u8>,
 }
 
-impl PaneArchive {
-    /// An empty archive whose first pane will be `start`.
-    pub fn starting_at(start: i64) -> PaneArchive {
+impl Archive<Usage> for PaneArchive {
+    const SINCE_FORMAT: u32 = crate::checkpoint::ENCODED_RINGS;
+
+    fn starting_at(start: i64) -> PaneArchive {
         PaneArchive {
             start,
             end: start,
@@ -117,28 +119,20 @@ impl PaneArchive {
         }
     }
 
-    /// The oldest pane held (or the next to be appended, when empty).
-    pub fn start(&self) -> i64 {
+    fn start(&self) -> i64 {
         self.start
     }
 
-    /// One past the newest pane held: the index [`PaneArchive::push`] appends at.
-    pub fn end(&self) -> i64 {
+    fn end(&self) -> i64 {
         self.end
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.start == self.end
-    }
-
-    /// Heap bytes of the encoding and the blocks' bookkeeping (the archive itself is counted by
-    /// its owner).
-    pub fn heap_bytes(&self) -> usize {
+    /// Heap bytes of the encoding and the blocks' bookkeeping.
+    fn heap_bytes(&self) -> usize {
         self.bytes.capacity() + self.blocks.capacity() * std::mem::size_of::<Block>()
     }
 
-    /// Appends pane [`PaneArchive::end`].
-    pub fn push(&mut self, pane: &Usage) {
+    fn push(&mut self, pane: &Usage) {
         if self.is_empty() {
             *self = PaneArchive::starting_at(self.start);
         }
@@ -163,6 +157,37 @@ impl PaneArchive {
         self.end += 1;
     }
 
+    /// Drops the panes before `idx`. Whole blocks go with their bytes; within the first block
+    /// kept, the panes before `idx` are decoded to find where `idx` starts and what it is
+    /// encoded against, and the block's sum is made again from the panes left.
+    fn drop_before(&mut self, idx: i64) {
+        self.drop_panes_before(idx);
+    }
+
+    /// Writes pane `idx`, which may lie before or after the panes held: the archive grows to it,
+    /// the panes between holding nothing. (A write into the archive is rare: a sample later
+    /// than a ring's live panes reach. A held pane's block is encoded again, every block's
+    /// encoding standing alone; a pane before or after those held, rarer still, encodes the
+    /// archive again.)
+    fn write(&mut self, idx: i64, f: impl FnOnce(&mut Usage)) {
+        self.write_pane(idx, f);
+    }
+
+    fn for_each_in(&self, first: i64, last: i64, mut f: impl FnMut(i64, &Usage)) {
+        self.for_each(|i, p| {
+            if (first..=last).contains(&i) {
+                f(i, p)
+            }
+        });
+    }
+
+    /// The blocks' sums, which a window reads.
+    fn prefetch_contents(&self) {
+        crate::prefetch::slice(&self.blocks);
+    }
+}
+
+impl PaneArchive {
     /// The panes block `k` (of `blocks`) holds.
     fn block_panes(&self, k: usize) -> std::ops::Range<i64> {
         let b = block_of(self.start) + k as i64;
@@ -208,10 +233,8 @@ impl PaneArchive {
         }
     }
 
-    /// Drops the panes before `idx`. Whole blocks go with their bytes; within the first block
-    /// kept, the panes before `idx` are decoded to find where `idx` starts and what it is
-    /// encoded against, and the block's sum is made again from the panes left.
-    pub fn drop_before(&mut self, idx: i64) {
+    /// [`Archive::drop_before`].
+    fn drop_panes_before(&mut self, idx: i64) {
         if idx <= self.start {
             return;
         }
@@ -245,21 +268,16 @@ impl PaneArchive {
         }
     }
 
-    /// Adds `usage` to pane `idx`, which may lie before or after the panes held: the archive
-    /// grows to it, the panes between holding nothing. (A write into the archive is rare: a
-    /// sample later than a ring's live panes reach. A held pane's block is encoded again, every
-    /// block's encoding standing alone; a pane before or after those held, rarer still, encodes
-    /// the archive again.)
-    pub fn add(&mut self, idx: i64, usage: &Usage) {
+    /// [`Archive::write`].
+    fn write_pane(&mut self, idx: i64, f: impl FnOnce(&mut Usage)) {
         if idx == self.end && !self.is_empty() {
-            // What adding to a pane that holds nothing gives (`-0.0` becomes `0.0`).
             let mut p = Usage::default();
-            p.add(usage);
+            f(&mut p);
             self.push(&p);
             return;
         }
         if (self.start..self.end).contains(&idx) {
-            self.add_held(idx, usage);
+            self.write_held(idx, f);
             return;
         }
         let (start, mut panes) = if self.is_empty() {
@@ -275,7 +293,7 @@ impl PaneArchive {
         panes.splice(0..0, std::iter::repeat_n(Usage::default(), before));
         let end = (start + panes.len() as i64).max(idx + 1);
         panes.resize((end - start) as usize, Usage::default());
-        panes[(idx - start) as usize].add(usage);
+        f(&mut panes[(idx - start) as usize]);
         *self = PaneArchive::starting_at(start);
         for p in &panes {
             self.push(p);
@@ -284,15 +302,15 @@ impl PaneArchive {
             .shrink_to(self.bytes.len() + self.bytes.len() / 8);
     }
 
-    /// Adds `usage` to held pane `idx`, encoding its block again in place of the old encoding
-    /// and making the block's sum again, as [`PaneArchive::push`] made them.
-    fn add_held(&mut self, idx: i64, usage: &Usage) {
+    /// Writes held pane `idx`, encoding its block again in place of the old encoding and making
+    /// the block's sum again, as [`Archive::push`] made them.
+    fn write_held(&mut self, idx: i64, f: impl FnOnce(&mut Usage)) {
         let k = (block_of(idx) - block_of(self.start)) as usize;
         let held = self.block_panes(k);
         let mut panes = [Usage::default(); BLOCK as usize];
         self.for_each_of_block(k, |i, p| panes[(i - held.start) as usize] = *p);
         let panes = &mut panes[..(held.end - held.start) as usize];
-        panes[(idx - held.start) as usize].add(usage);
+        f(&mut panes[(idx - held.start) as usize]);
         let mut last = if k == 0 { self.base } else { Usage::default() };
         let (mut encoded, mut sum) = (Vec::with_capacity(panes.len() * MAX_PANE), Usage::default());
         for p in panes.iter() {
@@ -335,7 +353,7 @@ impl PaneArchive {
     /// The archive of panes `start .. end` whose encoding is `bytes`, `base` being what pane
     /// `start` is encoded against (a checkpoint's form of it). Every pane is checked as it is
     /// read, and the blocks' offsets and sums are made again from the panes, as
-    /// [`PaneArchive::push`] made them; `Err` says what is wrong.
+    /// [`Archive::push`] made them; `Err` says what is wrong.
     pub fn from_encoded(
         start: i64,
         end: i64,
@@ -607,7 +625,7 @@ mod tests {
                         model.insert(at, u);
                     }
                     1 | 2 => {
-                        a.add(idx, &u);
+                        a.write(idx, |p| p.add(&u));
                         model.entry(idx).or_default().add(&u);
                     }
                     _ => {
@@ -662,7 +680,7 @@ mod tests {
             if let Ok(mut a) = PaneArchive::from_encoded(start, start + panes, base, bytes) {
                 prop_assert_eq!(held(&a).len() as i64, panes);
                 let _ = a.sum_in(i64::MIN, i64::MAX);
-                a.add(start + panes / 2, &u);
+                a.write(start + panes / 2, |p| p.add(&u));
                 a.push(&u);
                 a.drop_before(start + panes / 3);
                 prop_assert_eq!(held(&a).len() as i64, a.end() - a.start());

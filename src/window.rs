@@ -173,6 +173,19 @@ impl<T: Default + Clone> PaneRing<T> {
         self.pane_mut_in_array(idx, n)
     }
 
+    /// The pane for index `idx` if the ring holds it (`start ..= head`), without moving.
+    #[inline]
+    pub fn held_mut(&mut self, idx: i64) -> Option<&mut T> {
+        if idx == self.head && self.head != NEVER {
+            return Some(&mut self.current);
+        }
+        if self.start <= idx && idx < self.head {
+            let s = self.slot(idx);
+            return Some(&mut self.panes[s]);
+        }
+        None
+    }
+
     /// [`PaneRing::pane_mut`] for any pane but the current head: an older pane is written in its
     /// slot, the head staying inline; a newer one moves the ring on, the old head written out to
     /// its slot and the new one starting inline.
@@ -371,29 +384,78 @@ impl<T: Default + Clone> PaneRing<T> {
 /// checkpoint keeps until it moves on.
 pub const LIVE_PANES: usize = 8;
 
-/// The ring of one usage window: its newest panes in a [`PaneRing`], where nearly every write
-/// lands (as many as [`WindowSpec::live_panes`], those a sample within the allowed lateness can
-/// reach, once the ring has an archive; up to [`LIVE_PANES`] before), the older ones encoded in a
-/// [`PaneArchive`], in a third to a half of the bytes. The archive's panes all come before the
-/// live ring's: a pane is written in the archive if the archive holds it or it is older than both
-/// the live span and the live ring's oldest pane, in the live ring otherwise (which so stays
-/// right when the live span changes with the configuration, the ring keeping what it holds until
-/// it moves on). Each advance of the ring appends the panes the live ring lets go of and drops
-/// those the window no longer covers (decoding the rest of the first block kept, to make its sum
-/// again); a write to an archived pane (a sample later than the live panes reach) encodes that
-/// pane's block again. A window's value adds its panes in aligned blocks ([`GroupedSum`]): a
-/// block the window covers wholly is read as its kept sum, without decoding, and every value
-/// reads as it would from one ring of all the panes, bit for bit.
-///
-/// Checkpoints hold the live ring and the archive's encoding as they are (format 10 on); a ring
-/// of the earlier formats, every pane in its array, is split when it is read.
-#[derive(Debug, Clone, Default)]
-pub struct UsageRing {
-    live: PaneRing<Usage>,
-    archive: Option<Box<PaneArchive>>,
+/// What an [`ArchivedRing`] keeps its older panes in: a run of consecutive panes `start .. end`
+/// encoded compactly and exactly ([`PaneArchive`] for usage windows,
+/// [`crate::slide_archive::SlideArchive`] for detection slides).
+pub trait Archive<T>: Default {
+    /// The format version of checkpoints from which a ring's archive is written as it is held
+    /// (before it, every pane in the live ring's array).
+    const SINCE_FORMAT: u32;
+    /// An empty archive whose first pane will be `start`.
+    fn starting_at(start: i64) -> Self;
+    /// The oldest pane held (or the next to be appended, when empty).
+    fn start(&self) -> i64;
+    /// One past the newest pane held: the index [`Archive::push`] appends at.
+    fn end(&self) -> i64;
+    fn is_empty(&self) -> bool {
+        self.start() == self.end()
+    }
+    /// Heap bytes of the encoding (the archive itself is counted by its owner).
+    fn heap_bytes(&self) -> usize;
+    /// Appends pane [`Archive::end`].
+    fn push(&mut self, pane: &T);
+    /// Drops the panes before `idx`.
+    fn drop_before(&mut self, idx: i64);
+    /// Writes pane `idx` with `f`, which may lie before or after the panes held: the archive
+    /// grows to it, the panes between holding nothing.
+    fn write(&mut self, idx: i64, f: impl FnOnce(&mut T));
+    /// Calls `f` with each pane held with `first <= index <= last` and its index, oldest first.
+    fn for_each_in(&self, first: i64, last: i64, f: impl FnMut(i64, &T));
+    /// Starts loading the archive's bookkeeping, which a read of its panes starts with.
+    fn prefetch(&self) {
+        crate::prefetch::value(self);
+    }
+    /// Starts loading what a read of the archive's panes touches beyond its bookkeeping (which
+    /// this reads: it should have been loaded by [`Archive::prefetch`] a while before).
+    fn prefetch_contents(&self);
 }
 
-impl UsageRing {
+/// A ring of panes: its newest in a [`PaneRing`], where nearly every write lands (as many as the
+/// caller keeps live, those a sample within the allowed lateness can reach, once the ring has an
+/// archive; up to [`LIVE_PANES`] before), the older ones encoded in an [`Archive`], in a third to
+/// a half of the bytes. The archive's panes all come before the live ring's: a pane is written
+/// in the archive if the archive holds it or it is older than both the live span and the live
+/// ring's oldest pane, in the live ring otherwise (which so stays right when the live span
+/// changes with the configuration, the ring keeping what it holds until it moves on). The live
+/// ring fills its array before it lets panes go, so the archive takes several at a time; each
+/// advance drops from the archive the panes the window no longer covers. A write to an archived
+/// pane (a sample later than the live panes reach) encodes that pane again with what it is
+/// encoded with. Every read gives what one ring of all the panes gives, bit for bit.
+///
+/// Checkpoints hold the live ring and the archive's encoding as they are (from
+/// [`Archive::SINCE_FORMAT`] on); a ring of the earlier formats, every pane in its array, is split
+/// when it is read.
+#[derive(Debug, Clone)]
+pub struct ArchivedRing<T, A> {
+    live: PaneRing<T>,
+    archive: Option<Box<A>>,
+}
+
+impl<T: Default + Clone, A> Default for ArchivedRing<T, A> {
+    fn default() -> Self {
+        ArchivedRing {
+            live: PaneRing::default(),
+            archive: None,
+        }
+    }
+}
+
+/// The ring of one usage window. A window's value adds its panes in aligned blocks
+/// ([`GroupedSum`]): a block the window covers wholly is read as the archive's kept sum, without
+/// decoding, and every value reads as it would from one ring of all the panes, bit for bit.
+pub type UsageRing = ArchivedRing<Usage, PaneArchive>;
+
+impl<T: Default + Clone, A: Archive<T>> ArchivedRing<T, A> {
     /// Newest pane index, if any pane was ever written.
     pub fn head(&self) -> Option<i64> {
         self.live.head()
@@ -406,39 +468,54 @@ impl UsageRing {
 
     /// Heap bytes beyond the ring itself: the live array and the archive.
     pub fn heap_bytes(&self) -> usize {
-        self.live.capacity() * std::mem::size_of::<Usage>()
+        self.live.capacity() * std::mem::size_of::<T>()
             + self
                 .archive
                 .as_ref()
-                .map_or(0, |a| std::mem::size_of::<PaneArchive>() + a.heap_bytes())
+                .map_or(0, |a| std::mem::size_of::<A>() + a.heap_bytes())
     }
 
-    /// Adds `usage` to pane `idx` of a window of `n` panes whose newest `live` are kept live.
-    /// False if the pane is older than the ring retains (the `n` newest up to its newest).
-    pub fn add(&mut self, idx: i64, n: usize, live: usize, usage: &Usage) -> bool {
+    /// Writes pane `idx` with `f`, in a ring of `n` panes whose newest `live` are kept live.
+    /// False if the pane is older than the ring retains (the `n` newest up to its newest), and
+    /// `f` is not called.
+    #[inline]
+    pub fn write(&mut self, idx: i64, n: usize, live: usize, f: impl FnOnce(&mut T)) -> bool {
+        // Nearly every write is to a pane the live ring holds, most to the newest, inline.
+        if let Some(p) = self.live.held_mut(idx) {
+            f(p);
+            return true;
+        }
+        self.write_other(idx, n, live, f)
+    }
+
+    /// [`ArchivedRing::write`] for a pane the live ring does not hold.
+    fn write_other(&mut self, idx: i64, n: usize, live: usize, f: impl FnOnce(&mut T)) -> bool {
         // A ring without an archive keeps up to `LIVE_PANES` live (see there).
         let live_n = n.min(if self.archive.is_some() {
             live.max(1)
         } else {
             live.max(LIVE_PANES)
         });
+        // The live ring fills the array a ring of `live_n` panes has (a power of two) before
+        // panes go to the archive, several at a time.
+        let hold = live_n.next_power_of_two().min(n);
         if let Some(head) = self.live.head() {
             if live_n < n || self.archive.is_some() {
                 if idx > head {
-                    self.advance(idx, n, live_n);
+                    self.advance(idx, n, live_n, hold);
                 } else if idx <= head - n as i64 {
                     return false;
                 } else if self.archived(idx, head, live_n) {
                     self.archive
                         .get_or_insert_with(Default::default)
-                        .add(idx, usage);
+                        .write(idx, f);
                     return true;
                 }
             }
         }
-        match self.live.pane_mut(idx, live_n) {
+        match self.live.pane_mut(idx, hold) {
             Some(p) => {
-                p.add(usage);
+                f(p);
                 true
             }
             None => false,
@@ -454,12 +531,15 @@ impl UsageRing {
         }
     }
 
-    /// Before the live ring moves on to `idx`: the panes it would let go of go to the archive,
-    /// which lets go of those the window no longer covers.
+    /// Before the live ring moves on to `idx`: when its `hold` panes would not hold `idx` with
+    /// those it holds, the panes before the newest `live_n` go to the archive; the archive lets
+    /// go of those the window no longer covers.
     #[cold]
-    fn advance(&mut self, idx: i64, n: usize, live_n: usize) {
+    fn advance(&mut self, idx: i64, n: usize, live_n: usize, hold: usize) {
         let keep_from = idx - n as i64 + 1;
-        self.archive_before(idx - live_n as i64 + 1, keep_from);
+        if idx - hold as i64 >= self.live.start {
+            self.archive_before(idx - live_n as i64 + 1, keep_from);
+        }
         if let Some(a) = &mut self.archive {
             a.drop_before(keep_from);
             if a.is_empty() {
@@ -477,16 +557,117 @@ impl UsageRing {
                 return;
             }
             // An archive held is never empty: it starts with its first pane.
-            let a = archive.get_or_insert_with(|| Box::new(PaneArchive::starting_at(i)));
+            let a = archive.get_or_insert_with(|| Box::new(A::starting_at(i)));
             debug_assert!(
                 a.end() <= i,
                 "the archive's panes come before the live ones"
             );
             while a.end() < i {
-                a.push(&Usage::default());
+                a.push(&T::default());
             }
             a.push(&p);
         });
+    }
+
+    /// Calls `f` with each held pane `first <= index <= last` and its index, oldest first
+    /// (panes of the retained range never written read as absent or as holding nothing).
+    #[inline]
+    pub fn for_each_in(&self, first: i64, last: i64, mut f: impl FnMut(i64, &T)) {
+        if let Some(a) = &self.archive {
+            a.for_each_in(first, last, &mut f);
+        }
+        self.live.for_each_in(first, last, f);
+    }
+
+    /// Starts loading what a read of every pane touches: the live array and the archive's
+    /// bookkeeping; [`ArchivedRing::prefetch_archive`] the rest, a while later.
+    #[inline]
+    pub fn prefetch(&self) {
+        self.live.prefetch();
+        if let Some(a) = &self.archive {
+            a.prefetch();
+        }
+    }
+
+    /// Starts loading the archive's contents that a read of every pane touches (its bookkeeping
+    /// is read: [`ArchivedRing::prefetch`] should have loaded it a while before).
+    #[inline]
+    pub fn prefetch_archive(&self) {
+        if let Some(a) = &self.archive {
+            a.prefetch_contents();
+        }
+    }
+
+    /// Starts loading the slot of the live array that writing pane `idx` touches
+    /// ([`PaneRing::prefetch_pane`]), and the archive's bookkeeping when the write moves the ring
+    /// on.
+    #[inline]
+    pub fn prefetch_pane(&self, idx: i64) {
+        self.live.prefetch_pane(idx);
+        if let (Some(a), Some(head)) = (&self.archive, self.live.head()) {
+            if idx > head {
+                crate::prefetch::value(&**a);
+            }
+        }
+    }
+
+    /// Frees the storage if every pane written is older than `idx`.
+    pub fn release_before(&mut self, idx: i64) {
+        if self.live.head().is_some_and(|h| h < idx) {
+            *self = ArchivedRing::default();
+        }
+    }
+
+    /// The ring as one [`PaneRing`] of all its panes (the checkpoint's form before the
+    /// archive's format).
+    #[cfg(test)]
+    pub(crate) fn whole(&self) -> std::borrow::Cow<'_, PaneRing<T>> {
+        let (Some(a), Some(head)) = (&self.archive, self.live.head()) else {
+            return std::borrow::Cow::Borrowed(&self.live);
+        };
+        let start = a.start();
+        let len = (head - start + 1) as usize;
+        let slot = |i: i64| i.rem_euclid(len as i64) as usize;
+        let mut panes = vec![T::default(); len].into_boxed_slice();
+        a.for_each_in(start, head, |i, p| panes[slot(i)] = p.clone());
+        self.live
+            .for_each_in(start, head - 1, |i, p| panes[slot(i)] = p.clone());
+        std::borrow::Cow::Owned(PaneRing {
+            head,
+            start,
+            current: self.live.current.clone(),
+            panes,
+        })
+    }
+
+    /// A ring read from a checkpoint, as it was held; one of the formats before the archive's
+    /// (`split`: every pane in the live ring's array) with its panes beyond the newest
+    /// [`LIVE_PANES`] moved to the archive. `Err` if its bookkeeping is impossible: the live
+    /// ring's storage cannot hold its panes, or the archive does not end before them.
+    fn read(live: PaneRing<T>, archive: Option<Box<A>>, split: bool) -> Result<Self, &'static str> {
+        if !live.is_consistent() {
+            return Err("a ring holds more panes than its pane array");
+        }
+        if let Some(a) = &archive {
+            // The archive's panes come before the live ones (`live.start` is the oldest held).
+            if live.head().is_none() || a.end() > live.start {
+                return Err("a ring's archive does not end before its live panes");
+            }
+        }
+        let mut ring = ArchivedRing { live, archive };
+        if let Some(head) = ring.live.head().filter(|_| split) {
+            ring.archive_before(head - LIVE_PANES as i64 + 1, i64::MIN);
+        }
+        Ok(ring)
+    }
+}
+
+impl UsageRing {
+    /// Adds `usage` to pane `idx` of a window of `n` panes whose newest `live` are kept live.
+    /// False if the pane is older than the ring retains (the `n` newest up to its newest).
+    #[inline]
+    pub fn add(&mut self, idx: i64, n: usize, live: usize, usage: &Usage) -> bool {
+        self.write(idx, n, live, |p| p.add(usage))
     }
 
     /// The sum of the held panes with `first <= index <= last`, in the order of [`GroupedSum`].
@@ -498,84 +679,27 @@ impl UsageRing {
         self.live.for_each_in(first, last, |i, p| sum.pane(i, p));
         sum.finish()
     }
-
-    /// Starts loading what a read touches: the live array and the archive's sum.
-    #[inline]
-    pub fn prefetch(&self) {
-        self.live.prefetch();
-        if let Some(a) = &self.archive {
-            crate::prefetch::value(&**a);
-        }
-    }
-
-    /// Frees the storage if every pane written is older than `idx`.
-    pub fn release_before(&mut self, idx: i64) {
-        if self.live.head().is_some_and(|h| h < idx) {
-            *self = UsageRing::default();
-        }
-    }
-
-    /// The ring as one [`PaneRing`] of all its panes (the checkpoint's form before format 10).
-    #[cfg(test)]
-    fn whole(&self) -> std::borrow::Cow<'_, PaneRing<Usage>> {
-        let (Some(a), Some(head)) = (&self.archive, self.live.head()) else {
-            return std::borrow::Cow::Borrowed(&self.live);
-        };
-        let start = a.start();
-        let len = (head - start + 1) as usize;
-        let slot = |i: i64| i.rem_euclid(len as i64) as usize;
-        let mut panes = vec![Usage::default(); len].into_boxed_slice();
-        a.for_each(|i, p| panes[slot(i)] = *p);
-        self.live
-            .for_each_in(start, head - 1, |i, p| panes[slot(i)] = *p);
-        std::borrow::Cow::Owned(PaneRing {
-            head,
-            start,
-            current: self.live.current,
-            panes,
-        })
-    }
-
-    /// A ring read from a checkpoint, its live panes beyond the newest [`LIVE_PANES`] moved to
-    /// the archive (all but those for a ring of the formats before 10, none for one of 10 on).
-    /// `Err` if its bookkeeping is impossible: the live ring's storage cannot hold its panes, or
-    /// the archive does not end before them.
-    fn read(
-        live: PaneRing<Usage>,
-        archive: Option<Box<PaneArchive>>,
-    ) -> Result<UsageRing, &'static str> {
-        if !live.is_consistent() {
-            return Err("a window ring holds more panes than its pane array");
-        }
-        if let Some(a) = &archive {
-            // The archive's panes come before the live ones (`live.start` is the oldest held).
-            if live.head().is_none() || a.end() > live.start {
-                return Err("a window ring's archive does not end before its live panes");
-            }
-        }
-        let mut ring = UsageRing { live, archive };
-        if let Some(head) = ring.live.head() {
-            ring.archive_before(head - LIVE_PANES as i64 + 1, i64::MIN);
-        }
-        Ok(ring)
-    }
 }
 
-impl Serialize for UsageRing {
+impl<T: Serialize, A: Serialize> Serialize for ArchivedRing<T, A> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         (&self.live, &self.archive).serialize(s)
     }
 }
 
-impl<'de> Deserialize<'de> for UsageRing {
+impl<'de, T, A> Deserialize<'de> for ArchivedRing<T, A>
+where
+    T: Default + Clone + Deserialize<'de>,
+    A: Archive<T> + Deserialize<'de>,
+{
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (live, archive) = if crate::checkpoint::format_read() < crate::checkpoint::ENCODED_RINGS
-        {
+        let split = crate::checkpoint::format_read() < A::SINCE_FORMAT;
+        let (live, archive) = if split {
             (PaneRing::deserialize(d)?, None)
         } else {
-            <(PaneRing<Usage>, Option<Box<PaneArchive>>)>::deserialize(d)?
+            <(PaneRing<T>, Option<Box<A>>)>::deserialize(d)?
         };
-        UsageRing::read(live, archive).map_err(serde::de::Error::custom)
+        ArchivedRing::read(live, archive, split).map_err(serde::de::Error::custom)
     }
 }
 
